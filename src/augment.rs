@@ -1,0 +1,258 @@
+//! Batched, seeded SimSiam / MoCo v2 augmentation on the training device.
+//!
+//! Each op is a pure function of the batch and per-image parameters (so it can be checked
+//! against hand-computed values); [`Augmenter`] draws those parameters with libtorch's RNG on
+//! the same device, so no image leaves the device and there is no host round trip.
+//! Definitions follow torchvision (`RandomResizedCrop`, `ColorJitter`, `RandomGrayscale`,
+//! `GaussianBlur`, `Normalize`). Images are `[B, 3, H, W]` float in [0, 1] unless noted.
+use crate::config::AugmentConfig;
+use tch::{Device, Kind, Tensor};
+
+/// ITU-R 601-2 luma, as torchvision's `rgb_to_grayscale`: `[B,3,H,W] -> [B,1,H,W]`.
+pub fn grayscale(x: &Tensor) -> Tensor {
+    let c = x.unbind(1);
+    (&c[0] * 0.2989 + &c[1] * 0.587 + &c[2] * 0.114).unsqueeze(1)
+}
+
+/// `(ratio * a + (1 - ratio) * b).clamp(0, 1)` with a per-image ratio `[B]`.
+fn blend(a: &Tensor, b: &Tensor, ratio: &Tensor) -> Tensor {
+    let r = ratio.view([-1, 1, 1, 1]);
+    (a * &r + b * (-&r + 1.0)).clamp(0.0, 1.0)
+}
+
+/// torchvision `adjust_brightness`: blend with black.
+pub fn adjust_brightness(x: &Tensor, factor: &Tensor) -> Tensor {
+    (x * factor.view([-1, 1, 1, 1])).clamp(0.0, 1.0)
+}
+
+/// torchvision `adjust_contrast`: blend with the image's mean grey level.
+pub fn adjust_contrast(x: &Tensor, factor: &Tensor) -> Tensor {
+    let mean = grayscale(x).mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
+    blend(x, &mean, factor)
+}
+
+/// torchvision `adjust_saturation`: blend with the grey image.
+pub fn adjust_saturation(x: &Tensor, factor: &Tensor) -> Tensor {
+    blend(x, &grayscale(x), factor)
+}
+
+/// torchvision `_rgb2hsv`: `[B,3,H,W] -> (h, s, v)`, each `[B,H,W]`, h in [0, 1).
+fn rgb_to_hsv(x: &Tensor) -> (Tensor, Tensor, Tensor) {
+    let c = x.unbind(1);
+    let (r, g, b) = (&c[0], &c[1], &c[2]);
+    let maxc = r.maximum(g).maximum(b);
+    let minc = r.minimum(g).minimum(b);
+    let eqc = maxc.eq_tensor(&minc);
+    let cr = &maxc - &minc;
+    let ones = maxc.ones_like();
+    let s = &cr / maxc.where_self(&eqc.logical_not(), &ones);
+    let cr_div = cr.where_self(&eqc.logical_not(), &ones);
+    let rc = (&maxc - r) / &cr_div;
+    let gc = (&maxc - g) / &cr_div;
+    let bc = (&maxc - b) / &cr_div;
+    let is_r = maxc.eq_tensor(r);
+    let is_g = maxc.eq_tensor(g).logical_and(&is_r.logical_not());
+    let is_b = is_r.logical_or(&is_g).logical_not();
+    let hr = is_r.to_kind(Kind::Float) * (&bc - &gc);
+    let hg = is_g.to_kind(Kind::Float) * (&rc - &bc + 2.0);
+    let hb = is_b.to_kind(Kind::Float) * (&gc - &rc + 4.0);
+    let h = ((hr + hg + hb) / 6.0 + 1.0).fmod(1.0);
+    (h, s, maxc)
+}
+
+/// torchvision `_hsv2rgb`: `(h, s, v)` each `[B,H,W]` -> `[B,3,H,W]`.
+fn hsv_to_rgb(h: &Tensor, s: &Tensor, v: &Tensor) -> Tensor {
+    let h6 = h * 6.0;
+    let i = h6.floor();
+    let f = &h6 - &i;
+    let i = i.to_kind(Kind::Int64).remainder(6).unsqueeze(1);
+    let p = (v * (-s + 1.0)).clamp(0.0, 1.0);
+    let q = (v * (-(s * &f) + 1.0)).clamp(0.0, 1.0);
+    let t = (v * (-(s * (-&f + 1.0)) + 1.0)).clamp(0.0, 1.0);
+    // The sector i picks each channel from (v, q, p, t): one gather per channel.
+    let pick = |cands: [&Tensor; 6]| Tensor::stack(&cands, 1).gather(1, &i, false);
+    Tensor::cat(
+        &[pick([v, &q, &p, &p, &t, v]), pick([&t, v, v, &q, &p, &p]), pick([&p, &p, &t, v, v, &q])],
+        1,
+    )
+}
+
+/// torchvision `adjust_hue`: rotate the hue by a per-image `factor` in [-0.5, 0.5].
+pub fn adjust_hue(x: &Tensor, factor: &Tensor) -> Tensor {
+    let (h, s, v) = rgb_to_hsv(x);
+    let h = (h + factor.view([-1, 1, 1])).remainder(1.0);
+    hsv_to_rgb(&h, &s, &v)
+}
+
+/// Crops box `[B,4] = (x0, y0, w, h)` (pixels, continuous edges) of each image, resizes it to
+/// `size x size` bilinearly and mirrors it where `flip` `[B]` is true: one sampling grid and
+/// one `grid_sample` for the whole batch (torchvision's resized crop without antialiasing).
+pub fn resized_crop_flip(x: &Tensor, boxes: &Tensor, flip: &Tensor, size: i64) -> Tensor {
+    let (b, _c, h, w) = x.size4().expect("[B,3,H,W]");
+    let bx = boxes.unbind(1);
+    let (x0, y0, bw, bh) = (&bx[0], &bx[1], &bx[2], &bx[3]);
+    // Output coordinate u in [-1, 1] samples input coordinate (bw/W) u + (2 x0 + bw)/W - 1.
+    let sign = flip.to_kind(Kind::Float) * -2.0 + 1.0;
+    let sx = bw / (w as f64) * sign;
+    let tx = (x0 * 2.0 + bw) / (w as f64) - 1.0;
+    let sy = bh / (h as f64);
+    let ty = (y0 * 2.0 + bh) / (h as f64) - 1.0;
+    let zero = sx.zeros_like();
+    // theta: [B, 2, 3]
+    let theta = Tensor::stack(&[sx, zero.shallow_clone(), tx, zero, sy, ty], 1).view([b, 2, 3]);
+    let grid = Tensor::affine_grid_generator(&theta, [b, 3, size, size], false);
+    // mode 0 = bilinear, padding 1 = border (boxes lie inside the image; border guards rounding).
+    x.grid_sampler(&grid, 0, 1, false)
+}
+
+/// Gaussian blur with a per-image sigma `[B]`; images where `apply` is false are unchanged
+/// (their kernel is a delta). Separable, reflect-padded, as torchvision's `gaussian_blur`.
+pub fn gaussian_blur(x: &Tensor, sigma: &Tensor, apply: &Tensor, ksize: i64) -> Tensor {
+    let (b, c, h, w) = x.size4().expect("[B,3,H,W]");
+    let half = (ksize - 1) as f64 / 2.0;
+    let opts = (Kind::Float, x.device());
+    let pos = Tensor::linspace(-half, half, ksize, opts).view([1, ksize]);
+    let g = (-(pos.pow_tensor_scalar(2.0) / sigma.view([-1, 1]).pow_tensor_scalar(2.0)) * 0.5).exp();
+    let g = &g / g.sum_dim_intlist(&[1i64][..], true, Kind::Float);
+    let delta = Tensor::zeros([1, ksize], opts).index_fill(1, &Tensor::from_slice(&[ksize / 2]).to_device(x.device()), 1.0);
+    // kernel: [B, k] -> one per (image, channel): [B*C, 1, k]
+    let k = g.where_self(&apply.view([-1, 1]), &delta).repeat_interleave_self_int(c, 0, None).unsqueeze(1);
+    let p = ksize / 2;
+    let xs = x.reshape([1, b * c, h, w]).reflection_pad2d([p, p, p, p]);
+    let xs = xs.conv2d(&k.unsqueeze(2), None::<Tensor>, [1, 1], [0, 0], [1, 1], b * c);
+    let xs = xs.conv2d(&k.unsqueeze(3), None::<Tensor>, [1, 1], [0, 0], [1, 1], b * c);
+    xs.view([b, c, h, w])
+}
+
+/// Channel-wise `(x - mean) / std`.
+pub fn normalize(x: &Tensor, mean: &Tensor, std: &Tensor) -> Tensor {
+    (x - mean.view([1, 3, 1, 1])) / std.view([1, 3, 1, 1])
+}
+
+/// uint8 `[B,H,W,3]` -> float `[B,3,H,W]` in [0, 1].
+pub fn to_float(images_u8: &Tensor) -> Tensor {
+    images_u8.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0
+}
+
+/// Draws torchvision `RandomResizedCrop` boxes `[B,4] = (x0, y0, w, h)` for `H x W` images:
+/// ten tries of (area scale, log-uniform aspect ratio), the first that fits wins, else the
+/// centre crop with the ratio clamped. All on `device`, no host sync.
+pub fn sample_crop_boxes(b: i64, h: i64, w: i64, scale: [f64; 2], ratio: [f64; 2], device: Device) -> Tensor {
+    const TRIES: i64 = 10;
+    let opts = (Kind::Float, device);
+    let area = (h * w) as f64;
+    let target = (Tensor::rand([b, TRIES], opts) * (scale[1] - scale[0]) + scale[0]) * area;
+    let (l0, l1) = (ratio[0].ln(), ratio[1].ln());
+    let ar = (Tensor::rand([b, TRIES], opts) * (l1 - l0) + l0).exp();
+    let cw = (&target * &ar).sqrt().round();
+    let ch = (&target / &ar).sqrt().round();
+    let fits = cw.gt(0.0).logical_and(&cw.le(w as f64)).logical_and(&ch.gt(0.0)).logical_and(&ch.le(h as f64));
+    // First fitting try (argmax of a 0/1 row returns the first 1).
+    let first = fits.to_kind(Kind::Float).argmax(1, true);
+    let any = fits.any_dim(1, true);
+    // Fallback: whole image with the aspect ratio clamped into range.
+    let in_ratio = w as f64 / h as f64;
+    let (fw, fh) = if in_ratio < ratio[0] {
+        (w as f64, (w as f64 / ratio[0]).round())
+    } else if in_ratio > ratio[1] {
+        ((h as f64 * ratio[1]).round(), h as f64)
+    } else {
+        (w as f64, h as f64)
+    };
+    let bw = cw.gather(1, &first, false).where_scalarother(&any, fw);
+    let bh = ch.gather(1, &first, false).where_scalarother(&any, fh);
+    // Offsets: uniform integers in [0, W - w] and [0, H - h] (the fallback is centred).
+    let x0 = (Tensor::rand([b, 1], opts) * (-&bw + (w + 1) as f64)).floor().where_self(&any, &((-&bw + w as f64) / 2.0).round());
+    let y0 = (Tensor::rand([b, 1], opts) * (-&bh + (h + 1) as f64)).floor().where_self(&any, &((-&bh + h as f64) / 2.0).round());
+    Tensor::cat(&[x0, y0, bw, bh], 1)
+}
+
+/// Per-image factor uniform in `[max(0, 1 - s), 1 + s]` (torchvision's jitter range).
+fn jitter_factor(b: i64, s: f64, device: Device) -> Tensor {
+    let lo = (1.0 - s).max(0.0);
+    Tensor::rand([b], (Kind::Float, device)) * (1.0 + s - lo) + lo
+}
+
+fn coin(b: i64, p: f64, device: Device) -> Tensor {
+    Tensor::rand([b], (Kind::Float, device)).lt(p)
+}
+
+/// The training augmentation, ready to draw views on one device.
+#[derive(Debug)]
+pub struct Augmenter {
+    cfg: AugmentConfig,
+    out_size: i64,
+    blur_p: f64,
+    blur_ksize: i64,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Augmenter {
+    pub fn new(cfg: &AugmentConfig, image_size: usize, device: Device) -> Augmenter {
+        let to = |v: [f64; 3]| Tensor::from_slice(&v.map(|x| x as f32)).to_device(device);
+        // ~10% of the image side, odd, as torchvision's GaussianBlur(23) at 224 px.
+        let blur_ksize = 2 * ((image_size as f64 * 0.05).round() as i64).max(1) + 1;
+        Augmenter {
+            cfg: cfg.clone(),
+            out_size: image_size as i64,
+            blur_p: cfg.effective_blur_p(image_size),
+            blur_ksize,
+            mean: to(cfg.mean),
+            std: to(cfg.std),
+        }
+    }
+
+    /// One augmented view per image: uint8 `[B,H,W,3]` -> normalised float `[B,3,S,S]`.
+    pub fn view(&self, images_u8: &Tensor) -> Tensor {
+        let c = &self.cfg;
+        let dev = images_u8.device();
+        let (b, h, w, _) = images_u8.size4().expect("[B,H,W,3]");
+        let x = to_float(images_u8);
+        let boxes = sample_crop_boxes(b, h, w, c.crop_scale, c.crop_ratio, dev);
+        let mut x = resized_crop_flip(&x, &boxes, &coin(b, c.flip_p, dev), self.out_size);
+        x = self.color_jitter(&x);
+        let gray = coin(b, c.grayscale_p, dev).view([-1, 1, 1, 1]);
+        x = grayscale(&x).expand_as(&x).where_self(&gray, &x);
+        if self.blur_p > 0.0 {
+            let sigma = Tensor::rand([b], (Kind::Float, dev)) * (c.blur_sigma[1] - c.blur_sigma[0]) + c.blur_sigma[0];
+            x = gaussian_blur(&x, &sigma, &coin(b, self.blur_p, dev), self.blur_ksize);
+        }
+        normalize(&x, &self.mean, &self.std)
+    }
+
+    /// `ColorJitter` applied with probability `jitter_p`, its four parts in an independent
+    /// random order per image. At each of the four positions every op runs with its identity
+    /// factor except the one the image's permutation puts there, so the batch needs no
+    /// gathering or host sync.
+    fn color_jitter(&self, x: &Tensor) -> Tensor {
+        let c = &self.cfg;
+        let dev = x.device();
+        let b = x.size()[0];
+        let on = coin(b, c.jitter_p, dev);
+        let one = Tensor::ones([b], (Kind::Float, dev));
+        let zero = Tensor::zeros([b], (Kind::Float, dev));
+        let bright = jitter_factor(b, c.brightness, dev);
+        let contr = jitter_factor(b, c.contrast, dev);
+        let sat = jitter_factor(b, c.saturation, dev);
+        let hue = Tensor::rand([b], (Kind::Float, dev)) * (2.0 * c.hue) - c.hue;
+        // order[i, k] = which op image i applies at position k (a random permutation of 0..4).
+        let order = Tensor::rand([b, 4], (Kind::Float, dev)).argsort(1, false);
+        let mut x = x.shallow_clone();
+        for k in 0..4 {
+            let at = |op: i64| order.select(1, k).eq(op).logical_and(&on);
+            x = adjust_brightness(&x, &bright.where_self(&at(0), &one));
+            x = adjust_contrast(&x, &contr.where_self(&at(1), &one));
+            x = adjust_saturation(&x, &sat.where_self(&at(2), &one));
+            if c.hue > 0.0 {
+                x = adjust_hue(&x, &hue.where_self(&at(3), &zero));
+            }
+        }
+        x
+    }
+
+    /// The evaluation view: no augmentation, only scaling and normalisation.
+    pub fn eval_view(&self, images_u8: &Tensor) -> Tensor {
+        normalize(&to_float(images_u8), &self.mean, &self.std)
+    }
+}

@@ -1,0 +1,89 @@
+//! Checkpoints: model weights, optimiser state and the run position, written atomically
+//! (into a temporary folder, then renamed; the `latest` pointer is replaced by rename), so an
+//! interrupted write never leaves a half checkpoint in use.
+use crate::error::{Error, Result};
+use crate::optim::Sgd;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::nn::VarStore;
+
+/// Where a run stands: the next step to take.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: usize,
+    pub step_in_epoch: usize,
+    pub global_step: usize,
+}
+
+const KEEP: usize = 2;
+
+pub fn dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+}
+
+/// Saves a checkpoint and points `latest` at it; keeps the newest two. Returns its folder.
+pub fn save(run_dir: &Path, vs: &VarStore, opt: &Sgd, pos: Position) -> Result<PathBuf> {
+    let root = dir(run_dir);
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    let name = format!("step-{:09}", pos.global_step);
+    let tmp = root.join(format!(".tmp-{name}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    vs.save(tmp.join("model.safetensors"))?;
+    opt.save(&tmp.join("optim.safetensors"))?;
+    write_file(&tmp.join("position.json"), serde_json::to_string_pretty(&pos).expect("json").as_bytes())?;
+    let final_dir = root.join(&name);
+    let _ = std::fs::remove_dir_all(&final_dir);
+    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    let latest_tmp = root.join(".latest.tmp");
+    write_file(&latest_tmp, name.as_bytes())?;
+    std::fs::rename(&latest_tmp, root.join("latest")).map_err(|e| Error::io(root.join("latest"), e))?;
+    prune(&root)?;
+    Ok(final_dir)
+}
+
+fn prune(root: &Path) -> Result<()> {
+    let mut steps: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .collect();
+    steps.sort();
+    while steps.len() > KEEP {
+        let old = steps.remove(0);
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The folder `latest` points at, if any checkpoint was written.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    let pointer = dir(run_dir).join("latest");
+    if !pointer.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&pointer).map_err(|e| Error::io(&pointer, e))?;
+    let d = dir(run_dir).join(name.trim());
+    if !d.join("model.safetensors").is_file() {
+        return Err(Error::data(&d, "checkpoint named by `latest` is missing model.safetensors"));
+    }
+    Ok(Some(d))
+}
+
+pub fn load_position(ckpt: &Path) -> Result<Position> {
+    let p = ckpt.join("position.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::data(&p, format!("not a checkpoint position: {e}")))
+}
+
+/// Loads model weights into `vs`, with a message naming the file on mismatch.
+pub fn load_model(vs: &mut VarStore, ckpt: &Path) -> Result<()> {
+    let f = ckpt.join("model.safetensors");
+    vs.load(&f).map_err(|e| Error::data(&f, format!("cannot load weights into this model (does the config match the checkpoint?): {e}")))
+}

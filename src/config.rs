@@ -1,0 +1,503 @@
+//! Typed configuration. Every default is the paper's CIFAR recipe (SimSiam, App. D); presets in
+//! `configs/*.toml` change only what differs. Any field can be overridden with
+//! `--set section.field=value`, and the resolved config is saved with each run.
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub run: RunConfig,
+    pub data: DataConfig,
+    pub augment: AugmentConfig,
+    pub model: ModelConfig,
+    pub objective: ObjectiveConfig,
+    pub optim: OptimConfig,
+    pub monitor: MonitorConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Folder for metrics, checkpoints, the resolved config and the report.
+    pub out_dir: PathBuf,
+    pub seed: u64,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    pub epochs: usize,
+    /// Write a checkpoint every this many epochs (and always at the end).
+    pub checkpoint_every: usize,
+    /// CPU threads for libtorch (0: libtorch's default).
+    pub threads: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            out_dir: PathBuf::from("runs/simsiam"),
+            seed: 0,
+            device: "auto".into(),
+            epochs: 800,
+            checkpoint_every: 10,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    /// Decide from the path: `.tar`/`.tar.gz`/`.tgz`, CIFAR `.bin` files or folders of them, or
+    /// a folder of class folders.
+    Auto,
+    Cifar10,
+    Cifar100,
+    Folder,
+    Tar,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Training images (labels are used only by the monitors).
+    pub train: Option<PathBuf>,
+    /// Held-out images for the kNN monitor and evaluation.
+    pub test: Option<PathBuf>,
+    pub format: DataFormat,
+    /// Side of the square images kept in the store (resize shorter side + centre crop).
+    pub image_size: usize,
+    /// Use only the first N training images (after a seeded shuffle); 0 = all.
+    pub train_limit: usize,
+    /// Use only the first N test images (after a seeded shuffle); 0 = all.
+    pub test_limit: usize,
+    /// Skip unreadable images (and report how many) instead of stopping.
+    pub skip_corrupt: bool,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            train: None,
+            test: None,
+            format: DataFormat::Auto,
+            image_size: 32,
+            train_limit: 0,
+            test_limit: 0,
+            skip_corrupt: false,
+        }
+    }
+}
+
+/// SimSiam / MoCo v2 augmentation (torchvision definitions), two independent views per image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// RandomResizedCrop area range, as a fraction of the image.
+    pub crop_scale: [f64; 2],
+    /// RandomResizedCrop aspect-ratio range.
+    pub crop_ratio: [f64; 2],
+    pub flip_p: f64,
+    /// Probability of applying colour jitter (its four parts in random order per image).
+    pub jitter_p: f64,
+    pub brightness: f64,
+    pub contrast: f64,
+    pub saturation: f64,
+    pub hue: f64,
+    pub grayscale_p: f64,
+    /// Gaussian blur probability; negative = auto (0.5 above 32 px, off at 32 px and below).
+    pub blur_p: f64,
+    pub blur_sigma: [f64; 2],
+    pub mean: [f64; 3],
+    pub std: [f64; 3],
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            crop_scale: [0.2, 1.0],
+            crop_ratio: [3.0 / 4.0, 4.0 / 3.0],
+            flip_p: 0.5,
+            jitter_p: 0.8,
+            brightness: 0.4,
+            contrast: 0.4,
+            saturation: 0.4,
+            hue: 0.1,
+            grayscale_p: 0.2,
+            blur_p: -1.0,
+            blur_sigma: [0.1, 2.0],
+            // CIFAR-10 channel statistics.
+            mean: [0.4914, 0.4822, 0.4465],
+            std: [0.2470, 0.2435, 0.2616],
+        }
+    }
+}
+
+impl AugmentConfig {
+    /// The blur probability in force for a given image size.
+    pub fn effective_blur_p(&self, image_size: usize) -> f64 {
+        if self.blur_p >= 0.0 {
+            self.blur_p
+        } else if image_size > 32 {
+            0.5
+        } else {
+            0.0
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+}
+
+/// The prediction head `h`, as a value: the variants of SimSiam Table 1 and Zhang et al. §2.12.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictorKind {
+    /// Linear(d, hidden, no bias) + BN + ReLU + Linear(hidden, d): the paper's bottleneck.
+    Mlp,
+    /// `h = identity` (Table 1a).
+    Identity,
+    /// A single fully connected layer `Wz (+ b)`.
+    Linear,
+    /// `h(z) = z + b`, b learnable and initialised to 0 (Zhang et al.).
+    Bias,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    /// 3x3 stride-1 stem without max-pool (the CIFAR variant).
+    pub cifar_stem: bool,
+    /// Channels of the first stage (64 in torchvision); smaller for quick CPU runs.
+    pub width: i64,
+    /// Initialise the last BN gamma of every residual block to 0.
+    pub zero_init_residual: bool,
+    /// Projector layers (2 for CIFAR, 3 for ImageNet).
+    pub proj_layers: usize,
+    pub proj_hidden: i64,
+    /// Output dimension d of the projector (and predictor).
+    pub dim: i64,
+    pub proj_hidden_bn: bool,
+    pub proj_output_bn: bool,
+    pub proj_output_bn_affine: bool,
+    pub predictor: PredictorKind,
+    /// Predictor hidden width (d/4 in the paper).
+    pub pred_hidden: i64,
+    pub pred_hidden_bn: bool,
+    pub pred_output_bn: bool,
+    /// Linear predictor: with a bias term.
+    pub pred_bias: bool,
+    /// Train the predictor (false = fixed at its random initialisation, Table 1b).
+    pub pred_trainable: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            arch: Arch::Resnet18,
+            cifar_stem: true,
+            width: 64,
+            zero_init_residual: true,
+            proj_layers: 2,
+            proj_hidden: 2048,
+            dim: 2048,
+            proj_hidden_bn: true,
+            proj_output_bn: true,
+            proj_output_bn_affine: false,
+            predictor: PredictorKind::Mlp,
+            pred_hidden: 512,
+            pred_hidden_bn: true,
+            pred_output_bn: false,
+            pred_bias: true,
+            pred_trainable: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Similarity {
+    /// D(p, z) = -cos(p, z).
+    Cosine,
+    /// D(p, z) = -softmax(z) . log softmax(p) over channels (SimSiam §4.5).
+    CrossEntropy,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Symmetry {
+    /// ½D(p1, sg z2) + ½D(p2, sg z1).
+    Symmetric,
+    /// D(p1, sg z2) only.
+    Asymmetric,
+}
+
+/// The loss as a value (SimSiam eq. 4 and its ablations).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectiveConfig {
+    pub similarity: Similarity,
+    pub symmetry: Symmetry,
+    /// Stop-gradient on the target branch (Fig. 2).
+    pub stop_grad: bool,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig {
+            similarity: Similarity::Cosine,
+            symmetry: Symmetry::Symmetric,
+            stop_grad: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub batch_size: usize,
+    /// lr = base_lr x batch_size / 256.
+    pub base_lr: f64,
+    pub momentum: f64,
+    /// Applied to every parameter, BN included (SimSiam App. A).
+    pub weight_decay: f64,
+    /// Linear warm-up from 0, in epochs, before the cosine decay.
+    pub warmup_epochs: usize,
+    /// Keep the predictor's lr constant at the initial lr (the paper's final recipe, Table 1c).
+    pub fix_pred_lr: bool,
+    /// Update the cosine schedule every step instead of every epoch (official code: per epoch).
+    pub lr_per_step: bool,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            batch_size: 512,
+            base_lr: 0.03,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            warmup_epochs: 0,
+            fix_pred_lr: true,
+            lr_per_step: false,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// The initial lr after the linear scaling rule.
+    pub fn init_lr(&self) -> f64 {
+        self.base_lr * self.batch_size as f64 / 256.0
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Run the kNN monitor every this many epochs (0 = only at the start and end).
+    pub knn_every: usize,
+    pub knn_k: usize,
+    pub knn_t: f64,
+    /// Fetch per-step metrics from the device every this many steps (one sync each time).
+    pub log_every: usize,
+    /// Also run the kNN monitor before the first step (the network at initialisation).
+    pub knn_at_init: bool,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig { knn_every: 10, knn_k: 200, knn_t: 0.1, log_every: 10, knn_at_init: true }
+    }
+}
+
+/// The presets shipped with the tool: name, one-line description, TOML text.
+pub const PRESETS: &[(&str, &str, &str)] = &[
+    ("cifar10", "SimSiam App. D: ResNet-18 CIFAR variant, 800 epochs, batch 512", include_str!("../configs/cifar10.toml")),
+    ("cifar100", "The cifar10 recipe on CIFAR-100 (Zhang et al.'s setting: 200 epochs)", include_str!("../configs/cifar100.toml")),
+    ("imagenet", "SimSiam §3: ResNet-50, 3-layer projector, 224 px, 100 epochs, base lr 0.05", include_str!("../configs/imagenet.toml")),
+    ("tiny", "Minutes on a 2-core CPU: narrow ResNet-18, 10k CIFAR images, d = 512", include_str!("../configs/tiny.toml")),
+];
+
+fn preset_text(name: &str) -> Result<&'static str> {
+    PRESETS.iter().find(|(n, _, _)| *n == name).map(|(_, _, t)| *t).ok_or_else(|| {
+        let names: Vec<_> = PRESETS.iter().map(|(n, _, _)| *n).collect();
+        Error::config(format!("--preset: unknown preset {name:?}, expected one of {}", names.join(", ")))
+    })
+}
+
+fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {
+    text.parse::<toml::Table>()
+        .map_err(|e| Error::config(format!("{origin}: not valid TOML: {e}")))
+}
+
+/// Deep-merges `over` into `base` (tables merge, everything else replaces).
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Parses the right-hand side of `--set key=value`: a TOML literal if it is one
+/// (`3`, `0.5`, `true`, `[0.2, 1.0]`, `"x"`), else a bare string.
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Applies one `section.field=value` override.
+pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec.split_once('=').ok_or_else(|| {
+        Error::config(format!("--set {spec:?}: expected section.field=value"))
+    })?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::config(format!("--set {spec:?}: empty key segment in {key:?}")));
+    }
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| {
+            Error::config(format!("--set {spec:?}: {p:?} is a value, not a section"))
+        })?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), parse_value(raw.trim()));
+    Ok(())
+}
+
+impl Config {
+    /// Resolves a config from a preset, an optional TOML file and `key=value` overrides, in
+    /// that order, then validates it. Unknown keys are errors that name the key.
+    pub fn resolve(preset: &str, file: Option<&Path>, overrides: &[String]) -> Result<Config> {
+        let mut table = parse_table(preset_text(preset)?, &format!("preset {preset}"))?;
+        if let Some(f) = file {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+            merge(&mut table, parse_table(&text, &f.display().to_string())?);
+        }
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        Self::from_table(table, preset)
+    }
+
+    /// Reads a saved config (a run's `config.toml`).
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let table = parse_table(&text, &path.display().to_string())?;
+        Self::from_table(table, &path.display().to_string())
+    }
+
+    fn from_table(table: toml::Table, origin: &str) -> Result<Config> {
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                Error::config(format!("{origin}: field `{path}`: {}", e.into_inner()))
+            })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Range checks; each error names the field and the expected range.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field: &str, want: &str, got: String| {
+            Err(Error::config(format!("{field}: expected {want}, got {got}")))
+        };
+        let prob = |field: &str, p: f64| {
+            if (0.0..=1.0).contains(&p) { Ok(()) } else { fail(field, "a probability in [0, 1]", p.to_string()) }
+        };
+        let a = &self.augment;
+        prob("augment.flip_p", a.flip_p)?;
+        prob("augment.jitter_p", a.jitter_p)?;
+        prob("augment.grayscale_p", a.grayscale_p)?;
+        if a.blur_p >= 0.0 {
+            prob("augment.blur_p", a.blur_p)?;
+        }
+        let [s0, s1] = a.crop_scale;
+        if !(s0 > 0.0 && s0 <= s1 && s1 <= 1.0) {
+            return fail("augment.crop_scale", "0 < lo <= hi <= 1", format!("{:?}", a.crop_scale));
+        }
+        let [r0, r1] = a.crop_ratio;
+        if !(r0 > 0.0 && r0 <= r1) {
+            return fail("augment.crop_ratio", "0 < lo <= hi", format!("{:?}", a.crop_ratio));
+        }
+        for (f, v) in [("augment.brightness", a.brightness), ("augment.contrast", a.contrast), ("augment.saturation", a.saturation)] {
+            if !(0.0..=1.0).contains(&v) {
+                return fail(f, "a jitter strength in [0, 1]", v.to_string());
+            }
+        }
+        if !(0.0..=0.5).contains(&a.hue) {
+            return fail("augment.hue", "a value in [0, 0.5]", a.hue.to_string());
+        }
+        let [b0, b1] = a.blur_sigma;
+        if !(b0 > 0.0 && b0 <= b1) {
+            return fail("augment.blur_sigma", "0 < lo <= hi", format!("{:?}", a.blur_sigma));
+        }
+        if a.std.iter().any(|s| *s <= 0.0) {
+            return fail("augment.std", "positive values", format!("{:?}", a.std));
+        }
+        if self.data.image_size < 8 {
+            return fail("data.image_size", "at least 8", self.data.image_size.to_string());
+        }
+        if self.run.epochs == 0 {
+            return fail("run.epochs", "at least 1", "0".into());
+        }
+        if self.run.checkpoint_every == 0 {
+            return fail("run.checkpoint_every", "at least 1", "0".into());
+        }
+        let o = &self.optim;
+        if o.batch_size < 2 {
+            return fail("optim.batch_size", "at least 2 (BatchNorm needs two samples)", o.batch_size.to_string());
+        }
+        if !(o.base_lr > 0.0 && o.base_lr.is_finite()) {
+            return fail("optim.base_lr", "a positive number", o.base_lr.to_string());
+        }
+        if !(0.0..1.0).contains(&o.momentum) {
+            return fail("optim.momentum", "a value in [0, 1)", o.momentum.to_string());
+        }
+        if o.weight_decay < 0.0 {
+            return fail("optim.weight_decay", "a non-negative number", o.weight_decay.to_string());
+        }
+        if o.warmup_epochs >= self.run.epochs && o.warmup_epochs > 0 {
+            return fail("optim.warmup_epochs", "fewer than run.epochs", o.warmup_epochs.to_string());
+        }
+        let m = &self.model;
+        if m.width < 1 {
+            return fail("model.width", "at least 1", m.width.to_string());
+        }
+        if m.dim < 1 || m.proj_hidden < 1 || m.pred_hidden < 1 {
+            return fail("model.dim / proj_hidden / pred_hidden", "positive widths", format!("{} / {} / {}", m.dim, m.proj_hidden, m.pred_hidden));
+        }
+        if m.proj_layers < 1 {
+            return fail("model.proj_layers", "at least 1", m.proj_layers.to_string());
+        }
+        let mo = &self.monitor;
+        if mo.knn_k == 0 {
+            return fail("monitor.knn_k", "at least 1", "0".into());
+        }
+        if !(mo.knn_t > 0.0) {
+            return fail("monitor.knn_t", "a positive temperature", mo.knn_t.to_string());
+        }
+        if mo.log_every == 0 {
+            return fail("monitor.log_every", "at least 1", "0".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,45 @@
+//! Library errors: every variant names the file, field or flag at fault and what was expected.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A data file or folder that cannot be used as it is.
+    #[error("{path}: {msg}")]
+    Data { path: PathBuf, msg: String },
+    /// A configuration field, preset or flag with a bad value.
+    #[error("config: {0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tensor engine: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The loss became NaN or infinite; the run stopped and the last good checkpoint is kept.
+    #[error("non-finite loss at epoch {epoch}, step {step}: {value}; the last good checkpoint is kept in {checkpoint}")]
+    NonFinite {
+        epoch: usize,
+        step: usize,
+        value: f64,
+        checkpoint: String,
+    },
+    /// The run was interrupted (Ctrl-C) after saving a checkpoint.
+    #[error("interrupted at epoch {epoch}, step {step}; checkpoint saved, continue with `simsiam train --resume {dir}`")]
+    Interrupted { epoch: usize, step: usize, dir: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), msg: msg.into() }
+    }
+    pub fn config(msg: impl Into<String>) -> Self {
+        Error::Config(msg.into())
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,59 @@
+//! Weighted kNN classifier (InstDisc; the MoCo CIFAR demo's `knn_predict`): cosine similarity
+//! of l2-normalised backbone features against a bank of training features, top-k neighbours
+//! weighted by `exp(s / t)`, the class with the largest summed weight wins.
+use crate::augment::Augmenter;
+use crate::data::ImageStore;
+use crate::model::SimSiam;
+use crate::monitor::l2_normalize;
+use tch::{Kind, Tensor};
+
+/// l2-normalised backbone features of every image (eval-mode BN, no augmentation): `[N, C]`.
+pub fn extract_features(model: &SimSiam, store: &ImageStore, aug: &Augmenter, batch: i64) -> Tensor {
+    tch::no_grad(|| {
+        let n = store.images.size()[0];
+        let chunks: Vec<Tensor> = (0..n)
+            .step_by(batch as usize)
+            .map(|s| {
+                let x = aug.eval_view(&store.images.narrow(0, s, batch.min(n - s)));
+                l2_normalize(&model.features(&x, false).to_kind(Kind::Float))
+            })
+            .collect();
+        Tensor::cat(&chunks, 0)
+    })
+}
+
+/// Predicted classes `[M]` for each k in `ks`, from queries `[M, C]` and a bank `[N, C]` (both
+/// l2-normalised) with labels `[N]`.
+pub fn knn_predict(query: &Tensor, bank: &Tensor, bank_labels: &Tensor, classes: i64, ks: &[usize], t: f64) -> Vec<Tensor> {
+    tch::no_grad(|| {
+        let kmax = (*ks.iter().max().expect("at least one k") as i64).min(bank.size()[0]);
+        let m = query.size()[0];
+        let chunk = 1024;
+        let mut preds: Vec<Vec<Tensor>> = ks.iter().map(|_| Vec::new()).collect();
+        for s in (0..m).step_by(chunk) {
+            let q = query.narrow(0, s as i64, (chunk as i64).min(m - s as i64));
+            let b = q.size()[0];
+            // [b, N] similarities -> top kmax (sorted, descending)
+            let (sim, idx) = q.matmul(&bank.tr()).topk(kmax, 1, true, true);
+            let lbl = bank_labels.index_select(0, &idx.view([-1])).view([b, kmax]);
+            let w = (sim / t).exp();
+            for (j, &k) in ks.iter().enumerate() {
+                let k = (k as i64).min(kmax);
+                let one_hot = Tensor::zeros([b, k, classes], (Kind::Float, q.device())).scatter_value(2, &lbl.narrow(1, 0, k).unsqueeze(2), 1.0);
+                let scores = (one_hot * w.narrow(1, 0, k).unsqueeze(2)).sum_dim_intlist(&[1i64][..], false, Kind::Float);
+                preds[j].push(scores.argmax(1, false));
+            }
+        }
+        preds.into_iter().map(|p| Tensor::cat(&p, 0)).collect()
+    })
+}
+
+/// Top-1 accuracy (percent) of the kNN classifier for each k.
+pub fn knn_accuracy(model: &SimSiam, train: &ImageStore, test: &ImageStore, aug: &Augmenter, ks: &[usize], t: f64) -> Vec<f64> {
+    let bank = extract_features(model, train, aug, 512);
+    let query = extract_features(model, test, aug, 512);
+    knn_predict(&query, &bank, &train.labels, train.num_classes() as i64, ks, t)
+        .iter()
+        .map(|p| p.eq_tensor(&test.labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]) * 100.0)
+        .collect()
+}

@@ -1,0 +1,2 @@
+//! Evaluating a representation: the weighted kNN monitor.
+pub mod knn;

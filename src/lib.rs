@@ -1,0 +1,18 @@
+//! `simsiam`: SimSiam (Chen & He, CVPR 2021) and the analyses of why it does not collapse, on
+//! tch / libtorch. The modules follow the pipeline: data -> augment -> model -> objective ->
+//! train, with eval and monitors alongside.
+pub mod augment;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod eval;
+pub mod model;
+pub mod monitor;
+pub mod objective;
+pub mod optim;
+pub mod train;
+
+pub use config::Config;
+pub use error::{Error, Result};

@@ -1,0 +1,215 @@
+//! `simsiam`: the command-line edge. Library errors are typed; here they become `anyhow`
+//! messages with context.
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use simsiam::config::{Config, PRESETS};
+use simsiam::train::{self, RunControl};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+#[derive(Parser)]
+#[command(name = "simsiam", version, about = "SimSiam self-supervised pre-training and analysis on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Pre-train an encoder without labels (the kNN monitor uses the test labels).
+    Train(TrainArgs),
+    /// Evaluate a trained run.
+    #[command(subcommand)]
+    Eval(EvalCmd),
+    /// List the shipped presets, or print one resolved config as TOML.
+    Presets {
+        /// Print this preset's full resolved config.
+        name: Option<String>,
+    },
+}
+
+/// Where the config comes from: preset, then file, then flags (later wins).
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Base preset (see `simsiam presets`).
+    #[arg(long, default_value = "cifar10")]
+    preset: String,
+    /// A TOML file merged over the preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override any field: `--set optim.base_lr=0.05 --set model.arch=resnet34`.
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    sets: Vec<String>,
+    /// Training data (= data.train): a .tar/.tar.gz of class folders, a folder of class folders,
+    /// or CIFAR binary batches.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Held-out data for the kNN monitor (= data.test).
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    /// = run.epochs
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// = optim.batch_size
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// cpu, cuda, cuda:N or auto (= run.device)
+    #[arg(long)]
+    device: Option<String>,
+    /// Run folder (= run.out_dir)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// = run.seed
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl ConfigArgs {
+    fn resolve(&self) -> Result<Config> {
+        let mut sets = self.sets.clone();
+        let quote = |p: &PathBuf| toml::Value::String(p.display().to_string()).to_string();
+        if let Some(p) = &self.data {
+            sets.push(format!("data.train={}", quote(p)));
+        }
+        if let Some(p) = &self.test_data {
+            sets.push(format!("data.test={}", quote(p)));
+        }
+        if let Some(v) = self.epochs {
+            sets.push(format!("run.epochs={v}"));
+        }
+        if let Some(v) = self.batch_size {
+            sets.push(format!("optim.batch_size={v}"));
+        }
+        if let Some(v) = &self.device {
+            sets.push(format!("run.device={}", toml::Value::String(v.clone())));
+        }
+        if let Some(p) = &self.out {
+            sets.push(format!("run.out_dir={}", quote(p)));
+        }
+        if let Some(v) = self.seed {
+            sets.push(format!("run.seed={v}"));
+        }
+        Ok(Config::resolve(&self.preset, self.config.as_deref(), &sets)?)
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
+    /// Continue the run in this folder from its latest checkpoint, with its saved config.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "config", "sets", "data", "test_data", "epochs", "batch_size", "out", "seed"])]
+    resume: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// Weighted kNN top-1 of a run's latest checkpoint (backbone features).
+    Knn {
+        /// The run folder (holds config.toml and checkpoints/).
+        run: PathBuf,
+        /// Neighbour counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "200")]
+        k: Vec<usize>,
+        /// Temperature.
+        #[arg(long, default_value_t = 0.1)]
+        t: f64,
+        #[arg(long)]
+        device: Option<String>,
+        /// Use this training data instead of the run's.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Use this test data instead of the run's.
+        #[arg(long)]
+        test_data: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(match e.downcast_ref::<simsiam::Error>() {
+            Some(simsiam::Error::Interrupted { .. }) => 130,
+            _ => 1,
+        });
+    }
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Eval(EvalCmd::Knn { run, k, t, device, data, test_data }) => cmd_knn(run, &k, t, device, data, test_data),
+        Cmd::Presets { name: None } => {
+            for (n, about, _) in PRESETS {
+                println!("{n:<10} {about}");
+            }
+            Ok(())
+        }
+        Cmd::Presets { name: Some(n) } => {
+            print!("{}", Config::resolve(&n, None, &[])?.to_toml());
+            Ok(())
+        }
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let (cfg, resume) = match &a.resume {
+        Some(dir) => {
+            let mut cfg = Config::load(&dir.join("config.toml")).with_context(|| format!("--resume {}: not a run folder", dir.display()))?;
+            if let Some(d) = &a.cfg.device {
+                cfg.run.device = d.clone();
+            }
+            cfg.run.out_dir = dir.clone();
+            (cfg, true)
+        }
+        None => (a.cfg.resolve()?, false),
+    };
+    let control = RunControl { resume, progress: std::io::stderr().is_terminal(), ..Default::default() };
+    let flag = control.interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    eprintln!("run folder: {}", cfg.run.out_dir.display());
+    let s = train::train(&cfg, &control)?;
+    println!("trained {} epochs ({} steps) in {:.1}s, {:.0} images/s on {}", s.epochs, s.steps, s.train_seconds, s.images_per_s, s.device);
+    println!("final loss {:+.4}, collapse_std {:.4} (x sqrt(d) = {:.3})", s.final_loss, s.collapse_std, s.collapse_std_scaled);
+    match (s.knn_init, s.knn_final) {
+        (Some(i), Some(f)) => println!("kNN top-1 (k={}, t={}): at initialisation {i:.2}%, trained {f:.2}% ({:+.2} points)", cfg.monitor.knn_k, cfg.monitor.knn_t, f - i),
+        (None, Some(f)) => println!("kNN top-1 (k={}, t={}): trained {f:.2}%", cfg.monitor.knn_k, cfg.monitor.knn_t),
+        _ => println!("no test data given (--test-data): kNN monitor skipped"),
+    }
+    println!("outputs in {}", cfg.run.out_dir.display());
+    Ok(())
+}
+
+fn cmd_knn(run: PathBuf, ks: &[usize], t: f64, device: Option<String>, data: Option<PathBuf>, test_data: Option<PathBuf>) -> Result<()> {
+    let mut cfg = Config::load(&run.join("config.toml")).with_context(|| format!("{}: not a run folder", run.display()))?;
+    if let Some(d) = device {
+        cfg.run.device = d;
+    }
+    if data.is_some() {
+        cfg.data.train = data;
+    }
+    if test_data.is_some() {
+        cfg.data.test = test_data;
+    }
+    anyhow::ensure!(cfg.data.test.is_some(), "no test data: pass --test-data PATH");
+    let device = simsiam::device::parse_device(&cfg.run.device)?;
+    let ckpt = simsiam::checkpoint::latest(&run)?.with_context(|| format!("{}: no checkpoint yet", run.display()))?;
+    let mut net = train::Network::new(&cfg, device);
+    simsiam::checkpoint::load_model(&mut net.vs, &ckpt)?;
+    let (train_store, test_store) = train::load_data(&cfg)?;
+    let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+    let accs = simsiam::eval::knn::knn_accuracy(&net.model, &train_store.to_device(device), &test_store.expect("checked").to_device(device), &aug, ks, t);
+    for (k, acc) in ks.iter().zip(accs) {
+        println!("{}", serde_json::json!({"checkpoint": ckpt.display().to_string(), "k": k, "t": t, "knn_top1": acc}));
+    }
+    Ok(())
+}

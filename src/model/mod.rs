@@ -1,0 +1,63 @@
+//! The SimSiam network (Chen & He 2021, `simsiam/builder.py`): encoder f = backbone +
+//! projector, predictor h. The objective decides where stop-gradient goes.
+pub mod heads;
+pub mod resnet;
+
+use crate::config::ModelConfig;
+use heads::{Mlp, Predictor};
+use resnet::ResNet;
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+/// VarStore prefixes; the optimiser gives `predictor.*` its own (constant-lr) group.
+pub const BACKBONE: &str = "backbone";
+pub const PROJECTOR: &str = "projector";
+pub const PREDICTOR: &str = "predictor";
+
+/// Both branches' outputs for one pair of views.
+#[derive(Debug)]
+pub struct SiameseOutput {
+    /// Projections z = f(x), `[B, d]`.
+    pub z1: Tensor,
+    pub z2: Tensor,
+    /// Predictions p = h(z), `[B, d]`.
+    pub p1: Tensor,
+    pub p2: Tensor,
+}
+
+#[derive(Debug)]
+pub struct SimSiam {
+    pub backbone: ResNet,
+    pub projector: Mlp,
+    pub predictor: Predictor,
+    pub dim: i64,
+}
+
+impl SimSiam {
+    pub fn new(root: &nn::Path, cfg: &ModelConfig) -> SimSiam {
+        let backbone = ResNet::new(&(root / BACKBONE), cfg);
+        let projector = Mlp::new(&(root / PROJECTOR), &heads::projector_specs(backbone.out_dim, cfg));
+        let predictor = Predictor::new(&(root / PREDICTOR), cfg);
+        SimSiam { backbone, projector, predictor, dim: cfg.dim }
+    }
+
+    /// z = f(x): `[B,3,H,W] -> [B, d]`.
+    pub fn encode(&self, x: &Tensor, train: bool) -> Tensor {
+        self.backbone.forward_t(x, train).apply_t(&self.projector, train)
+    }
+
+    /// Backbone features y (what downstream tasks use): `[B,3,H,W] -> [B, C]`.
+    pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
+        self.backbone.forward_t(x, train)
+    }
+
+    /// `x1, x2 -> z1, z2, p1, p2`. Each view is its own forward pass, so BatchNorm statistics are
+    /// per view, as in the official code.
+    pub fn forward(&self, x1: &Tensor, x2: &Tensor, train: bool) -> SiameseOutput {
+        let z1 = self.encode(x1, train);
+        let z2 = self.encode(x2, train);
+        let p1 = self.predictor.forward_t(&z1, train);
+        let p2 = self.predictor.forward_t(&z2, train);
+        SiameseOutput { z1, z2, p1, p2 }
+    }
+}

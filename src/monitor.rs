@@ -1,0 +1,39 @@
+//! Collapse monitors (SimSiam §4.1 / Fig. 2).
+use tch::{Kind, Tensor};
+
+/// `collapse_std`: the per-channel std (unbiased, over the batch) of the l2-normalised
+/// projection `z / ||z||`, averaged over the d channels. 0 for a collapsed batch; about
+/// `1/sqrt(d)` for `z ~ N(0, I)`. Same as lightly's `std_of_l2_normalized`. `[B, d] -> scalar`.
+pub fn collapse_std(z: &Tensor) -> Tensor {
+    let zn = l2_normalize(&z.detach().to_kind(Kind::Float));
+    zn.std_dim(&[0i64][..], true, false).mean(Kind::Float)
+}
+
+/// Row-wise `x / max(||x||, 1e-12)` (F.normalize).
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    let n = x.norm_scalaropt_dim(2.0, &[1i64][..], true).clamp_min(1e-12);
+    x / n
+}
+
+/// The verdict of SimSiam's footnote 4: chance accuracy alone is not collapse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollapseVerdict {
+    /// Loss at its minimum and `sqrt(d) * collapse_std` near 0.
+    Collapsed,
+    /// Not collapsed, but the loss stayed far from its minimum.
+    NotConverged,
+    Healthy,
+}
+
+/// Classifies a run's end state from its final loss and `sqrt(d) * collapse_std`.
+pub fn verdict(final_loss: f64, loss_min: Option<f64>, scaled_std: f64) -> CollapseVerdict {
+    let at_min = loss_min.is_none_or(|m| final_loss - m < 0.05);
+    if scaled_std < 0.1 && at_min {
+        CollapseVerdict::Collapsed
+    } else if loss_min.is_some_and(|m| final_loss - m > 0.5) {
+        CollapseVerdict::NotConverged
+    } else {
+        CollapseVerdict::Healthy
+    }
+}

@@ -1,0 +1,338 @@
+//! The training loop: data store on the device -> two augmented views -> SimSiam step, with
+//! per-step metrics (JSON lines), the kNN monitor, atomic checkpoints, exact resume, Ctrl-C
+//! handling and a stop on a non-finite loss.
+use crate::augment::Augmenter;
+use crate::checkpoint::{self, Position};
+use crate::config::Config;
+use crate::data::{self, ImageStore, Split};
+use crate::error::{Error, Result};
+use crate::eval::knn;
+use crate::model::{SimSiam, PREDICTOR};
+use crate::monitor::collapse_std;
+use crate::objective::Objective;
+use crate::optim::{cosine_lr, Param, Sgd};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// A model with its variables, built from a config on a device.
+pub struct Network {
+    pub vs: nn::VarStore,
+    pub model: SimSiam,
+}
+
+impl Network {
+    pub fn new(cfg: &Config, device: Device) -> Network {
+        let vs = nn::VarStore::new(device);
+        let model = SimSiam::new(&vs.root(), &cfg.model);
+        Network { vs, model }
+    }
+
+    /// Trainable parameters by name (sorted, so the order is stable), in two groups:
+    /// 0 = encoder, 1 = predictor (kept at a constant lr with `fix_pred_lr`).
+    pub fn params(&self, cfg: &Config) -> Vec<Param> {
+        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+            .into_iter()
+            .filter(|(n, _)| cfg.model.pred_trainable || !n.starts_with(PREDICTOR))
+            .map(|(name, tensor)| {
+                let group = usize::from(name.starts_with(PREDICTOR));
+                Param { name, tensor, group }
+            })
+            .collect()
+    }
+}
+
+/// Loads the train and (optional) test stores named by the config.
+pub fn load_data(cfg: &Config) -> Result<(ImageStore, Option<ImageStore>)> {
+    let d = &cfg.data;
+    let train_path = d.train.as_ref().ok_or_else(|| Error::config("data.train: no training data given (pass --data PATH)"))?;
+    let train = data::load(train_path, d.format, Split::Train, d.image_size, d.skip_corrupt)?.subset(d.train_limit, cfg.run.seed);
+    let test = match &d.test {
+        Some(p) => Some(data::load(p, d.format, Split::Test, d.image_size, d.skip_corrupt)?.subset(d.test_limit, cfg.run.seed.wrapping_add(1))),
+        None => None,
+    };
+    Ok((train, test))
+}
+
+/// The seed of step `s`: every step re-seeds libtorch's generator, so a resumed run draws the
+/// same augmentations as an uninterrupted one.
+fn step_seed(seed: u64, step: usize) -> i64 {
+    // splitmix64 of (seed, step)
+    let mut x = seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((x ^ (x >> 31)) >> 1) as i64
+}
+
+/// The image order of an epoch: a seeded permutation (independent of where a run resumed).
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<i64> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut idx: Vec<i64> = (0..n as i64).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ ((epoch as u64 + 1) << 32)));
+    idx
+}
+
+/// Prints a line above the progress bar, or to stderr when there is no bar (not a terminal).
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub epochs: usize,
+    pub steps: usize,
+    pub final_loss: f64,
+    pub collapse_std: f64,
+    pub collapse_std_scaled: f64,
+    pub knn_init: Option<f64>,
+    pub knn_final: Option<f64>,
+    pub train_seconds: f64,
+    pub images_per_s: f64,
+    pub device: String,
+}
+
+/// Per-step values kept on the device until the next flush (one host sync per flush).
+struct Pending {
+    epoch: usize,
+    step: usize,
+    lr: f64,
+    loss: Tensor,
+    std: Tensor,
+}
+
+struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Opens `metrics.jsonl`; on resume drops lines past the checkpoint's step, so the file
+    /// holds exactly one line per step taken by the weights being trained.
+    fn open(run_dir: &Path, keep_below_step: Option<usize>) -> Result<MetricsLog> {
+        let path = run_dir.join("metrics.jsonl");
+        if let Some(limit) = keep_below_step {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let kept: String = text
+                .lines()
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| (s as usize) < limit))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsLog { file, path })
+    }
+    fn write(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Options that are about this invocation, not the experiment (not saved in the config).
+#[derive(Clone, Default)]
+pub struct RunControl {
+    /// Set by Ctrl-C: save a checkpoint and stop.
+    pub interrupt: Arc<AtomicBool>,
+    /// Continue from the run folder's latest checkpoint.
+    pub resume: bool,
+    /// Draw a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
+    let device = crate::device::parse_device(&cfg.run.device)?;
+    if cfg.run.threads > 0 {
+        tch::set_num_threads(cfg.run.threads as i32);
+    }
+    let run_dir = cfg.run.out_dir.clone();
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    let cfg_path = run_dir.join("config.toml");
+    if !control.resume {
+        if checkpoint::latest(&run_dir)?.is_some() {
+            return Err(Error::config(format!(
+                "run.out_dir: {} already holds a run; continue it with --resume {0}, or choose another --out",
+                run_dir.display()
+            )));
+        }
+        std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| Error::io(&cfg_path, e))?;
+    }
+
+    let t_load = Instant::now();
+    let (train_store, test_store) = load_data(cfg)?;
+    let batch = cfg.optim.batch_size;
+    if train_store.len() < batch {
+        return Err(Error::config(format!("optim.batch_size: {batch} is larger than the {} training images", train_store.len())));
+    }
+    eprintln!(
+        "data: {} training images{} ({} classes, {}px) loaded in {:.1}s; device {}",
+        train_store.len(),
+        test_store.as_ref().map(|t| format!(", {} test images", t.len())).unwrap_or_default(),
+        train_store.num_classes(),
+        train_store.image_size(),
+        t_load.elapsed().as_secs_f64(),
+        crate::device::describe(device)
+    );
+    let train_dev = train_store.to_device(device);
+    let test_dev = test_store.as_ref().map(|t| t.to_device(device));
+
+    tch::manual_seed(cfg.run.seed as i64);
+    let mut net = Network::new(cfg, device);
+    let objective = Objective::new(&cfg.objective);
+    let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+    let params = net.params(cfg);
+    let mut opt = Sgd::new(params, 2, cfg.optim.momentum, cfg.optim.weight_decay);
+
+    let mut pos = Position::default();
+    if control.resume {
+        let ckpt = checkpoint::latest(&run_dir)?.ok_or_else(|| Error::data(&run_dir, "no checkpoint to resume from"))?;
+        checkpoint::load_model(&mut net.vs, &ckpt)?;
+        opt.load(&ckpt.join("optim.safetensors"))?;
+        pos = checkpoint::load_position(&ckpt)?;
+        eprintln!("resuming from {} (epoch {}, step {})", ckpt.display(), pos.epoch, pos.global_step);
+    }
+    let mut log = MetricsLog::open(&run_dir, control.resume.then_some(pos.global_step))?;
+
+    let knn = |net: &Network| -> Option<f64> {
+        test_dev.as_ref().map(|test| knn::knn_accuracy(&net.model, &train_dev, test, &aug, &[cfg.monitor.knn_k], cfg.monitor.knn_t)[0])
+    };
+    let mut summary = Summary {
+        epochs: cfg.run.epochs,
+        steps: 0,
+        final_loss: f64::NAN,
+        collapse_std: f64::NAN,
+        collapse_std_scaled: f64::NAN,
+        knn_init: None,
+        knn_final: None,
+        train_seconds: 0.0,
+        images_per_s: 0.0,
+        device: crate::device::describe(device),
+    };
+    if cfg.monitor.knn_at_init && pos.global_step == 0 {
+        summary.knn_init = knn(&net);
+        if let Some(acc) = summary.knn_init {
+            eprintln!("kNN top-1 at initialisation: {acc:.2}%");
+            log.write(json!({"event": "knn", "epoch": 0, "step": 0, "knn_top1": acc, "k": cfg.monitor.knn_k, "t": cfg.monitor.knn_t}))?;
+        }
+    }
+
+    let n = train_dev.len();
+    let steps_per_epoch = n / batch; // drop_last, as the official DataLoader
+    let total_steps = steps_per_epoch * cfg.run.epochs;
+    let pb = if control.progress { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
+    pb.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}").expect("template"));
+    pb.set_position(pos.global_step as u64);
+
+    let init_lr = cfg.optim.init_lr();
+    let sqrt_d = (cfg.model.dim as f64).sqrt();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut last_ckpt = checkpoint::latest(&run_dir)?.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
+    let mut last_knn: Option<f64> = summary.knn_init;
+    let t_train = Instant::now();
+    let mut t_flush = Instant::now();
+    let mut images_done = 0usize;
+
+    // Fetches pending step metrics (one sync), checks them, writes them.
+    let flush = |pending: &mut Vec<Pending>, log: &mut MetricsLog, summary: &mut Summary, last_ckpt: &str, t_flush: &mut Instant| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let losses = Vec::<f64>::try_from(Tensor::stack(&pending.iter().map(|p| p.loss.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Double)).expect("f64s");
+        let stds = Vec::<f64>::try_from(Tensor::stack(&pending.iter().map(|p| p.std.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Double)).expect("f64s");
+        let ips = (pending.len() * batch) as f64 / t_flush.elapsed().as_secs_f64();
+        *t_flush = Instant::now();
+        for ((p, &loss), &std) in pending.iter().zip(&losses).zip(&stds) {
+            if !loss.is_finite() {
+                return Err(Error::NonFinite { epoch: p.epoch, step: p.step, value: loss, checkpoint: last_ckpt.to_string() });
+            }
+            log.write(json!({"epoch": p.epoch, "step": p.step, "loss": loss, "lr": p.lr, "collapse_std": std, "collapse_std_scaled": std * sqrt_d, "images_per_s": ips}))?;
+        }
+        summary.final_loss = *losses.last().expect("non-empty");
+        summary.collapse_std = *stds.last().expect("non-empty");
+        summary.collapse_std_scaled = summary.collapse_std * sqrt_d;
+        pending.clear();
+        Ok(())
+    };
+
+    while pos.epoch < cfg.run.epochs {
+        let order = epoch_order(n, cfg.run.seed, pos.epoch);
+        let lr_at = |t: f64| cosine_lr(init_lr, t, cfg.run.epochs, cfg.optim.warmup_epochs);
+        while pos.step_in_epoch < steps_per_epoch {
+            let s = pos.step_in_epoch;
+            let frac = if cfg.optim.lr_per_step || pos.epoch < cfg.optim.warmup_epochs { s as f64 / steps_per_epoch as f64 } else { 0.0 };
+            let lr = lr_at(pos.epoch as f64 + frac);
+            opt.lrs[0] = lr;
+            opt.lrs[1] = if cfg.optim.fix_pred_lr { init_lr } else { lr };
+
+            tch::manual_seed(step_seed(cfg.run.seed, pos.global_step));
+            let idx = Tensor::from_slice(&order[s * batch..(s + 1) * batch]).to_device(device);
+            let images = train_dev.images.index_select(0, &idx);
+            let (x1, x2) = tch::no_grad(|| (aug.view(&images), aug.view(&images)));
+            let out = net.model.forward(&x1, &x2, true);
+            let loss = objective.loss(&out);
+            opt.zero_grad();
+            loss.backward();
+            opt.step();
+            pending.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, loss: loss.detach(), std: collapse_std(&out.z1) });
+
+            pos.step_in_epoch += 1;
+            pos.global_step += 1;
+            images_done += batch;
+            pb.inc(1);
+            if pending.len() >= cfg.monitor.log_every {
+                flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
+                pb.set_message(format!("epoch {} loss {:.4} std·√d {:.3}{}", pos.epoch + 1, summary.final_loss, summary.collapse_std_scaled, last_knn.map(|k| format!(" kNN {k:.1}%")).unwrap_or_default()));
+            }
+            if control.interrupt.load(Ordering::SeqCst) {
+                flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
+                let dir = checkpoint::save(&run_dir, &net.vs, &opt, pos)?;
+                pb.abandon();
+                return Err(Error::Interrupted { epoch: pos.epoch, step: pos.global_step, dir: run_dir.display().to_string() }).inspect_err(|_| {
+                    eprintln!("checkpoint written to {}", dir.display());
+                });
+            }
+        }
+        flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
+        pos.epoch += 1;
+        pos.step_in_epoch = 0;
+        let last = pos.epoch == cfg.run.epochs;
+        let every = cfg.monitor.knn_every;
+        if (every > 0 && pos.epoch % every == 0) || last {
+            if let Some(acc) = knn(&net) {
+                last_knn = Some(acc);
+                log.write(json!({"event": "knn", "epoch": pos.epoch, "step": pos.global_step, "knn_top1": acc, "k": cfg.monitor.knn_k, "t": cfg.monitor.knn_t}))?;
+            }
+            say(&pb, format!(
+                "epoch {:>4}/{}  loss {:+.4}  collapse_std·√d {:.3}{}  {:.0} img/s",
+                pos.epoch,
+                cfg.run.epochs,
+                summary.final_loss,
+                summary.collapse_std_scaled,
+                last_knn.map(|k| format!("  kNN {k:.2}%")).unwrap_or_default(),
+                images_done as f64 / t_train.elapsed().as_secs_f64()
+            ));
+        }
+        if pos.epoch % cfg.run.checkpoint_every == 0 || last {
+            last_ckpt = checkpoint::save(&run_dir, &net.vs, &opt, pos)?.display().to_string();
+        }
+    }
+    pb.finish_and_clear();
+    summary.steps = pos.global_step;
+    summary.knn_final = last_knn;
+    summary.train_seconds = t_train.elapsed().as_secs_f64();
+    summary.images_per_s = images_done as f64 / summary.train_seconds.max(1e-9);
+    let s_path = run_dir.join("summary.json");
+    std::fs::write(&s_path, serde_json::to_string_pretty(&summary).expect("json")).map_err(|e| Error::io(&s_path, e))?;
+    Ok(summary)
+}

@@ -1,0 +1,163 @@
+//! Each augmentation op against hand-computed values (torchvision's definitions).
+use simsiam::augment::*;
+use simsiam::config::AugmentConfig;
+use tch::{Device, Kind, Tensor};
+
+/// One image `[1,3,h,w]` whose every pixel is `rgb`.
+fn solid(rgb: [f32; 3], h: i64, w: i64) -> Tensor {
+    Tensor::from_slice(&rgb).view([1, 3, 1, 1]).expand([1, 3, h, w], false).contiguous()
+}
+
+fn px(x: &Tensor) -> Vec<f64> {
+    (0..3).map(|c| x.double_value(&[0, c, 0, 0])).collect()
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() < tol, "{a:?} vs {b:?}");
+    }
+}
+
+fn f(v: f32) -> Tensor {
+    Tensor::from_slice(&[v])
+}
+
+#[test]
+fn grayscale_uses_itu_601_weights() {
+    let g = grayscale(&solid([1.0, 0.5, 0.25], 2, 2));
+    assert_eq!(g.size(), vec![1, 1, 2, 2]);
+    close(&[g.double_value(&[0, 0, 1, 1])], &[0.2989 + 0.5 * 0.587 + 0.25 * 0.114], 1e-6);
+}
+
+#[test]
+fn brightness_scales_and_clamps() {
+    let x = solid([0.5, 0.8, 0.1], 1, 1);
+    close(&px(&adjust_brightness(&x, &f(1.5))), &[0.75, 1.0, 0.15], 1e-6);
+    close(&px(&adjust_brightness(&x, &f(1.0))), &[0.5, 0.8, 0.1], 1e-7);
+}
+
+#[test]
+fn contrast_blends_with_mean_grey() {
+    // Two grey pixels 0.2 and 0.6: mean grey = 0.4 x (0.2989 + 0.587 + 0.114) = 0.39996.
+    let x = Tensor::from_slice(&[0.2f32, 0.6, 0.2, 0.6, 0.2, 0.6]).view([1, 3, 1, 2]);
+    let y = adjust_contrast(&x, &f(0.5));
+    let m = 0.4 * 0.9999;
+    close(&[y.double_value(&[0, 1, 0, 0]), y.double_value(&[0, 1, 0, 1])], &[0.5 * 0.2 + 0.5 * m, 0.5 * 0.6 + 0.5 * m], 1e-6);
+}
+
+#[test]
+fn saturation_blends_with_grey_image() {
+    let x = solid([1.0, 0.0, 0.0], 1, 1);
+    let g = 0.2989;
+    close(&px(&adjust_saturation(&x, &f(0.5))), &[0.5 + 0.5 * g, 0.5 * g, 0.5 * g], 1e-6);
+    close(&px(&adjust_saturation(&x, &f(0.0))), &[g, g, g], 1e-6);
+    // Over-saturation clamps to [0, 1].
+    close(&px(&adjust_saturation(&x, &f(2.0))), &[1.0, 0.0, 0.0], 1e-6);
+}
+
+#[test]
+fn hue_rotates_through_hsv() {
+    let red = solid([1.0, 0.0, 0.0], 1, 1);
+    close(&px(&adjust_hue(&red, &f(1.0 / 3.0))), &[0.0, 1.0, 0.0], 1e-5);
+    close(&px(&adjust_hue(&red, &f(0.5))), &[0.0, 1.0, 1.0], 1e-5);
+    close(&px(&adjust_hue(&red, &f(-1.0 / 3.0))), &[0.0, 0.0, 1.0], 1e-5);
+    // (0.8, 0.4, 0.2): h = 1/18, s = 0.75, v = 0.8; +0.1 -> h*6 = 0.9333, sector 0:
+    // (v, t, p) = (0.8, 0.8(1 - 0.75(1 - 0.9333)), 0.8(1 - 0.75)) = (0.8, 0.76, 0.2).
+    let x = solid([0.8, 0.4, 0.2], 1, 1);
+    close(&px(&adjust_hue(&x, &f(0.1))), &[0.8, 0.76, 0.2], 1e-5);
+    close(&px(&adjust_hue(&x, &f(0.0))), &[0.8, 0.4, 0.2], 1e-6);
+}
+
+#[test]
+fn resized_crop_flip_samples_the_box() {
+    // 2x2 image [[0,1],[2,3]] upsampled to 4x4 (bilinear, half-pixel centres, edge clamp):
+    // sample points -0.25, 0.25, 0.75, 1.25 -> rows [0, .25, .75, 1] + 2 * [0, .25, .75, 1].
+    let x = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0]).view([1, 1, 2, 2]).expand([1, 3, 2, 2], false).contiguous();
+    let whole = Tensor::from_slice(&[0.0f32, 0.0, 2.0, 2.0]).view([1, 4]);
+    let no = Tensor::from_slice(&[false]);
+    let y = resized_crop_flip(&x, &whole, &no, 4);
+    let r = [0.0, 0.25, 0.75, 1.0];
+    for i in 0..4 {
+        for j in 0..4 {
+            assert!((y.double_value(&[0, 0, i, j]) - (r[j as usize] + 2.0 * r[i as usize])).abs() < 1e-5);
+        }
+    }
+    // Identity box is the identity; the flip mirrors columns.
+    let img = Tensor::rand([1, 3, 8, 8], (Kind::Float, Device::Cpu));
+    let full = Tensor::from_slice(&[0.0f32, 0.0, 8.0, 8.0]).view([1, 4]);
+    assert!(resized_crop_flip(&img, &full, &no, 8).allclose(&img, 1e-5, 1e-6, false));
+    let yes = Tensor::from_slice(&[true]);
+    assert!(resized_crop_flip(&img, &full, &yes, 8).allclose(&img.flip([3]), 1e-5, 1e-6, false));
+    // A box of the bottom-right quadrant at its own size is that quadrant, exactly.
+    let quad = Tensor::from_slice(&[4.0f32, 4.0, 4.0, 4.0]).view([1, 4]);
+    assert!(resized_crop_flip(&img, &quad, &no, 4).allclose(&img.narrow(2, 4, 4).narrow(3, 4, 4), 1e-5, 1e-6, false));
+}
+
+#[test]
+fn crop_boxes_follow_random_resized_crop_ranges() {
+    tch::manual_seed(3);
+    let b = sample_crop_boxes(4000, 32, 32, [0.2, 1.0], [0.75, 4.0 / 3.0], Device::Cpu);
+    let v = Vec::<Vec<f32>>::try_from(b).unwrap();
+    let mut areas = Vec::new();
+    for r in &v {
+        let (x0, y0, w, h) = (r[0], r[1], r[2], r[3]);
+        assert!(x0 >= 0.0 && y0 >= 0.0 && x0 + w <= 32.0 && y0 + h <= 32.0, "{r:?}");
+        assert_eq!((x0.fract(), y0.fract(), w.fract(), h.fract()), (0.0, 0.0, 0.0, 0.0));
+        let area = w * h / 1024.0;
+        // Rounding w and h to integers moves the area and ratio slightly past the ranges.
+        assert!(area > 0.15 && area <= 1.0, "{r:?}");
+        assert!(w / h > 0.6 && w / h < 1.6, "{r:?}");
+        areas.push(area);
+    }
+    let mean = areas.iter().sum::<f32>() / areas.len() as f32;
+    // Tries that do not fit are redrawn, which lowers the mean below 0.6 = E[U(0.2, 1)].
+    assert!((0.45..0.62).contains(&mean), "mean area {mean}");
+}
+
+#[test]
+fn gaussian_blur_matches_its_kernel() {
+    // A delta at the centre of a 5x5 image, k = 3, sigma = 1: the output is the outer product
+    // of [e^-0.5, 1, e^-0.5] / (1 + 2 e^-0.5).
+    let x = Tensor::zeros([1, 3, 5, 5], (Kind::Float, Device::Cpu));
+    let _ = x.narrow(2, 2, 1).narrow(3, 2, 1).fill_(1.0);
+    let e = (-0.5f64).exp();
+    let w = [e / (1.0 + 2.0 * e), 1.0 / (1.0 + 2.0 * e)];
+    let y = gaussian_blur(&x, &f(1.0), &Tensor::from_slice(&[true]), 3);
+    assert!((y.double_value(&[0, 1, 2, 2]) - w[1] * w[1]).abs() < 1e-6);
+    assert!((y.double_value(&[0, 1, 1, 2]) - w[0] * w[1]).abs() < 1e-6);
+    assert!((y.double_value(&[0, 1, 1, 1]) - w[0] * w[0]).abs() < 1e-6);
+    assert!((y.sum(Kind::Float).double_value(&[]) - 3.0).abs() < 1e-5);
+    // Not applied: unchanged. A constant image stays constant (reflect padding).
+    let n = gaussian_blur(&x, &f(1.0), &Tensor::from_slice(&[false]), 3);
+    assert!(n.allclose(&x, 1e-6, 1e-7, false));
+    let c = solid([0.3, 0.3, 0.3], 6, 6);
+    assert!(gaussian_blur(&c, &f(2.0), &Tensor::from_slice(&[true]), 5).allclose(&c, 1e-5, 1e-6, false));
+}
+
+#[test]
+fn normalize_is_channelwise() {
+    let x = solid([0.5, 0.5, 0.5], 1, 1);
+    let m = Tensor::from_slice(&[0.5f32, 0.25, 0.0]);
+    let s = Tensor::from_slice(&[1.0f32, 0.5, 0.25]);
+    close(&px(&normalize(&x, &m, &s)), &[0.0, 0.5, 2.0], 1e-6);
+}
+
+#[test]
+fn views_are_seeded_distinct_and_finite() {
+    let aug = Augmenter::new(&AugmentConfig::default(), 32, Device::Cpu);
+    let imgs = Tensor::randint(256, [16, 32, 32, 3], (Kind::Uint8, Device::Cpu));
+    tch::manual_seed(7);
+    let a = aug.view(&imgs);
+    let b = aug.view(&imgs);
+    tch::manual_seed(7);
+    let a2 = aug.view(&imgs);
+    assert_eq!(a.size(), vec![16, 3, 32, 32]);
+    assert!(a.isfinite().all().int64_value(&[]) == 1);
+    assert!(a.equal(&a2), "same seed, same views");
+    assert!(!a.allclose(&b, 1e-3, 1e-3, false), "two draws differ");
+    // With every op off, a view is the normalised image itself.
+    let off = AugmentConfig { crop_scale: [1.0, 1.0], crop_ratio: [1.0, 1.0], flip_p: 0.0, jitter_p: 0.0, grayscale_p: 0.0, blur_p: 0.0, ..Default::default() };
+    let plain = Augmenter::new(&off, 32, Device::Cpu);
+    assert!(plain.view(&imgs).allclose(&plain.eval_view(&imgs), 1e-4, 1e-5, false));
+}

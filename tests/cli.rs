@@ -1,0 +1,127 @@
+//! The `simsiam` binary end to end on CPU: a short run, Ctrl-C and resume reproducing the
+//! uninterrupted loss curve, a NaN stopping the run with the last good checkpoint kept, and
+//! bad flags giving clear errors.
+mod common;
+use simsiam::data::CifarKind;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_simsiam"));
+    c.env("OMP_NUM_THREADS", "1");
+    c
+}
+
+/// Small CIFAR-10 binaries (train 640, test 128 images) in a temp folder.
+fn data() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train.bin");
+    let test = tmp.path().join("test.bin");
+    common::write_cifar(&train, CifarKind::Cifar10, 640, 10);
+    common::write_cifar(&test, CifarKind::Cifar10, 128, 10);
+    (tmp, train, test)
+}
+
+/// A very small model: the run's shape (steps, epochs, checkpoints) is what is under test.
+fn train_args(train: &Path, test: &Path, out: &Path) -> Vec<String> {
+    let mut a: Vec<String> = ["train", "--preset", "tiny", "--device", "cpu", "--epochs", "3", "--batch-size", "32"].iter().map(|s| s.to_string()).collect();
+    a.extend(["--data".into(), train.display().to_string(), "--test-data".into(), test.display().to_string(), "--out".into(), out.display().to_string()]);
+    for s in ["model.width=4", "model.dim=32", "model.proj_hidden=32", "model.pred_hidden=8", "data.train_limit=0", "data.test_limit=0", "monitor.log_every=1", "monitor.knn_every=1", "monitor.knn_k=20", "run.checkpoint_every=1", "run.threads=1"] {
+        a.push("--set".into());
+        a.push(s.into());
+    }
+    a
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn ok(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+#[test]
+fn interrupted_run_resumes_to_the_same_loss_curve() {
+    let (tmp, train, test) = data();
+    let full = tmp.path().join("full");
+    let text = ok(bin().args(train_args(&train, &test, &full)).output().unwrap());
+    assert!(text.contains("kNN top-1"), "{text}");
+    let want = losses(&full);
+    assert_eq!(want.len(), 60, "3 epochs x 20 steps");
+    for f in ["config.toml", "summary.json", "checkpoints/latest"] {
+        assert!(full.join(f).is_file(), "{f}");
+    }
+
+    // Same run, Ctrl-C (SIGINT) once a few steps are logged, then --resume.
+    let part = tmp.path().join("part");
+    let mut child = bin().args(train_args(&train, &test, &part)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(part.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 8 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    let done = losses(&part).len();
+    assert!(done < 60, "interrupted before the end ({done} steps)");
+    ok(bin().args(["train", "--resume", part.to_str().unwrap()]).output().unwrap());
+    let got = losses(&part);
+    assert_eq!(got.len(), want.len());
+    for ((s1, a), (s2, b)) in want.iter().zip(&got) {
+        assert_eq!(s1, s2);
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "step {s1}: {a} vs {b} (interrupted after {done})");
+    }
+}
+
+#[test]
+fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let (tmp, train, test) = data();
+    let run = tmp.path().join("nan");
+    let mut args = train_args(&train, &test, &run);
+    args[6] = "1".into(); // --epochs 1
+    ok(bin().args(&args).output().unwrap());
+    let good = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
+    // Continue for two more epochs with an lr that makes the weights overflow.
+    let cfg_path = run.join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("epochs = 1", "epochs = 3").replace("base_lr = 0.06", "base_lr = 1e38");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let out = bin().args(["train", "--resume", run.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("non-finite loss") && err.contains(good.trim()), "{err}");
+    assert_eq!(std::fs::read_to_string(run.join("checkpoints/latest")).unwrap(), good, "no checkpoint written after the NaN");
+}
+
+#[test]
+fn bad_flags_are_clear_errors_not_panics() {
+    let (tmp, train, test) = data();
+    let run = tmp.path().join("r");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--set", "optim.lr=0.1"], "optim.lr"),
+        (&["--set", "augment.grayscale_p=2"], "augment.grayscale_p"),
+        (&["--set", "run.device=tpu"], "run.device"),
+        (&["--set", "data.train=\"/no/such/dir\""], "/no/such/dir"),
+    ];
+    for (extra, want) in cases {
+        let mut args = train_args(&train, &test, &run);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.starts_with("error: ") || err.contains("\nerror: "), "{err}");
+        assert!(err.contains(want) && !err.contains("panicked"), "{extra:?}: {err}");
+    }
+}

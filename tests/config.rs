@@ -1,0 +1,68 @@
+//! Config resolution: presets hold the paper's recipe; overrides; clear errors.
+use simsiam::config::{Arch, Config};
+
+#[test]
+fn cifar10_preset_is_the_paper_recipe() {
+    let c = Config::resolve("cifar10", None, &[]).unwrap();
+    assert_eq!(c.model.arch, Arch::Resnet18);
+    assert!(c.model.cifar_stem && c.model.zero_init_residual);
+    assert_eq!((c.model.proj_layers, c.model.dim, c.model.pred_hidden), (2, 2048, 512));
+    assert_eq!((c.optim.batch_size, c.optim.base_lr, c.optim.weight_decay, c.optim.momentum), (512, 0.03, 5e-4, 0.9));
+    assert_eq!(c.run.epochs, 800);
+    assert!((c.optim.init_lr() - 0.06).abs() < 1e-12);
+    assert!(c.optim.fix_pred_lr && c.objective.stop_grad);
+    assert_eq!(c.augment.effective_blur_p(32), 0.0);
+    let i = Config::resolve("imagenet", None, &[]).unwrap();
+    assert_eq!((i.model.arch, i.model.proj_layers, i.optim.base_lr, i.optim.weight_decay), (Arch::Resnet50, 3, 0.05, 1e-4));
+    assert_eq!(i.augment.effective_blur_p(224), 0.5);
+}
+
+#[test]
+fn every_field_can_be_overridden() {
+    let c = Config::resolve("tiny", None, &["optim.base_lr=0.5".into(), "model.arch=resnet34".into(), "augment.crop_scale=[0.5, 1.0]".into(), "run.out_dir=somewhere/else".into()]).unwrap();
+    assert_eq!(c.optim.base_lr, 0.5);
+    assert_eq!(c.model.arch, Arch::Resnet34);
+    assert_eq!(c.augment.crop_scale, [0.5, 1.0]);
+    assert_eq!(c.run.out_dir.to_str(), Some("somewhere/else"));
+}
+
+#[test]
+fn saved_config_round_trips() {
+    let c = Config::resolve("tiny", None, &["run.seed=42".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.toml");
+    std::fs::write(&p, c.to_toml()).unwrap();
+    assert_eq!(Config::load(&p).unwrap(), c);
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_it() {
+    let e = Config::resolve("tiny", None, &["optim.learning_rate=0.1".into()]).unwrap_err().to_string();
+    assert!(e.contains("learning_rate") && e.contains("optim"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("my.toml");
+    std::fs::write(&f, "[run]\nepochz = 3\n").unwrap();
+    let e = Config::resolve("tiny", Some(&f), &[]).unwrap_err().to_string();
+    assert!(e.contains("epochz") && e.contains("run"), "{e}");
+    let e = Config::resolve("cifar11", None, &[]).unwrap_err().to_string();
+    assert!(e.contains("cifar11") && e.contains("cifar10"), "{e}");
+}
+
+#[test]
+fn out_of_range_and_mistyped_values_are_errors_naming_the_field() {
+    for (set, field) in [
+        ("augment.flip_p=1.5", "augment.flip_p"),
+        ("augment.crop_scale=[0.9, 0.2]", "augment.crop_scale"),
+        ("optim.batch_size=1", "optim.batch_size"),
+        ("optim.base_lr=-1", "optim.base_lr"),
+        ("monitor.knn_t=0", "monitor.knn_t"),
+        ("run.epochs=0", "run.epochs"),
+    ] {
+        let e = Config::resolve("tiny", None, &[set.into()]).unwrap_err().to_string();
+        assert!(e.contains(field), "{set}: {e}");
+    }
+    let e = Config::resolve("tiny", None, &["optim.batch_size=many".into()]).unwrap_err().to_string();
+    assert!(e.contains("optim.batch_size"), "{e}");
+    let e = Config::resolve("tiny", None, &["model.arch=vgg".into()]).unwrap_err().to_string();
+    assert!(e.contains("model.arch") && e.contains("resnet18"), "{e}");
+}

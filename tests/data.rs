@@ -1,0 +1,147 @@
+//! Readers on real files: the shared CIFAR-10 copy, a folder of mixed-size JPEG and PNG made
+//! here, CIFAR binaries written here; and the bad inputs that must be clear errors.
+mod common;
+use simsiam::config::DataFormat;
+use simsiam::data::{load, CifarKind, Split};
+use std::path::Path;
+use tch::{IndexOp, Kind};
+
+#[test]
+fn reads_shared_cifar10_test_archive() {
+    let Some(dir) = common::shared_cifar() else {
+        eprintln!("skipped: ../shared/data/cifar10-jpeg not present");
+        return;
+    };
+    let s = load(&dir.join("test.tar.gz"), DataFormat::Auto, Split::Test, 32, false).unwrap();
+    assert_eq!(s.len(), 10_000);
+    assert_eq!(s.images.size(), vec![10_000, 32, 32, 3]);
+    assert_eq!(s.images.kind(), Kind::Uint8);
+    // Sorted class folders give CIFAR-10's label order.
+    let want = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+    assert_eq!(s.classes, want);
+    // 1,000 test images per class.
+    let counts = s.labels.bincount(None::<tch::Tensor>, 10);
+    assert_eq!(Vec::<i64>::try_from(counts).unwrap(), vec![1000; 10]);
+    // Real photographs: not constant, mean grey level in a plausible range.
+    let mean = s.images.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    assert!((80.0..180.0).contains(&mean), "mean pixel {mean}");
+    // Labels follow the member's class folder.
+    let i = s.names.iter().position(|n| n.contains("/cat/")).unwrap();
+    assert_eq!(s.labels.int64_value(&[i as i64]), 3);
+}
+
+#[test]
+fn reads_folder_of_mixed_size_jpeg_and_png() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(root.join("dogs")).unwrap();
+    std::fs::create_dir_all(root.join("cats")).unwrap();
+    common::save_rgb(&root.join("cats/a.jpg"), 64, 48, 1);
+    common::save_rgb(&root.join("cats/b.png"), 20, 30, 2);
+    common::save_rgb(&root.join("dogs/c.PNG"), 16, 16, 3);
+    // An exact-size PNG round-trips its pixels unchanged.
+    let exact = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 10, y as u8 * 10, 7]));
+    exact.save(root.join("dogs/d.png")).unwrap();
+    std::fs::write(root.join("dogs/notes.txt"), "not an image").unwrap();
+    let s = load(root, DataFormat::Auto, Split::Train, 16, false).unwrap();
+    assert_eq!(s.len(), 4);
+    assert_eq!(s.classes, ["cats", "dogs"]);
+    assert_eq!(Vec::<i64>::try_from(&s.labels).unwrap(), vec![0, 0, 1, 1]);
+    assert_eq!(s.images.size(), vec![4, 16, 16, 3]);
+    let d = s.images.i(3);
+    assert_eq!(d.int64_value(&[2, 5, 0]), 50);
+    assert_eq!(d.int64_value(&[2, 5, 1]), 20);
+    assert_eq!(d.int64_value(&[2, 5, 2]), 7);
+}
+
+#[test]
+fn reads_cifar10_and_cifar100_binaries_written_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f10 = tmp.path().join("batch.bin");
+    common::write_cifar(&f10, CifarKind::Cifar10, 30, 10);
+    let s = load(&f10, DataFormat::Auto, Split::Train, 32, false).unwrap();
+    assert_eq!(s.len(), 30);
+    assert_eq!(s.num_classes(), 10);
+    assert_eq!(s.labels.int64_value(&[13]), 3);
+    // Pixel layout: planar CHW in the file, HWC in the store.
+    let raw = std::fs::read(&f10).unwrap();
+    let rec = &raw[3073 * 5..3073 * 6];
+    let img = s.images.i(5);
+    assert_eq!(img.int64_value(&[0, 1, 0]), rec[1 + 1] as i64);
+    assert_eq!(img.int64_value(&[0, 1, 1]), rec[1 + 1024 + 1] as i64);
+    assert_eq!(img.int64_value(&[2, 0, 2]), rec[1 + 2048 + 64] as i64);
+
+    // A CIFAR-100 folder with train.bin/test.bin picks the file by split.
+    let d100 = tmp.path().join("c100");
+    std::fs::create_dir_all(&d100).unwrap();
+    common::write_cifar(&d100.join("train.bin"), CifarKind::Cifar100, 12, 100);
+    common::write_cifar(&d100.join("test.bin"), CifarKind::Cifar100, 5, 100);
+    let tr = load(&d100, DataFormat::Auto, Split::Train, 32, false).unwrap();
+    let te = load(&d100, DataFormat::Auto, Split::Test, 32, false).unwrap();
+    assert_eq!((tr.len(), te.len(), tr.num_classes()), (12, 5, 100));
+    assert_eq!(tr.labels.int64_value(&[11]), 11);
+}
+
+#[test]
+fn reads_plain_tar_of_class_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    for (c, n) in [("a", 2), ("b", 3)] {
+        std::fs::create_dir_all(src.join("imgs").join(c)).unwrap();
+        for i in 0..n {
+            common::save_rgb(&src.join(format!("imgs/{c}/{i}.png")), 8, 8, i);
+        }
+    }
+    let tar_path = tmp.path().join("x.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    b.append_dir_all("imgs", src.join("imgs")).unwrap();
+    b.finish().unwrap();
+    drop(b);
+    let s = load(&tar_path, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!(s.len(), 5);
+    assert_eq!(s.classes, ["a", "b"]);
+}
+
+fn err_text(path: &Path, size: usize, skip: bool) -> String {
+    load(path, DataFormat::Auto, Split::Train, size, skip).unwrap_err().to_string()
+}
+
+#[test]
+fn truncated_jpeg_is_an_error_naming_the_file_or_skipped_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(root.join("c")).unwrap();
+    common::save_rgb(&root.join("c/good.jpg"), 32, 32, 1);
+    common::save_rgb(&root.join("c/bad.jpg"), 32, 32, 2);
+    let bytes = std::fs::read(root.join("c/bad.jpg")).unwrap();
+    std::fs::write(root.join("c/bad.jpg"), &bytes[..bytes.len() / 2]).unwrap();
+    let e = err_text(root, 32, false);
+    assert!(e.contains("bad.jpg") && e.contains("truncated"), "{e}");
+    let s = load(root, DataFormat::Auto, Split::Train, 32, true).unwrap();
+    assert_eq!((s.len(), s.skipped), (1, 1));
+}
+
+#[test]
+fn empty_class_folder_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("full")).unwrap();
+    std::fs::create_dir_all(tmp.path().join("empty_one")).unwrap();
+    common::save_rgb(&tmp.path().join("full/a.png"), 8, 8, 1);
+    let e = err_text(tmp.path(), 8, false);
+    assert!(e.contains("empty_one") && e.contains("no .jpg"), "{e}");
+}
+
+#[test]
+fn wrong_size_cifar_file_is_an_error_with_the_expected_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("data_batch_x.bin");
+    std::fs::write(&f, vec![0u8; 3073 * 2 + 5]).unwrap();
+    let e = err_text(&f, 32, false);
+    assert!(e.contains("data_batch_x.bin") && e.contains("3073") && e.contains("3074"), "{e}");
+}
+
+#[test]
+fn missing_path_is_an_error() {
+    let e = err_text(Path::new("/nonexistent/cifar"), 32, false);
+    assert!(e.contains("/nonexistent/cifar") && e.contains("no such"), "{e}");
+}

@@ -1,0 +1,90 @@
+//! The loss and its gradient against the hand formula; stop-gradient really stops it;
+//! collapse_std on collapsed and Gaussian batches.
+use simsiam::config::{ObjectiveConfig, Similarity, Symmetry};
+use simsiam::model::SiameseOutput;
+use simsiam::monitor::{collapse_std, verdict, CollapseVerdict};
+use simsiam::objective::Objective;
+use tch::{Device, Kind, Tensor};
+
+fn leaf(seed: i64, b: i64, d: i64) -> Tensor {
+    tch::manual_seed(seed);
+    Tensor::randn([b, d], (Kind::Double, Device::Cpu)).set_requires_grad(true)
+}
+
+fn unit(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2.0, &[1i64][..], true)
+}
+
+fn outputs() -> SiameseOutput {
+    SiameseOutput { z1: leaf(1, 5, 7), z2: leaf(2, 5, 7), p1: leaf(3, 5, 7), p2: leaf(4, 5, 7) }
+}
+
+#[test]
+fn symmetric_loss_value_and_gradient_match_the_hand_formula() {
+    let o = outputs();
+    let loss = Objective::new(&ObjectiveConfig::default()).loss(&o);
+    let cos = |p: &Tensor, z: &Tensor| (unit(p) * unit(z)).sum_dim_intlist(&[1i64][..], false, Kind::Double);
+    let want = -(cos(&o.p1, &o.z2).mean(Kind::Double) + cos(&o.p2, &o.z1).mean(Kind::Double)) * 0.5;
+    assert!((loss.double_value(&[]) - want.double_value(&[])).abs() < 1e-12);
+    loss.backward();
+    // dL/dp1 = -(1/2B) (ẑ2 - cos(p1, z2) p̂1) / ||p1||
+    let b = 5.0;
+    let c = cos(&o.p1, &o.z2).unsqueeze(1);
+    let g = -(unit(&o.z2) - &c * unit(&o.p1)) / o.p1.norm_scalaropt_dim(2.0, &[1i64][..], true) / (2.0 * b);
+    assert!(o.p1.grad().allclose(&g.detach(), 1e-10, 1e-12, false));
+    // Stop-gradient: no gradient reaches z through the target branch.
+    assert!(!o.z1.grad().defined() || o.z1.grad().abs().max().double_value(&[]) == 0.0);
+    assert!(!o.z2.grad().defined() || o.z2.grad().abs().max().double_value(&[]) == 0.0);
+}
+
+#[test]
+fn without_stop_gradient_the_target_branch_gets_the_mirror_gradient() {
+    let o = outputs();
+    let cfg = ObjectiveConfig { stop_grad: false, ..Default::default() };
+    Objective::new(&cfg).loss(&o).backward();
+    let cos = (unit(&o.p1) * unit(&o.z2)).sum_dim_intlist(&[1i64][..], false, Kind::Double).unsqueeze(1);
+    let g = -(unit(&o.p1) - &cos * unit(&o.z2)) / o.z2.norm_scalaropt_dim(2.0, &[1i64][..], true) / 10.0;
+    assert!(o.z2.grad().allclose(&g.detach(), 1e-10, 1e-12, false));
+}
+
+#[test]
+fn asymmetric_and_cross_entropy_variants() {
+    let o = outputs();
+    let asym = ObjectiveConfig { symmetry: Symmetry::Asymmetric, ..Default::default() };
+    Objective::new(&asym).loss(&o).backward();
+    assert!(!o.p2.grad().defined() || o.p2.grad().abs().max().double_value(&[]) == 0.0, "p2 unused");
+    let o = outputs();
+    let ce = ObjectiveConfig { similarity: Similarity::CrossEntropy, ..Default::default() };
+    let l = Objective::new(&ce).loss(&o).double_value(&[]);
+    let h = |p: &Tensor, z: &Tensor| (z.softmax(1, Kind::Double) * p.log_softmax(1, Kind::Double)).sum_dim_intlist(&[1i64][..], false, Kind::Double).mean(Kind::Double).double_value(&[]);
+    assert!((l - -(h(&o.p1, &o.z2) + h(&o.p2, &o.z1)) / 2.0).abs() < 1e-12);
+}
+
+#[test]
+fn loss_reaches_minus_one_when_prediction_matches_target() {
+    let z = leaf(9, 4, 6);
+    let o = SiameseOutput { z1: z.shallow_clone(), z2: &z * 3.0, p1: &z * 2.0, p2: z.shallow_clone() };
+    let l = Objective::new(&ObjectiveConfig::default()).loss(&o).double_value(&[]);
+    assert!((l + 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn collapse_std_is_zero_for_a_collapsed_batch_and_one_over_sqrt_d_for_gaussians() {
+    let row = Tensor::randn([1, 64], (Kind::Float, Device::Cpu));
+    let collapsed = row.expand([256, 64], false) * 5.0;
+    assert!(collapse_std(&collapsed).double_value(&[]) < 1e-6);
+    for d in [64i64, 512, 2048] {
+        tch::manual_seed(d);
+        let z = Tensor::randn([4096, d], (Kind::Float, Device::Cpu));
+        let s = collapse_std(&z).double_value(&[]);
+        let want = 1.0 / (d as f64).sqrt();
+        assert!((s / want - 1.0).abs() < 0.02, "d={d}: {s} vs {want}");
+    }
+}
+
+#[test]
+fn verdict_separates_collapse_from_failure_to_converge() {
+    assert_eq!(verdict(-0.999, Some(-1.0), 0.01), CollapseVerdict::Collapsed);
+    assert_eq!(verdict(-0.2, Some(-1.0), 0.9), CollapseVerdict::NotConverged);
+    assert_eq!(verdict(-0.9, Some(-1.0), 0.8), CollapseVerdict::Healthy);
+}
