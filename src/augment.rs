@@ -71,10 +71,7 @@ fn hsv_to_rgb(h: &Tensor, s: &Tensor, v: &Tensor) -> Tensor {
     let t = (v * (-(s * (-&f + 1.0)) + 1.0)).clamp(0.0, 1.0);
     // The sector i picks each channel from (v, q, p, t): one gather per channel.
     let pick = |cands: [&Tensor; 6]| Tensor::stack(&cands, 1).gather(1, &i, false);
-    Tensor::cat(
-        &[pick([v, &q, &p, &p, &t, v]), pick([&t, v, v, &q, &p, &p]), pick([&p, &p, &t, v, v, &q])],
-        1,
-    )
+    Tensor::cat(&[pick([v, &q, &p, &p, &t, v]), pick([&t, v, v, &q, &p, &p]), pick([&p, &p, &t, v, v, &q])], 1)
 }
 
 /// torchvision `adjust_hue`: rotate the hue by a per-image `factor` in [-0.5, 0.5].
@@ -114,7 +111,8 @@ pub fn gaussian_blur(x: &Tensor, sigma: &Tensor, apply: &Tensor, ksize: i64) -> 
     let pos = Tensor::linspace(-half, half, ksize, opts).view([1, ksize]);
     let g = (-(pos.pow_tensor_scalar(2.0) / sigma.view([-1, 1]).pow_tensor_scalar(2.0)) * 0.5).exp();
     let g = &g / g.sum_dim_intlist(&[1i64][..], true, Kind::Float);
-    let delta = Tensor::zeros([1, ksize], opts).index_fill(1, &Tensor::from_slice(&[ksize / 2]).to_device(x.device()), 1.0);
+    let delta =
+        Tensor::zeros([1, ksize], opts).index_fill(1, &Tensor::from_slice(&[ksize / 2]).to_device(x.device()), 1.0);
     // kernel: [B, k] -> one per (image, channel): [B*C, 1, k]
     let k = g.where_self(&apply.view([-1, 1]), &delta).repeat_interleave_self_int(c, 0, None).unsqueeze(1);
     let p = ksize / 2;
@@ -162,8 +160,12 @@ pub fn sample_crop_boxes(b: i64, h: i64, w: i64, scale: [f64; 2], ratio: [f64; 2
     let bw = cw.gather(1, &first, false).where_scalarother(&any, fw);
     let bh = ch.gather(1, &first, false).where_scalarother(&any, fh);
     // Offsets: uniform integers in [0, W - w] and [0, H - h] (the fallback is centred).
-    let x0 = (Tensor::rand([b, 1], opts) * (-&bw + (w + 1) as f64)).floor().where_self(&any, &((-&bw + w as f64) / 2.0).round());
-    let y0 = (Tensor::rand([b, 1], opts) * (-&bh + (h + 1) as f64)).floor().where_self(&any, &((-&bh + h as f64) / 2.0).round());
+    let x0 = (Tensor::rand([b, 1], opts) * (-&bw + (w + 1) as f64))
+        .floor()
+        .where_self(&any, &((-&bw + w as f64) / 2.0).round());
+    let y0 = (Tensor::rand([b, 1], opts) * (-&bh + (h + 1) as f64))
+        .floor()
+        .where_self(&any, &((-&bh + h as f64) / 2.0).round());
     Tensor::cat(&[x0, y0, bw, bh], 1)
 }
 

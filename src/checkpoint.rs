@@ -85,5 +85,7 @@ pub fn load_position(ckpt: &Path) -> Result<Position> {
 /// Loads model weights into `vs`, with a message naming the file on mismatch.
 pub fn load_model(vs: &mut VarStore, ckpt: &Path) -> Result<()> {
     let f = ckpt.join("model.safetensors");
-    vs.load(&f).map_err(|e| Error::data(&f, format!("cannot load weights into this model (does the config match the checkpoint?): {e}")))
+    vs.load(&f).map_err(|e| {
+        Error::data(&f, format!("cannot load weights into this model (does the config match the checkpoint?): {e}"))
+    })
 }

@@ -250,11 +250,7 @@ pub struct ObjectiveConfig {
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
-        ObjectiveConfig {
-            similarity: Similarity::Cosine,
-            symmetry: Symmetry::Symmetric,
-            stop_grad: true,
-        }
+        ObjectiveConfig { similarity: Similarity::Cosine, symmetry: Symmetry::Symmetric, stop_grad: true }
     }
 }
 
@@ -317,10 +313,26 @@ impl Default for MonitorConfig {
 
 /// The presets shipped with the tool: name, one-line description, TOML text.
 pub const PRESETS: &[(&str, &str, &str)] = &[
-    ("cifar10", "SimSiam App. D: ResNet-18 CIFAR variant, 800 epochs, batch 512", include_str!("../configs/cifar10.toml")),
-    ("cifar100", "The cifar10 recipe on CIFAR-100 (Zhang et al.'s setting: 200 epochs)", include_str!("../configs/cifar100.toml")),
-    ("imagenet", "SimSiam §3: ResNet-50, 3-layer projector, 224 px, 100 epochs, base lr 0.05", include_str!("../configs/imagenet.toml")),
-    ("tiny", "Minutes on a 2-core CPU: narrow ResNet-18, 10k CIFAR images, d = 512", include_str!("../configs/tiny.toml")),
+    (
+        "cifar10",
+        "SimSiam App. D: ResNet-18 CIFAR variant, 800 epochs, batch 512",
+        include_str!("../configs/cifar10.toml"),
+    ),
+    (
+        "cifar100",
+        "The cifar10 recipe on CIFAR-100 (Zhang et al.'s setting: 200 epochs)",
+        include_str!("../configs/cifar100.toml"),
+    ),
+    (
+        "imagenet",
+        "SimSiam §3: ResNet-50, 3-layer projector, 224 px, 100 epochs, base lr 0.05",
+        include_str!("../configs/imagenet.toml"),
+    ),
+    (
+        "tiny",
+        "Minutes on a 2-core CPU: ResNet-18 at width 8, 10k CIFAR images, d = 512, 8 epochs",
+        include_str!("../configs/tiny.toml"),
+    ),
 ];
 
 fn preset_text(name: &str) -> Result<&'static str> {
@@ -331,8 +343,7 @@ fn preset_text(name: &str) -> Result<&'static str> {
 }
 
 fn parse_table(text: &str, origin: &str) -> Result<toml::Table> {
-    text.parse::<toml::Table>()
-        .map_err(|e| Error::config(format!("{origin}: not valid TOML: {e}")))
+    text.parse::<toml::Table>().map_err(|e| Error::config(format!("{origin}: not valid TOML: {e}")))
 }
 
 /// Deep-merges `over` into `base` (tables merge, everything else replaces).
@@ -359,21 +370,18 @@ fn parse_value(raw: &str) -> toml::Value {
 
 /// Applies one `section.field=value` override.
 pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
-    let (key, raw) = spec.split_once('=').ok_or_else(|| {
-        Error::config(format!("--set {spec:?}: expected section.field=value"))
-    })?;
+    let (key, raw) =
+        spec.split_once('=').ok_or_else(|| Error::config(format!("--set {spec:?}: expected section.field=value")))?;
     let parts: Vec<&str> = key.trim().split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(Error::config(format!("--set {spec:?}: empty key segment in {key:?}")));
     }
     let mut cur = table;
     for p in &parts[..parts.len() - 1] {
-        let entry = cur
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| {
-            Error::config(format!("--set {spec:?}: {p:?} is a value, not a section"))
-        })?;
+        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::config(format!("--set {spec:?}: {p:?} is a value, not a section")))?;
     }
     cur.insert(parts[parts.len() - 1].to_string(), parse_value(raw.trim()));
     Ok(())
@@ -402,11 +410,10 @@ impl Config {
     }
 
     fn from_table(table: toml::Table, origin: &str) -> Result<Config> {
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                Error::config(format!("{origin}: field `{path}`: {}", e.into_inner()))
-            })?;
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            Error::config(format!("{origin}: field `{path}`: {}", e.into_inner()))
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -417,11 +424,14 @@ impl Config {
 
     /// Range checks; each error names the field and the expected range.
     pub fn validate(&self) -> Result<()> {
-        let fail = |field: &str, want: &str, got: String| {
-            Err(Error::config(format!("{field}: expected {want}, got {got}")))
-        };
+        let fail =
+            |field: &str, want: &str, got: String| Err(Error::config(format!("{field}: expected {want}, got {got}")));
         let prob = |field: &str, p: f64| {
-            if (0.0..=1.0).contains(&p) { Ok(()) } else { fail(field, "a probability in [0, 1]", p.to_string()) }
+            if (0.0..=1.0).contains(&p) {
+                Ok(())
+            } else {
+                fail(field, "a probability in [0, 1]", p.to_string())
+            }
         };
         let a = &self.augment;
         prob("augment.flip_p", a.flip_p)?;
@@ -438,7 +448,11 @@ impl Config {
         if !(r0 > 0.0 && r0 <= r1) {
             return fail("augment.crop_ratio", "0 < lo <= hi", format!("{:?}", a.crop_ratio));
         }
-        for (f, v) in [("augment.brightness", a.brightness), ("augment.contrast", a.contrast), ("augment.saturation", a.saturation)] {
+        for (f, v) in [
+            ("augment.brightness", a.brightness),
+            ("augment.contrast", a.contrast),
+            ("augment.saturation", a.saturation),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return fail(f, "a jitter strength in [0, 1]", v.to_string());
             }
@@ -483,7 +497,11 @@ impl Config {
             return fail("model.width", "at least 1", m.width.to_string());
         }
         if m.dim < 1 || m.proj_hidden < 1 || m.pred_hidden < 1 {
-            return fail("model.dim / proj_hidden / pred_hidden", "positive widths", format!("{} / {} / {}", m.dim, m.proj_hidden, m.pred_hidden));
+            return fail(
+                "model.dim / proj_hidden / pred_hidden",
+                "positive widths",
+                format!("{} / {} / {}", m.dim, m.proj_hidden, m.pred_hidden),
+            );
         }
         if m.proj_layers < 1 {
             return fail("model.proj_layers", "at least 1", m.proj_layers.to_string());
@@ -492,7 +510,7 @@ impl Config {
         if mo.knn_k == 0 {
             return fail("monitor.knn_k", "at least 1", "0".into());
         }
-        if !(mo.knn_t > 0.0) {
+        if mo.knn_t.is_nan() || mo.knn_t <= 0.0 {
             return fail("monitor.knn_t", "a positive temperature", mo.knn_t.to_string());
         }
         if mo.log_every == 0 {

@@ -26,11 +26,7 @@ pub fn load_cuda_backend() {
 pub fn parse_device(spec: &str) -> Result<Device> {
     load_cuda_backend();
     let cuda_count = tch::Cuda::device_count() as usize;
-    let bad = || {
-        Error::config(format!(
-            "run.device: expected cpu, cuda, cuda:N or auto, got {spec:?}"
-        ))
-    };
+    let bad = || Error::config(format!("run.device: expected cpu, cuda, cuda:N or auto, got {spec:?}"));
     match spec {
         "cpu" => Ok(Device::Cpu),
         "auto" => Ok(if cuda_count > 0 { Device::Cuda(0) } else { Device::Cpu }),
@@ -51,9 +47,7 @@ fn cuda_device(n: usize, count: usize) -> Result<Device> {
             "run.device: CUDA was asked for but no CUDA device is visible (is libtorch_cuda.so on LD_LIBRARY_PATH?)",
         ))
     } else {
-        Err(Error::config(format!(
-            "run.device: cuda:{n} asked for but only {count} CUDA device(s) are visible"
-        )))
+        Err(Error::config(format!("run.device: cuda:{n} asked for but only {count} CUDA device(s) are visible")))
     }
 }
 

@@ -18,15 +18,14 @@ pub enum Error {
     #[error("tensor engine: {0}")]
     Torch(#[from] tch::TchError),
     /// The loss became NaN or infinite; the run stopped and the last good checkpoint is kept.
-    #[error("non-finite loss at epoch {epoch}, step {step}: {value}; the last good checkpoint is kept in {checkpoint}")]
-    NonFinite {
-        epoch: usize,
-        step: usize,
-        value: f64,
-        checkpoint: String,
-    },
+    #[error(
+        "non-finite loss at epoch {epoch}, step {step}: {value}; the last good checkpoint is kept in {checkpoint}"
+    )]
+    NonFinite { epoch: usize, step: usize, value: f64, checkpoint: String },
     /// The run was interrupted (Ctrl-C) after saving a checkpoint.
-    #[error("interrupted at epoch {epoch}, step {step}; checkpoint saved, continue with `simsiam train --resume {dir}`")]
+    #[error(
+        "interrupted at epoch {epoch}, step {step}; checkpoint saved, continue with `simsiam train --resume {dir}`"
+    )]
     Interrupted { epoch: usize, step: usize, dir: String },
 }
 

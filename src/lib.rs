@@ -2,6 +2,7 @@
 //! tch / libtorch. The modules follow the pipeline: data -> augment -> model -> objective ->
 //! train, with eval and monitors alongside.
 pub mod augment;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

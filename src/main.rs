@@ -22,6 +22,20 @@ enum Cmd {
     /// Evaluate a trained run.
     #[command(subcommand)]
     Eval(EvalCmd),
+    /// Time the training step, the augmentation and the whole pipeline; one JSON line each.
+    Bench {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// What to time (several allowed).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "step,augment,end-to-end")]
+        mode: Vec<simsiam::bench::Mode>,
+        /// Untimed iterations first (cuDNN autotuning, allocator warm-up).
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Timed iterations.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+    },
     /// List the shipped presets, or print one resolved config as TOML.
     Presets {
         /// Print this preset's full resolved config.
@@ -67,7 +81,8 @@ struct ConfigArgs {
 
 impl ConfigArgs {
     fn resolve(&self) -> Result<Config> {
-        let mut sets = self.sets.clone();
+        // Named flags first, then `--set` (so an explicit `--set` wins).
+        let mut sets = Vec::new();
         let quote = |p: &PathBuf| toml::Value::String(p.display().to_string()).to_string();
         if let Some(p) = &self.data {
             sets.push(format!("data.train={}", quote(p)));
@@ -90,6 +105,7 @@ impl ConfigArgs {
         if let Some(v) = self.seed {
             sets.push(format!("run.seed={v}"));
         }
+        sets.extend(self.sets.iter().cloned());
         Ok(Config::resolve(&self.preset, self.config.as_deref(), &sets)?)
     }
 }
@@ -141,6 +157,14 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(EvalCmd::Knn { run, k, t, device, data, test_data }) => cmd_knn(run, &k, t, device, data, test_data),
+        Cmd::Bench { cfg, mode, warmup, steps } => {
+            let cfg = cfg.resolve()?;
+            for m in mode {
+                let r = simsiam::bench::measure(&cfg, m, warmup, steps)?;
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
         Cmd::Presets { name: None } => {
             for (n, about, _) in PRESETS {
                 println!("{n:<10} {about}");
@@ -157,7 +181,8 @@ fn run() -> Result<()> {
 fn cmd_train(a: TrainArgs) -> Result<()> {
     let (cfg, resume) = match &a.resume {
         Some(dir) => {
-            let mut cfg = Config::load(&dir.join("config.toml")).with_context(|| format!("--resume {}: not a run folder", dir.display()))?;
+            let mut cfg = Config::load(&dir.join("config.toml"))
+                .with_context(|| format!("--resume {}: not a run folder", dir.display()))?;
             if let Some(d) = &a.cfg.device {
                 cfg.run.device = d.clone();
             }
@@ -178,10 +203,21 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     .context("installing the Ctrl-C handler")?;
     eprintln!("run folder: {}", cfg.run.out_dir.display());
     let s = train::train(&cfg, &control)?;
-    println!("trained {} epochs ({} steps) in {:.1}s, {:.0} images/s on {}", s.epochs, s.steps, s.train_seconds, s.images_per_s, s.device);
-    println!("final loss {:+.4}, collapse_std {:.4} (x sqrt(d) = {:.3})", s.final_loss, s.collapse_std, s.collapse_std_scaled);
+    println!(
+        "trained {} epochs ({} steps) in {:.1}s, {:.0} images/s on {}",
+        s.epochs, s.steps, s.train_seconds, s.images_per_s, s.device
+    );
+    println!(
+        "final loss {:+.4}, collapse_std {:.4} (x sqrt(d) = {:.3})",
+        s.final_loss, s.collapse_std, s.collapse_std_scaled
+    );
     match (s.knn_init, s.knn_final) {
-        (Some(i), Some(f)) => println!("kNN top-1 (k={}, t={}): at initialisation {i:.2}%, trained {f:.2}% ({:+.2} points)", cfg.monitor.knn_k, cfg.monitor.knn_t, f - i),
+        (Some(i), Some(f)) => println!(
+            "kNN top-1 (k={}, t={}): at initialisation {i:.2}%, trained {f:.2}% ({:+.2} points)",
+            cfg.monitor.knn_k,
+            cfg.monitor.knn_t,
+            f - i
+        ),
         (None, Some(f)) => println!("kNN top-1 (k={}, t={}): trained {f:.2}%", cfg.monitor.knn_k, cfg.monitor.knn_t),
         _ => println!("no test data given (--test-data): kNN monitor skipped"),
     }
@@ -189,8 +225,16 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_knn(run: PathBuf, ks: &[usize], t: f64, device: Option<String>, data: Option<PathBuf>, test_data: Option<PathBuf>) -> Result<()> {
-    let mut cfg = Config::load(&run.join("config.toml")).with_context(|| format!("{}: not a run folder", run.display()))?;
+fn cmd_knn(
+    run: PathBuf,
+    ks: &[usize],
+    t: f64,
+    device: Option<String>,
+    data: Option<PathBuf>,
+    test_data: Option<PathBuf>,
+) -> Result<()> {
+    let mut cfg =
+        Config::load(&run.join("config.toml")).with_context(|| format!("{}: not a run folder", run.display()))?;
     if let Some(d) = device {
         cfg.run.device = d;
     }
@@ -207,7 +251,14 @@ fn cmd_knn(run: PathBuf, ks: &[usize], t: f64, device: Option<String>, data: Opt
     simsiam::checkpoint::load_model(&mut net.vs, &ckpt)?;
     let (train_store, test_store) = train::load_data(&cfg)?;
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
-    let accs = simsiam::eval::knn::knn_accuracy(&net.model, &train_store.to_device(device), &test_store.expect("checked").to_device(device), &aug, ks, t);
+    let accs = simsiam::eval::knn::knn_accuracy(
+        &net.model,
+        &train_store.to_device(device),
+        &test_store.expect("checked").to_device(device),
+        &aug,
+        ks,
+        t,
+    );
     for (k, acc) in ks.iter().zip(accs) {
         println!("{}", serde_json::json!({"checkpoint": ckpt.display().to_string(), "k": k, "t": t, "knn_top1": acc}));
     }

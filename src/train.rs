@@ -36,7 +36,8 @@ impl Network {
     /// Trainable parameters by name (sorted, so the order is stable), in two groups:
     /// 0 = encoder, 1 = predictor (kept at a constant lr with `fix_pred_lr`).
     pub fn params(&self, cfg: &Config) -> Vec<Param> {
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut named: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         named
             .into_iter()
@@ -49,13 +50,34 @@ impl Network {
     }
 }
 
+/// Two independent augmented views of a uint8 batch `[B,H,W,3]`: `([B,3,S,S], [B,3,S,S])`.
+pub fn two_views(aug: &Augmenter, images: &Tensor) -> (Tensor, Tensor) {
+    tch::no_grad(|| (aug.view(images), aug.view(images)))
+}
+
+/// One SimSiam update on a pair of views: forward both branches, the objective, backward, SGD.
+/// Returns the detached loss and z1 (for the monitors), still on the device: no host sync.
+pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, x1: &Tensor, x2: &Tensor) -> (Tensor, Tensor) {
+    let out = model.forward(x1, x2, true);
+    let loss = objective.loss(&out);
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+    (loss.detach(), out.z1.detach())
+}
+
 /// Loads the train and (optional) test stores named by the config.
 pub fn load_data(cfg: &Config) -> Result<(ImageStore, Option<ImageStore>)> {
     let d = &cfg.data;
-    let train_path = d.train.as_ref().ok_or_else(|| Error::config("data.train: no training data given (pass --data PATH)"))?;
-    let train = data::load(train_path, d.format, Split::Train, d.image_size, d.skip_corrupt)?.subset(d.train_limit, cfg.run.seed);
+    let train_path =
+        d.train.as_ref().ok_or_else(|| Error::config("data.train: no training data given (pass --data PATH)"))?;
+    let train = data::load(train_path, d.format, Split::Train, d.image_size, d.skip_corrupt)?
+        .subset(d.train_limit, cfg.run.seed);
     let test = match &d.test {
-        Some(p) => Some(data::load(p, d.format, Split::Test, d.image_size, d.skip_corrupt)?.subset(d.test_limit, cfg.run.seed.wrapping_add(1))),
+        Some(p) => Some(
+            data::load(p, d.format, Split::Test, d.image_size, d.skip_corrupt)?
+                .subset(d.test_limit, cfg.run.seed.wrapping_add(1)),
+        ),
         None => None,
     };
     Ok((train, test))
@@ -127,12 +149,18 @@ impl MetricsLog {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let kept: String = text
                 .lines()
-                .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| (s as usize) < limit))
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| (s as usize) < limit)
+                })
                 .map(|l| format!("{l}\n"))
                 .collect();
             std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         Ok(MetricsLog { file, path })
     }
     fn write(&mut self, v: serde_json::Value) -> Result<()> {
@@ -173,7 +201,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let (train_store, test_store) = load_data(cfg)?;
     let batch = cfg.optim.batch_size;
     if train_store.len() < batch {
-        return Err(Error::config(format!("optim.batch_size: {batch} is larger than the {} training images", train_store.len())));
+        return Err(Error::config(format!(
+            "optim.batch_size: {batch} is larger than the {} training images",
+            train_store.len()
+        )));
     }
     eprintln!(
         "data: {} training images{} ({} classes, {}px) loaded in {:.1}s; device {}",
@@ -196,7 +227,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
 
     let mut pos = Position::default();
     if control.resume {
-        let ckpt = checkpoint::latest(&run_dir)?.ok_or_else(|| Error::data(&run_dir, "no checkpoint to resume from"))?;
+        let ckpt =
+            checkpoint::latest(&run_dir)?.ok_or_else(|| Error::data(&run_dir, "no checkpoint to resume from"))?;
         checkpoint::load_model(&mut net.vs, &ckpt)?;
         opt.load(&ckpt.join("optim.safetensors"))?;
         pos = checkpoint::load_position(&ckpt)?;
@@ -205,7 +237,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let mut log = MetricsLog::open(&run_dir, control.resume.then_some(pos.global_step))?;
 
     let knn = |net: &Network| -> Option<f64> {
-        test_dev.as_ref().map(|test| knn::knn_accuracy(&net.model, &train_dev, test, &aug, &[cfg.monitor.knn_k], cfg.monitor.knn_t)[0])
+        test_dev.as_ref().map(|test| {
+            knn::knn_accuracy(&net.model, &train_dev, test, &aug, &[cfg.monitor.knn_k], cfg.monitor.knn_t)[0]
+        })
     };
     let mut summary = Summary {
         epochs: cfg.run.epochs,
@@ -231,30 +265,50 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let steps_per_epoch = n / batch; // drop_last, as the official DataLoader
     let total_steps = steps_per_epoch * cfg.run.epochs;
     let pb = if control.progress { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
-    pb.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}").expect("template"));
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("template"),
+    );
     pb.set_position(pos.global_step as u64);
 
     let init_lr = cfg.optim.init_lr();
     let sqrt_d = (cfg.model.dim as f64).sqrt();
     let mut pending: Vec<Pending> = Vec::new();
-    let mut last_ckpt = checkpoint::latest(&run_dir)?.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
+    let mut last_ckpt =
+        checkpoint::latest(&run_dir)?.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
     let mut last_knn: Option<f64> = summary.knn_init;
     let t_train = Instant::now();
     let mut t_flush = Instant::now();
     let mut images_done = 0usize;
 
     // Fetches pending step metrics (one sync), checks them, writes them.
-    let flush = |pending: &mut Vec<Pending>, log: &mut MetricsLog, summary: &mut Summary, last_ckpt: &str, t_flush: &mut Instant| -> Result<()> {
+    let flush = |pending: &mut Vec<Pending>,
+                 log: &mut MetricsLog,
+                 summary: &mut Summary,
+                 last_ckpt: &str,
+                 t_flush: &mut Instant|
+     -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
-        let losses = Vec::<f64>::try_from(Tensor::stack(&pending.iter().map(|p| p.loss.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Double)).expect("f64s");
-        let stds = Vec::<f64>::try_from(Tensor::stack(&pending.iter().map(|p| p.std.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Double)).expect("f64s");
+        let losses = Vec::<f64>::try_from(
+            Tensor::stack(&pending.iter().map(|p| p.loss.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Double),
+        )
+        .expect("f64s");
+        let stds = Vec::<f64>::try_from(
+            Tensor::stack(&pending.iter().map(|p| p.std.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Double),
+        )
+        .expect("f64s");
         let ips = (pending.len() * batch) as f64 / t_flush.elapsed().as_secs_f64();
         *t_flush = Instant::now();
         for ((p, &loss), &std) in pending.iter().zip(&losses).zip(&stds) {
             if !loss.is_finite() {
-                return Err(Error::NonFinite { epoch: p.epoch, step: p.step, value: loss, checkpoint: last_ckpt.to_string() });
+                return Err(Error::NonFinite {
+                    epoch: p.epoch,
+                    step: p.step,
+                    value: loss,
+                    checkpoint: last_ckpt.to_string(),
+                });
             }
             log.write(json!({"epoch": p.epoch, "step": p.step, "loss": loss, "lr": p.lr, "collapse_std": std, "collapse_std_scaled": std * sqrt_d, "images_per_s": ips}))?;
         }
@@ -270,7 +324,11 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         let lr_at = |t: f64| cosine_lr(init_lr, t, cfg.run.epochs, cfg.optim.warmup_epochs);
         while pos.step_in_epoch < steps_per_epoch {
             let s = pos.step_in_epoch;
-            let frac = if cfg.optim.lr_per_step || pos.epoch < cfg.optim.warmup_epochs { s as f64 / steps_per_epoch as f64 } else { 0.0 };
+            let frac = if cfg.optim.lr_per_step || pos.epoch < cfg.optim.warmup_epochs {
+                s as f64 / steps_per_epoch as f64
+            } else {
+                0.0
+            };
             let lr = lr_at(pos.epoch as f64 + frac);
             opt.lrs[0] = lr;
             opt.lrs[1] = if cfg.optim.fix_pred_lr { init_lr } else { lr };
@@ -278,13 +336,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             tch::manual_seed(step_seed(cfg.run.seed, pos.global_step));
             let idx = Tensor::from_slice(&order[s * batch..(s + 1) * batch]).to_device(device);
             let images = train_dev.images.index_select(0, &idx);
-            let (x1, x2) = tch::no_grad(|| (aug.view(&images), aug.view(&images)));
-            let out = net.model.forward(&x1, &x2, true);
-            let loss = objective.loss(&out);
-            opt.zero_grad();
-            loss.backward();
-            opt.step();
-            pending.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, loss: loss.detach(), std: collapse_std(&out.z1) });
+            let (x1, x2) = two_views(&aug, &images);
+            let (loss, z1) = step(&net.model, &objective, &mut opt, &x1, &x2);
+            pending.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, loss, std: collapse_std(&z1) });
 
             pos.step_in_epoch += 1;
             pos.global_step += 1;
@@ -292,13 +346,24 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             pb.inc(1);
             if pending.len() >= cfg.monitor.log_every {
                 flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
-                pb.set_message(format!("epoch {} loss {:.4} std·√d {:.3}{}", pos.epoch + 1, summary.final_loss, summary.collapse_std_scaled, last_knn.map(|k| format!(" kNN {k:.1}%")).unwrap_or_default()));
+                pb.set_message(format!(
+                    "epoch {} loss {:.4} std·√d {:.3}{}",
+                    pos.epoch + 1,
+                    summary.final_loss,
+                    summary.collapse_std_scaled,
+                    last_knn.map(|k| format!(" kNN {k:.1}%")).unwrap_or_default()
+                ));
             }
             if control.interrupt.load(Ordering::SeqCst) {
                 flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
                 let dir = checkpoint::save(&run_dir, &net.vs, &opt, pos)?;
                 pb.abandon();
-                return Err(Error::Interrupted { epoch: pos.epoch, step: pos.global_step, dir: run_dir.display().to_string() }).inspect_err(|_| {
+                return Err(Error::Interrupted {
+                    epoch: pos.epoch,
+                    step: pos.global_step,
+                    dir: run_dir.display().to_string(),
+                })
+                .inspect_err(|_| {
                     eprintln!("checkpoint written to {}", dir.display());
                 });
             }
@@ -313,15 +378,18 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 last_knn = Some(acc);
                 log.write(json!({"event": "knn", "epoch": pos.epoch, "step": pos.global_step, "knn_top1": acc, "k": cfg.monitor.knn_k, "t": cfg.monitor.knn_t}))?;
             }
-            say(&pb, format!(
-                "epoch {:>4}/{}  loss {:+.4}  collapse_std·√d {:.3}{}  {:.0} img/s",
-                pos.epoch,
-                cfg.run.epochs,
-                summary.final_loss,
-                summary.collapse_std_scaled,
-                last_knn.map(|k| format!("  kNN {k:.2}%")).unwrap_or_default(),
-                images_done as f64 / t_train.elapsed().as_secs_f64()
-            ));
+            say(
+                &pb,
+                format!(
+                    "epoch {:>4}/{}  loss {:+.4}  collapse_std·√d {:.3}{}  {:.0} img/s",
+                    pos.epoch,
+                    cfg.run.epochs,
+                    summary.final_loss,
+                    summary.collapse_std_scaled,
+                    last_knn.map(|k| format!("  kNN {k:.2}%")).unwrap_or_default(),
+                    images_done as f64 / t_train.elapsed().as_secs_f64()
+                ),
+            );
         }
         if pos.epoch % cfg.run.checkpoint_every == 0 || last {
             last_ckpt = checkpoint::save(&run_dir, &net.vs, &opt, pos)?.display().to_string();
@@ -333,6 +401,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     summary.train_seconds = t_train.elapsed().as_secs_f64();
     summary.images_per_s = images_done as f64 / summary.train_seconds.max(1e-9);
     let s_path = run_dir.join("summary.json");
-    std::fs::write(&s_path, serde_json::to_string_pretty(&summary).expect("json")).map_err(|e| Error::io(&s_path, e))?;
+    std::fs::write(&s_path, serde_json::to_string_pretty(&summary).expect("json"))
+        .map_err(|e| Error::io(&s_path, e))?;
     Ok(summary)
 }

@@ -43,7 +43,11 @@ fn contrast_blends_with_mean_grey() {
     let x = Tensor::from_slice(&[0.2f32, 0.6, 0.2, 0.6, 0.2, 0.6]).view([1, 3, 1, 2]);
     let y = adjust_contrast(&x, &f(0.5));
     let m = 0.4 * 0.9999;
-    close(&[y.double_value(&[0, 1, 0, 0]), y.double_value(&[0, 1, 0, 1])], &[0.5 * 0.2 + 0.5 * m, 0.5 * 0.6 + 0.5 * m], 1e-6);
+    close(
+        &[y.double_value(&[0, 1, 0, 0]), y.double_value(&[0, 1, 0, 1])],
+        &[0.5 * 0.2 + 0.5 * m, 0.5 * 0.6 + 0.5 * m],
+        1e-6,
+    );
 }
 
 #[test]
@@ -157,7 +161,15 @@ fn views_are_seeded_distinct_and_finite() {
     assert!(a.equal(&a2), "same seed, same views");
     assert!(!a.allclose(&b, 1e-3, 1e-3, false), "two draws differ");
     // With every op off, a view is the normalised image itself.
-    let off = AugmentConfig { crop_scale: [1.0, 1.0], crop_ratio: [1.0, 1.0], flip_p: 0.0, jitter_p: 0.0, grayscale_p: 0.0, blur_p: 0.0, ..Default::default() };
+    let off = AugmentConfig {
+        crop_scale: [1.0, 1.0],
+        crop_ratio: [1.0, 1.0],
+        flip_p: 0.0,
+        jitter_p: 0.0,
+        grayscale_p: 0.0,
+        blur_p: 0.0,
+        ..Default::default()
+    };
     let plain = Augmenter::new(&off, 32, Device::Cpu);
     assert!(plain.view(&imgs).allclose(&plain.eval_view(&imgs), 1e-4, 1e-5, false));
 }

@@ -25,9 +25,31 @@ fn data() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 /// A very small model: the run's shape (steps, epochs, checkpoints) is what is under test.
 fn train_args(train: &Path, test: &Path, out: &Path) -> Vec<String> {
-    let mut a: Vec<String> = ["train", "--preset", "tiny", "--device", "cpu", "--epochs", "3", "--batch-size", "32"].iter().map(|s| s.to_string()).collect();
-    a.extend(["--data".into(), train.display().to_string(), "--test-data".into(), test.display().to_string(), "--out".into(), out.display().to_string()]);
-    for s in ["model.width=4", "model.dim=32", "model.proj_hidden=32", "model.pred_hidden=8", "data.train_limit=0", "data.test_limit=0", "monitor.log_every=1", "monitor.knn_every=1", "monitor.knn_k=20", "run.checkpoint_every=1", "run.threads=1"] {
+    let mut a: Vec<String> = ["train", "--preset", "tiny", "--device", "cpu", "--epochs", "3", "--batch-size", "32"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend([
+        "--data".into(),
+        train.display().to_string(),
+        "--test-data".into(),
+        test.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ]);
+    for s in [
+        "model.width=4",
+        "model.dim=32",
+        "model.proj_hidden=32",
+        "model.pred_hidden=8",
+        "data.train_limit=0",
+        "data.test_limit=0",
+        "monitor.log_every=1",
+        "monitor.knn_every=1",
+        "monitor.knn_k=20",
+        "run.checkpoint_every=1",
+        "run.threads=1",
+    ] {
         a.push("--set".into());
         a.push(s.into());
     }
@@ -64,7 +86,7 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
 
     // Same run, Ctrl-C (SIGINT) once a few steps are logged, then --resume.
     let part = tmp.path().join("part");
-    let mut child = bin().args(train_args(&train, &test, &part)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = bin().args(train_args(&train, &test, &part)).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let t0 = Instant::now();
     while std::fs::read_to_string(part.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 8 {
         assert!(t0.elapsed() < Duration::from_secs(120), "run did not start");
@@ -96,13 +118,20 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let good = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     // Continue for two more epochs with an lr that makes the weights overflow.
     let cfg_path = run.join("config.toml");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("epochs = 1", "epochs = 3").replace("base_lr = 0.06", "base_lr = 1e38");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("epochs = 1", "epochs = 3")
+        .replace("base_lr = 0.3", "base_lr = 1e38");
     std::fs::write(&cfg_path, cfg).unwrap();
     let out = bin().args(["train", "--resume", run.to_str().unwrap()]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("non-finite loss") && err.contains(good.trim()), "{err}");
-    assert_eq!(std::fs::read_to_string(run.join("checkpoints/latest")).unwrap(), good, "no checkpoint written after the NaN");
+    assert_eq!(
+        std::fs::read_to_string(run.join("checkpoints/latest")).unwrap(),
+        good,
+        "no checkpoint written after the NaN"
+    );
 }
 
 #[test]

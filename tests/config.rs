@@ -13,13 +13,26 @@ fn cifar10_preset_is_the_paper_recipe() {
     assert!(c.optim.fix_pred_lr && c.objective.stop_grad);
     assert_eq!(c.augment.effective_blur_p(32), 0.0);
     let i = Config::resolve("imagenet", None, &[]).unwrap();
-    assert_eq!((i.model.arch, i.model.proj_layers, i.optim.base_lr, i.optim.weight_decay), (Arch::Resnet50, 3, 0.05, 1e-4));
+    assert_eq!(
+        (i.model.arch, i.model.proj_layers, i.optim.base_lr, i.optim.weight_decay),
+        (Arch::Resnet50, 3, 0.05, 1e-4)
+    );
     assert_eq!(i.augment.effective_blur_p(224), 0.5);
 }
 
 #[test]
 fn every_field_can_be_overridden() {
-    let c = Config::resolve("tiny", None, &["optim.base_lr=0.5".into(), "model.arch=resnet34".into(), "augment.crop_scale=[0.5, 1.0]".into(), "run.out_dir=somewhere/else".into()]).unwrap();
+    let c = Config::resolve(
+        "tiny",
+        None,
+        &[
+            "optim.base_lr=0.5".into(),
+            "model.arch=resnet34".into(),
+            "augment.crop_scale=[0.5, 1.0]".into(),
+            "run.out_dir=somewhere/else".into(),
+        ],
+    )
+    .unwrap();
     assert_eq!(c.optim.base_lr, 0.5);
     assert_eq!(c.model.arch, Arch::Resnet34);
     assert_eq!(c.augment.crop_scale, [0.5, 1.0]);

@@ -56,7 +56,12 @@ fn asymmetric_and_cross_entropy_variants() {
     let o = outputs();
     let ce = ObjectiveConfig { similarity: Similarity::CrossEntropy, ..Default::default() };
     let l = Objective::new(&ce).loss(&o).double_value(&[]);
-    let h = |p: &Tensor, z: &Tensor| (z.softmax(1, Kind::Double) * p.log_softmax(1, Kind::Double)).sum_dim_intlist(&[1i64][..], false, Kind::Double).mean(Kind::Double).double_value(&[]);
+    let h = |p: &Tensor, z: &Tensor| {
+        (z.softmax(1, Kind::Double) * p.log_softmax(1, Kind::Double))
+            .sum_dim_intlist(&[1i64][..], false, Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[])
+    };
     assert!((l - -(h(&o.p1, &o.z2) + h(&o.p2, &o.z1)) / 2.0).abs() < 1e-12);
 }
 

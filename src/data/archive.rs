@@ -28,11 +28,16 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
         }
         let parts: Vec<&str> = member.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
         if parts.len() < 2 {
-            return Err(Error::data(path, format!("member {member:?} is not inside a class folder (expected <class>/<image>)")));
+            return Err(Error::data(
+                path,
+                format!("member {member:?} is not inside a class folder (expected <class>/<image>)"),
+            ));
         }
         let class = parts[parts.len() - 2].to_string();
         let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes).map_err(|e| Error::data(super::source_name(path, &member), format!("cannot read member: {e}")))?;
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::data(super::source_name(path, &member), format!("cannot read member: {e}")))?;
         classes.insert(class.clone());
         out.push(Encoded { name: super::source_name(path, &member).display().to_string(), class, bytes });
     }

@@ -45,7 +45,10 @@ pub(crate) fn detect_file(path: &Path) -> Result<DataFormat> {
 }
 
 fn size_error(path: &Path, len: usize) -> Error {
-    Error::data(path, format!("size {len} bytes is not a positive multiple of 3073 (CIFAR-10 records) or 3074 (CIFAR-100 records)"))
+    Error::data(
+        path,
+        format!("size {len} bytes is not a positive multiple of 3073 (CIFAR-10 records) or 3074 (CIFAR-100 records)"),
+    )
 }
 
 fn files_for(dir: &Path, kind: CifarKind, split: Split) -> Vec<PathBuf> {
@@ -97,7 +100,10 @@ pub(crate) fn load(path: &Path, kind: CifarKind, split: Split, image_size: usize
         for (i, rec) in bytes.chunks_exact(kind.record()).enumerate() {
             let label = rec[kind.label_bytes() - 1] as usize;
             if label >= kind.num_classes() {
-                return Err(Error::data(f, format!("record {i}: label {label} out of range for {} classes", kind.num_classes())));
+                return Err(Error::data(
+                    f,
+                    format!("record {i}: label {label} out of range for {} classes", kind.num_classes()),
+                ));
             }
             labels.push(label as i64);
             // Planar CHW -> interleaved HWC.

@@ -39,7 +39,12 @@ pub fn decode_to_square(bytes: &[u8], size: usize) -> std::result::Result<Vec<u8
 
 /// Decodes all images in parallel. An unreadable image is an error naming it, unless
 /// `skip_corrupt`, in which case it is counted and reported.
-pub(crate) fn decode_all(items: (Vec<Encoded>, Vec<String>), size: usize, skip_corrupt: bool, source: &Path) -> Result<ImageStore> {
+pub(crate) fn decode_all(
+    items: (Vec<Encoded>, Vec<String>),
+    size: usize,
+    skip_corrupt: bool,
+    source: &Path,
+) -> Result<ImageStore> {
     let (encoded, classes) = items;
     let results: Vec<_> = encoded
         .into_par_iter()
@@ -58,7 +63,10 @@ pub(crate) fn decode_all(items: (Vec<Encoded>, Vec<String>), size: usize, skip_c
                 skipped += 1;
             }
             Err((name, msg)) => {
-                return Err(Error::data(name, format!("{msg} (pass --set data.skip_corrupt=true to skip unreadable images)")))
+                return Err(Error::data(
+                    name,
+                    format!("{msg} (pass --set data.skip_corrupt=true to skip unreadable images)"),
+                ))
             }
         }
     }

@@ -11,7 +11,10 @@ pub(crate) fn read(root: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
         .collect();
     class_dirs.sort_by_key(|e| e.file_name());
     if class_dirs.is_empty() {
-        return Err(Error::data(root, "expected a folder of class folders (root/<class>/<image>.jpg), found no sub-folders"));
+        return Err(Error::data(
+            root,
+            "expected a folder of class folders (root/<class>/<image>.jpg), found no sub-folders",
+        ));
     }
     let mut out = Vec::new();
     let mut classes = Vec::new();

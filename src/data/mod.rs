@@ -95,7 +95,13 @@ pub(crate) fn is_image_name(name: &str) -> bool {
 }
 
 /// Loads a split from `path`, choosing the reader from `format` (or from the path for `Auto`).
-pub fn load(path: &Path, format: DataFormat, split: Split, image_size: usize, skip_corrupt: bool) -> Result<ImageStore> {
+pub fn load(
+    path: &Path,
+    format: DataFormat,
+    split: Split,
+    image_size: usize,
+    skip_corrupt: bool,
+) -> Result<ImageStore> {
     if !path.exists() {
         return Err(Error::data(path, "no such file or folder"));
     }
@@ -137,7 +143,13 @@ fn detect(path: &Path) -> Result<DataFormat> {
 
 /// Assembles decoded images (each `size x size x 3`) into a store; class indices follow the
 /// sorted class names, as torchvision's `ImageFolder` does.
-pub(crate) fn assemble(items: Vec<(String, String, Vec<u8>)>, mut classes: Vec<String>, size: usize, skipped: usize, source: &Path) -> Result<ImageStore> {
+pub(crate) fn assemble(
+    items: Vec<(String, String, Vec<u8>)>,
+    mut classes: Vec<String>,
+    size: usize,
+    skipped: usize,
+    source: &Path,
+) -> Result<ImageStore> {
     if items.is_empty() {
         return Err(Error::data(source, "no images found"));
     }

@@ -24,14 +24,21 @@ pub fn extract_features(model: &SimSiam, store: &ImageStore, aug: &Augmenter, ba
 
 /// Predicted classes `[M]` for each k in `ks`, from queries `[M, C]` and a bank `[N, C]` (both
 /// l2-normalised) with labels `[N]`.
-pub fn knn_predict(query: &Tensor, bank: &Tensor, bank_labels: &Tensor, classes: i64, ks: &[usize], t: f64) -> Vec<Tensor> {
+pub fn knn_predict(
+    query: &Tensor,
+    bank: &Tensor,
+    bank_labels: &Tensor,
+    classes: i64,
+    ks: &[usize],
+    t: f64,
+) -> Vec<Tensor> {
     tch::no_grad(|| {
         let kmax = (*ks.iter().max().expect("at least one k") as i64).min(bank.size()[0]);
         let m = query.size()[0];
-        let chunk = 1024;
+        let chunk = 1024i64;
         let mut preds: Vec<Vec<Tensor>> = ks.iter().map(|_| Vec::new()).collect();
-        for s in (0..m).step_by(chunk) {
-            let q = query.narrow(0, s as i64, (chunk as i64).min(m - s as i64));
+        for s in (0..m).step_by(chunk as usize) {
+            let q = query.narrow(0, s, chunk.min(m - s));
             let b = q.size()[0];
             // [b, N] similarities -> top kmax (sorted, descending)
             let (sim, idx) = q.matmul(&bank.tr()).topk(kmax, 1, true, true);
@@ -39,8 +46,13 @@ pub fn knn_predict(query: &Tensor, bank: &Tensor, bank_labels: &Tensor, classes:
             let w = (sim / t).exp();
             for (j, &k) in ks.iter().enumerate() {
                 let k = (k as i64).min(kmax);
-                let one_hot = Tensor::zeros([b, k, classes], (Kind::Float, q.device())).scatter_value(2, &lbl.narrow(1, 0, k).unsqueeze(2), 1.0);
-                let scores = (one_hot * w.narrow(1, 0, k).unsqueeze(2)).sum_dim_intlist(&[1i64][..], false, Kind::Float);
+                let one_hot = Tensor::zeros([b, k, classes], (Kind::Float, q.device())).scatter_value(
+                    2,
+                    &lbl.narrow(1, 0, k).unsqueeze(2),
+                    1.0,
+                );
+                let scores =
+                    (one_hot * w.narrow(1, 0, k).unsqueeze(2)).sum_dim_intlist(&[1i64][..], false, Kind::Float);
                 preds[j].push(scores.argmax(1, false));
             }
         }
@@ -49,7 +61,14 @@ pub fn knn_predict(query: &Tensor, bank: &Tensor, bank_labels: &Tensor, classes:
 }
 
 /// Top-1 accuracy (percent) of the kNN classifier for each k.
-pub fn knn_accuracy(model: &SimSiam, train: &ImageStore, test: &ImageStore, aug: &Augmenter, ks: &[usize], t: f64) -> Vec<f64> {
+pub fn knn_accuracy(
+    model: &SimSiam,
+    train: &ImageStore,
+    test: &ImageStore,
+    aug: &Augmenter,
+    ks: &[usize],
+    t: f64,
+) -> Vec<f64> {
     let bank = extract_features(model, train, aug, 512);
     let query = extract_features(model, test, aug, 512);
     knn_predict(&query, &bank, &train.labels, train.num_classes() as i64, ks, t)

@@ -88,7 +88,13 @@ pub fn projector_specs(in_dim: i64, cfg: &ModelConfig) -> Vec<BlockSpec> {
     let mut specs = Vec::new();
     let mut d = in_dim;
     for _ in 1..cfg.proj_layers {
-        specs.push(BlockSpec { input: d, output: cfg.proj_hidden, bias: !cfg.proj_hidden_bn, norm: norm(cfg.proj_hidden_bn, true), relu: true });
+        specs.push(BlockSpec {
+            input: d,
+            output: cfg.proj_hidden,
+            bias: !cfg.proj_hidden_bn,
+            norm: norm(cfg.proj_hidden_bn, true),
+            relu: true,
+        });
         d = cfg.proj_hidden;
     }
     specs.push(BlockSpec {
@@ -115,11 +121,29 @@ impl Predictor {
         let d = cfg.dim;
         match cfg.predictor {
             // Linear(d, d/4, no bias) -> BN -> ReLU -> Linear(d/4, d): the bottleneck.
-            PredictorKind::Mlp => Predictor::Mlp(Mlp::new(p, &[
-                BlockSpec { input: d, output: cfg.pred_hidden, bias: !cfg.pred_hidden_bn, norm: norm(cfg.pred_hidden_bn, true), relu: true },
-                BlockSpec { input: cfg.pred_hidden, output: d, bias: !cfg.pred_output_bn, norm: norm(cfg.pred_output_bn, true), relu: false },
-            ])),
-            PredictorKind::Linear => Predictor::Mlp(Mlp::new(p, &[BlockSpec { input: d, output: d, bias: cfg.pred_bias, norm: Norm::None, relu: false }])),
+            PredictorKind::Mlp => Predictor::Mlp(Mlp::new(
+                p,
+                &[
+                    BlockSpec {
+                        input: d,
+                        output: cfg.pred_hidden,
+                        bias: !cfg.pred_hidden_bn,
+                        norm: norm(cfg.pred_hidden_bn, true),
+                        relu: true,
+                    },
+                    BlockSpec {
+                        input: cfg.pred_hidden,
+                        output: d,
+                        bias: !cfg.pred_output_bn,
+                        norm: norm(cfg.pred_output_bn, true),
+                        relu: false,
+                    },
+                ],
+            )),
+            PredictorKind::Linear => Predictor::Mlp(Mlp::new(
+                p,
+                &[BlockSpec { input: d, output: d, bias: cfg.pred_bias, norm: Norm::None, relu: false }],
+            )),
             PredictorKind::Bias => Predictor::Bias(p.zeros("bias", &[d])),
             PredictorKind::Identity => Predictor::Identity,
         }

@@ -1,0 +1,86 @@
+//! `simsiam bench`: throughput of the training step alone (views already on the device), of
+//! the augmentation alone, and end to end (uint8 store -> two views -> step), after warm-up.
+//! Benchmarks live here, not in the test suite.
+use crate::augment::Augmenter;
+use crate::config::Config;
+use crate::error::Result;
+use crate::objective::Objective;
+use crate::optim::Sgd;
+use crate::train::{step, two_views, Network};
+use serde::Serialize;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Forward + backward + update on views already on the device.
+    Step,
+    /// Two augmented views from the uint8 store.
+    Augment,
+    /// Store -> augmentation -> step, as training runs it.
+    EndToEnd,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Measurement {
+    pub mode: Mode,
+    pub device: String,
+    pub batch_size: usize,
+    pub steps: usize,
+    /// Images per second; each image is two views.
+    pub images_per_s: f64,
+    pub ms_per_step: f64,
+}
+
+/// Waits for queued device work so wall-clock time measures it.
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Times `steps` iterations of `mode` after `warmup` untimed ones, on random uint8 images of
+/// the config's size (throughput does not depend on pixel values).
+pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<Measurement> {
+    let device = crate::device::parse_device(&cfg.run.device)?;
+    if cfg.run.threads > 0 {
+        tch::set_num_threads(cfg.run.threads as i32);
+    }
+    tch::manual_seed(cfg.run.seed as i64);
+    let b = cfg.optim.batch_size as i64;
+    let s = cfg.data.image_size as i64;
+    let net = Network::new(cfg, device);
+    let objective = Objective::new(&cfg.objective);
+    let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+    let mut opt = Sgd::new(net.params(cfg), 2, cfg.optim.momentum, cfg.optim.weight_decay);
+    opt.lrs = vec![cfg.optim.init_lr(); 2];
+    let images = Tensor::randint(256, [b, s, s, 3], (Kind::Uint8, device));
+    let (x1, x2) = two_views(&aug, &images);
+    let mut once = || match mode {
+        Mode::Step => drop(step(&net.model, &objective, &mut opt, &x1, &x2)),
+        Mode::Augment => drop(two_views(&aug, &images)),
+        Mode::EndToEnd => {
+            let (v1, v2) = two_views(&aug, &images);
+            drop(step(&net.model, &objective, &mut opt, &v1, &v2));
+        }
+    };
+    for _ in 0..warmup {
+        once();
+    }
+    sync(device);
+    let t = Instant::now();
+    for _ in 0..steps {
+        once();
+    }
+    sync(device);
+    let secs = t.elapsed().as_secs_f64();
+    Ok(Measurement {
+        mode,
+        device: crate::device::describe(device),
+        batch_size: b as usize,
+        steps,
+        images_per_s: (b as usize * steps) as f64 / secs,
+        ms_per_step: secs * 1e3 / steps as f64,
+    })
+}

@@ -1,0 +1,57 @@
+//! CUDA paths. Each test skips (with a message) when no CUDA device is visible, so CI, which
+//! has no GPU, passes; run them on a GPU machine with `scripts/test.sh --test gpu`.
+use simsiam::augment::*;
+use simsiam::config::Config;
+use simsiam::train::{step, two_views, Network};
+use tch::{Device, Kind, Tensor};
+
+fn cuda() -> Option<Device> {
+    simsiam::device::load_cuda_backend();
+    if tch::Cuda::is_available() {
+        Some(Device::Cuda(0))
+    } else {
+        eprintln!("skipped: no CUDA device visible");
+        None
+    }
+}
+
+#[test]
+fn cuda_augmentation_ops_match_cpu_for_the_same_parameters() {
+    let Some(dev) = cuda() else { return };
+    tch::manual_seed(1);
+    let x = Tensor::rand([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let f = Tensor::rand([8], (Kind::Float, Device::Cpu)) + 0.5;
+    let h = Tensor::rand([8], (Kind::Float, Device::Cpu)) * 0.2 - 0.1;
+    let boxes = sample_crop_boxes(8, 32, 32, [0.2, 1.0], [0.75, 4.0 / 3.0], Device::Cpu);
+    let flip = Tensor::rand([8], (Kind::Float, Device::Cpu)).lt(0.5);
+    let on = Tensor::ones([8], (Kind::Bool, Device::Cpu));
+    let check = |cpu: Tensor, gpu: Tensor| assert!(cpu.allclose(&gpu.to_device(Device::Cpu), 1e-4, 1e-5, false));
+    let g = |t: &Tensor| t.to_device(dev);
+    check(adjust_brightness(&x, &f), adjust_brightness(&g(&x), &g(&f)));
+    check(adjust_contrast(&x, &f), adjust_contrast(&g(&x), &g(&f)));
+    check(adjust_saturation(&x, &f), adjust_saturation(&g(&x), &g(&f)));
+    check(adjust_hue(&x, &h), adjust_hue(&g(&x), &g(&h)));
+    check(resized_crop_flip(&x, &boxes, &flip, 32), resized_crop_flip(&g(&x), &g(&boxes), &g(&flip), 32));
+    check(gaussian_blur(&x, &f, &on, 5), gaussian_blur(&g(&x), &g(&f), &g(&on), 5));
+}
+
+#[test]
+fn cuda_training_steps_lower_the_loss_on_a_fixed_batch() {
+    let Some(dev) = cuda() else { return };
+    let cfg = Config::resolve("tiny", None, &["optim.batch_size=64".into()]).unwrap();
+    tch::manual_seed(0);
+    let net = Network::new(&cfg, dev);
+    assert!(net.vs.device().is_cuda());
+    let objective = simsiam::objective::Objective::new(&cfg.objective);
+    let aug = Augmenter::new(&cfg.augment, 32, dev);
+    let mut opt = simsiam::optim::Sgd::new(net.params(&cfg), 2, 0.9, 5e-4);
+    opt.lrs = vec![0.05; 2];
+    let images = Tensor::randint(256, [64, 32, 32, 3], (Kind::Uint8, dev));
+    let (x1, x2) = two_views(&aug, &images);
+    let first = step(&net.model, &objective, &mut opt, &x1, &x2).0.double_value(&[]);
+    let mut last = first;
+    for _ in 0..30 {
+        last = step(&net.model, &objective, &mut opt, &x1, &x2).0.double_value(&[]);
+    }
+    assert!(last.is_finite() && last < first - 0.1, "loss {first} -> {last}");
+}
