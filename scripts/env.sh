@@ -9,7 +9,9 @@ if [ ! -f "$_root/.libtorch/ready-2.11.0" ]; then
   python3 -m venv "$_venv" || return 1
   "$_venv/bin/pip" install -q --disable-pip-version-check --no-deps torch==2.11.0 || return 1
   # libtorch_cpu.so links libcudart.so.13 and libcupti.so.13 even on CPU-only machines.
-  "$_venv/bin/pip" install -q --disable-pip-version-check "cuda-toolkit[cudart,cupti]==13.0.2" || return 1
+  # (the versions torch 2.11.0's cuda-toolkit==13.0.2 pins; --no-deps keeps the GPU stack out)
+  "$_venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+    nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 || return 1
   touch "$_root/.libtorch/ready-2.11.0"
 fi
 _site="$("$_venv/bin/python" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')"

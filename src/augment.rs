@@ -253,8 +253,30 @@ impl Augmenter {
         x
     }
 
+    /// Per-channel normalisation mean `[3]`.
+    pub fn mean(&self) -> &Tensor {
+        &self.mean
+    }
+
+    /// Per-channel normalisation std `[3]`.
+    pub fn std(&self) -> &Tensor {
+        &self.std
+    }
+
     /// The evaluation view: no augmentation, only scaling and normalisation.
     pub fn eval_view(&self, images_u8: &Tensor) -> Tensor {
         normalize(&to_float(images_u8), &self.mean, &self.std)
     }
+}
+
+/// The standard CIFAR probe augmentation: zero-pad by `pad`, take a random `H x W` crop, flip
+/// with p = 0.5 (torchvision `RandomCrop(32, padding=4)` + `RandomHorizontalFlip`). `[B,3,H,W]`.
+pub fn random_crop_flip(x: &Tensor, pad: i64) -> Tensor {
+    let (b, _, h, w) = x.size4().expect("[B,3,H,W]");
+    let dev = x.device();
+    let padded = x.constant_pad_nd([pad, pad, pad, pad]);
+    let off = || (Tensor::rand([b, 1], (Kind::Float, dev)) * (2 * pad + 1) as f64).floor();
+    let size = Tensor::from_slice(&[w as f32, h as f32]).to_device(dev).view([1, 2]).expand([b, 2], false);
+    let boxes = Tensor::cat(&[off(), off(), size], 1);
+    resized_crop_flip(&padded, &boxes, &coin(b, 0.5, dev), h)
 }

@@ -195,6 +195,8 @@ pub struct ModelConfig {
     pub pred_bias: bool,
     /// Train the predictor (false = fixed at its random initialisation, Table 1b).
     pub pred_trainable: bool,
+    /// Start the backbone from torchvision-layout safetensors (see `simsiam export`).
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -216,6 +218,7 @@ impl Default for ModelConfig {
             pred_output_bn: false,
             pred_bias: true,
             pred_trainable: true,
+            init_from: None,
         }
     }
 }
@@ -303,11 +306,21 @@ pub struct MonitorConfig {
     pub log_every: usize,
     /// Also run the kNN monitor before the first step (the network at initialisation).
     pub knn_at_init: bool,
+    /// Images of the fixed subset on which the geometry monitor (effective rank, RankMe, PCA
+    /// dimensions, off-diagonal covariance) runs at each kNN epoch.
+    pub geometry_samples: usize,
 }
 
 impl Default for MonitorConfig {
     fn default() -> Self {
-        MonitorConfig { knn_every: 10, knn_k: 200, knn_t: 0.1, log_every: 10, knn_at_init: true }
+        MonitorConfig {
+            knn_every: 10,
+            knn_k: 200,
+            knn_t: 0.1,
+            log_every: 10,
+            knn_at_init: true,
+            geometry_samples: 2048,
+        }
     }
 }
 
@@ -512,6 +525,9 @@ impl Config {
         }
         if mo.knn_t.is_nan() || mo.knn_t <= 0.0 {
             return fail("monitor.knn_t", "a positive temperature", mo.knn_t.to_string());
+        }
+        if mo.geometry_samples < 2 {
+            return fail("monitor.geometry_samples", "at least 2", mo.geometry_samples.to_string());
         }
         if mo.log_every == 0 {
             return fail("monitor.log_every", "at least 1", "0".into());

@@ -1,6 +1,7 @@
 //! `simsiam`: SimSiam (Chen & He, CVPR 2021) and the analyses of why it does not collapse, on
 //! tch / libtorch. The modules follow the pipeline: data -> augment -> model -> objective ->
 //! train, with eval and monitors alongside.
+pub mod analysis;
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
@@ -9,10 +10,12 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod model;
 pub mod monitor;
 pub mod objective;
 pub mod optim;
+pub mod report;
 pub mod train;
 
 pub use config::Config;

@@ -22,6 +22,35 @@ enum Cmd {
     /// Evaluate a trained run.
     #[command(subcommand)]
     Eval(EvalCmd),
+    /// Write embeddings of a dataset (backbone and projector) as .npy, with labels and names.
+    Embed {
+        /// The run folder.
+        run: PathBuf,
+        /// Images to embed (any supported format).
+        #[arg(long)]
+        data: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        device: Option<String>,
+        /// Which split of a CIFAR binary folder to read.
+        #[arg(long, value_enum, default_value = "test")]
+        split: SplitArg,
+    },
+    /// Write the backbone as safetensors in torchvision's resnet layout.
+    Export {
+        /// The run folder.
+        run: PathBuf,
+        /// Output file (.safetensors).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Render a run's plots (PNG, SVG) and its HTML report.
+    Report {
+        /// The run folder.
+        run: PathBuf,
+    },
     /// Time the training step, the augmentation and the whole pipeline; one JSON line each.
     Bench {
         #[command(flatten)]
@@ -119,8 +148,40 @@ struct TrainArgs {
     resume: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Train,
+    Test,
+}
+
 #[derive(Subcommand)]
 enum EvalCmd {
+    /// Linear probe on the frozen backbone of a run's latest checkpoint: top-1 and top-5.
+    Linear {
+        /// The run folder.
+        run: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        epochs: usize,
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        /// Learning rate (cosine-decayed per epoch).
+        #[arg(long, default_value_t = 30.0)]
+        lr: f64,
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f64,
+        /// No augmentation: compute the features once (much faster, usually a little lower).
+        #[arg(long)]
+        no_augment: bool,
+        /// BatchNorm without affine before the classifier.
+        #[arg(long)]
+        bn: bool,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        test_data: Option<PathBuf>,
+    },
     /// Weighted kNN top-1 of a run's latest checkpoint (backbone features).
     Knn {
         /// The run folder (holds config.toml and checkpoints/).
@@ -157,6 +218,76 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(EvalCmd::Knn { run, k, t, device, data, test_data }) => cmd_knn(run, &k, t, device, data, test_data),
+        Cmd::Eval(EvalCmd::Linear {
+            run,
+            epochs,
+            batch_size,
+            lr,
+            weight_decay,
+            no_augment,
+            bn,
+            device,
+            data,
+            test_data,
+        }) => {
+            let (mut cfg, device, net) = load_run(&run, device)?;
+            if data.is_some() {
+                cfg.data.train = data;
+            }
+            if test_data.is_some() {
+                cfg.data.test = test_data;
+            }
+            anyhow::ensure!(cfg.data.test.is_some(), "no test data: pass --test-data PATH");
+            anyhow::ensure!(
+                epochs > 0 && batch_size > 0 && lr > 0.0,
+                "--epochs, --batch-size and --lr must be positive"
+            );
+            let (train_store, test_store) = train::load_data(&cfg)?;
+            let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+            let pc = simsiam::eval::linear::ProbeConfig {
+                epochs,
+                batch_size,
+                lr,
+                weight_decay,
+                augment: !no_augment,
+                bn,
+                seed: cfg.run.seed,
+                ..Default::default()
+            };
+            let r = simsiam::eval::linear::probe(
+                &net.model,
+                &train_store.to_device(device),
+                &test_store.expect("checked").to_device(device),
+                &aug,
+                &pc,
+            );
+            let line = serde_json::to_string(&r)?;
+            std::fs::write(run.join("linear_probe.json"), format!("{line}\n")).context("writing linear_probe.json")?;
+            println!("{line}");
+            Ok(())
+        }
+        Cmd::Embed { run, data, out, device, split } => cmd_embed(run, data, out, device, split),
+        Cmd::Export { run, out } => {
+            let (cfg, _, net) = load_run(&run, Some("cpu".into()))?;
+            let n = simsiam::export::export_torchvision(&net.vs, &out)?;
+            println!("wrote {} ({n} tensors, torchvision resnet layout)", out.display());
+            if cfg.model.width != 64
+                || !matches!(
+                    cfg.model.arch,
+                    simsiam::config::Arch::Resnet18 | simsiam::config::Arch::Resnet34 | simsiam::config::Arch::Resnet50
+                )
+            {
+                eprintln!("note: model.width = {} (torchvision's resnets use 64): build the matching torchvision model with width_per_group/inplanes changed", cfg.model.width);
+            }
+            if cfg.model.cifar_stem {
+                eprintln!("note: CIFAR stem: in torchvision set conv1 = Conv2d(3, {}, 3, 1, 1, bias=False), maxpool = Identity(), fc = Identity()", cfg.model.width);
+            }
+            Ok(())
+        }
+        Cmd::Report { run } => {
+            println!("wrote {}", simsiam::report::write_report(&run)?.display());
+            Ok(())
+        }
         Cmd::Bench { cfg, mode, warmup, steps } => {
             let cfg = cfg.resolve()?;
             for m in mode {
@@ -225,6 +356,20 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// A run's saved config and its latest checkpoint loaded into a network on the chosen device.
+fn load_run(run: &std::path::Path, device: Option<String>) -> Result<(Config, tch::Device, train::Network)> {
+    let mut cfg =
+        Config::load(&run.join("config.toml")).with_context(|| format!("{}: not a run folder", run.display()))?;
+    if let Some(d) = device {
+        cfg.run.device = d;
+    }
+    let device = simsiam::device::parse_device(&cfg.run.device)?;
+    let ckpt = simsiam::checkpoint::latest(run)?.with_context(|| format!("{}: no checkpoint yet", run.display()))?;
+    let mut net = train::Network::new(&cfg, device);
+    simsiam::checkpoint::load_model(&mut net.vs, &ckpt)?;
+    Ok((cfg, device, net))
+}
+
 fn cmd_knn(
     run: PathBuf,
     ks: &[usize],
@@ -233,11 +378,7 @@ fn cmd_knn(
     data: Option<PathBuf>,
     test_data: Option<PathBuf>,
 ) -> Result<()> {
-    let mut cfg =
-        Config::load(&run.join("config.toml")).with_context(|| format!("{}: not a run folder", run.display()))?;
-    if let Some(d) = device {
-        cfg.run.device = d;
-    }
+    let (mut cfg, device, net) = load_run(&run, device)?;
     if data.is_some() {
         cfg.data.train = data;
     }
@@ -245,10 +386,6 @@ fn cmd_knn(
         cfg.data.test = test_data;
     }
     anyhow::ensure!(cfg.data.test.is_some(), "no test data: pass --test-data PATH");
-    let device = simsiam::device::parse_device(&cfg.run.device)?;
-    let ckpt = simsiam::checkpoint::latest(&run)?.with_context(|| format!("{}: no checkpoint yet", run.display()))?;
-    let mut net = train::Network::new(&cfg, device);
-    simsiam::checkpoint::load_model(&mut net.vs, &ckpt)?;
     let (train_store, test_store) = train::load_data(&cfg)?;
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let accs = simsiam::eval::knn::knn_accuracy(
@@ -260,7 +397,27 @@ fn cmd_knn(
         t,
     );
     for (k, acc) in ks.iter().zip(accs) {
-        println!("{}", serde_json::json!({"checkpoint": ckpt.display().to_string(), "k": k, "t": t, "knn_top1": acc}));
+        println!("{}", serde_json::json!({"run": run.display().to_string(), "k": k, "t": t, "knn_top1": acc}));
     }
+    Ok(())
+}
+
+fn cmd_embed(run: PathBuf, data: PathBuf, out: PathBuf, device: Option<String>, split: SplitArg) -> Result<()> {
+    let (cfg, device, net) = load_run(&run, device)?;
+    let split = match split {
+        SplitArg::Train => simsiam::data::Split::Train,
+        SplitArg::Test => simsiam::data::Split::Test,
+    };
+    let store = simsiam::data::load(&data, cfg.data.format, split, cfg.data.image_size, cfg.data.skip_corrupt)?;
+    let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+    let (y, z) = simsiam::export::embed(&net.model, &store.to_device(device), &aug, 512);
+    simsiam::export::write_embeddings(&out, &y, &z, &store)?;
+    println!(
+        "wrote {} embeddings to {}: backbone.npy {:?}, projector.npy {:?}, labels.npy, names.txt, classes.txt",
+        store.len(),
+        out.display(),
+        y.size(),
+        z.size()
+    );
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The training loop: data store on the device -> two augmented views -> SimSiam step, with
 //! per-step metrics (JSON lines), the kNN monitor, atomic checkpoints, exact resume, Ctrl-C
 //! handling and a stop on a non-finite loss.
+use crate::analysis;
 use crate::augment::Augmenter;
 use crate::checkpoint::{self, Position};
 use crate::config::Config;
@@ -55,15 +56,53 @@ pub fn two_views(aug: &Augmenter, images: &Tensor) -> (Tensor, Tensor) {
     tch::no_grad(|| (aug.view(images), aug.view(images)))
 }
 
+/// What one step leaves for the monitors, detached and still on the device.
+pub struct StepOut {
+    pub loss: Tensor,
+    pub z1: Tensor,
+    pub p1: Tensor,
+}
+
 /// One SimSiam update on a pair of views: forward both branches, the objective, backward, SGD.
-/// Returns the detached loss and z1 (for the monitors), still on the device: no host sync.
-pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, x1: &Tensor, x2: &Tensor) -> (Tensor, Tensor) {
+pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, x1: &Tensor, x2: &Tensor) -> StepOut {
     let out = model.forward(x1, x2, true);
     let loss = objective.loss(&out);
     opt.zero_grad();
     loss.backward();
     opt.step();
-    (loss.detach(), out.z1.detach())
+    StepOut { loss: loss.detach(), z1: out.z1.detach(), p1: out.p1.detach() }
+}
+
+/// The per-step monitors, in the order of the `[8]` tensor [`step_stats`] returns.
+pub const STEP_STATS: [&str; 8] = ["loss", "collapse_std", "m_o_z", "m_r_z", "m_r2_z", "m_o_p", "m_r_p", "m_r2_p"];
+
+/// Loss, `collapse_std` of z, and Zhang et al.'s `m_o, m_r, m_r2` of Z and of P, as one `[8]`
+/// tensor on the device, so logging costs one host sync per flush, not per value.
+pub fn step_stats(out: &StepOut) -> Tensor {
+    Tensor::cat(
+        &[
+            out.loss.to_kind(Kind::Float).view([1]),
+            collapse_std(&out.z1).view([1]),
+            analysis::centre_residual(&out.z1),
+            analysis::centre_residual(&out.p1),
+        ],
+        0,
+    )
+}
+
+/// Geometry of a fixed evaluation subset (eval-mode BN): spectra of z and y, covariance of z.
+fn geometry(model: &SimSiam, images: &Tensor, aug: &Augmenter) -> analysis::Geometry {
+    tch::no_grad(|| {
+        let (mut zs, mut ys) = (Vec::new(), Vec::new());
+        let n = images.size()[0];
+        for s in (0..n).step_by(512) {
+            let x = aug.eval_view(&images.narrow(0, s, 512.min(n - s)));
+            let y = model.features(&x, false);
+            zs.push(y.apply_t(&model.projector, false));
+            ys.push(y);
+        }
+        analysis::geometry(&Tensor::cat(&zs, 0), &Tensor::cat(&ys, 0))
+    })
 }
 
 /// Loads the train and (optional) test stores named by the config.
@@ -131,8 +170,8 @@ struct Pending {
     epoch: usize,
     step: usize,
     lr: f64,
-    loss: Tensor,
-    std: Tensor,
+    /// `[8]`, see [`STEP_STATS`].
+    stats: Tensor,
 }
 
 struct MetricsLog {
@@ -220,6 +259,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
 
     tch::manual_seed(cfg.run.seed as i64);
     let mut net = Network::new(cfg, device);
+    if let (Some(f), false) = (&cfg.model.init_from, control.resume) {
+        let n = crate::export::init_from_torchvision(&mut net.vs, f)?;
+        eprintln!("backbone initialised from {} ({n} tensors)", f.display());
+    }
     let objective = Objective::new(&cfg.objective);
     let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let params = net.params(cfg);
@@ -253,11 +296,26 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         images_per_s: 0.0,
         device: crate::device::describe(device),
     };
+    // A fixed evaluation subset for the geometry monitor: the first images of the test split
+    // (or of the training split without one).
+    let geometry_images = {
+        let src = test_dev.as_ref().unwrap_or(&train_dev);
+        src.images.narrow(0, 0, (cfg.monitor.geometry_samples as i64).min(src.len() as i64))
+    };
+    // The epoch monitors: kNN top-1 on the test split and the geometry of the fixed subset.
+    let evaluate = |net: &Network, log: &mut MetricsLog, pos: Position| -> Result<Option<f64>> {
+        let acc = knn(net);
+        if let Some(acc) = acc {
+            log.write(json!({"event": "knn", "epoch": pos.epoch, "step": pos.global_step, "knn_top1": acc, "k": cfg.monitor.knn_k, "t": cfg.monitor.knn_t}))?;
+        }
+        let g = geometry(&net.model, &geometry_images, &aug);
+        log.write(json!({"event": "geometry", "epoch": pos.epoch, "step": pos.global_step, "geometry": g}))?;
+        Ok(acc)
+    };
     if cfg.monitor.knn_at_init && pos.global_step == 0 {
-        summary.knn_init = knn(&net);
+        summary.knn_init = evaluate(&net, &mut log, pos)?;
         if let Some(acc) = summary.knn_init {
             eprintln!("kNN top-1 at initialisation: {acc:.2}%");
-            log.write(json!({"event": "knn", "epoch": 0, "step": 0, "knn_top1": acc, "k": cfg.monitor.knn_k, "t": cfg.monitor.knn_t}))?;
         }
     }
 
@@ -291,17 +349,12 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         if pending.is_empty() {
             return Ok(());
         }
-        let losses = Vec::<f64>::try_from(
-            Tensor::stack(&pending.iter().map(|p| p.loss.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Double),
-        )
-        .expect("f64s");
-        let stds = Vec::<f64>::try_from(
-            Tensor::stack(&pending.iter().map(|p| p.std.shallow_clone()).collect::<Vec<_>>(), 0).to_kind(Kind::Double),
-        )
-        .expect("f64s");
+        let stats = Tensor::stack(&pending.iter().map(|p| p.stats.shallow_clone()).collect::<Vec<_>>(), 0);
+        let rows = Vec::<Vec<f64>>::try_from(stats.to_kind(Kind::Double).to_device(Device::Cpu)).expect("f64 rows");
         let ips = (pending.len() * batch) as f64 / t_flush.elapsed().as_secs_f64();
         *t_flush = Instant::now();
-        for ((p, &loss), &std) in pending.iter().zip(&losses).zip(&stds) {
+        for (p, row) in pending.iter().zip(&rows) {
+            let loss = row[0];
             if !loss.is_finite() {
                 return Err(Error::NonFinite {
                     epoch: p.epoch,
@@ -310,11 +363,16 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                     checkpoint: last_ckpt.to_string(),
                 });
             }
-            log.write(json!({"epoch": p.epoch, "step": p.step, "loss": loss, "lr": p.lr, "collapse_std": std, "collapse_std_scaled": std * sqrt_d, "images_per_s": ips}))?;
+            let mut line = json!({"epoch": p.epoch, "step": p.step, "lr": p.lr, "images_per_s": ips, "collapse_std_scaled": row[1] * sqrt_d});
+            for (name, v) in STEP_STATS.iter().zip(row) {
+                line[*name] = json!(v);
+            }
+            log.write(line)?;
         }
-        summary.final_loss = *losses.last().expect("non-empty");
-        summary.collapse_std = *stds.last().expect("non-empty");
-        summary.collapse_std_scaled = summary.collapse_std * sqrt_d;
+        let last = rows.last().expect("non-empty");
+        summary.final_loss = last[0];
+        summary.collapse_std = last[1];
+        summary.collapse_std_scaled = last[1] * sqrt_d;
         pending.clear();
         Ok(())
     };
@@ -337,8 +395,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             let idx = Tensor::from_slice(&order[s * batch..(s + 1) * batch]).to_device(device);
             let images = train_dev.images.index_select(0, &idx);
             let (x1, x2) = two_views(&aug, &images);
-            let (loss, z1) = step(&net.model, &objective, &mut opt, &x1, &x2);
-            pending.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, loss, std: collapse_std(&z1) });
+            let out = step(&net.model, &objective, &mut opt, &x1, &x2);
+            pending.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, stats: step_stats(&out) });
 
             pos.step_in_epoch += 1;
             pos.global_step += 1;
@@ -374,9 +432,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         let last = pos.epoch == cfg.run.epochs;
         let every = cfg.monitor.knn_every;
         if (every > 0 && pos.epoch % every == 0) || last {
-            if let Some(acc) = knn(&net) {
+            if let Some(acc) = evaluate(&net, &mut log, pos)? {
                 last_knn = Some(acc);
-                log.write(json!({"event": "knn", "epoch": pos.epoch, "step": pos.global_step, "knn_top1": acc, "k": cfg.monitor.knn_k, "t": cfg.monitor.knn_t}))?;
             }
             say(
                 &pb,
@@ -403,5 +460,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let s_path = run_dir.join("summary.json");
     std::fs::write(&s_path, serde_json::to_string_pretty(&summary).expect("json"))
         .map_err(|e| Error::io(&s_path, e))?;
+    // The report is a convenience: failing to draw it must not fail a finished run.
+    match crate::report::write_report(&run_dir) {
+        Ok(p) => eprintln!("report: {}", p.display()),
+        Err(e) => eprintln!("warning: no report written ({e}); retry with `simsiam report {}`", run_dir.display()),
+    }
     Ok(summary)
 }

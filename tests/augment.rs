@@ -173,3 +173,17 @@ fn views_are_seeded_distinct_and_finite() {
     let plain = Augmenter::new(&off, 32, Device::Cpu);
     assert!(plain.view(&imgs).allclose(&plain.eval_view(&imgs), 1e-4, 1e-5, false));
 }
+
+#[test]
+fn probe_crop_shifts_by_whole_pixels_within_the_padding() {
+    tch::manual_seed(4);
+    let x = Tensor::ones([64, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let y = random_crop_flip(&x, 4);
+    assert_eq!(y.size(), vec![64, 3, 32, 32]);
+    // Whole-pixel shifts: every value is 0 (padding) or 1 (image), never in between.
+    let frac = (&y * (-&y + 1.0)).abs().max().double_value(&[]);
+    assert!(frac < 1e-5, "{frac}");
+    // The centre 24x24 is always inside the image; some crops reach into the padding.
+    assert_eq!(y.narrow(2, 4, 24).narrow(3, 4, 24).min().double_value(&[]), 1.0);
+    assert!(y.min().double_value(&[]) == 0.0);
+}

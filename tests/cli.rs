@@ -80,9 +80,15 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     assert!(text.contains("kNN top-1"), "{text}");
     let want = losses(&full);
     assert_eq!(want.len(), 60, "3 epochs x 20 steps");
-    for f in ["config.toml", "summary.json", "checkpoints/latest"] {
+    for f in ["config.toml", "summary.json", "checkpoints/latest", "report.html", "report/loss.svg", "report/knn.png"] {
         assert!(full.join(f).is_file(), "{f}");
     }
+    let html = std::fs::read_to_string(full.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("kNN top-1") && html.contains("[optim]"), "self-contained report");
+    assert_eq!(&std::fs::read(full.join("report/knn.png")).unwrap()[..4], b"\x89PNG");
+    // Geometry monitor lines at initialisation and each epoch.
+    let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.matches("\"event\":\"geometry\"").count(), 4);
 
     // Same run, Ctrl-C (SIGINT) once a few steps are logged, then --resume.
     let part = tmp.path().join("part");

@@ -48,10 +48,10 @@ fn cuda_training_steps_lower_the_loss_on_a_fixed_batch() {
     opt.lrs = vec![0.05; 2];
     let images = Tensor::randint(256, [64, 32, 32, 3], (Kind::Uint8, dev));
     let (x1, x2) = two_views(&aug, &images);
-    let first = step(&net.model, &objective, &mut opt, &x1, &x2).0.double_value(&[]);
+    let first = step(&net.model, &objective, &mut opt, &x1, &x2).loss.double_value(&[]);
     let mut last = first;
     for _ in 0..30 {
-        last = step(&net.model, &objective, &mut opt, &x1, &x2).0.double_value(&[]);
+        last = step(&net.model, &objective, &mut opt, &x1, &x2).loss.double_value(&[]);
     }
     assert!(last.is_finite() && last < first - 0.1, "loss {first} -> {last}");
 }

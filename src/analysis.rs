@@ -1,0 +1,126 @@
+//! Representation geometry (EXPERIMENTS.md §2.4, §2.10, §3.5): Zhang et al.'s centre/residual
+//! split and the spectral measures of dimensional collapse. Inputs are `[N, D]` matrices.
+use crate::monitor::l2_normalize;
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+/// Zhang et al.'s decomposition of normalised `Z = o + r` over a batch, `o = mean(Z)`:
+/// `m_o = ||o||`, `m_r = mean ||r_m||`, `m_r2 = sqrt(mean ||r_m||^2)`. Collapse: m_o -> 1,
+/// m_r -> 0. Identity used in tests: `mean ||r_m||^2 = 1 - m_o^2`. Returns a `[3]` tensor on
+/// the input's device (no host sync).
+pub fn centre_residual(z: &Tensor) -> Tensor {
+    let zn = l2_normalize(&z.detach().to_kind(Kind::Float));
+    let o = zn.mean_dim(&[0i64][..], true, Kind::Float); // [1, D]
+    let r = &zn - &o; // [N, D]
+    let rn = r.norm_scalaropt_dim(2.0, &[1i64][..], false); // [N]
+    Tensor::stack(&[o.norm(), rn.mean(Kind::Float), rn.square().mean(Kind::Float).sqrt()], 0)
+}
+
+/// Mean absolute and mean squared off-diagonal covariance and correlation of normalised Z.
+#[derive(Debug, Clone, Serialize)]
+pub struct OffDiagonal {
+    pub cov_abs: f64,
+    pub cov_sq: f64,
+    pub corr_abs: f64,
+    pub corr_sq: f64,
+}
+
+pub fn off_diagonal(z: &Tensor) -> OffDiagonal {
+    let zn = l2_normalize(&z.to_kind(Kind::Double));
+    let (n, d) = (zn.size()[0], zn.size()[1]);
+    let zc = &zn - zn.mean_dim(&[0i64][..], true, Kind::Double);
+    let cov = zc.tr().matmul(&zc) / (n - 1) as f64; // [D, D]
+    let var = cov.diag(0);
+    let corr = &cov / (var.unsqueeze(1) * var.unsqueeze(0) + 1e-12).sqrt();
+    let off = Tensor::ones([d, d], (Kind::Double, zn.device())) - Tensor::eye(d, (Kind::Double, zn.device()));
+    let pairs = (d * (d - 1)) as f64;
+    let mean = |t: &Tensor| (t * &off).sum(Kind::Double).double_value(&[]) / pairs;
+    OffDiagonal {
+        cov_abs: mean(&cov.abs()),
+        cov_sq: mean(&cov.square()),
+        corr_abs: mean(&corr.abs()),
+        corr_sq: mean(&corr.square()),
+    }
+}
+
+fn entropy_rank(sigma: &Tensor, eps: f64) -> f64 {
+    let p = sigma / sigma.sum(Kind::Double) + eps;
+    (-(&p * p.log()).sum(Kind::Double)).exp().double_value(&[])
+}
+
+/// Singular values of a matrix, in f64, descending.
+fn singular_values(x: &Tensor) -> Tensor {
+    x.to_kind(Kind::Double).svd(true, false).1
+}
+
+/// Effective rank (Roy & Vetterli 2007) of the centred matrix: `exp(H(sigma / sum sigma))`.
+pub fn effective_rank(x: &Tensor) -> f64 {
+    let xc = x.to_kind(Kind::Double) - x.to_kind(Kind::Double).mean_dim(&[0i64][..], true, Kind::Double);
+    entropy_rank(&singular_values(&xc), 0.0)
+}
+
+/// RankMe (Garrido et al. 2023): the same entropy on the uncentred matrix, `p_k + 1e-7`.
+pub fn rankme(x: &Tensor) -> f64 {
+    entropy_rank(&singular_values(x), 1e-7)
+}
+
+/// Covariance eigenvalues (descending) of the centred matrix: `sigma^2 / (N - 1)`.
+fn covariance_spectrum(x: &Tensor) -> Vec<f64> {
+    let xd = x.to_kind(Kind::Double);
+    let xc = &xd - xd.mean_dim(&[0i64][..], true, Kind::Double);
+    let s = singular_values(&xc);
+    Vec::<f64>::try_from(s.square() / (x.size()[0] - 1) as f64).expect("f64")
+}
+
+/// Spectral measures of one representation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spectrum {
+    pub effective_rank: f64,
+    pub rankme: f64,
+    /// `(sum lambda)^2 / sum lambda^2`.
+    pub participation_ratio: f64,
+    /// Smallest k whose leading eigenvalues hold 90 / 95 / 99% of the variance.
+    pub pca_k90: usize,
+    pub pca_k95: usize,
+    pub pca_k99: usize,
+}
+
+/// Smallest k with `sum_{i<=k} lambda_i / sum lambda >= q`.
+pub fn pca_dims(lambda: &[f64], q: f64) -> usize {
+    let total: f64 = lambda.iter().sum();
+    let mut acc = 0.0;
+    for (i, l) in lambda.iter().enumerate() {
+        acc += l;
+        if acc >= q * total - 1e-12 {
+            return i + 1;
+        }
+    }
+    lambda.len()
+}
+
+pub fn spectrum(x: &Tensor) -> Spectrum {
+    let lambda = covariance_spectrum(x);
+    let s1: f64 = lambda.iter().sum();
+    let s2: f64 = lambda.iter().map(|l| l * l).sum();
+    Spectrum {
+        effective_rank: effective_rank(x),
+        rankme: rankme(x),
+        participation_ratio: s1 * s1 / s2.max(1e-300),
+        pca_k90: pca_dims(&lambda, 0.90),
+        pca_k95: pca_dims(&lambda, 0.95),
+        pca_k99: pca_dims(&lambda, 0.99),
+    }
+}
+
+/// The geometry monitor of a fixed evaluation subset: spectra of z (projector output) and y
+/// (backbone features), and the off-diagonal covariance of normalised z.
+#[derive(Debug, Clone, Serialize)]
+pub struct Geometry {
+    pub z: Spectrum,
+    pub y: Spectrum,
+    pub z_off_diagonal: OffDiagonal,
+}
+
+pub fn geometry(z: &Tensor, y: &Tensor) -> Geometry {
+    Geometry { z: spectrum(z), y: spectrum(y), z_off_diagonal: off_diagonal(z) }
+}

@@ -1,0 +1,107 @@
+//! Taking a trained encoder elsewhere: the backbone as safetensors in torchvision's parameter
+//! names and layout, loading such a file back (`model.init_from`), and embeddings as `.npy`.
+use crate::augment::Augmenter;
+use crate::data::ImageStore;
+use crate::error::{Error, Result};
+use crate::model::{SimSiam, BACKBONE};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+const PREFIX: &str = "backbone.";
+
+/// The backbone's state dict as torchvision names it: our VarStore already uses torchvision's
+/// names under `backbone.`; BatchNorm layers also get the `num_batches_tracked` counter that
+/// `load_state_dict(strict=True)` expects (0: it only matters with `momentum=None`).
+pub fn torchvision_state(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(n, t)| {
+            n.strip_prefix(PREFIX).map(|s| (s.to_string(), t.detach().to_device(Device::Cpu).contiguous()))
+        })
+        .collect();
+    let counters: Vec<(String, Tensor)> = out
+        .iter()
+        .filter_map(|(n, _)| {
+            n.strip_suffix(".running_var").map(|b| (format!("{b}.num_batches_tracked"), Tensor::from(0i64)))
+        })
+        .collect();
+    out.extend(counters);
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Writes the backbone as torchvision-layout safetensors.
+pub fn export_torchvision(vs: &VarStore, path: &Path) -> Result<usize> {
+    let state = torchvision_state(vs);
+    let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Tensor::write_safetensors(&refs, path).map_err(|e| Error::data(path, format!("cannot write safetensors: {e}")))?;
+    Ok(state.len())
+}
+
+/// Loads torchvision-layout safetensors into the backbone: every backbone tensor must be in the
+/// file with the same shape; `fc.*` and `num_batches_tracked` entries are ignored, any other
+/// extra entry is an error (it would mean a different architecture).
+pub fn init_from_torchvision(vs: &mut VarStore, path: &Path) -> Result<usize> {
+    let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?
+        .into_iter()
+        .collect();
+    let mut ours = vs.variables();
+    ours.retain(|n, _| n.starts_with(PREFIX));
+    for key in file.keys() {
+        let ignored = key.starts_with("fc.") || key.ends_with(".num_batches_tracked");
+        if !ignored && !ours.contains_key(&format!("{PREFIX}{key}")) {
+            return Err(Error::data(
+                path,
+                format!("entry `{key}` has no counterpart in this {BACKBONE} (different architecture?)"),
+            ));
+        }
+    }
+    let mut loaded = 0;
+    for (name, mut var) in ours {
+        let key = &name[PREFIX.len()..];
+        let src = file.get(key).ok_or_else(|| Error::data(path, format!("missing entry `{key}`")))?;
+        if src.size() != var.size() {
+            return Err(Error::data(
+                path,
+                format!("entry `{key}` has shape {:?}, this model needs {:?}", src.size(), var.size()),
+            ));
+        }
+        tch::no_grad(|| var.copy_(&src.to_kind(var.kind()).to_device(var.device())));
+        loaded += 1;
+    }
+    Ok(loaded)
+}
+
+/// Embeddings of every image (eval-mode BN, no augmentation): backbone features y `[N, C]` and
+/// projector outputs z `[N, d]`, both float32 on the CPU.
+pub fn embed(model: &SimSiam, store: &ImageStore, aug: &Augmenter, batch: i64) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        let n = store.images.size()[0];
+        let (mut ys, mut zs) = (Vec::new(), Vec::new());
+        for s in (0..n).step_by(batch as usize) {
+            let x = aug.eval_view(&store.images.narrow(0, s, batch.min(n - s)));
+            let y = model.features(&x, false);
+            zs.push(y.apply_t(&model.projector, false).to_kind(Kind::Float).to_device(Device::Cpu));
+            ys.push(y.to_kind(Kind::Float).to_device(Device::Cpu));
+        }
+        (Tensor::cat(&ys, 0), Tensor::cat(&zs, 0))
+    })
+}
+
+/// Writes `backbone.npy`, `projector.npy`, `labels.npy` (int64), `names.txt`, `classes.txt`.
+pub fn write_embeddings(dir: &Path, y: &Tensor, z: &Tensor, store: &ImageStore) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for (name, t) in [("backbone.npy", y), ("projector.npy", z), ("labels.npy", &store.labels.to_device(Device::Cpu))] {
+        let p = dir.join(name);
+        t.write_npy(&p).map_err(|e| Error::data(&p, format!("cannot write: {e}")))?;
+    }
+    let text = |items: &[String]| items.iter().map(|s| format!("{s}\n")).collect::<String>();
+    for (name, body) in [("names.txt", text(&store.names)), ("classes.txt", text(&store.classes))] {
+        let p = dir.join(name);
+        std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(())
+}

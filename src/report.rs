@@ -1,0 +1,213 @@
+//! `simsiam report RUN_DIR`: plots of a run's metrics as PNG and SVG, and one self-contained
+//! HTML page (config, final figures, plots inlined as SVG). Training writes it at the end.
+use crate::error::{Error, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// One plotted line: a name and its (x, y) points.
+type Series = (String, Vec<(f64, f64)>);
+
+/// A figure: file stem, title, x-axis label, lines.
+struct Figure {
+    stem: &'static str,
+    title: &'static str,
+    x_label: &'static str,
+    series: Vec<Series>,
+}
+
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(0, 0, 0),
+];
+
+fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
+    let pts = series.iter().flat_map(|(_, p)| p.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        return (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = |a: f64, b: f64| {
+        if b - a < 1e-12 {
+            (a - 0.5 - a.abs() * 0.05, b + 0.5 + b.abs() * 0.05)
+        } else {
+            (a - (b - a) * 0.04, b + (b - a) * 0.04)
+        }
+    };
+    let (x0, x1) = pad(x0, x1);
+    let (y0, y1) = pad(y0, y1);
+    (x0, x1, y0, y1)
+}
+
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::result::Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let (x0, x1, y0, y1) = bounds(&fig.series);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(fig.title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(e)?;
+    chart.configure_mesh().x_desc(fig.x_label).light_line_style(RGBColor(235, 235, 235)).draw().map_err(e)?;
+    for (i, (name, pts)) in fig.series.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let line =
+            LineSeries::new(pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), c.stroke_width(2));
+        let drawn = if pts.len() == 1 {
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(e)?
+        } else {
+            chart.draw_series(line).map_err(e)?
+        };
+        drawn.label(name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+    }
+    if fig.series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(e)?;
+    }
+    root.present().map_err(e)
+}
+
+/// Renders a figure to `<dir>/<stem>.png` and `.svg`; returns the SVG text.
+fn render(dir: &Path, fig: &Figure) -> Result<String> {
+    let png = dir.join(format!("{}.png", fig.stem));
+    draw(BitMapBackend::new(&png, (800, 480)).into_drawing_area(), fig)
+        .map_err(|m| Error::data(&png, format!("cannot draw plot: {m}")))?;
+    let mut svg = String::new();
+    draw(SVGBackend::with_string(&mut svg, (800, 480)).into_drawing_area(), fig)
+        .map_err(|m| Error::data(&png, format!("cannot draw plot: {m}")))?;
+    let path = dir.join(format!("{}.svg", fig.stem));
+    std::fs::write(&path, &svg).map_err(|e| Error::io(&path, e))?;
+    Ok(svg)
+}
+
+fn read_lines(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(path, format!("line {}: not JSON: {e}", i + 1))))
+        .collect()
+}
+
+fn series(rows: &[&Value], x: &str, y: &[&str], name: &str) -> Series {
+    let get = |v: &Value, path: &[&str]| path.iter().try_fold(v, |v, k| v.get(*k)).and_then(Value::as_f64);
+    let pts = rows.iter().filter_map(|r| Some((get(r, &[x])?, get(r, y)?))).collect();
+    (name.to_string(), pts)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Writes `<run>/report/*.png|svg` and `<run>/report.html`; returns the HTML path.
+pub fn write_report(run: &Path) -> Result<PathBuf> {
+    let rows = read_lines(&run.join("metrics.jsonl"))?;
+    let steps: Vec<&Value> = rows.iter().filter(|r| r.get("event").is_none()).collect();
+    let knn: Vec<&Value> = rows.iter().filter(|r| r["event"] == "knn").collect();
+    let geo: Vec<&Value> = rows.iter().filter(|r| r["event"] == "geometry").collect();
+    let figures = [
+        Figure {
+            stem: "loss",
+            title: "Training loss (minimum -1)",
+            x_label: "step",
+            series: vec![series(&steps, "step", &["loss"], "loss")],
+        },
+        Figure {
+            stem: "knn",
+            title: "kNN top-1 (%)",
+            x_label: "epoch",
+            series: vec![series(&knn, "epoch", &["knn_top1"], "kNN top-1")],
+        },
+        Figure {
+            stem: "collapse_std",
+            title: "collapse_std x sqrt(d) (1 = spread, 0 = collapsed)",
+            x_label: "step",
+            series: vec![series(&steps, "step", &["collapse_std_scaled"], "sqrt(d) collapse_std")],
+        },
+        Figure {
+            stem: "centre_residual",
+            title: "Zhang et al.: m_o and m_r of Z and P",
+            x_label: "step",
+            series: vec![
+                series(&steps, "step", &["m_o_z"], "m_o (Z)"),
+                series(&steps, "step", &["m_r_z"], "m_r (Z)"),
+                series(&steps, "step", &["m_o_p"], "m_o (P)"),
+                series(&steps, "step", &["m_r_p"], "m_r (P)"),
+            ],
+        },
+        Figure {
+            stem: "effective_rank",
+            title: "Effective rank (eval subset)",
+            x_label: "epoch",
+            series: vec![
+                series(&geo, "epoch", &["geometry", "z", "effective_rank"], "z (projector)"),
+                series(&geo, "epoch", &["geometry", "y", "effective_rank"], "y (backbone)"),
+            ],
+        },
+        Figure {
+            stem: "lr",
+            title: "Learning rate (encoder)",
+            x_label: "step",
+            series: vec![series(&steps, "step", &["lr"], "lr")],
+        },
+        Figure {
+            stem: "throughput",
+            title: "Throughput (images/s, two views each)",
+            x_label: "step",
+            series: vec![series(&steps, "step", &["images_per_s"], "images/s")],
+        },
+    ];
+    let dir = run.join("report");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut plots = String::new();
+    for fig in figures.iter().filter(|f| f.series.iter().any(|(_, p)| !p.is_empty())) {
+        let svg = render(&dir, fig)?;
+        plots.push_str(&format!("<figure>{svg}<figcaption><a href=\"report/{0}.png\">PNG</a> · <a href=\"report/{0}.svg\">SVG</a></figcaption></figure>\n", fig.stem));
+    }
+    let mut table = String::new();
+    if let Ok(text) = std::fs::read_to_string(run.join("summary.json")) {
+        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&text) {
+            for (k, v) in m {
+                let shown = match v.as_f64() {
+                    Some(f) if f.fract() != 0.0 => format!("{f:.4}"),
+                    _ => v.to_string().trim_matches('"').to_string(),
+                };
+                table.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>", html_escape(&k), html_escape(&shown)));
+            }
+        }
+    }
+    if table.is_empty() {
+        table = "<tr><td>run not finished: no summary.json yet</td></tr>".into();
+    }
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap_or_default();
+    let title = format!("simsiam run {}", run.display());
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
+body{{font-family:sans-serif;max-width:1680px;margin:1em auto;padding:0 1em;color:#222}}\
+.plots{{display:grid;grid-template-columns:repeat(auto-fill,minmax(800px,1fr));gap:12px}}\
+figure{{margin:0;border:1px solid #ddd}}figure svg{{width:100%;height:auto}}figcaption{{font-size:.8em;padding:2px 8px}}\
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 10px;text-align:left}}\
+pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head><body>\
+<h1>{t}</h1><h2>Final figures</h2><table>{table}</table><h2>Plots</h2><div class=\"plots\">{plots}</div>\
+<h2>Config</h2><pre>{cfg}</pre></body></html>\n",
+        t = html_escape(&title),
+        cfg = html_escape(&config)
+    );
+    let path = run.join("report.html");
+    std::fs::write(&path, html).map_err(|e| Error::io(&path, e))?;
+    Ok(path)
+}
