@@ -241,10 +241,60 @@ pub enum Symmetry {
     Asymmetric,
 }
 
-/// The loss as a value (SimSiam eq. 4 and its ablations).
+/// Which vector of view a carries the gradient (EXPERIMENTS.md §5: `online`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Online {
+    /// The prediction P_a = normalize(h(z_a)) (SimSiam).
+    P,
+    /// The projection Z_a = normalize(z_a) (naive Siamese, Zhang et al.'s triplet and
+    /// dummy-gradient losses).
+    Z,
+}
+
+/// The target G the online vector is pulled towards (Zhang et al. §2.5-2.7). All vectors are
+/// l2-normalised; means o_z, o_p are over the target view's batch (over view a for `OZ`, `RA`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Z_b: SimSiam (online P) or the naive Siamese (online Z).
+    Zb,
+    /// P_b: the symmetric predictor.
+    Pb,
+    /// P_b + o_e, o_e = o_z - o_p: SimSiam's extra gradient, centre part only.
+    PbPlusOe,
+    /// P_b + r_e = Z_b - o_z + o_p: SimSiam's extra gradient, residual part only.
+    PbPlusRe,
+    /// Z_b - Z_n (triplet; Z_n = the next image's Z_b in the batch).
+    ZbMinusZn,
+    /// Z_b - o_z: basic + o_e of the triplet.
+    ZbMinusOz,
+    /// Z_b - (Z_n - o_z): basic + r_e of the triplet.
+    ZbMinusRn,
+    /// o_z of view a: the de-centring dummy-gradient experiment (i), expected to collapse.
+    Oz,
+    /// r_a = Z_a - o_z of view a: dummy-gradient experiment (ii), de-centring.
+    Ra,
+}
+
+/// How the online vector meets the detached target.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    /// `-cos(online, target)`: SimSiam's D. For a unit-norm target the same as `dot`.
+    Cosine,
+    /// `-X . G` with the raw (not re-normalised) target: the negative gradient on X is exactly
+    /// G (EXPERIMENTS.md §0, implementation rule).
+    Dot,
+}
+
+/// The loss as a value (SimSiam eq. 4 and its ablations, Zhang et al.'s gradient variants).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectiveConfig {
+    pub online: Online,
+    pub target: Target,
+    pub form: Form,
     pub similarity: Similarity,
     pub symmetry: Symmetry,
     /// Stop-gradient on the target branch (Fig. 2).
@@ -253,7 +303,14 @@ pub struct ObjectiveConfig {
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
-        ObjectiveConfig { similarity: Similarity::Cosine, symmetry: Symmetry::Symmetric, stop_grad: true }
+        ObjectiveConfig {
+            online: Online::P,
+            target: Target::Zb,
+            form: Form::Cosine,
+            similarity: Similarity::Cosine,
+            symmetry: Symmetry::Symmetric,
+            stop_grad: true,
+        }
     }
 }
 
@@ -518,6 +575,14 @@ impl Config {
         }
         if m.proj_layers < 1 {
             return fail("model.proj_layers", "at least 1", m.proj_layers.to_string());
+        }
+        let ob = &self.objective;
+        if ob.similarity == Similarity::CrossEntropy && (ob.target != Target::Zb || ob.form != Form::Cosine) {
+            return fail(
+                "objective.similarity",
+                "cosine unless objective.target = \"zb\" and objective.form = \"cosine\"",
+                "cross_entropy".into(),
+            );
         }
         let mo = &self.monitor;
         if mo.knn_k == 0 {

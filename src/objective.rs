@@ -1,7 +1,13 @@
-//! The objective, one value for every variant of SimSiam's loss (eq. 4 and its ablations):
-//! `L = ½ D(p1, sg(z2)) + ½ D(p2, sg(z1))`, `D(p, z) = -cos(p, z)` averaged over the batch.
-use crate::config::{ObjectiveConfig, Similarity, Symmetry};
+//! The objective: one value for every variant of SimSiam's loss and of Zhang et al.'s gradient
+//! analysis. SimSiam (eq. 4) is the default: `L = ½ D(p1, sg(z2)) + ½ D(p2, sg(z1))`,
+//! `D(p, z) = -cos(p, z)` averaged over the batch.
+//!
+//! In general, for a pair of views (a, b): the online vector X (P_a or Z_a) is pulled towards a
+//! target G built from normalised vectors and detached (`stop_grad`); `form` decides whether
+//! the loss is `-X . G` (the negative gradient on X is then exactly G) or `-cos(X, G)`.
+use crate::config::{Form, ObjectiveConfig, Online, Similarity, Symmetry, Target};
 use crate::model::SiameseOutput;
+use crate::monitor::l2_normalize;
 use tch::Tensor;
 
 /// Stop-gradient: the target branch is a constant for this step.
@@ -26,6 +32,11 @@ pub fn negative_similarity(p: &Tensor, z: &Tensor, kind: Similarity) -> Tensor {
     -similarity(p, z, kind).mean(p.kind())
 }
 
+/// Batch mean `[1, d]`.
+fn centre(x: &Tensor) -> Tensor {
+    x.mean_dim(&[0i64][..], true, x.kind())
+}
+
 #[derive(Debug, Clone)]
 pub struct Objective {
     pub cfg: ObjectiveConfig,
@@ -36,30 +47,69 @@ impl Objective {
         Objective { cfg: cfg.clone() }
     }
 
-    /// The target branch: `sg(z)` with stop-gradient on, `z` itself without (Fig. 2).
-    fn target(&self, z: &Tensor) -> Tensor {
+    fn sg(&self, t: Tensor) -> Tensor {
         if self.cfg.stop_grad {
-            stop_grad(z)
+            stop_grad(&t)
         } else {
-            z.shallow_clone()
+            t
         }
     }
 
-    /// The scalar training loss (minimum -1 for the cosine similarity).
+    /// The target G for online view a and target view b, from normalised Z and P `[B, d]`.
+    pub fn target(&self, za: &Tensor, zb: &Tensor, pb: &Tensor) -> Tensor {
+        let o_z = || centre(zb);
+        let o_p = || centre(pb);
+        // Z_n: a negative for each image, the next image of the batch.
+        let z_n = || zb.roll([1], [0]);
+        let g = match self.cfg.target {
+            Target::Zb => zb.shallow_clone(),
+            Target::Pb => pb.shallow_clone(),
+            Target::PbPlusOe => pb + o_z() - o_p(),
+            Target::PbPlusRe => zb - o_z() + o_p(),
+            Target::ZbMinusZn => zb - z_n(),
+            Target::ZbMinusOz => zb - o_z(),
+            Target::ZbMinusRn => zb - (z_n() - o_z()),
+            Target::Oz => centre(za).expand_as(za),
+            Target::Ra => za - centre(za),
+        };
+        self.sg(g)
+    }
+
+    /// The loss of one direction (online view a, target view b).
+    fn directed(&self, za: &Tensor, pa: &Tensor, zb: &Tensor, pb: &Tensor) -> Tensor {
+        if self.cfg.similarity == Similarity::CrossEntropy {
+            // On the raw vectors (softmax over channels), SimSiam §4.5.
+            let x = match self.cfg.online {
+                Online::P => pa,
+                Online::Z => za,
+            };
+            return negative_similarity(x, &self.sg(zb.shallow_clone()), Similarity::CrossEntropy);
+        }
+        let (nza, nzb, npb) = (l2_normalize(za), l2_normalize(zb), l2_normalize(pb));
+        let x = match self.cfg.online {
+            Online::P => l2_normalize(pa),
+            Online::Z => nza.shallow_clone(),
+        };
+        let g = self.target(&nza, &nzb, &npb);
+        match self.cfg.form {
+            Form::Dot => -(&x * g).sum_dim_intlist(&[1i64][..], false, x.kind()).mean(x.kind()),
+            Form::Cosine => negative_similarity(&x, &g, Similarity::Cosine),
+        }
+    }
+
+    /// The scalar training loss (minimum -1 for SimSiam's cosine form).
     pub fn loss(&self, out: &SiameseOutput) -> Tensor {
-        let d = |p: &Tensor, z: &Tensor| negative_similarity(p, &self.target(z), self.cfg.similarity);
+        let forward = self.directed(&out.z1, &out.p1, &out.z2, &out.p2);
         match self.cfg.symmetry {
-            Symmetry::Symmetric => (d(&out.p1, &out.z2) + d(&out.p2, &out.z1)) * 0.5,
-            Symmetry::Asymmetric => d(&out.p1, &out.z2),
+            Symmetry::Symmetric => (forward + self.directed(&out.z2, &out.p2, &out.z1, &out.p1)) * 0.5,
+            Symmetry::Asymmetric => forward,
         }
     }
 
-    /// The loss's minimum (where collapse sits): -1 for cosine; for cross-entropy it depends on
-    /// the representation, so there is none to compare with.
+    /// The loss's minimum where collapse sits (-1) for SimSiam-like targets in cosine form;
+    /// none for the variants whose minimum depends on the batch.
     pub fn minimum(&self) -> Option<f64> {
-        match self.cfg.similarity {
-            Similarity::Cosine => Some(-1.0),
-            Similarity::CrossEntropy => None,
-        }
+        let unit_target = matches!(self.cfg.target, Target::Zb | Target::Pb);
+        (self.cfg.similarity == Similarity::Cosine && (unit_target || self.cfg.form == Form::Cosine)).then_some(-1.0)
     }
 }

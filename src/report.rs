@@ -7,14 +7,14 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// One plotted line: a name and its (x, y) points.
-type Series = (String, Vec<(f64, f64)>);
+pub(crate) type Series = (String, Vec<(f64, f64)>);
 
 /// A figure: file stem, title, x-axis label, lines.
-struct Figure {
-    stem: &'static str,
-    title: &'static str,
-    x_label: &'static str,
-    series: Vec<Series>,
+pub(crate) struct Figure {
+    pub stem: &'static str,
+    pub title: &'static str,
+    pub x_label: &'static str,
+    pub series: Vec<Series>,
 }
 
 const COLOURS: [RGBColor; 6] = [
@@ -83,7 +83,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
 }
 
 /// Renders a figure to `<dir>/<stem>.png` and `.svg`; returns the SVG text.
-fn render(dir: &Path, fig: &Figure) -> Result<String> {
+pub(crate) fn render(dir: &Path, fig: &Figure) -> Result<String> {
     let png = dir.join(format!("{}.png", fig.stem));
     draw(BitMapBackend::new(&png, (800, 480)).into_drawing_area(), fig)
         .map_err(|m| Error::data(&png, format!("cannot draw plot: {m}")))?;
@@ -95,7 +95,7 @@ fn render(dir: &Path, fig: &Figure) -> Result<String> {
     Ok(svg)
 }
 
-fn read_lines(path: &Path) -> Result<Vec<Value>> {
+pub(crate) fn read_lines(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()
         .enumerate()
@@ -103,13 +103,13 @@ fn read_lines(path: &Path) -> Result<Vec<Value>> {
         .collect()
 }
 
-fn series(rows: &[&Value], x: &str, y: &[&str], name: &str) -> Series {
+pub(crate) fn series(rows: &[&Value], x: &str, y: &[&str], name: &str) -> Series {
     let get = |v: &Value, path: &[&str]| path.iter().try_fold(v, |v, k| v.get(*k)).and_then(Value::as_f64);
     let pts = rows.iter().filter_map(|r| Some((get(r, &[x])?, get(r, y)?))).collect();
     (name.to_string(), pts)
 }
 
-fn html_escape(s: &str) -> String {
+pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 

@@ -160,9 +160,39 @@ pub struct Summary {
     pub collapse_std_scaled: f64,
     pub knn_init: Option<f64>,
     pub knn_final: Option<f64>,
+    /// Means over the last 10% of steps (at least one) of the per-step monitors: `loss`,
+    /// `collapse_std_scaled`, `m_o_z`, `m_r_z`, `m_o_p`, `m_r_p`.
+    pub tail: Tail,
     pub train_seconds: f64,
     pub images_per_s: f64,
     pub device: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Tail {
+    pub loss: f64,
+    pub collapse_std_scaled: f64,
+    pub m_o_z: f64,
+    pub m_r_z: f64,
+    pub m_o_p: f64,
+    pub m_r_p: f64,
+}
+
+/// Means of the step monitors over the last 10% of the steps logged in `metrics.jsonl`.
+pub fn tail_means(run_dir: &Path) -> Result<Tail> {
+    let rows = crate::report::read_lines(&run_dir.join("metrics.jsonl"))?;
+    let steps: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("loss").is_some()).collect();
+    let n = (steps.len() / 10).max(1).min(steps.len());
+    let tail = &steps[steps.len() - n..];
+    let mean = |k: &str| tail.iter().filter_map(|r| r[k].as_f64()).sum::<f64>() / n.max(1) as f64;
+    Ok(Tail {
+        loss: mean("loss"),
+        collapse_std_scaled: mean("collapse_std_scaled"),
+        m_o_z: mean("m_o_z"),
+        m_r_z: mean("m_r_z"),
+        m_o_p: mean("m_o_p"),
+        m_r_p: mean("m_r_p"),
+    })
 }
 
 /// Per-step values kept on the device until the next flush (one host sync per flush).
@@ -292,6 +322,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         collapse_std_scaled: f64::NAN,
         knn_init: None,
         knn_final: None,
+        tail: Tail::default(),
         train_seconds: 0.0,
         images_per_s: 0.0,
         device: crate::device::describe(device),
@@ -457,6 +488,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     summary.knn_final = last_knn;
     summary.train_seconds = t_train.elapsed().as_secs_f64();
     summary.images_per_s = images_done as f64 / summary.train_seconds.max(1e-9);
+    drop(log);
+    summary.tail = tail_means(&run_dir)?;
     let s_path = run_dir.join("summary.json");
     std::fs::write(&s_path, serde_json::to_string_pretty(&summary).expect("json"))
         .map_err(|e| Error::io(&s_path, e))?;

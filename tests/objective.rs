@@ -90,6 +90,98 @@ fn collapse_std_is_zero_for_a_collapsed_batch_and_one_over_sqrt_d_for_gaussians(
 #[test]
 fn verdict_separates_collapse_from_failure_to_converge() {
     assert_eq!(verdict(-0.999, Some(-1.0), 0.01), CollapseVerdict::Collapsed);
+    assert_eq!(verdict(-0.95, Some(-1.0), 0.25), CollapseVerdict::Collapsed);
+    assert_eq!(verdict(-0.95, Some(-1.0), 0.7), CollapseVerdict::Healthy);
     assert_eq!(verdict(-0.2, Some(-1.0), 0.9), CollapseVerdict::NotConverged);
+    assert_eq!(verdict(-0.4, Some(-1.0), 0.9), CollapseVerdict::Healthy);
     assert_eq!(verdict(-0.9, Some(-1.0), 0.8), CollapseVerdict::Healthy);
+}
+
+/// Each target variant, built by hand here (independently of the library), from normalised
+/// Z_a, Z_b, P_b `[B, d]`.
+fn hand_target(t: simsiam::config::Target, za: &Tensor, zb: &Tensor, pb: &Tensor) -> Tensor {
+    use simsiam::config::Target::*;
+    let mean = |x: &Tensor| x.mean_dim(&[0i64][..], true, Kind::Double);
+    let b = zb.size()[0];
+    // Z_n[i] = Z_b[i - 1 mod B]
+    let idx: Vec<i64> = (0..b).map(|i| (i + b - 1) % b).collect();
+    let zn = zb.index_select(0, &Tensor::from_slice(&idx));
+    match t {
+        Zb => zb.copy(),
+        Pb => pb.copy(),
+        PbPlusOe => pb + mean(zb) - mean(pb),
+        PbPlusRe => zb - mean(zb) + mean(pb),
+        ZbMinusZn => zb - &zn,
+        ZbMinusOz => zb - mean(zb),
+        ZbMinusRn => zb - (&zn - mean(zb)),
+        Oz => mean(za).expand_as(za),
+        Ra => za - mean(za),
+    }
+}
+
+#[test]
+fn every_target_variant_gives_the_designed_gradient_on_the_online_vector() {
+    use simsiam::config::{Form, Online, Target::*};
+    // -dL/dx for L = -mean_m X_m . sg(G_m), X = x/||x||: (I - X X^T) G / (M ||x||) (EXPERIMENTS §0).
+    for target in [Zb, Pb, PbPlusOe, PbPlusRe, ZbMinusZn, ZbMinusOz, ZbMinusRn, Oz, Ra] {
+        for online in [Online::P, Online::Z] {
+            let o = outputs();
+            let cfg = ObjectiveConfig {
+                online,
+                target,
+                form: Form::Dot,
+                symmetry: Symmetry::Asymmetric,
+                ..Default::default()
+            };
+            Objective::new(&cfg).loss(&o).backward();
+            let x = match online {
+                Online::P => &o.p1,
+                Online::Z => &o.z1,
+            };
+            let xn = unit(x);
+            let g = hand_target(target, &unit(&o.z1), &unit(&o.z2), &unit(&o.p2)).detach();
+            let along = (&xn * &g).sum_dim_intlist(&[1i64][..], true, Kind::Double);
+            let m = x.size()[0] as f64;
+            let want = -(&g - &xn * along) / x.norm_scalaropt_dim(2.0, &[1i64][..], true) / m;
+            let got = x.grad();
+            assert!(got.allclose(&want.detach(), 1e-9, 1e-12, false), "{target:?} / {online:?}");
+            // Stop-gradient: nothing reaches the target view.
+            for other in [&o.z2, &o.p2] {
+                let g = other.grad();
+                assert!(
+                    !g.defined() || g.abs().max().double_value(&[]) == 0.0,
+                    "{target:?}: gradient leaked to view b"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_residual_dummy_gradient_acts_as_minus_the_centre() {
+    // Zhang et al.: for L = -Z_a . sg(r_a), the Z_a part of r_a is a dummy (Z_a . Z_a = 1), so
+    // the effective gradient on x is that of the target -o_z.
+    use simsiam::config::{Form, Online, Target};
+    let o = outputs();
+    let cfg = |t| ObjectiveConfig {
+        online: Online::Z,
+        target: t,
+        form: Form::Dot,
+        symmetry: Symmetry::Asymmetric,
+        ..Default::default()
+    };
+    Objective::new(&cfg(Target::Ra)).loss(&o).backward();
+    let g_ra = o.z1.grad().copy();
+    let o2 = outputs();
+    Objective::new(&cfg(Target::Oz)).loss(&o2).backward();
+    assert!(g_ra.allclose(&(-o2.z1.grad()), 1e-9, 1e-12, false));
+}
+
+#[test]
+fn simsiam_default_equals_dot_form_with_unit_target() {
+    let o = outputs();
+    let a = Objective::new(&ObjectiveConfig::default()).loss(&o).double_value(&[]);
+    let dot = ObjectiveConfig { form: simsiam::config::Form::Dot, ..Default::default() };
+    let b = Objective::new(&dot).loss(&o).double_value(&[]);
+    assert!((a - b).abs() < 1e-12);
 }

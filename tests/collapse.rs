@@ -1,0 +1,76 @@
+//! The collapse claims, shown on small real data on the CPU (SimSiam Fig. 2 and Table 1a;
+//! Zhang et al. Table 2): without stop-gradient, and for the naive Siamese, the representation
+//! collapses (loss near -1, m_o -> 1, sqrt(d)·collapse_std far below SimSiam's ~1; see
+//! `monitor::verdict`); SimSiam's does not. The symmetric predictor is a naive Siamese whose
+//! encoder is h∘f: it is its output P that collapses, while Z can stay spread.
+mod common;
+use simsiam::config::Config;
+use simsiam::monitor::{verdict, CollapseVerdict};
+use simsiam::train::{train, RunControl, Summary};
+
+fn run(name: &str, sets: &[&str]) -> Summary {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = match common::shared_cifar() {
+        Some(d) => d.join("test.tar.gz"),
+        None => {
+            let f = tmp.path().join("train.bin");
+            common::write_cifar(&f, simsiam::data::CifarKind::Cifar10, 1024, 10);
+            f
+        }
+    };
+    let mut all: Vec<String> = vec![
+        format!("data.train={:?}", data.display().to_string()),
+        format!("run.out_dir={:?}", tmp.path().join(name).display().to_string()),
+        "run.device=\"cpu\"".into(),
+        "run.epochs=12".into(),
+        "optim.base_lr=1.0".into(),
+        "data.train_limit=1024".into(),
+        "model.dim=128".into(),
+        "model.proj_hidden=128".into(),
+        "model.pred_hidden=32".into(),
+        "monitor.knn_at_init=false".into(),
+        "monitor.knn_every=0".into(),
+        "monitor.log_every=16".into(),
+        "monitor.geometry_samples=256".into(),
+    ];
+    all.extend(sets.iter().map(|s| s.to_string()));
+    let cfg = Config::resolve("tiny", None, &all).unwrap();
+    let s = train(&cfg, &RunControl::default()).unwrap();
+    eprintln!(
+        "{name}: last-10% means: loss {:+.4}, sqrt(d) collapse_std {:.4}, m_o(Z) {:.3}, m_o(P) {:.3}",
+        s.tail.loss, s.tail.collapse_std_scaled, s.tail.m_o_z, s.tail.m_o_p
+    );
+    s
+}
+
+fn assert_collapsed(name: &str, s: &Summary) {
+    assert_eq!(
+        verdict(s.tail.loss, Some(-1.0), s.tail.collapse_std_scaled),
+        CollapseVerdict::Collapsed,
+        "{name}: {s:?}"
+    );
+    assert!(s.tail.m_o_z > 0.9, "{name}: Zhang et al.'s m_o -> 1: {s:?}");
+}
+
+#[test]
+fn simsiam_does_not_collapse() {
+    let s = run("simsiam", &[]);
+    assert!(s.tail.collapse_std_scaled > 0.8 && s.tail.m_o_z < 0.5, "{s:?}");
+    assert_eq!(verdict(s.tail.loss, Some(-1.0), s.tail.collapse_std_scaled), CollapseVerdict::Healthy);
+}
+
+#[test]
+fn without_stop_gradient_it_collapses_with_or_without_predictor() {
+    assert_collapsed("no stop-grad", &run("no-stop-grad", &["objective.stop_grad=false"]));
+    assert_collapsed(
+        "no stop-grad, no predictor",
+        &run("no-sg-no-pred", &["objective.stop_grad=false", "model.predictor=\"identity\""]),
+    );
+}
+
+#[test]
+fn naive_siamese_and_symmetric_predictor_collapse() {
+    assert_collapsed("naive Siamese", &run("naive", &["objective.online=\"z\"", "model.predictor=\"identity\""]));
+    let s = run("sym-pred", &["objective.target=\"pb\""]);
+    assert!(s.tail.loss < -0.9 && s.tail.m_o_p > 0.9, "symmetric predictor: P collapses: {s:?}");
+}
