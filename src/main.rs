@@ -22,6 +22,20 @@ enum Cmd {
     /// Evaluate a trained run.
     #[command(subcommand)]
     Eval(EvalCmd),
+    /// Run a named experiment from the seeds: every arm, then a report with a verdict per claim.
+    Experiment {
+        /// A shipped experiment (see --list) or a TOML file.
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        /// List the shipped experiments and their claims.
+        #[arg(long)]
+        list: bool,
+        /// Output folder (default runs/experiments/NAME); arms already finished there are skipped.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        over: Overrides,
+    },
     /// Write embeddings of a dataset (backbone and projector) as .npy, with labels and names.
     Embed {
         /// The run folder.
@@ -72,15 +86,9 @@ enum Cmd {
     },
 }
 
-/// Where the config comes from: preset, then file, then flags (later wins).
+/// Flags that override config fields; named flags first, then `--set` (later wins).
 #[derive(Args, Clone)]
-struct ConfigArgs {
-    /// Base preset (see `simsiam presets`).
-    #[arg(long, default_value = "cifar10")]
-    preset: String,
-    /// A TOML file merged over the preset.
-    #[arg(long)]
-    config: Option<PathBuf>,
+struct Overrides {
     /// Override any field: `--set optim.base_lr=0.05 --set model.arch=resnet34`.
     #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
     sets: Vec<String>,
@@ -100,19 +108,16 @@ struct ConfigArgs {
     /// cpu, cuda, cuda:N or auto (= run.device)
     #[arg(long)]
     device: Option<String>,
-    /// Run folder (= run.out_dir)
-    #[arg(long)]
-    out: Option<PathBuf>,
     /// = run.seed
     #[arg(long)]
     seed: Option<u64>,
 }
 
-impl ConfigArgs {
-    fn resolve(&self) -> Result<Config> {
-        // Named flags first, then `--set` (so an explicit `--set` wins).
-        let mut sets = Vec::new();
+impl Overrides {
+    /// As `section.field=value` strings.
+    fn to_sets(&self) -> Vec<String> {
         let quote = |p: &PathBuf| toml::Value::String(p.display().to_string()).to_string();
+        let mut sets = Vec::new();
         if let Some(p) = &self.data {
             sets.push(format!("data.train={}", quote(p)));
         }
@@ -128,13 +133,37 @@ impl ConfigArgs {
         if let Some(v) = &self.device {
             sets.push(format!("run.device={}", toml::Value::String(v.clone())));
         }
-        if let Some(p) = &self.out {
-            sets.push(format!("run.out_dir={}", quote(p)));
-        }
         if let Some(v) = self.seed {
             sets.push(format!("run.seed={v}"));
         }
         sets.extend(self.sets.iter().cloned());
+        sets
+    }
+}
+
+/// Where the config comes from: preset, then file, then flags (later wins).
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Base preset (see `simsiam presets`).
+    #[arg(long, default_value = "cifar10")]
+    preset: String,
+    /// A TOML file merged over the preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run folder (= run.out_dir)
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    over: Overrides,
+}
+
+impl ConfigArgs {
+    fn resolve(&self) -> Result<Config> {
+        let mut sets = Vec::new();
+        if let Some(p) = &self.out {
+            sets.push(format!("run.out_dir={}", toml::Value::String(p.display().to_string())));
+        }
+        sets.extend(self.over.to_sets());
         Ok(Config::resolve(&self.preset, self.config.as_deref(), &sets)?)
     }
 }
@@ -204,6 +233,11 @@ enum EvalCmd {
 }
 
 fn main() {
+    // Behave as a Unix filter: `simsiam ... | head` ends quietly instead of panicking.
+    // SAFETY: resetting a signal disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(match e.downcast_ref::<simsiam::Error>() {
@@ -284,6 +318,27 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Experiment { list: true, .. } => {
+            for (name, text) in simsiam::experiment::SHIPPED {
+                let e = simsiam::experiment::Experiment::parse(text, name)?;
+                println!("{name:<24} {} arms  {}\n{:<24} ({})", e.arms.len(), e.claim, "", e.source);
+            }
+            Ok(())
+        }
+        Cmd::Experiment { name, out, over, .. } => {
+            let exp = simsiam::experiment::Experiment::find(name.as_deref().expect("clap requires it"))?;
+            let out = out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(&exp.name));
+            let control =
+                interruptible(RunControl { progress: std::io::stderr().is_terminal(), ..Default::default() })?;
+            let o = simsiam::experiment::run(&exp, &out, &over.to_sets(), &control)?;
+            println!(
+                "{}: the claim {}; report: {}",
+                exp.name,
+                if o.held { "held" } else { "did not hold" },
+                out.join("report.md").display()
+            );
+            Ok(())
+        }
         Cmd::Report { run } => {
             println!("wrote {}", simsiam::report::write_report(&run)?.display());
             Ok(())
@@ -314,7 +369,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         Some(dir) => {
             let mut cfg = Config::load(&dir.join("config.toml"))
                 .with_context(|| format!("--resume {}: not a run folder", dir.display()))?;
-            if let Some(d) = &a.cfg.device {
+            if let Some(d) = &a.cfg.over.device {
                 cfg.run.device = d.clone();
             }
             cfg.run.out_dir = dir.clone();
@@ -322,16 +377,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
         None => (a.cfg.resolve()?, false),
     };
-    let control = RunControl { resume, progress: std::io::stderr().is_terminal(), ..Default::default() };
-    let flag = control.interrupt.clone();
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second interrupt: exiting without a checkpoint");
-            std::process::exit(130);
-        }
-        eprintln!("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    let control =
+        interruptible(RunControl { resume, progress: std::io::stderr().is_terminal(), ..Default::default() })?;
     eprintln!("run folder: {}", cfg.run.out_dir.display());
     let s = train::train(&cfg, &control)?;
     println!(
@@ -354,6 +401,21 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     println!("outputs in {}", cfg.run.out_dir.display());
     Ok(())
+}
+
+/// Installs the Ctrl-C handler: the first interrupt asks the run to checkpoint and stop, a
+/// second exits at once.
+fn interruptible(control: RunControl) -> Result<RunControl> {
+    let flag = control.interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(control)
 }
 
 /// A run's saved config and its latest checkpoint loaded into a network on the chosen device.

@@ -151,7 +151,7 @@ fn say(pb: &ProgressBar, line: String) {
 }
 
 /// What a finished run reports.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub epochs: usize,
     pub steps: usize,

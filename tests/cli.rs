@@ -160,3 +160,69 @@ fn bad_flags_are_clear_errors_not_panics() {
         assert!(err.contains(want) && !err.contains("panicked"), "{extra:?}: {err}");
     }
 }
+
+#[test]
+fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
+    let (tmp, train, test) = data();
+    let out = tmp.path().join("exp");
+    let args = |out: &Path| {
+        let mut a: Vec<String> =
+            ["experiment", "stop-gradient", "--device", "cpu", "--epochs", "2", "--batch-size", "32"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        a.extend([
+            "--out".into(),
+            out.display().to_string(),
+            "--data".into(),
+            train.display().to_string(),
+            "--test-data".into(),
+            test.display().to_string(),
+        ]);
+        for s in [
+            "model.width=4",
+            "model.dim=32",
+            "model.proj_hidden=32",
+            "model.pred_hidden=8",
+            "monitor.knn_k=20",
+            "monitor.knn_every=1",
+            "run.threads=1",
+        ] {
+            a.push("--set".into());
+            a.push(s.into());
+        }
+        a
+    };
+    let text = ok(bin().args(args(&out)).output().unwrap());
+    assert!(text.contains("stop-gradient: the claim"), "{text}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| simsiam | Healthy |") || md.contains("| simsiam | Healthy | "), "{md}");
+    assert!(md.contains("| no-stop-grad | Collapsed |"), "{md}");
+    for f in [
+        "report.html",
+        "outcome.json",
+        "plots/loss.png",
+        "plots/collapse_std.svg",
+        "simsiam/summary.json",
+        "no-stop-grad/config.toml",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // The arm's saved config carries the experiment's override.
+    assert!(std::fs::read_to_string(out.join("no-stop-grad/config.toml")).unwrap().contains("stop_grad = false"));
+    // Running again skips both finished arms.
+    let again = ok(bin().args(args(&out)).output().unwrap());
+    assert_eq!(again.matches("finished earlier, skipped").count(), 2, "{again}");
+    // --list names every shipped experiment.
+    let list = ok(bin().args(["experiment", "--list"]).output().unwrap());
+    for name in [
+        "stop-gradient",
+        "predictor",
+        "bn-placement",
+        "siamese-architectures",
+        "triplet-extra-gradient",
+        "simsiam-extra-gradient",
+    ] {
+        assert!(list.contains(name), "{name}");
+    }
+}

@@ -79,3 +79,23 @@ fn out_of_range_and_mistyped_values_are_errors_naming_the_field() {
     let e = Config::resolve("tiny", None, &["model.arch=vgg".into()]).unwrap_err().to_string();
     assert!(e.contains("model.arch") && e.contains("resnet18"), "{e}");
 }
+
+#[test]
+fn every_shipped_experiment_parses_and_every_arm_resolves() {
+    use simsiam::experiment::{Experiment, SHIPPED};
+    let out = std::path::Path::new("/tmp/unused");
+    for (name, text) in SHIPPED {
+        let e = Experiment::parse(text, name).unwrap();
+        assert_eq!(&e.name, name);
+        for arm in &e.arms {
+            let c = e.arm_config(arm, out, &[]).unwrap_or_else(|err| panic!("{name}/{}: {err}", arm.name));
+            assert_eq!(c.run.out_dir, out.join(&arm.name));
+        }
+        // Orderings name existing arms.
+        for o in &e.order {
+            for side in o.split(">=").flat_map(|s| s.split('>')) {
+                assert!(e.arms.iter().any(|a| a.name == side.trim()), "{name}: order {o:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Named experiments: a claim from the seeds, the arms that test it (each a set of config
+//! overrides, a value, never a copied loop), and what each arm is expected to show.
+//! `simsiam experiment NAME` trains every arm (resumable; finished arms are skipped), then writes
+//! `report.md` and `report.html` with a table, overlaid plots and a verdict per claim.
+use crate::checkpoint;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::monitor::{verdict, CollapseVerdict};
+use crate::report::{html_escape, read_lines, render, series, Figure};
+use crate::train::{self, RunControl, Summary};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// What an arm is expected to show.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    Collapsed,
+    Healthy,
+    NotConverged,
+    /// No collapse: healthy or not converged.
+    NotCollapsed,
+    /// Reported, not judged.
+    Any,
+}
+
+impl Expect {
+    fn admits(self, v: CollapseVerdict) -> bool {
+        match self {
+            Expect::Collapsed => v == CollapseVerdict::Collapsed,
+            Expect::Healthy => v == CollapseVerdict::Healthy,
+            Expect::NotConverged => v == CollapseVerdict::NotConverged,
+            Expect::NotCollapsed => v != CollapseVerdict::Collapsed,
+            Expect::Any => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arm {
+    pub name: String,
+    /// Config overrides (`section.field=value`) on top of the experiment's.
+    #[serde(default)]
+    pub set: Vec<String>,
+    pub expect: Expect,
+    /// Whose collapse is judged: Z (the projector output, default) or P (the predictor output;
+    /// the symmetric-predictor arms collapse there, Zhang et al.).
+    #[serde(default)]
+    pub space: Space,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Space {
+    #[default]
+    Z,
+    P,
+}
+
+/// One experiment file (`experiments/*.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub name: String,
+    /// The claim under test, in one sentence.
+    pub claim: String,
+    /// Where the claim comes from (paper, table, figure).
+    pub source: String,
+    /// The paper's outcome, with its numbers.
+    pub paper: String,
+    #[serde(default = "default_preset")]
+    pub preset: String,
+    /// Overrides for every arm (the schedule that fits the budget, say).
+    #[serde(default)]
+    pub set: Vec<String>,
+    /// kNN orderings that must hold, e.g. `"symmetric > asymmetric"` or `"a >= b"` (within 0.5
+    /// points).
+    #[serde(default)]
+    pub order: Vec<String>,
+    #[serde(rename = "arm")]
+    pub arms: Vec<Arm>,
+}
+
+fn default_preset() -> String {
+    "cifar10".into()
+}
+
+/// The experiments shipped with the tool.
+pub const SHIPPED: &[(&str, &str)] = &[
+    ("stop-gradient", include_str!("../experiments/stop-gradient.toml")),
+    ("predictor", include_str!("../experiments/predictor.toml")),
+    ("bn-placement", include_str!("../experiments/bn-placement.toml")),
+    ("similarity", include_str!("../experiments/similarity.toml")),
+    ("symmetrisation", include_str!("../experiments/symmetrisation.toml")),
+    ("output-dim", include_str!("../experiments/output-dim.toml")),
+    ("batch-size", include_str!("../experiments/batch-size.toml")),
+    ("siamese-architectures", include_str!("../experiments/siamese-architectures.toml")),
+    ("dummy-gradients", include_str!("../experiments/dummy-gradients.toml")),
+    ("triplet-extra-gradient", include_str!("../experiments/triplet-extra-gradient.toml")),
+    ("simsiam-extra-gradient", include_str!("../experiments/simsiam-extra-gradient.toml")),
+    ("simple-predictors", include_str!("../experiments/simple-predictors.toml")),
+    ("covariance", include_str!("../experiments/covariance.toml")),
+];
+
+impl Experiment {
+    pub fn parse(text: &str, origin: &str) -> Result<Experiment> {
+        let e: Experiment = toml::from_str(text).map_err(|e| Error::config(format!("experiment {origin}: {e}")))?;
+        if e.arms.is_empty() {
+            return Err(Error::config(format!("experiment {origin}: no [[arm]]")));
+        }
+        for o in &e.order {
+            parse_order(o).ok_or_else(|| {
+                Error::config(format!("experiment {origin}: order {o:?}: expected \"arm > arm\" or \"arm >= arm\""))
+            })?;
+        }
+        Ok(e)
+    }
+
+    /// A shipped experiment by name, or a TOML file by path.
+    pub fn find(name: &str) -> Result<Experiment> {
+        if let Some((_, text)) = SHIPPED.iter().find(|(n, _)| *n == name) {
+            return Experiment::parse(text, name);
+        }
+        let p = Path::new(name);
+        if p.is_file() {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            return Experiment::parse(&text, name);
+        }
+        let names: Vec<_> = SHIPPED.iter().map(|(n, _)| *n).collect();
+        Err(Error::config(format!(
+            "experiment {name:?}: not a shipped experiment ({}) nor a TOML file",
+            names.join(", ")
+        )))
+    }
+
+    /// The resolved config of an arm: preset, experiment overrides, arm overrides, then the
+    /// caller's overrides (data paths, epochs, device, ...), with the arm's own run folder.
+    pub fn arm_config(&self, arm: &Arm, out: &Path, extra: &[String]) -> Result<Config> {
+        let mut sets: Vec<String> = self.set.iter().chain(&arm.set).chain(extra).cloned().collect();
+        sets.push(format!("run.out_dir={}", toml::Value::String(out.join(&arm.name).display().to_string())));
+        Config::resolve(&self.preset, None, &sets)
+            .map_err(|e| Error::config(format!("experiment {}, arm {}: {e}", self.name, arm.name)))
+    }
+}
+
+fn parse_order(o: &str) -> Option<(String, bool, String)> {
+    let (a, strict, b) = if let Some((a, b)) = o.split_once(">=") {
+        (a, false, b)
+    } else {
+        o.split_once('>').map(|(a, b)| (a, true, b))?
+    };
+    Some((a.trim().to_string(), strict, b.trim().to_string()))
+}
+
+/// One arm's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmResult {
+    pub name: String,
+    pub expect: Expect,
+    pub verdict: CollapseVerdict,
+    pub agrees: bool,
+    pub summary: Summary,
+}
+
+/// The whole experiment's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub arms: Vec<ArmResult>,
+    /// (ordering, held?)
+    pub orders: Vec<(String, Option<bool>)>,
+    pub held: bool,
+}
+
+/// Trains (or resumes, or skips) every arm, then writes the report. Returns the outcome.
+pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl) -> Result<Outcome> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut arms = Vec::new();
+    for arm in &exp.arms {
+        let cfg = exp.arm_config(arm, out, extra)?;
+        let dir = cfg.run.out_dir.clone();
+        let summary_path = dir.join("summary.json");
+        let summary: Summary = if summary_path.is_file() {
+            eprintln!("[{}] {}: finished earlier, skipped", exp.name, arm.name);
+            let text = std::fs::read_to_string(&summary_path).map_err(|e| Error::io(&summary_path, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::data(&summary_path, format!("not a run summary: {e}")))?
+        } else {
+            let resume = checkpoint::latest(&dir)?.is_some();
+            eprintln!("[{}] {}: {}", exp.name, arm.name, if resume { "resuming" } else { "training" });
+            train::train(&cfg, &RunControl { resume, ..control.clone() })?
+        };
+        let loss_min = crate::objective::Objective::new(&cfg.objective).minimum();
+        // In P, sqrt(d)·collapse_std is estimated from m_o: sum_j var_j = 1 - m_o^2.
+        let spread = match arm.space {
+            Space::Z => summary.tail.collapse_std_scaled,
+            Space::P => (1.0 - summary.tail.m_o_p.powi(2)).max(0.0).sqrt(),
+        };
+        let v = verdict(summary.tail.loss, loss_min, spread);
+        arms.push(ArmResult {
+            name: arm.name.clone(),
+            expect: arm.expect,
+            verdict: v,
+            agrees: arm.expect.admits(v),
+            summary,
+        });
+    }
+    let knn_of = |n: &str| arms.iter().find(|a| a.name == n).and_then(|a| a.summary.knn_final);
+    let orders: Vec<(String, Option<bool>)> = exp
+        .order
+        .iter()
+        .map(|o| {
+            let (a, strict, b) = parse_order(o).expect("validated");
+            let held = match (knn_of(&a), knn_of(&b)) {
+                (Some(x), Some(y)) => Some(if strict { x > y } else { x >= y - 0.5 }),
+                _ => None,
+            };
+            (o.clone(), held)
+        })
+        .collect();
+    let held = arms.iter().all(|a| a.agrees) && orders.iter().all(|(_, h)| *h != Some(false));
+    let outcome = Outcome { arms, orders, held };
+    write_report(exp, out, &outcome)?;
+    Ok(outcome)
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into())
+}
+
+/// `report.md`, `report.html`, `plots/*.png|svg`, `outcome.json`.
+pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<PathBuf> {
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
+    let mut per_arm = Vec::new();
+    for a in &outcome.arms {
+        per_arm.push((a.name.clone(), read_lines(&out.join(&a.name).join("metrics.jsonl"))?));
+    }
+    let overlay = |stem, title, x_label, kind: Option<&str>, x: &str, y: &[&str]| Figure {
+        stem,
+        title,
+        x_label,
+        series: per_arm
+            .iter()
+            .map(|(n, rows)| {
+                let rows: Vec<&serde_json::Value> = rows
+                    .iter()
+                    .filter(|r| match kind {
+                        None => r.get("event").is_none(),
+                        Some(k) => r["event"] == k,
+                    })
+                    .collect();
+                series(&rows, x, y, n)
+            })
+            .collect(),
+    };
+    let figures = [
+        overlay("loss", "Training loss", "step", None, "step", &["loss"]),
+        overlay(
+            "collapse_std",
+            "sqrt(d) x collapse_std (1 = spread, 0 = collapsed)",
+            "step",
+            None,
+            "step",
+            &["collapse_std_scaled"],
+        ),
+        overlay("knn", "kNN top-1 (%)", "epoch", Some("knn"), "epoch", &["knn_top1"]),
+        overlay("m_o_z", "m_o of Z (1 = collapsed)", "step", None, "step", &["m_o_z"]),
+        overlay("m_o_p", "m_o of P (1 = collapsed)", "step", None, "step", &["m_o_p"]),
+        overlay(
+            "corr_offdiag",
+            "Mean |off-diagonal correlation| of Z (eval subset)",
+            "epoch",
+            Some("geometry"),
+            "epoch",
+            &["geometry", "z_off_diagonal", "corr_abs"],
+        ),
+    ];
+    let mut svgs = String::new();
+    let mut md_plots = String::new();
+    for f in figures.iter().filter(|f| f.series.iter().any(|(_, p)| !p.is_empty())) {
+        svgs.push_str(&format!("<figure>{}</figure>\n", render(&plots, f)?));
+        md_plots.push_str(&format!("![{}](plots/{}.png)\n", f.title, f.stem));
+    }
+    let mut md = String::new();
+    let verdict_line = if outcome.held { "**held**" } else { "**did not hold**" };
+    let _ = writeln!(
+        md,
+        "# {}\n\n**Claim.** {}\n\n**Source.** {}\n\n**Paper.** {}\n\n**Here:** the claim {verdict_line}.\n",
+        exp.name, exp.claim, exp.source, exp.paper
+    );
+    let _ = writeln!(md, "| arm | expected | verdict | agrees | loss | sqrt(d)·collapse_std | m_o (Z) | m_r (Z) | m_o (P) | kNN top-1 |\n|---|---|---|---|---|---|---|---|---|---|");
+    for a in &outcome.arms {
+        let t = &a.summary.tail;
+        let _ = writeln!(
+            md,
+            "| {} | {:?} | {:?} | {} | {:+.4} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            a.name,
+            a.expect,
+            a.verdict,
+            if a.agrees { "yes" } else { "**no**" },
+            t.loss,
+            t.collapse_std_scaled,
+            t.m_o_z,
+            t.m_r_z,
+            t.m_o_p,
+            fmt_opt(a.summary.knn_final)
+        );
+    }
+    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps. Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std < 0.5 (m_o > 0.87); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse).");
+    if !outcome.orders.is_empty() {
+        let _ = writeln!(md, "\n| kNN ordering | held |\n|---|---|");
+        for (o, h) in &outcome.orders {
+            let _ = writeln!(
+                md,
+                "| {o} | {} |",
+                match h {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "– (no kNN)",
+                }
+            );
+        }
+    }
+    let _ = writeln!(md, "\n{md_plots}");
+    let md_path = out.join("report.md");
+    std::fs::write(&md_path, &md).map_err(|e| Error::io(&md_path, e))?;
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;max-width:1680px;margin:1em auto;padding:0 1em}}\
+.plots{{display:grid;grid-template-columns:repeat(auto-fill,minmax(800px,1fr));gap:12px}}figure{{margin:0;border:1px solid #ddd}}figure svg{{width:100%;height:auto}}\
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 10px}}</style></head><body><pre style=\"white-space:pre-wrap;font-family:sans-serif\">{md}</pre><div class=\"plots\">{svgs}</div></body></html>\n",
+        t = html_escape(&exp.name),
+        md = html_escape(md.split("![").next().unwrap_or(&md))
+    );
+    let html_path = out.join("report.html");
+    std::fs::write(&html_path, html).map_err(|e| Error::io(&html_path, e))?;
+    let o_path = out.join("outcome.json");
+    std::fs::write(&o_path, serde_json::to_string_pretty(outcome).expect("json")).map_err(|e| Error::io(&o_path, e))?;
+    Ok(md_path)
+}
