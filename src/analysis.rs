@@ -16,6 +16,19 @@ pub fn centre_residual(z: &Tensor) -> Tensor {
     Tensor::stack(&[o.norm(), rn.mean(Kind::Float), rn.square().mean(Kind::Float).sqrt()], 0)
 }
 
+/// Zhang et al. §2.8: with `o_e = o_z - o_p` (batch means of normalised Z and P), the
+/// component of o_e along o_p: `eta_p* = (o_e . o_p) / ||o_p||^2` (where `cos(o_e - eta o_p, o_p)`
+/// is 0), and `cos(o_e + 0.5 o_p, o_p)`, which the paper finds near 0 (eta_p* near -0.5:
+/// de-centring). Returns `[2]` on the device.
+pub fn eta_p(z: &Tensor, p: &Tensor) -> Tensor {
+    let mean = |x: &Tensor| l2_normalize(&x.detach().to_kind(Kind::Float)).mean_dim(&[0i64][..], false, Kind::Float);
+    let (o_z, o_p) = (mean(z), mean(p));
+    let o_e = &o_z - &o_p;
+    let eta = o_e.dot(&o_p) / o_p.dot(&o_p).clamp_min(1e-12);
+    let c = Tensor::cosine_similarity(&(&o_e + &o_p * 0.5).unsqueeze(0), &o_p.unsqueeze(0), 1, 1e-8);
+    Tensor::cat(&[eta.view([1]), c.view([1])], 0)
+}
+
 /// Mean absolute and mean squared off-diagonal covariance and correlation of normalised Z.
 #[derive(Debug, Clone, Serialize)]
 pub struct OffDiagonal {

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::objective::Objective;
 use crate::optim::Sgd;
-use crate::train::{step, two_views, Network};
+use crate::train::{step, views, Network, StepTargets};
 use serde::Serialize;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -47,6 +47,9 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(cfg.run.cudnn_benchmark);
+    }
     tch::manual_seed(cfg.run.seed as i64);
     let b = cfg.optim.batch_size as i64;
     let s = cfg.data.image_size as i64;
@@ -56,13 +59,13 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
     let mut opt = Sgd::new(net.params(cfg), 2, cfg.optim.momentum, cfg.optim.weight_decay);
     opt.lrs = vec![cfg.optim.init_lr(); 2];
     let images = Tensor::randint(256, [b, s, s, 3], (Kind::Uint8, device));
-    let (x1, x2) = two_views(&aug, &images);
+    let n = objective.views();
+    let fixed = views(&aug, &images, n);
     let mut once = || match mode {
-        Mode::Step => drop(step(&net.model, &objective, &mut opt, &x1, &x2)),
-        Mode::Augment => drop(two_views(&aug, &images)),
+        Mode::Step => drop(step(&net.model, &objective, &mut opt, &fixed, StepTargets::default())),
+        Mode::Augment => drop(views(&aug, &images, n)),
         Mode::EndToEnd => {
-            let (v1, v2) = two_views(&aug, &images);
-            drop(step(&net.model, &objective, &mut opt, &v1, &v2));
+            drop(step(&net.model, &objective, &mut opt, &views(&aug, &images, n), StepTargets::default()))
         }
     };
     for _ in 0..warmup {

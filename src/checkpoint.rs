@@ -27,8 +27,15 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
-/// Saves a checkpoint and points `latest` at it; keeps the newest two. Returns its folder.
-pub fn save(run_dir: &Path, vs: &VarStore, opt: &Sgd, pos: Position) -> Result<PathBuf> {
+/// Saves a checkpoint (and `extra` training state, e.g. a memory bank) and points `latest` at
+/// it; keeps the newest two. Returns its folder.
+pub fn save(
+    run_dir: &Path,
+    vs: &VarStore,
+    opt: &Sgd,
+    pos: Position,
+    extra: &[(&str, &tch::Tensor)],
+) -> Result<PathBuf> {
     let root = dir(run_dir);
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let name = format!("step-{:09}", pos.global_step);
@@ -37,6 +44,9 @@ pub fn save(run_dir: &Path, vs: &VarStore, opt: &Sgd, pos: Position) -> Result<P
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     vs.save(tmp.join("model.safetensors"))?;
     opt.save(&tmp.join("optim.safetensors"))?;
+    if !extra.is_empty() {
+        tch::Tensor::write_safetensors(extra, tmp.join("state.safetensors"))?;
+    }
     write_file(&tmp.join("position.json"), serde_json::to_string_pretty(&pos).expect("json").as_bytes())?;
     let final_dir = root.join(&name);
     let _ = std::fs::remove_dir_all(&final_dir);
@@ -88,4 +98,16 @@ pub fn load_model(vs: &mut VarStore, ckpt: &Path) -> Result<()> {
     vs.load(&f).map_err(|e| {
         Error::data(&f, format!("cannot load weights into this model (does the config match the checkpoint?): {e}"))
     })
+}
+
+/// The extra training state saved with a checkpoint (empty when there is none).
+pub fn load_extra(ckpt: &Path) -> Result<std::collections::HashMap<String, tch::Tensor>> {
+    let f = ckpt.join("state.safetensors");
+    if !f.is_file() {
+        return Ok(Default::default());
+    }
+    Ok(tch::Tensor::read_safetensors(&f)
+        .map_err(|e| Error::data(&f, format!("cannot read: {e}")))?
+        .into_iter()
+        .collect())
 }

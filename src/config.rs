@@ -30,6 +30,8 @@ pub struct RunConfig {
     pub checkpoint_every: usize,
     /// CPU threads for libtorch (0: libtorch's default).
     pub threads: usize,
+    /// On CUDA, let cuDNN autotune convolution algorithms (fast; not bit-reproducible).
+    pub cudnn_benchmark: bool,
 }
 
 impl Default for RunConfig {
@@ -41,6 +43,7 @@ impl Default for RunConfig {
             epochs: 800,
             checkpoint_every: 10,
             threads: 0,
+            cudnn_benchmark: true,
         }
     }
 }
@@ -239,6 +242,9 @@ pub enum Symmetry {
     Symmetric,
     /// D(p1, sg z2) only.
     Asymmetric,
+    /// The asymmetric loss on two independently drawn pairs per image (4 views):
+    /// ½[D(p1, sg z2) + D(p3, sg z4)] (SimSiam §4.6, "asym. 2x").
+    AsymmetricTwice,
 }
 
 /// Which vector of view a carries the gradient (EXPERIMENTS.md §5: `online`).
@@ -275,6 +281,15 @@ pub enum Target {
     Oz,
     /// r_a = Z_a - o_z of view a: dummy-gradient experiment (ii), de-centring.
     Ra,
+    /// Explicit expectation over augmentations (Zhang et al. Table 1): the mean normalised Z
+    /// of `eoa_k` fresh views of the image, computed with the current weights.
+    Eoa,
+    /// A per-image moving average `eta_x <- m eta_x + (1 - m) mean(Z_1, Z_2)` of normalised
+    /// projections (SimSiam §5.2), momentum `memory_momentum`.
+    Memory,
+    /// normalize(h_inv(p_b)): the inverse predictor on the stop-gradient path (Zhang et al.
+    /// Fig. 2c), trained at the same time by its own loss -cos(h_inv(sg p), sg z).
+    Inverse,
 }
 
 /// How the online vector meets the detached target.
@@ -299,6 +314,10 @@ pub struct ObjectiveConfig {
     pub symmetry: Symmetry,
     /// Stop-gradient on the target branch (Fig. 2).
     pub stop_grad: bool,
+    /// Views averaged by the `eoa` target.
+    pub eoa_k: usize,
+    /// Momentum m of the `memory` target.
+    pub memory_momentum: f64,
 }
 
 impl Default for ObjectiveConfig {
@@ -310,6 +329,8 @@ impl Default for ObjectiveConfig {
             similarity: Similarity::Cosine,
             symmetry: Symmetry::Symmetric,
             stop_grad: true,
+            eoa_k: 8,
+            memory_momentum: 0.8,
         }
     }
 }
@@ -583,6 +604,12 @@ impl Config {
                 "cosine unless objective.target = \"zb\" and objective.form = \"cosine\"",
                 "cross_entropy".into(),
             );
+        }
+        if ob.eoa_k == 0 {
+            return fail("objective.eoa_k", "at least 1", "0".into());
+        }
+        if !(0.0..1.0).contains(&ob.memory_momentum) {
+            return fail("objective.memory_momentum", "a value in [0, 1)", ob.memory_momentum.to_string());
         }
         let mo = &self.monitor;
         if mo.knn_k == 0 {

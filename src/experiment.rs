@@ -102,6 +102,8 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("simsiam-extra-gradient", include_str!("../experiments/simsiam-extra-gradient.toml")),
     ("simple-predictors", include_str!("../experiments/simple-predictors.toml")),
     ("covariance", include_str!("../experiments/covariance.toml")),
+    ("explicit-eoa", include_str!("../experiments/explicit-eoa.toml")),
+    ("moving-average", include_str!("../experiments/moving-average.toml")),
 ];
 
 impl Experiment {

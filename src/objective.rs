@@ -32,9 +32,60 @@ pub fn negative_similarity(p: &Tensor, z: &Tensor, kind: Similarity) -> Tensor {
     -similarity(p, z, kind).mean(p.kind())
 }
 
+/// The `memory` target (SimSiam §5.2): a per-image moving average of normalised projections,
+/// `eta_x <- m eta_x + (1 - m) mean(Z_1, Z_2)`, initialised at an image's first visit.
+#[derive(Debug)]
+pub struct MemoryBank {
+    /// `[N, d]`
+    pub eta: Tensor,
+    /// `[N]`, whether each image has been visited.
+    pub seen: Tensor,
+    pub momentum: f64,
+}
+
+impl MemoryBank {
+    pub fn new(n: i64, d: i64, momentum: f64, device: tch::Device) -> MemoryBank {
+        MemoryBank {
+            eta: Tensor::zeros([n, d], (tch::Kind::Float, device)),
+            seen: Tensor::zeros([n], (tch::Kind::Bool, device)),
+            momentum,
+        }
+    }
+
+    /// The visit's value: the mean of the two views' normalised projections (detached).
+    fn visit(z1: &Tensor, z2: &Tensor) -> Tensor {
+        ((l2_normalize(&z1.detach()) + l2_normalize(&z2.detach())) * 0.5).to_kind(tch::Kind::Float)
+    }
+
+    /// The targets `sg(eta_x)` of a batch of image indices `[B]`; unseen images get this visit.
+    pub fn target(&self, idx: &Tensor, z1: &Tensor, z2: &Tensor) -> Tensor {
+        let seen = self.seen.index_select(0, idx).unsqueeze(1);
+        self.eta.index_select(0, idx).where_self(&seen, &Self::visit(z1, z2))
+    }
+
+    /// One update per visit.
+    pub fn update(&mut self, idx: &Tensor, z1: &Tensor, z2: &Tensor) {
+        let now = Self::visit(z1, z2);
+        let old = self.eta.index_select(0, idx);
+        let seen = self.seen.index_select(0, idx).unsqueeze(1);
+        let new = (&old * self.momentum + &now * (1.0 - self.momentum)).where_self(&seen, &now);
+        let _ = self.eta.index_copy_(0, idx, &new);
+        let _ = self.seen.index_fill_(0, idx, 1);
+    }
+}
+
 /// Batch mean `[1, d]`.
 fn centre(x: &Tensor) -> Tensor {
     x.mean_dim(&[0i64][..], true, x.kind())
+}
+
+/// Targets that come from outside one pair of views, computed by the training step.
+#[derive(Debug, Default)]
+pub struct External {
+    /// `Target::Eoa` / `Target::Memory`: one target per image `[B, d]` (detached).
+    pub per_image: Option<Tensor>,
+    /// `Target::Inverse`: `h_inv(sg p)` of each view of the pair, with gradient into h_inv.
+    pub inverse: Option<[Tensor; 2]>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,8 +106,19 @@ impl Objective {
         }
     }
 
-    /// The target G for online view a and target view b, from normalised Z and P `[B, d]`.
-    pub fn target(&self, za: &Tensor, zb: &Tensor, pb: &Tensor) -> Tensor {
+    /// How many augmented views of each image a step needs.
+    pub fn views(&self) -> usize {
+        if self.cfg.symmetry == Symmetry::AsymmetricTwice {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// The target G for online view a and target view b, from normalised Z and P `[B, d]`;
+    /// `external` is the step-provided target for `Eoa`, `Memory` and `Inverse`.
+    pub fn target(&self, za: &Tensor, zb: &Tensor, pb: &Tensor, external: Option<&Tensor>) -> Tensor {
+        let ext = || external.expect("this target is computed by the training step").shallow_clone();
         let o_z = || centre(zb);
         let o_p = || centre(pb);
         // Z_n: a negative for each image, the next image of the batch.
@@ -71,12 +133,14 @@ impl Objective {
             Target::ZbMinusRn => zb - (z_n() - o_z()),
             Target::Oz => centre(za).expand_as(za),
             Target::Ra => za - centre(za),
+            Target::Eoa | Target::Memory => ext(),
+            Target::Inverse => l2_normalize(&ext()),
         };
         self.sg(g)
     }
 
     /// The loss of one direction (online view a, target view b).
-    fn directed(&self, za: &Tensor, pa: &Tensor, zb: &Tensor, pb: &Tensor) -> Tensor {
+    fn directed(&self, za: &Tensor, pa: &Tensor, zb: &Tensor, pb: &Tensor, external: Option<&Tensor>) -> Tensor {
         if self.cfg.similarity == Similarity::CrossEntropy {
             // On the raw vectors (softmax over channels), SimSiam §4.5.
             let x = match self.cfg.online {
@@ -90,26 +154,68 @@ impl Objective {
             Online::P => l2_normalize(pa),
             Online::Z => nza.shallow_clone(),
         };
-        let g = self.target(&nza, &nzb, &npb);
+        let g = self.target(&nza, &nzb, &npb, external);
         match self.cfg.form {
             Form::Dot => -(&x * g).sum_dim_intlist(&[1i64][..], false, x.kind()).mean(x.kind()),
             Form::Cosine => negative_similarity(&x, &g, Similarity::Cosine),
         }
     }
 
-    /// The scalar training loss (minimum -1 for SimSiam's cosine form).
-    pub fn loss(&self, out: &SiameseOutput) -> Tensor {
-        let forward = self.directed(&out.z1, &out.p1, &out.z2, &out.p2);
-        match self.cfg.symmetry {
-            Symmetry::Symmetric => (forward + self.directed(&out.z2, &out.p2, &out.z1, &out.p1)) * 0.5,
-            Symmetry::Asymmetric => forward,
+    /// The scalar training loss over one pair of views (two pairs for `AsymmetricTwice`), plus
+    /// the inverse predictor's own loss when it is trained.
+    pub fn loss(&self, pairs: &[SiameseOutput], ext: &External) -> Tensor {
+        let out = &pairs[0];
+        // The per-view external target for target view b (0 = view 1, 1 = view 2).
+        let ext_for = |b: usize| match (&ext.per_image, &ext.inverse) {
+            (Some(t), _) => Some(t.shallow_clone()),
+            (None, Some(inv)) => Some(inv[b].detach()),
+            _ => None,
+        };
+        let main = match self.cfg.symmetry {
+            Symmetry::Symmetric => {
+                (self.directed(&out.z1, &out.p1, &out.z2, &out.p2, ext_for(1).as_ref())
+                    + self.directed(&out.z2, &out.p2, &out.z1, &out.p1, ext_for(0).as_ref()))
+                    * 0.5
+            }
+            Symmetry::Asymmetric => self.directed(&out.z1, &out.p1, &out.z2, &out.p2, ext_for(1).as_ref()),
+            Symmetry::AsymmetricTwice => {
+                let second = pairs.get(1).expect("asymmetric_twice needs two pairs of views");
+                (self.directed(&out.z1, &out.p1, &out.z2, &out.p2, ext_for(1).as_ref())
+                    + self.directed(&second.z1, &second.p1, &second.z2, &second.p2, ext_for(1).as_ref()))
+                    * 0.5
+            }
+        };
+        match &ext.inverse {
+            Some(inv) => main + self.inverse_loss(out, inv),
+            None => main,
         }
     }
 
-    /// The loss's minimum where collapse sits (-1) for SimSiam-like targets in cosine form;
-    /// none for the variants whose minimum depends on the batch.
+    /// The loss of one pair of views with no step-provided targets.
+    pub fn pair_loss(&self, out: &SiameseOutput) -> Tensor {
+        self.loss(std::slice::from_ref(out), &External::default())
+    }
+
+    /// The inverse predictor's loss `L_inv = ½ Σ_v D(h_inv(sg p_v), sg z_v)`: it learns to map
+    /// P back to Z; only h_inv gets its gradient.
+    pub fn inverse_loss(&self, out: &SiameseOutput, inv: &[Tensor; 2]) -> Tensor {
+        (negative_similarity(&inv[0], &stop_grad(&out.z1), Similarity::Cosine)
+            + negative_similarity(&inv[1], &stop_grad(&out.z2), Similarity::Cosine))
+            * 0.5
+    }
+
+    /// The loss's minimum where collapse sits (-1) for SimSiam-like targets in cosine form (-2
+    /// with the inverse predictor's loss added); none for the variants whose minimum depends on
+    /// the batch.
     pub fn minimum(&self) -> Option<f64> {
-        let unit_target = matches!(self.cfg.target, Target::Zb | Target::Pb);
-        (self.cfg.similarity == Similarity::Cosine && (unit_target || self.cfg.form == Form::Cosine)).then_some(-1.0)
+        let unit_target = matches!(self.cfg.target, Target::Zb | Target::Pb | Target::Inverse);
+        let main = (self.cfg.similarity == Similarity::Cosine && (unit_target || self.cfg.form == Form::Cosine))
+            .then_some(-1.0);
+        // The inverse predictor's own loss L_inv (minimum -1) is part of the total.
+        if self.cfg.target == Target::Inverse {
+            main.map(|m| m - 1.0)
+        } else {
+            main
+        }
     }
 }

@@ -4,13 +4,14 @@
 use crate::analysis;
 use crate::augment::Augmenter;
 use crate::checkpoint::{self, Position};
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::data::{self, ImageStore, Split};
 use crate::error::{Error, Result};
 use crate::eval::knn;
-use crate::model::{SimSiam, PREDICTOR};
+use crate::model::{SiameseOutput, SimSiam, INVERSE_PREDICTOR, PREDICTOR};
 use crate::monitor::collapse_std;
-use crate::objective::Objective;
+use crate::monitor::l2_normalize;
+use crate::objective::{External, MemoryBank, Objective};
 use crate::optim::{cosine_lr, Param, Sgd};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tch::nn::ModuleT;
 use tch::{nn, Device, Kind, Tensor};
 
 /// A model with its variables, built from a config on a device.
@@ -30,7 +32,7 @@ pub struct Network {
 impl Network {
     pub fn new(cfg: &Config, device: Device) -> Network {
         let vs = nn::VarStore::new(device);
-        let model = SimSiam::new(&vs.root(), &cfg.model);
+        let model = SimSiam::new(&vs.root(), &cfg.model, cfg.objective.target == Target::Inverse);
         Network { vs, model }
     }
 
@@ -44,40 +46,84 @@ impl Network {
             .into_iter()
             .filter(|(n, _)| cfg.model.pred_trainable || !n.starts_with(PREDICTOR))
             .map(|(name, tensor)| {
-                let group = usize::from(name.starts_with(PREDICTOR));
+                let group = usize::from(name.starts_with(PREDICTOR) || name.starts_with(INVERSE_PREDICTOR));
                 Param { name, tensor, group }
             })
             .collect()
     }
 }
 
-/// Two independent augmented views of a uint8 batch `[B,H,W,3]`: `([B,3,S,S], [B,3,S,S])`.
-pub fn two_views(aug: &Augmenter, images: &Tensor) -> (Tensor, Tensor) {
-    tch::no_grad(|| (aug.view(images), aug.view(images)))
+/// `n` independent augmented views of a uint8 batch `[B,H,W,3]`, each `[B,3,S,S]`.
+pub fn views(aug: &Augmenter, images: &Tensor, n: usize) -> Vec<Tensor> {
+    tch::no_grad(|| (0..n).map(|_| aug.view(images)).collect())
+}
+
+/// The `eoa` target: the mean normalised projection of `k` fresh views of each image, with the
+/// current weights (train-mode BN, as the targets of a SimSiam step), detached. `[B, d]`
+pub fn eoa_target(model: &SimSiam, aug: &Augmenter, images: &Tensor, k: usize) -> Tensor {
+    tch::no_grad(|| {
+        let sum =
+            (0..k).map(|_| l2_normalize(&model.encode(&aug.view(images), true))).reduce(|a, b| a + b).expect("k >= 1");
+        sum / k as f64
+    })
 }
 
 /// What one step leaves for the monitors, detached and still on the device.
 pub struct StepOut {
     pub loss: Tensor,
     pub z1: Tensor,
+    pub z2: Tensor,
     pub p1: Tensor,
 }
 
-/// One SimSiam update on a pair of views: forward both branches, the objective, backward, SGD.
-pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, x1: &Tensor, x2: &Tensor) -> StepOut {
-    let out = model.forward(x1, x2, true);
-    let loss = objective.loss(&out);
+/// Targets of a step that come from outside the views.
+#[derive(Default)]
+pub struct StepTargets<'a> {
+    /// `eoa` targets `[B, d]`.
+    pub eoa: Option<Tensor>,
+    /// The `memory` bank and the batch's image indices.
+    pub memory: Option<(&'a mut MemoryBank, &'a Tensor)>,
+}
+
+/// One update: forward each pair of views, the objective (with the inverse predictor and the
+/// step-provided targets where configured), backward, SGD; then the memory bank's update.
+pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tensor], targets: StepTargets) -> StepOut {
+    let pairs: Vec<SiameseOutput> = views.chunks(2).map(|v| model.forward(&v[0], &v[1], true)).collect();
+    let out = &pairs[0];
+    let inverse =
+        model.inverse.as_ref().map(|h| [h.forward_t(&out.p1.detach(), true), h.forward_t(&out.p2.detach(), true)]);
+    let mut memory = targets.memory;
+    let per_image = match &memory {
+        Some((bank, idx)) => Some(bank.target(idx, &out.z1, &out.z2)),
+        None => targets.eoa,
+    };
+    let loss = objective.loss(&pairs, &External { per_image, inverse });
     opt.zero_grad();
     loss.backward();
     opt.step();
-    StepOut { loss: loss.detach(), z1: out.z1.detach(), p1: out.p1.detach() }
+    if let Some((bank, idx)) = memory.as_mut() {
+        bank.update(idx, &out.z1, &out.z2);
+    }
+    StepOut { loss: loss.detach(), z1: out.z1.detach(), z2: out.z2.detach(), p1: out.p1.detach() }
 }
 
 /// The per-step monitors, in the order of the `[8]` tensor [`step_stats`] returns.
-pub const STEP_STATS: [&str; 8] = ["loss", "collapse_std", "m_o_z", "m_r_z", "m_r2_z", "m_o_p", "m_r_p", "m_r2_p"];
+pub const STEP_STATS: [&str; 10] = [
+    "loss",
+    "collapse_std",
+    "m_o_z",
+    "m_r_z",
+    "m_r2_z",
+    "m_o_p",
+    "m_r_p",
+    "m_r2_p",
+    "eta_p_star",
+    "cos_eta_minus_half",
+];
 
-/// Loss, `collapse_std` of z, and Zhang et al.'s `m_o, m_r, m_r2` of Z and of P, as one `[8]`
-/// tensor on the device, so logging costs one host sync per flush, not per value.
+/// Loss, `collapse_std` of z, Zhang et al.'s `m_o, m_r, m_r2` of Z and of P, and `eta_p*` with
+/// `cos(o_e + 0.5 o_p, o_p)`, as one `[10]` tensor on the device, so logging costs one host sync
+/// per flush, not per value.
 pub fn step_stats(out: &StepOut) -> Tensor {
     Tensor::cat(
         &[
@@ -85,6 +131,7 @@ pub fn step_stats(out: &StepOut) -> Tensor {
             collapse_std(&out.z1).view([1]),
             analysis::centre_residual(&out.z1),
             analysis::centre_residual(&out.p1),
+            analysis::eta_p(&out.z1, &out.p1),
         ],
         0,
     )
@@ -103,6 +150,14 @@ fn geometry(model: &SimSiam, images: &Tensor, aug: &Augmenter) -> analysis::Geom
         }
         analysis::geometry(&Tensor::cat(&zs, 0), &Tensor::cat(&ys, 0))
     })
+}
+
+/// Training state beyond weights and optimiser, for the checkpoint.
+fn extra_state(memory: &Option<MemoryBank>) -> Vec<(&'static str, &Tensor)> {
+    match memory {
+        Some(b) => vec![("memory.eta", &b.eta), ("memory.seen", &b.seen)],
+        None => Vec::new(),
+    }
 }
 
 /// Loads the train and (optional) test stores named by the config.
@@ -200,7 +255,7 @@ struct Pending {
     epoch: usize,
     step: usize,
     lr: f64,
-    /// `[8]`, see [`STEP_STATS`].
+    /// See [`STEP_STATS`].
     stats: Tensor,
 }
 
@@ -284,6 +339,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         t_load.elapsed().as_secs_f64(),
         crate::device::describe(device)
     );
+    if device.is_cuda() {
+        // Let cuDNN pick the fastest convolution algorithms for these fixed shapes.
+        tch::Cuda::cudnn_set_benchmark(cfg.run.cudnn_benchmark);
+    }
     let train_dev = train_store.to_device(device);
     let test_dev = test_store.as_ref().map(|t| t.to_device(device));
 
@@ -298,6 +357,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let params = net.params(cfg);
     let mut opt = Sgd::new(params, 2, cfg.optim.momentum, cfg.optim.weight_decay);
 
+    let mut memory = (cfg.objective.target == Target::Memory)
+        .then(|| MemoryBank::new(train_store.len() as i64, cfg.model.dim, cfg.objective.memory_momentum, device));
     let mut pos = Position::default();
     if control.resume {
         let ckpt =
@@ -305,6 +366,12 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         checkpoint::load_model(&mut net.vs, &ckpt)?;
         opt.load(&ckpt.join("optim.safetensors"))?;
         pos = checkpoint::load_position(&ckpt)?;
+        if let Some(bank) = memory.as_mut() {
+            let state = checkpoint::load_extra(&ckpt)?;
+            let missing = || Error::data(&ckpt, "the memory bank (state.safetensors) is missing");
+            bank.eta = state.get("memory.eta").ok_or_else(missing)?.to_device(device);
+            bank.seen = state.get("memory.seen").ok_or_else(missing)?.to_device(device);
+        }
         eprintln!("resuming from {} (epoch {}, step {})", ckpt.display(), pos.epoch, pos.global_step);
     }
     let mut log = MetricsLog::open(&run_dir, control.resume.then_some(pos.global_step))?;
@@ -425,8 +492,13 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             tch::manual_seed(step_seed(cfg.run.seed, pos.global_step));
             let idx = Tensor::from_slice(&order[s * batch..(s + 1) * batch]).to_device(device);
             let images = train_dev.images.index_select(0, &idx);
-            let (x1, x2) = two_views(&aug, &images);
-            let out = step(&net.model, &objective, &mut opt, &x1, &x2);
+            let xs = views(&aug, &images, objective.views());
+            let targets = StepTargets {
+                eoa: (cfg.objective.target == Target::Eoa)
+                    .then(|| eoa_target(&net.model, &aug, &images, cfg.objective.eoa_k)),
+                memory: memory.as_mut().map(|bank| (bank, &idx)),
+            };
+            let out = step(&net.model, &objective, &mut opt, &xs, targets);
             pending.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, stats: step_stats(&out) });
 
             pos.step_in_epoch += 1;
@@ -445,7 +517,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             }
             if control.interrupt.load(Ordering::SeqCst) {
                 flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
-                let dir = checkpoint::save(&run_dir, &net.vs, &opt, pos)?;
+                let dir = checkpoint::save(&run_dir, &net.vs, &opt, pos, &extra_state(&memory))?;
                 pb.abandon();
                 return Err(Error::Interrupted {
                     epoch: pos.epoch,
@@ -480,7 +552,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             );
         }
         if pos.epoch % cfg.run.checkpoint_every == 0 || last {
-            last_ckpt = checkpoint::save(&run_dir, &net.vs, &opt, pos)?.display().to_string();
+            last_ckpt = checkpoint::save(&run_dir, &net.vs, &opt, pos, &extra_state(&memory))?.display().to_string();
         }
     }
     pb.finish_and_clear();

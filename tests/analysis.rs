@@ -75,3 +75,14 @@ fn off_diagonal_covariance_is_zero_for_independent_axes_and_large_for_correlated
     let x = base.expand([256, 4], false) + Tensor::randn([256, 4], (Kind::Float, Device::Cpu)) * 1e-4;
     assert!(off_diagonal(&x).corr_abs > 0.9);
 }
+
+#[test]
+fn eta_p_by_hand() {
+    // Z all e1, P all e2: o_z = e1, o_p = e2, o_e = e1 - e2; eta_p* = (o_e . o_p)/|o_p|^2 = -1;
+    // cos(o_e + 0.5 o_p, o_p) = cos(e1 - 0.5 e2, e2) = -0.5 / sqrt(1.25).
+    let e = |i: i64| Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)).index_fill(1, &Tensor::from_slice(&[i]), 2.0);
+    let r = v(&eta_p(&e(0), &e(1)));
+    assert!((r[0] + 1.0).abs() < 1e-6 && (r[1] + 0.5 / 1.25f64.sqrt()).abs() < 1e-6, "{r:?}");
+    // P = Z: o_e = 0, eta_p* = 0.
+    assert!(v(&eta_p(&e(0), &e(0)))[0].abs() < 1e-6);
+}

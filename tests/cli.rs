@@ -226,3 +226,43 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
         assert!(list.contains(name), "{name}");
     }
 }
+
+#[test]
+fn step_computed_targets_train_end_to_end() {
+    let (tmp, train, test) = data();
+    for (name, sets) in [
+        ("memory", &["objective.target=\"memory\"", "model.predictor=\"identity\""][..]),
+        ("eoa", &["objective.target=\"eoa\"", "objective.eoa_k=2"][..]),
+        ("inverse", &["objective.target=\"inverse\""][..]),
+        ("asym2x", &["objective.symmetry=\"asymmetric_twice\""][..]),
+    ] {
+        let out = tmp.path().join(name);
+        let mut args = train_args(&train, &test, &out);
+        args[6] = "1".into(); // --epochs 1
+        for s in sets {
+            args.push("--set".into());
+            args.push(s.to_string());
+        }
+        let text = ok(bin().args(&args).output().unwrap());
+        assert!(text.contains("final loss"), "{name}: {text}");
+        let l = losses(&out);
+        assert_eq!(l.len(), 20, "{name}");
+        assert!(l.iter().all(|(_, v)| v.is_finite()), "{name}");
+        if name == "memory" {
+            let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+            assert!(
+                out.join("checkpoints").join(latest.trim()).join("state.safetensors").is_file(),
+                "bank checkpointed"
+            );
+        }
+        if name == "inverse" {
+            let saved: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(
+                out.join("checkpoints")
+                    .join(std::fs::read_to_string(out.join("checkpoints/latest")).unwrap().trim())
+                    .join("model.safetensors"),
+            )
+            .unwrap();
+            assert!(saved.iter().any(|(n, _)| n.starts_with("predictor_inverse.")), "h_inv is part of the model");
+        }
+    }
+}

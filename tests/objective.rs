@@ -3,7 +3,7 @@
 use simsiam::config::{ObjectiveConfig, Similarity, Symmetry};
 use simsiam::model::SiameseOutput;
 use simsiam::monitor::{collapse_std, verdict, CollapseVerdict};
-use simsiam::objective::Objective;
+use simsiam::objective::{External, Objective};
 use tch::{Device, Kind, Tensor};
 
 fn leaf(seed: i64, b: i64, d: i64) -> Tensor {
@@ -22,7 +22,7 @@ fn outputs() -> SiameseOutput {
 #[test]
 fn symmetric_loss_value_and_gradient_match_the_hand_formula() {
     let o = outputs();
-    let loss = Objective::new(&ObjectiveConfig::default()).loss(&o);
+    let loss = Objective::new(&ObjectiveConfig::default()).pair_loss(&o);
     let cos = |p: &Tensor, z: &Tensor| (unit(p) * unit(z)).sum_dim_intlist(&[1i64][..], false, Kind::Double);
     let want = -(cos(&o.p1, &o.z2).mean(Kind::Double) + cos(&o.p2, &o.z1).mean(Kind::Double)) * 0.5;
     assert!((loss.double_value(&[]) - want.double_value(&[])).abs() < 1e-12);
@@ -41,7 +41,7 @@ fn symmetric_loss_value_and_gradient_match_the_hand_formula() {
 fn without_stop_gradient_the_target_branch_gets_the_mirror_gradient() {
     let o = outputs();
     let cfg = ObjectiveConfig { stop_grad: false, ..Default::default() };
-    Objective::new(&cfg).loss(&o).backward();
+    Objective::new(&cfg).pair_loss(&o).backward();
     let cos = (unit(&o.p1) * unit(&o.z2)).sum_dim_intlist(&[1i64][..], false, Kind::Double).unsqueeze(1);
     let g = -(unit(&o.p1) - &cos * unit(&o.z2)) / o.z2.norm_scalaropt_dim(2.0, &[1i64][..], true) / 10.0;
     assert!(o.z2.grad().allclose(&g.detach(), 1e-10, 1e-12, false));
@@ -51,11 +51,11 @@ fn without_stop_gradient_the_target_branch_gets_the_mirror_gradient() {
 fn asymmetric_and_cross_entropy_variants() {
     let o = outputs();
     let asym = ObjectiveConfig { symmetry: Symmetry::Asymmetric, ..Default::default() };
-    Objective::new(&asym).loss(&o).backward();
+    Objective::new(&asym).pair_loss(&o).backward();
     assert!(!o.p2.grad().defined() || o.p2.grad().abs().max().double_value(&[]) == 0.0, "p2 unused");
     let o = outputs();
     let ce = ObjectiveConfig { similarity: Similarity::CrossEntropy, ..Default::default() };
-    let l = Objective::new(&ce).loss(&o).double_value(&[]);
+    let l = Objective::new(&ce).pair_loss(&o).double_value(&[]);
     let h = |p: &Tensor, z: &Tensor| {
         (z.softmax(1, Kind::Double) * p.log_softmax(1, Kind::Double))
             .sum_dim_intlist(&[1i64][..], false, Kind::Double)
@@ -69,7 +69,7 @@ fn asymmetric_and_cross_entropy_variants() {
 fn loss_reaches_minus_one_when_prediction_matches_target() {
     let z = leaf(9, 4, 6);
     let o = SiameseOutput { z1: z.shallow_clone(), z2: &z * 3.0, p1: &z * 2.0, p2: z.shallow_clone() };
-    let l = Objective::new(&ObjectiveConfig::default()).loss(&o).double_value(&[]);
+    let l = Objective::new(&ObjectiveConfig::default()).pair_loss(&o).double_value(&[]);
     assert!((l + 1.0).abs() < 1e-12);
 }
 
@@ -99,7 +99,7 @@ fn verdict_separates_collapse_from_failure_to_converge() {
 
 /// Each target variant, built by hand here (independently of the library), from normalised
 /// Z_a, Z_b, P_b `[B, d]`.
-fn hand_target(t: simsiam::config::Target, za: &Tensor, zb: &Tensor, pb: &Tensor) -> Tensor {
+fn hand_target(t: simsiam::config::Target, za: &Tensor, zb: &Tensor, pb: &Tensor, ext: &Tensor) -> Tensor {
     use simsiam::config::Target::*;
     let mean = |x: &Tensor| x.mean_dim(&[0i64][..], true, Kind::Double);
     let b = zb.size()[0];
@@ -116,6 +116,8 @@ fn hand_target(t: simsiam::config::Target, za: &Tensor, zb: &Tensor, pb: &Tensor
         ZbMinusRn => zb - (&zn - mean(zb)),
         Oz => mean(za).expand_as(za),
         Ra => za - mean(za),
+        Eoa | Memory => ext.copy(),
+        Inverse => unit(ext),
     }
 }
 
@@ -123,7 +125,7 @@ fn hand_target(t: simsiam::config::Target, za: &Tensor, zb: &Tensor, pb: &Tensor
 fn every_target_variant_gives_the_designed_gradient_on_the_online_vector() {
     use simsiam::config::{Form, Online, Target::*};
     // -dL/dx for L = -mean_m X_m . sg(G_m), X = x/||x||: (I - X X^T) G / (M ||x||) (EXPERIMENTS §0).
-    for target in [Zb, Pb, PbPlusOe, PbPlusRe, ZbMinusZn, ZbMinusOz, ZbMinusRn, Oz, Ra] {
+    for target in [Zb, Pb, PbPlusOe, PbPlusRe, ZbMinusZn, ZbMinusOz, ZbMinusRn, Oz, Ra, Eoa, Memory, Inverse] {
         for online in [Online::P, Online::Z] {
             let o = outputs();
             let cfg = ObjectiveConfig {
@@ -133,13 +135,20 @@ fn every_target_variant_gives_the_designed_gradient_on_the_online_vector() {
                 symmetry: Symmetry::Asymmetric,
                 ..Default::default()
             };
-            Objective::new(&cfg).loss(&o).backward();
+            // Step-provided targets: per image (eoa, memory), or h_inv(sg p) of each view.
+            let ext_t = leaf(11, 5, 7);
+            let ext = match target {
+                Eoa | Memory => External { per_image: Some(ext_t.detach()), inverse: None },
+                Inverse => External { per_image: None, inverse: Some([leaf(12, 5, 7), ext_t.shallow_clone()]) },
+                _ => External::default(),
+            };
+            Objective::new(&cfg).loss(std::slice::from_ref(&o), &ext).backward();
             let x = match online {
                 Online::P => &o.p1,
                 Online::Z => &o.z1,
             };
             let xn = unit(x);
-            let g = hand_target(target, &unit(&o.z1), &unit(&o.z2), &unit(&o.p2)).detach();
+            let g = hand_target(target, &unit(&o.z1), &unit(&o.z2), &unit(&o.p2), &ext_t.detach()).detach();
             let along = (&xn * &g).sum_dim_intlist(&[1i64][..], true, Kind::Double);
             let m = x.size()[0] as f64;
             let want = -(&g - &xn * along) / x.norm_scalaropt_dim(2.0, &[1i64][..], true) / m;
@@ -170,18 +179,49 @@ fn the_residual_dummy_gradient_acts_as_minus_the_centre() {
         symmetry: Symmetry::Asymmetric,
         ..Default::default()
     };
-    Objective::new(&cfg(Target::Ra)).loss(&o).backward();
+    Objective::new(&cfg(Target::Ra)).pair_loss(&o).backward();
     let g_ra = o.z1.grad().copy();
     let o2 = outputs();
-    Objective::new(&cfg(Target::Oz)).loss(&o2).backward();
+    Objective::new(&cfg(Target::Oz)).pair_loss(&o2).backward();
     assert!(g_ra.allclose(&(-o2.z1.grad()), 1e-9, 1e-12, false));
 }
 
 #[test]
 fn simsiam_default_equals_dot_form_with_unit_target() {
     let o = outputs();
-    let a = Objective::new(&ObjectiveConfig::default()).loss(&o).double_value(&[]);
+    let a = Objective::new(&ObjectiveConfig::default()).pair_loss(&o).double_value(&[]);
     let dot = ObjectiveConfig { form: simsiam::config::Form::Dot, ..Default::default() };
-    let b = Objective::new(&dot).loss(&o).double_value(&[]);
+    let b = Objective::new(&dot).pair_loss(&o).double_value(&[]);
     assert!((a - b).abs() < 1e-12);
+}
+
+#[test]
+fn memory_bank_moving_average_by_hand() {
+    use simsiam::objective::MemoryBank;
+    let mut bank = MemoryBank::new(3, 2, 0.8, Device::Cpu);
+    let t = |v: &[f32]| Tensor::from_slice(v).view([-1, 2]);
+    let idx = Tensor::from_slice(&[2i64]);
+    // First visit: the mean of the two normalised views, (1,0) and (0,1) -> (0.5, 0.5).
+    let target = bank.target(&idx, &t(&[3.0, 0.0]), &t(&[0.0, 2.0]));
+    assert!(target.allclose(&t(&[0.5, 0.5]), 1e-6, 1e-7, false));
+    bank.update(&idx, &t(&[3.0, 0.0]), &t(&[0.0, 2.0]));
+    // Second visit with both views (1, 0): 0.8 (0.5, 0.5) + 0.2 (1, 0) = (0.6, 0.4).
+    assert!(bank.target(&idx, &t(&[5.0, 0.0]), &t(&[1.0, 0.0])).allclose(&t(&[0.5, 0.5]), 1e-6, 1e-7, false));
+    bank.update(&idx, &t(&[5.0, 0.0]), &t(&[1.0, 0.0]));
+    assert!(bank.eta.narrow(0, 2, 1).allclose(&t(&[0.6, 0.4]), 1e-6, 1e-7, false));
+    // Other images untouched and unseen.
+    assert_eq!(bank.seen.int64_value(&[0]), 0);
+    assert_eq!(bank.eta.narrow(0, 0, 2).abs().sum(Kind::Float).double_value(&[]), 0.0);
+}
+
+#[test]
+fn asymmetric_twice_averages_two_independent_pairs() {
+    let (a, b) =
+        (outputs(), SiameseOutput { z1: leaf(21, 5, 7), z2: leaf(22, 5, 7), p1: leaf(23, 5, 7), p2: leaf(24, 5, 7) });
+    let asym = Objective::new(&ObjectiveConfig { symmetry: Symmetry::Asymmetric, ..Default::default() });
+    let twice = Objective::new(&ObjectiveConfig { symmetry: Symmetry::AsymmetricTwice, ..Default::default() });
+    assert_eq!(twice.views(), 4);
+    let want = (asym.pair_loss(&a).double_value(&[]) + asym.pair_loss(&b).double_value(&[])) / 2.0;
+    let got = twice.loss(&[a, b], &External::default()).double_value(&[]);
+    assert!((got - want).abs() < 1e-12);
 }

@@ -13,6 +13,8 @@ use tch::Tensor;
 pub const BACKBONE: &str = "backbone";
 pub const PROJECTOR: &str = "projector";
 pub const PREDICTOR: &str = "predictor";
+/// The inverse predictor h_inv (Zhang et al. Fig. 2c), in the predictor's lr group.
+pub const INVERSE_PREDICTOR: &str = "predictor_inverse";
 
 /// Both branches' outputs for one pair of views.
 #[derive(Debug)]
@@ -30,15 +32,18 @@ pub struct SimSiam {
     pub backbone: ResNet,
     pub projector: Mlp,
     pub predictor: Predictor,
+    /// h_inv, same architecture as h, when the objective's target needs it.
+    pub inverse: Option<Predictor>,
     pub dim: i64,
 }
 
 impl SimSiam {
-    pub fn new(root: &nn::Path, cfg: &ModelConfig) -> SimSiam {
+    pub fn new(root: &nn::Path, cfg: &ModelConfig, with_inverse: bool) -> SimSiam {
         let backbone = ResNet::new(&(root / BACKBONE), cfg);
         let projector = Mlp::new(&(root / PROJECTOR), &heads::projector_specs(backbone.out_dim, cfg));
         let predictor = Predictor::new(&(root / PREDICTOR), cfg);
-        SimSiam { backbone, projector, predictor, dim: cfg.dim }
+        let inverse = with_inverse.then(|| Predictor::new(&(root / INVERSE_PREDICTOR), cfg));
+        SimSiam { backbone, projector, predictor, inverse, dim: cfg.dim }
     }
 
     /// z = f(x): `[B,3,H,W] -> [B, d]`.
