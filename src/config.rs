@@ -200,6 +200,9 @@ pub struct ModelConfig {
     pub pred_trainable: bool,
     /// Start the backbone from torchvision-layout safetensors (see `simsiam export`).
     pub init_from: Option<PathBuf>,
+    /// Start every weight this model has from a checkpoint's `model.safetensors` (entries the
+    /// model lacks, e.g. a predictor it drops, are ignored); the optimiser starts fresh.
+    pub init_checkpoint: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -222,6 +225,7 @@ impl Default for ModelConfig {
             pred_bias: true,
             pred_trainable: true,
             init_from: None,
+            init_checkpoint: None,
         }
     }
 }
@@ -303,6 +307,17 @@ pub enum Form {
     Dot,
 }
 
+/// The de-correlation regulariser's form (EXPERIMENTS.md §2.9; Zhang et al.'s exact formula is
+/// not known, so both candidates are offered and neither is called "the paper's").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Decorrelation {
+    /// `(1/d) sum_{i != j} rho_ij^2` over the correlation matrix of normalised Z.
+    Correlation,
+    /// `(1/d) sum_{i != j} C_ij^2` over its covariance (VICReg's covariance term).
+    Covariance,
+}
+
 /// The loss as a value (SimSiam eq. 4 and its ablations, Zhang et al.'s gradient variants).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -318,6 +333,22 @@ pub struct ObjectiveConfig {
     pub eoa_k: usize,
     /// Momentum m of the `memory` target.
     pub memory_momentum: f64,
+    /// Weight of the main (target) loss; 0 leaves only the extra losses (Fig. 5b, phase 3).
+    pub main_weight: f64,
+    /// k-step alternation (SimSiam §5): with k > 1, the views of the next k batches and their
+    /// targets sg(z) are computed with the current weights, then k SGD steps use those cached
+    /// targets. k = 1 is SimSiam.
+    pub alternation_k: usize,
+    /// BatchNorm mode while computing the cached targets (train-mode batch statistics match
+    /// SimSiam at k = 1; the paper does not say).
+    pub alternation_bn_train: bool,
+    /// Weight of the de-correlation regulariser on normalised Z of both views (0 = off).
+    pub decorrelation: f64,
+    pub decorrelation_form: Decorrelation,
+    /// Weight of an InfoNCE loss between the two views' normalised Z, in-batch negatives
+    /// (0 = off).
+    pub infonce: f64,
+    pub infonce_temperature: f64,
 }
 
 impl Default for ObjectiveConfig {
@@ -331,6 +362,13 @@ impl Default for ObjectiveConfig {
             stop_grad: true,
             eoa_k: 8,
             memory_momentum: 0.8,
+            main_weight: 1.0,
+            alternation_k: 1,
+            alternation_bn_train: true,
+            decorrelation: 0.0,
+            decorrelation_form: Decorrelation::Correlation,
+            infonce: 0.0,
+            infonce_temperature: 0.1,
         }
     }
 }
@@ -603,6 +641,26 @@ impl Config {
                 "objective.similarity",
                 "cosine unless objective.target = \"zb\" and objective.form = \"cosine\"",
                 "cross_entropy".into(),
+            );
+        }
+        if ob.infonce_temperature.is_nan() || ob.infonce_temperature <= 0.0 {
+            return fail("objective.infonce_temperature", "a positive temperature", ob.infonce_temperature.to_string());
+        }
+        if ob.main_weight < 0.0 || ob.decorrelation < 0.0 || ob.infonce < 0.0 {
+            return fail(
+                "objective.main_weight / decorrelation / infonce",
+                "non-negative weights",
+                format!("{} / {} / {}", ob.main_weight, ob.decorrelation, ob.infonce),
+            );
+        }
+        if ob.alternation_k == 0 {
+            return fail("objective.alternation_k", "at least 1", "0".into());
+        }
+        if ob.alternation_k > 1 && ob.symmetry == Symmetry::AsymmetricTwice {
+            return fail(
+                "objective.alternation_k",
+                "1 with objective.symmetry = \"asymmetric_twice\"",
+                ob.alternation_k.to_string(),
             );
         }
         if ob.eoa_k == 0 {

@@ -49,6 +49,9 @@ pub struct Arm {
     /// the symmetric-predictor arms collapse there, Zhang et al.).
     #[serde(default)]
     pub space: Space,
+    /// Start from the final weights of this (earlier) arm: protocols in phases (Fig. 5b).
+    #[serde(default)]
+    pub start_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -104,6 +107,8 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("covariance", include_str!("../experiments/covariance.toml")),
     ("explicit-eoa", include_str!("../experiments/explicit-eoa.toml")),
     ("moving-average", include_str!("../experiments/moving-average.toml")),
+    ("decorrelation", include_str!("../experiments/decorrelation.toml")),
+    ("k-step-alternation", include_str!("../experiments/k-step-alternation.toml")),
 ];
 
 impl Experiment {
@@ -111,6 +116,16 @@ impl Experiment {
         let e: Experiment = toml::from_str(text).map_err(|e| Error::config(format!("experiment {origin}: {e}")))?;
         if e.arms.is_empty() {
             return Err(Error::config(format!("experiment {origin}: no [[arm]]")));
+        }
+        for (i, a) in e.arms.iter().enumerate() {
+            if let Some(prev) = &a.start_from {
+                if !e.arms[..i].iter().any(|b| &b.name == prev) {
+                    return Err(Error::config(format!(
+                        "experiment {origin}: arm {} starts from {prev:?}, which is not an earlier arm",
+                        a.name
+                    )));
+                }
+            }
         }
         for o in &e.order {
             parse_order(o).ok_or_else(|| {
@@ -180,7 +195,20 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl)
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut arms = Vec::new();
     for arm in &exp.arms {
-        let cfg = exp.arm_config(arm, out, extra)?;
+        let mut extra = extra.to_vec();
+        if let Some(prev) = &arm.start_from {
+            let ckpt = checkpoint::latest(&out.join(prev))?.ok_or_else(|| {
+                Error::config(format!(
+                    "experiment {}: arm {} starts from arm {prev}, which has no checkpoint (is it listed before?)",
+                    exp.name, arm.name
+                ))
+            })?;
+            extra.push(format!(
+                "model.init_checkpoint={}",
+                toml::Value::String(ckpt.join("model.safetensors").display().to_string())
+            ));
+        }
+        let cfg = exp.arm_config(arm, out, &extra)?;
         let dir = cfg.run.out_dir.clone();
         let summary_path = dir.join("summary.json");
         let summary: Summary = if summary_path.is_file() {

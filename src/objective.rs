@@ -5,7 +5,7 @@
 //! In general, for a pair of views (a, b): the online vector X (P_a or Z_a) is pulled towards a
 //! target G built from normalised vectors and detached (`stop_grad`); `form` decides whether
 //! the loss is `-X . G` (the negative gradient on X is then exactly G) or `-cos(X, G)`.
-use crate::config::{Form, ObjectiveConfig, Online, Similarity, Symmetry, Target};
+use crate::config::{Decorrelation, Form, ObjectiveConfig, Online, Similarity, Symmetry, Target};
 use crate::model::SiameseOutput;
 use crate::monitor::l2_normalize;
 use tch::Tensor;
@@ -30,6 +30,33 @@ pub fn similarity(p: &Tensor, z: &Tensor, kind: Similarity) -> Tensor {
 /// D(p, z): the negative similarity averaged over the batch (scalar).
 pub fn negative_similarity(p: &Tensor, z: &Tensor, kind: Similarity) -> Tensor {
     -similarity(p, z, kind).mean(p.kind())
+}
+
+/// The de-correlation regulariser of a batch of projections `[B, d]` (on normalised Z):
+/// `(1/d) sum_{i != j} rho_ij^2` or `(1/d) sum_{i != j} C_ij^2`.
+pub fn decorrelation_loss(z: &Tensor, form: Decorrelation) -> Tensor {
+    let zn = l2_normalize(z);
+    let (b, d) = (zn.size()[0], zn.size()[1]);
+    let zc = &zn - centre(&zn);
+    let cov = zc.tr().matmul(&zc) / (b - 1) as f64; // [d, d]
+    let m = match form {
+        Decorrelation::Covariance => cov,
+        Decorrelation::Correlation => {
+            let sd = (cov.diag(0) + 1e-8).sqrt();
+            &cov / (sd.unsqueeze(1) * sd.unsqueeze(0))
+        }
+    };
+    let off = m.square().sum(m.kind()) - m.diag(0).square().sum(m.kind());
+    off / d as f64
+}
+
+/// Symmetric InfoNCE between two views' projections `[B, d]` (normalised, temperature t), each
+/// image's other view the positive and the other images' other views the negatives.
+pub fn infonce_loss(z1: &Tensor, z2: &Tensor, t: f64) -> Tensor {
+    let (a, b) = (l2_normalize(z1), l2_normalize(z2));
+    let logits = a.matmul(&b.tr()) / t; // [B, B]
+    let labels = Tensor::arange(logits.size()[0], (tch::Kind::Int64, logits.device()));
+    (logits.cross_entropy_for_logits(&labels) + logits.tr().cross_entropy_for_logits(&labels)) * 0.5
 }
 
 /// The `memory` target (SimSiam §5.2): a per-image moving average of normalised projections,
@@ -86,6 +113,9 @@ pub struct External {
     pub per_image: Option<Tensor>,
     /// `Target::Inverse`: `h_inv(sg p)` of each view of the pair, with gradient into h_inv.
     pub inverse: Option<[Tensor; 2]>,
+    /// k-step alternation: the two views' projections computed with the weights of the
+    /// alternation's start; they replace z of the target view.
+    pub cached: Option<[Tensor; 2]>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,13 +201,18 @@ impl Objective {
             (None, Some(inv)) => Some(inv[b].detach()),
             _ => None,
         };
+        // The target views' z: this step's, or the alternation's cached ones.
+        let (t1, t2) = match &ext.cached {
+            Some([a, b]) => (a, b),
+            None => (&out.z1, &out.z2),
+        };
         let main = match self.cfg.symmetry {
             Symmetry::Symmetric => {
-                (self.directed(&out.z1, &out.p1, &out.z2, &out.p2, ext_for(1).as_ref())
-                    + self.directed(&out.z2, &out.p2, &out.z1, &out.p1, ext_for(0).as_ref()))
+                (self.directed(&out.z1, &out.p1, t2, &out.p2, ext_for(1).as_ref())
+                    + self.directed(&out.z2, &out.p2, t1, &out.p1, ext_for(0).as_ref()))
                     * 0.5
             }
-            Symmetry::Asymmetric => self.directed(&out.z1, &out.p1, &out.z2, &out.p2, ext_for(1).as_ref()),
+            Symmetry::Asymmetric => self.directed(&out.z1, &out.p1, t2, &out.p2, ext_for(1).as_ref()),
             Symmetry::AsymmetricTwice => {
                 let second = pairs.get(1).expect("asymmetric_twice needs two pairs of views");
                 (self.directed(&out.z1, &out.p1, &out.z2, &out.p2, ext_for(1).as_ref())
@@ -185,10 +220,21 @@ impl Objective {
                     * 0.5
             }
         };
-        match &ext.inverse {
-            Some(inv) => main + self.inverse_loss(out, inv),
-            None => main,
+        let c = &self.cfg;
+        let mut total = if c.main_weight == 1.0 { main } else { main * c.main_weight };
+        if let Some(inv) = &ext.inverse {
+            total = total + self.inverse_loss(out, inv);
         }
+        if c.decorrelation > 0.0 {
+            let dc = (decorrelation_loss(&out.z1, c.decorrelation_form)
+                + decorrelation_loss(&out.z2, c.decorrelation_form))
+                * 0.5;
+            total = total + dc * c.decorrelation;
+        }
+        if c.infonce > 0.0 {
+            total = total + infonce_loss(&out.z1, &out.z2, c.infonce_temperature) * c.infonce;
+        }
+        total
     }
 
     /// The loss of one pair of views with no step-provided targets.
@@ -206,11 +252,13 @@ impl Objective {
 
     /// The loss's minimum where collapse sits (-1) for SimSiam-like targets in cosine form (-2
     /// with the inverse predictor's loss added); none for the variants whose minimum depends on
-    /// the batch.
+    /// the batch, and none with extra losses or a re-weighted main loss.
     pub fn minimum(&self) -> Option<f64> {
         let unit_target = matches!(self.cfg.target, Target::Zb | Target::Pb | Target::Inverse);
-        let main = (self.cfg.similarity == Similarity::Cosine && (unit_target || self.cfg.form == Form::Cosine))
-            .then_some(-1.0);
+        let extras = self.cfg.main_weight != 1.0 || self.cfg.decorrelation > 0.0 || self.cfg.infonce > 0.0;
+        let main =
+            (!extras && self.cfg.similarity == Similarity::Cosine && (unit_target || self.cfg.form == Form::Cosine))
+                .then_some(-1.0);
         // The inverse predictor's own loss L_inv (minimum -1) is part of the total.
         if self.cfg.target == Target::Inverse {
             main.map(|m| m - 1.0)

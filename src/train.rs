@@ -83,6 +83,8 @@ pub struct StepTargets<'a> {
     pub eoa: Option<Tensor>,
     /// The `memory` bank and the batch's image indices.
     pub memory: Option<(&'a mut MemoryBank, &'a Tensor)>,
+    /// k-step alternation: cached target projections of the two views.
+    pub cached: Option<[Tensor; 2]>,
 }
 
 /// One update: forward each pair of views, the objective (with the inverse predictor and the
@@ -97,7 +99,7 @@ pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tens
         Some((bank, idx)) => Some(bank.target(idx, &out.z1, &out.z2)),
         None => targets.eoa,
     };
-    let loss = objective.loss(&pairs, &External { per_image, inverse });
+    let loss = objective.loss(&pairs, &External { per_image, inverse, cached: targets.cached });
     opt.zero_grad();
     loss.backward();
     opt.step();
@@ -352,6 +354,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         let n = crate::export::init_from_torchvision(&mut net.vs, f)?;
         eprintln!("backbone initialised from {} ({n} tensors)", f.display());
     }
+    if let (Some(f), false) = (&cfg.model.init_checkpoint, control.resume) {
+        net.vs.load(f).map_err(|e| Error::data(f, format!("cannot start from this checkpoint: {e}")))?;
+        eprintln!("weights initialised from {}", f.display());
+    }
     let objective = Objective::new(&cfg.objective);
     let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let params = net.params(cfg);
@@ -430,6 +436,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let init_lr = cfg.optim.init_lr();
     let sqrt_d = (cfg.model.dim as f64).sqrt();
     let mut pending: Vec<Pending> = Vec::new();
+    // k-step alternation: (views, cached target projections) of the coming steps.
+    let mut cache: std::collections::VecDeque<(Vec<Tensor>, [Tensor; 2])> = Default::default();
     let mut last_ckpt =
         checkpoint::latest(&run_dir)?.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
     let mut last_knn: Option<f64> = summary.knn_init;
@@ -489,11 +497,30 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             opt.lrs[0] = lr;
             opt.lrs[1] = if cfg.optim.fix_pred_lr { init_lr } else { lr };
 
-            tch::manual_seed(step_seed(cfg.run.seed, pos.global_step));
-            let idx = Tensor::from_slice(&order[s * batch..(s + 1) * batch]).to_device(device);
+            let batch_of = |j: usize| Tensor::from_slice(&order[j * batch..(j + 1) * batch]).to_device(device);
+            let k = cfg.objective.alternation_k;
+            if k > 1 && cache.is_empty() {
+                // Alternation, step 1 (eta^t <- F_theta^t(T'(x))): the views of the next k batches
+                // of this epoch and their projections with the current weights.
+                for j in s..(s + k).min(steps_per_epoch) {
+                    tch::manual_seed(step_seed(cfg.run.seed, pos.global_step + (j - s)));
+                    let xs = views(&aug, &train_dev.images.index_select(0, &batch_of(j)), 2);
+                    let bn = cfg.objective.alternation_bn_train;
+                    let z = tch::no_grad(|| [net.model.encode(&xs[0], bn), net.model.encode(&xs[1], bn)]);
+                    cache.push_back((xs, z));
+                }
+            }
+            let idx = batch_of(s);
             let images = train_dev.images.index_select(0, &idx);
-            let xs = views(&aug, &images, objective.views());
+            let (xs, cached) = match cache.pop_front() {
+                Some((xs, z)) => (xs, Some(z)),
+                None => {
+                    tch::manual_seed(step_seed(cfg.run.seed, pos.global_step));
+                    (views(&aug, &images, objective.views()), None)
+                }
+            };
             let targets = StepTargets {
+                cached,
                 eoa: (cfg.objective.target == Target::Eoa)
                     .then(|| eoa_target(&net.model, &aug, &images, cfg.objective.eoa_k)),
                 memory: memory.as_mut().map(|bank| (bank, &idx)),

@@ -235,6 +235,7 @@ fn step_computed_targets_train_end_to_end() {
         ("eoa", &["objective.target=\"eoa\"", "objective.eoa_k=2"][..]),
         ("inverse", &["objective.target=\"inverse\""][..]),
         ("asym2x", &["objective.symmetry=\"asymmetric_twice\""][..]),
+        ("alternation", &["objective.alternation_k=4"][..]),
     ] {
         let out = tmp.path().join(name);
         let mut args = train_args(&train, &test, &out);

@@ -138,8 +138,8 @@ fn every_target_variant_gives_the_designed_gradient_on_the_online_vector() {
             // Step-provided targets: per image (eoa, memory), or h_inv(sg p) of each view.
             let ext_t = leaf(11, 5, 7);
             let ext = match target {
-                Eoa | Memory => External { per_image: Some(ext_t.detach()), inverse: None },
-                Inverse => External { per_image: None, inverse: Some([leaf(12, 5, 7), ext_t.shallow_clone()]) },
+                Eoa | Memory => External { per_image: Some(ext_t.detach()), ..Default::default() },
+                Inverse => External { inverse: Some([leaf(12, 5, 7), ext_t.shallow_clone()]), ..Default::default() },
                 _ => External::default(),
             };
             Objective::new(&cfg).loss(std::slice::from_ref(&o), &ext).backward();
@@ -224,4 +224,68 @@ fn asymmetric_twice_averages_two_independent_pairs() {
     let want = (asym.pair_loss(&a).double_value(&[]) + asym.pair_loss(&b).double_value(&[])) / 2.0;
     let got = twice.loss(&[a, b], &External::default()).double_value(&[]);
     assert!((got - want).abs() < 1e-12);
+}
+
+#[test]
+fn decorrelation_and_infonce_by_hand() {
+    use simsiam::config::Decorrelation;
+    use simsiam::objective::{decorrelation_loss, infonce_loss};
+    // Rows (1,1)/√2 and (-1,-1)/√2: covariance [[1,1],[1,1]] = correlation; off-diagonal
+    // squares sum to 2, over d = 2: 1 for both forms.
+    let z = Tensor::from_slice(&[1.0f64, 1.0, -1.0, -1.0]).view([2, 2]);
+    for form in [Decorrelation::Correlation, Decorrelation::Covariance] {
+        assert!((decorrelation_loss(&z, form).double_value(&[]) - 1.0).abs() < 1e-6, "{form:?}");
+    }
+    // Rows ±e_i: uncorrelated dimensions.
+    let e =
+        Tensor::cat(&[Tensor::eye(3, (Kind::Double, Device::Cpu)), -Tensor::eye(3, (Kind::Double, Device::Cpu))], 0);
+    assert!(decorrelation_loss(&e, Decorrelation::Correlation).double_value(&[]).abs() < 1e-9);
+    // InfoNCE, B = 2, identical orthogonal views, t = 1: each row -log(e / (e + 1)) = log(1 + 1/e).
+    let v = Tensor::eye(2, (Kind::Double, Device::Cpu));
+    assert!(
+        (infonce_loss(&v, &v, 1.0).double_value(&[]) - (1.0 + (-1.0f64).exp()).ln()).abs() < 1e-6,
+        "log_softmax runs in f32"
+    );
+}
+
+#[test]
+fn extra_losses_add_with_their_weights() {
+    let o = outputs();
+    let base = Objective::new(&ObjectiveConfig::default()).pair_loss(&o).double_value(&[]);
+    let cfg = ObjectiveConfig {
+        main_weight: 0.5,
+        decorrelation: 2.0,
+        infonce: 3.0,
+        infonce_temperature: 0.5,
+        ..Default::default()
+    };
+    let got = Objective::new(&cfg).pair_loss(&o).double_value(&[]);
+    use simsiam::config::Decorrelation::Correlation;
+    use simsiam::objective::{decorrelation_loss, infonce_loss};
+    let dc = (decorrelation_loss(&o.z1, Correlation).double_value(&[])
+        + decorrelation_loss(&o.z2, Correlation).double_value(&[]))
+        / 2.0;
+    let nce = infonce_loss(&o.z1, &o.z2, 0.5).double_value(&[]);
+    assert!((got - (0.5 * base + 2.0 * dc + 3.0 * nce)).abs() < 1e-10);
+    assert_eq!(Objective::new(&cfg).minimum(), None);
+}
+
+#[test]
+fn cached_targets_equal_to_the_current_ones_are_simsiam() {
+    // k-step alternation with k = 1: the cached z are this step's, and nothing changes.
+    let a = outputs();
+    let plain = Objective::new(&ObjectiveConfig::default());
+    let la = plain.pair_loss(&a);
+    la.backward();
+    let b = outputs();
+    let ext = External { cached: Some([b.z1.detach(), b.z2.detach()]), ..Default::default() };
+    let lb = plain.loss(std::slice::from_ref(&b), &ext);
+    lb.backward();
+    assert!((la.double_value(&[]) - lb.double_value(&[])).abs() < 1e-12);
+    assert!(a.p1.grad().allclose(&b.p1.grad(), 1e-12, 1e-14, false));
+    assert!(a.p2.grad().allclose(&b.p2.grad(), 1e-12, 1e-14, false));
+    // A stale cache changes the target, and only the target.
+    let c = outputs();
+    let stale = External { cached: Some([c.z1.detach() * 0.0 + 1.0, c.z2.detach()]), ..Default::default() };
+    assert!((plain.loss(std::slice::from_ref(&c), &stale).double_value(&[]) - la.double_value(&[])).abs() > 1e-6);
 }

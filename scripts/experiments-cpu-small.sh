@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every experiment whose arms differ in objective or architecture, at CPU scale: ResNet-18 at
+# width 8, d = 128, 1,024 CIFAR-10 training images, batch 64, 12 epochs, base lr 1.0. This shows
+# the collapse behaviour of each arm in minutes; it is not the paper's setting (for that, run
+# `simsiam experiment NAME` on a GPU with the defaults). output-dim and batch-size are left out:
+# their arms differ in exactly what these overrides fix.
+# Reports go to docs/results/cpu-small/<name>/ (report.md, outcome.json, plots/*.png).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+cargo build --release --quiet
+data="${SIMSIAM_DATA:-../shared/data/cifar10-jpeg}"
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(stop-gradient predictor bn-placement similarity symmetrisation siamese-architectures \
+  dummy-gradients triplet-extra-gradient simsiam-extra-gradient simple-predictors covariance moving-average explicit-eoa)
+for name in "${names[@]}"; do
+  ./target/release/simsiam experiment "$name" --out "runs/cpu-small/$name" --device cpu \
+    --data "$data/train.tar.gz" --test-data "$data/test.tar.gz" --epochs 12 --batch-size 64 \
+    --set model.width=8 --set model.dim=128 --set model.proj_hidden=128 --set model.pred_hidden=32 \
+    --set data.train_limit=1024 --set data.test_limit=1000 --set optim.base_lr=1.0 \
+    --set monitor.knn_every=6 --set monitor.knn_k=20 --set monitor.log_every=16 --set monitor.geometry_samples=512
+  dest="docs/results/cpu-small/$name"
+  mkdir -p "$dest/plots"
+  cp "runs/cpu-small/$name/report.md" "runs/cpu-small/$name/outcome.json" "$dest/"
+  cp runs/cpu-small/"$name"/plots/*.png "$dest/plots/"
+done
