@@ -29,6 +29,16 @@ pub fn eta_p(z: &Tensor, p: &Tensor) -> Tensor {
     Tensor::cat(&[eta.view([1]), c.view([1])], 0)
 }
 
+/// Norms of SimSiam's extra gradient `G_e = Z - P` split into centre and residual (Zhang et al.
+/// §2.7): `||o_e|| = ||o_z - o_p||` and `mean ||r_e||`, `r_e = (Z - o_z) - (P - o_p)`. `[2]`.
+pub fn extra_gradient_norms(z: &Tensor, p: &Tensor) -> Tensor {
+    let zn = l2_normalize(&z.detach().to_kind(Kind::Float));
+    let pn = l2_normalize(&p.detach().to_kind(Kind::Float));
+    let (o_z, o_p) = (zn.mean_dim(&[0i64][..], true, Kind::Float), pn.mean_dim(&[0i64][..], true, Kind::Float));
+    let r_e = (&zn - &o_z) - (&pn - &o_p);
+    Tensor::stack(&[(&o_z - &o_p).norm(), r_e.norm_scalaropt_dim(2.0, &[1i64][..], false).mean(Kind::Float)], 0)
+}
+
 /// Mean absolute and mean squared off-diagonal covariance and correlation of normalised Z.
 #[derive(Debug, Clone, Serialize)]
 pub struct OffDiagonal {

@@ -71,6 +71,8 @@ pub fn eoa_target(model: &SimSiam, aug: &Augmenter, images: &Tensor, k: usize) -
 /// What one step leaves for the monitors, detached and still on the device.
 pub struct StepOut {
     pub loss: Tensor,
+    /// The inverse predictor's own loss (0 without one).
+    pub inverse_loss: Tensor,
     pub z1: Tensor,
     pub z2: Tensor,
     pub p1: Tensor,
@@ -99,18 +101,24 @@ pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tens
         Some((bank, idx)) => Some(bank.target(idx, &out.z1, &out.z2)),
         None => targets.eoa,
     };
-    let loss = objective.loss(&pairs, &External { per_image, inverse, cached: targets.cached });
+    let ext = External { per_image, inverse, cached: targets.cached };
+    let loss = objective.loss(&pairs, &ext);
+    let inverse = ext.inverse;
     opt.zero_grad();
     loss.backward();
     opt.step();
     if let Some((bank, idx)) = memory.as_mut() {
         bank.update(idx, &out.z1, &out.z2);
     }
-    StepOut { loss: loss.detach(), z1: out.z1.detach(), z2: out.z2.detach(), p1: out.p1.detach() }
+    let inverse_loss = match &inverse {
+        Some(inv) => objective.inverse_loss(out, inv).detach(),
+        None => Tensor::zeros([], (Kind::Float, loss.device())),
+    };
+    StepOut { loss: loss.detach(), inverse_loss, z1: out.z1.detach(), z2: out.z2.detach(), p1: out.p1.detach() }
 }
 
 /// The per-step monitors, in the order of the `[8]` tensor [`step_stats`] returns.
-pub const STEP_STATS: [&str; 10] = [
+pub const STEP_STATS: [&str; 13] = [
     "loss",
     "collapse_std",
     "m_o_z",
@@ -121,11 +129,15 @@ pub const STEP_STATS: [&str; 10] = [
     "m_r2_p",
     "eta_p_star",
     "cos_eta_minus_half",
+    "o_e_norm",
+    "r_e_norm",
+    "inverse_loss",
 ];
 
-/// Loss, `collapse_std` of z, Zhang et al.'s `m_o, m_r, m_r2` of Z and of P, and `eta_p*` with
-/// `cos(o_e + 0.5 o_p, o_p)`, as one `[10]` tensor on the device, so logging costs one host sync
-/// per flush, not per value.
+/// The per-step monitors of [`STEP_STATS`] as one tensor on the device, so logging costs one
+/// host sync per flush, not per value: loss, `collapse_std` of z, Zhang et al.'s `m_o, m_r, m_r2`
+/// of Z and of P, `eta_p*` with `cos(o_e + 0.5 o_p, o_p)`, the norms of the extra gradient's
+/// centre and residual parts, and the inverse predictor's loss.
 pub fn step_stats(out: &StepOut) -> Tensor {
     Tensor::cat(
         &[
@@ -134,6 +146,8 @@ pub fn step_stats(out: &StepOut) -> Tensor {
             analysis::centre_residual(&out.z1),
             analysis::centre_residual(&out.p1),
             analysis::eta_p(&out.z1, &out.p1),
+            analysis::extra_gradient_norms(&out.z1, &out.p1),
+            out.inverse_loss.to_kind(Kind::Float).view([1]),
         ],
         0,
     )

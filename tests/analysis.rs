@@ -86,3 +86,15 @@ fn eta_p_by_hand() {
     // P = Z: o_e = 0, eta_p* = 0.
     assert!(v(&eta_p(&e(0), &e(0)))[0].abs() < 1e-6);
 }
+
+#[test]
+fn extra_gradient_norms_by_hand() {
+    // Z all e1, P all e2: o_e = e1 - e2 (norm sqrt 2), residuals all 0.
+    let e = |i: i64| Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)).index_fill(1, &Tensor::from_slice(&[i]), 3.0);
+    let r = v(&extra_gradient_norms(&e(0), &e(1)));
+    assert!((r[0] - 2f64.sqrt()).abs() < 1e-6 && r[1].abs() < 1e-6, "{r:?}");
+    // Rows ±e1 for Z and P alike: o_e = 0, r_e = 0.
+    let pm = Tensor::from_slice(&[1.0f32, 0.0, -1.0, 0.0]).view([2, 2]);
+    let r = v(&extra_gradient_norms(&pm, &pm));
+    assert!(r[0].abs() < 1e-6 && r[1].abs() < 1e-6);
+}
