@@ -203,6 +203,11 @@ pub struct ModelConfig {
     /// Start every weight this model has from a checkpoint's `model.safetensors` (entries the
     /// model lacks, e.g. a predictor it drops, are ignored); the optimiser starts fresh.
     pub init_checkpoint: Option<PathBuf>,
+    /// BYOL: the target branch's z comes from an exponential moving average of the backbone and
+    /// projector, not from the online network.
+    pub ema_target: bool,
+    /// BYOL's base momentum tau, raised to 1 over training: `1 - (1 - tau)(cos(pi k/K) + 1)/2`.
+    pub ema_momentum: f64,
 }
 
 impl Default for ModelConfig {
@@ -226,6 +231,8 @@ impl Default for ModelConfig {
             pred_trainable: true,
             init_from: None,
             init_checkpoint: None,
+            ema_target: false,
+            ema_momentum: 0.99,
         }
     }
 }
@@ -464,6 +471,28 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Methods: overlays on any preset (`--method`), each a set of config values.
+pub const METHODS: &[(&str, &str, &str)] = &[
+    ("simsiam", "SimSiam (Chen & He 2021): predictor, stop-gradient, negative cosine", ""),
+    (
+        "simclr",
+        "SimCLR (Chen et al. 2020): NT-Xent on z, temperature 0.5, no predictor",
+        include_str!("../configs/methods/simclr.toml"),
+    ),
+    (
+        "byol",
+        "BYOL (Grill et al. 2020): predictor, EMA target network (0.99 -> 1)",
+        include_str!("../configs/methods/byol.toml"),
+    ),
+];
+
+fn method_text(name: &str) -> Result<&'static str> {
+    METHODS.iter().find(|(n, _, _)| *n == name).map(|(_, _, t)| *t).ok_or_else(|| {
+        let names: Vec<_> = METHODS.iter().map(|(n, _, _)| *n).collect();
+        Error::config(format!("--method: unknown method {name:?}, expected one of {}", names.join(", ")))
+    })
+}
+
 fn preset_text(name: &str) -> Result<&'static str> {
     PRESETS.iter().find(|(n, _, _)| *n == name).map(|(_, _, t)| *t).ok_or_else(|| {
         let names: Vec<_> = PRESETS.iter().map(|(n, _, _)| *n).collect();
@@ -520,7 +549,14 @@ impl Config {
     /// Resolves a config from a preset, an optional TOML file and `key=value` overrides, in
     /// that order, then validates it. Unknown keys are errors that name the key.
     pub fn resolve(preset: &str, file: Option<&Path>, overrides: &[String]) -> Result<Config> {
+        Self::resolve_method(preset, "simsiam", file, overrides)
+    }
+
+    /// As [`Config::resolve`], with a method overlay (`simsiam`, `simclr`, `byol`) merged over
+    /// the preset.
+    pub fn resolve_method(preset: &str, method: &str, file: Option<&Path>, overrides: &[String]) -> Result<Config> {
         let mut table = parse_table(preset_text(preset)?, &format!("preset {preset}"))?;
+        merge(&mut table, parse_table(method_text(method)?, &format!("method {method}"))?);
         if let Some(f) = file {
             let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
             merge(&mut table, parse_table(&text, &f.display().to_string())?);
@@ -632,6 +668,9 @@ impl Config {
                 format!("{} / {} / {}", m.dim, m.proj_hidden, m.pred_hidden),
             );
         }
+        if !(0.0..=1.0).contains(&m.ema_momentum) {
+            return fail("model.ema_momentum", "a value in [0, 1]", m.ema_momentum.to_string());
+        }
         if m.proj_layers < 1 {
             return fail("model.proj_layers", "at least 1", m.proj_layers.to_string());
         }
@@ -655,6 +694,13 @@ impl Config {
         }
         if ob.alternation_k == 0 {
             return fail("objective.alternation_k", "at least 1", "0".into());
+        }
+        if ob.alternation_k > 1 && self.model.ema_target {
+            return fail(
+                "objective.alternation_k",
+                "1 with model.ema_target (both supply the target branch)",
+                ob.alternation_k.to_string(),
+            );
         }
         if ob.alternation_k > 1 && ob.symmetry == Symmetry::AsymmetricTwice {
             return fail(

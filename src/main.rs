@@ -147,6 +147,9 @@ struct ConfigArgs {
     /// Base preset (see `simsiam presets`).
     #[arg(long, default_value = "cifar10")]
     preset: String,
+    /// Method overlay: simsiam, simclr or byol (same backbone, augmentation and schedule).
+    #[arg(long, default_value = "simsiam")]
+    method: String,
     /// A TOML file merged over the preset.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -164,7 +167,7 @@ impl ConfigArgs {
             sets.push(format!("run.out_dir={}", toml::Value::String(p.display().to_string())));
         }
         sets.extend(self.over.to_sets());
-        Ok(Config::resolve(&self.preset, self.config.as_deref(), &sets)?)
+        Ok(Config::resolve_method(&self.preset, &self.method, self.config.as_deref(), &sets)?)
     }
 }
 
@@ -173,7 +176,7 @@ struct TrainArgs {
     #[command(flatten)]
     cfg: ConfigArgs,
     /// Continue the run in this folder from its latest checkpoint, with its saved config.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "config", "sets", "data", "test_data", "epochs", "batch_size", "out", "seed"])]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "method", "config", "sets", "data", "test_data", "epochs", "batch_size", "out", "seed"])]
     resume: Option<PathBuf>,
 }
 

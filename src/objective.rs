@@ -50,13 +50,19 @@ pub fn decorrelation_loss(z: &Tensor, form: Decorrelation) -> Tensor {
     off / d as f64
 }
 
-/// Symmetric InfoNCE between two views' projections `[B, d]` (normalised, temperature t), each
-/// image's other view the positive and the other images' other views the negatives.
+/// SimCLR's NT-Xent (InfoNCE) over both views' projections `[B, d]`, normalised, temperature t:
+/// for each of the 2B vectors, its other view is the positive and the other 2B - 2 vectors the
+/// negatives.
 pub fn infonce_loss(z1: &Tensor, z2: &Tensor, t: f64) -> Tensor {
-    let (a, b) = (l2_normalize(z1), l2_normalize(z2));
-    let logits = a.matmul(&b.tr()) / t; // [B, B]
-    let labels = Tensor::arange(logits.size()[0], (tch::Kind::Int64, logits.device()));
-    (logits.cross_entropy_for_logits(&labels) + logits.tr().cross_entropy_for_logits(&labels)) * 0.5
+    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)); // [2B, d]
+    let n = z.size()[0];
+    let b = n / 2;
+    let eye = Tensor::eye(n, (tch::Kind::Bool, z.device()));
+    // Self-similarity masked out: [2B, 2B]
+    let logits = (z.matmul(&z.tr()) / t).masked_fill(&eye, f64::NEG_INFINITY);
+    // The positive of row i is row i + B (mod 2B).
+    let positives = Tensor::arange(n, (tch::Kind::Int64, z.device())).g_add_scalar(b).remainder(n);
+    logits.cross_entropy_for_logits(&positives)
 }
 
 /// The `memory` target (SimSiam §5.2): a per-image moving average of normalised projections,
@@ -223,16 +229,16 @@ impl Objective {
         let c = &self.cfg;
         let mut total = if c.main_weight == 1.0 { main } else { main * c.main_weight };
         if let Some(inv) = &ext.inverse {
-            total = total + self.inverse_loss(out, inv);
+            total = &total + self.inverse_loss(out, inv);
         }
         if c.decorrelation > 0.0 {
             let dc = (decorrelation_loss(&out.z1, c.decorrelation_form)
                 + decorrelation_loss(&out.z2, c.decorrelation_form))
                 * 0.5;
-            total = total + dc * c.decorrelation;
+            total = &total + dc * c.decorrelation;
         }
         if c.infonce > 0.0 {
-            total = total + infonce_loss(&out.z1, &out.z2, c.infonce_temperature) * c.infonce;
+            total = &total + infonce_loss(&out.z1, &out.z2, c.infonce_temperature) * c.infonce;
         }
         total
     }

@@ -27,13 +27,53 @@ use tch::{nn, Device, Kind, Tensor};
 pub struct Network {
     pub vs: nn::VarStore,
     pub model: SimSiam,
+    /// BYOL's target network: an exponential moving average of the online weights.
+    pub ema: Option<Ema>,
+}
+
+/// The EMA target network (BYOL): same architecture, frozen, updated after every step.
+pub struct Ema {
+    pub vs: nn::VarStore,
+    pub model: SimSiam,
+    /// (EMA tensor, online tensor) for every trainable online parameter.
+    pairs: Vec<(Tensor, Tensor)>,
+}
+
+impl Ema {
+    /// `xi <- tau xi + (1 - tau) theta` for every parameter.
+    pub fn update(&mut self, tau: f64) {
+        tch::no_grad(|| {
+            for (e, o) in &mut self.pairs {
+                let _ = e.g_mul_scalar_(tau).g_add_(&(&*o * (1.0 - tau)));
+            }
+        });
+    }
+
+    /// BYOL's schedule: `1 - (1 - tau_base)(cos(pi k / K) + 1) / 2`, from tau_base to 1.
+    pub fn momentum(tau_base: f64, step: usize, total: usize) -> f64 {
+        let frac = step as f64 / total.max(1) as f64;
+        1.0 - (1.0 - tau_base) * ((std::f64::consts::PI * frac).cos() + 1.0) / 2.0
+    }
 }
 
 impl Network {
     pub fn new(cfg: &Config, device: Device) -> Network {
         let vs = nn::VarStore::new(device);
         let model = SimSiam::new(&vs.root(), &cfg.model, cfg.objective.target == Target::Inverse);
-        Network { vs, model }
+        let ema = cfg.model.ema_target.then(|| {
+            let mut evs = nn::VarStore::new(device);
+            let emodel = SimSiam::new(&evs.root(), &cfg.model, false);
+            evs.copy(&vs).expect("same architecture");
+            evs.freeze();
+            let online = vs.variables();
+            let mut names: Vec<String> =
+                online.iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n.clone()).collect();
+            names.sort();
+            let theirs = evs.variables();
+            let pairs = names.iter().map(|n| (theirs[n].shallow_clone(), online[n].shallow_clone())).collect();
+            Ema { vs: evs, model: emodel, pairs }
+        });
+        Network { vs, model, ema }
     }
 
     /// Trainable parameters by name (sorted, so the order is stable), in two groups:
@@ -168,12 +208,30 @@ fn geometry(model: &SimSiam, images: &Tensor, aug: &Augmenter) -> analysis::Geom
     })
 }
 
-/// Training state beyond weights and optimiser, for the checkpoint.
-fn extra_state(memory: &Option<MemoryBank>) -> Vec<(&'static str, &Tensor)> {
-    match memory {
-        Some(b) => vec![("memory.eta", &b.eta), ("memory.seen", &b.seen)],
-        None => Vec::new(),
+/// Training state beyond weights and optimiser, for the checkpoint: the memory bank, the EMA
+/// target network.
+fn extra_state(memory: &Option<MemoryBank>, ema: &Option<Ema>) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    if let Some(b) = memory {
+        out.push(("memory.eta".to_string(), b.eta.shallow_clone()));
+        out.push(("memory.seen".to_string(), b.seen.shallow_clone()));
     }
+    if let Some(e) = ema {
+        out.extend(e.vs.variables().into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
+    }
+    out
+}
+
+fn save_checkpoint(
+    run_dir: &Path,
+    net: &Network,
+    opt: &Sgd,
+    pos: Position,
+    memory: &Option<MemoryBank>,
+) -> Result<PathBuf> {
+    let extra = extra_state(memory, &net.ema);
+    let refs: Vec<(&str, &Tensor)> = extra.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    checkpoint::save(run_dir, &net.vs, opt, pos, &refs)
 }
 
 /// Loads the train and (optional) test stores named by the config.
@@ -386,8 +444,16 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         checkpoint::load_model(&mut net.vs, &ckpt)?;
         opt.load(&ckpt.join("optim.safetensors"))?;
         pos = checkpoint::load_position(&ckpt)?;
+        let state = checkpoint::load_extra(&ckpt)?;
+        if let Some(e) = net.ema.as_mut() {
+            for (n, mut t) in e.vs.variables() {
+                let src = state.get(&format!("ema.{n}")).ok_or_else(|| {
+                    Error::data(&ckpt, format!("the EMA target's `{n}` is missing from state.safetensors"))
+                })?;
+                tch::no_grad(|| t.copy_(src));
+            }
+        }
         if let Some(bank) = memory.as_mut() {
-            let state = checkpoint::load_extra(&ckpt)?;
             let missing = || Error::data(&ckpt, "the memory bank (state.safetensors) is missing");
             bank.eta = state.get("memory.eta").ok_or_else(missing)?.to_device(device);
             bank.seen = state.get("memory.seen").ok_or_else(missing)?.to_device(device);
@@ -533,6 +599,11 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                     (views(&aug, &images, objective.views()), None)
                 }
             };
+            // BYOL: the target branch's z from the EMA network (train-mode BN, as BYOL).
+            let cached = match &net.ema {
+                Some(e) => Some(tch::no_grad(|| [e.model.encode(&xs[0], true), e.model.encode(&xs[1], true)])),
+                None => cached,
+            };
             let targets = StepTargets {
                 cached,
                 eoa: (cfg.objective.target == Target::Eoa)
@@ -540,6 +611,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 memory: memory.as_mut().map(|bank| (bank, &idx)),
             };
             let out = step(&net.model, &objective, &mut opt, &xs, targets);
+            if let Some(e) = net.ema.as_mut() {
+                e.update(Ema::momentum(cfg.model.ema_momentum, pos.global_step, total_steps));
+            }
             pending.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, stats: step_stats(&out) });
 
             pos.step_in_epoch += 1;
@@ -558,7 +632,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             }
             if control.interrupt.load(Ordering::SeqCst) {
                 flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
-                let dir = checkpoint::save(&run_dir, &net.vs, &opt, pos, &extra_state(&memory))?;
+                let dir = save_checkpoint(&run_dir, &net, &opt, pos, &memory)?;
                 pb.abandon();
                 return Err(Error::Interrupted {
                     epoch: pos.epoch,
@@ -593,7 +667,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             );
         }
         if pos.epoch % cfg.run.checkpoint_every == 0 || last {
-            last_ckpt = checkpoint::save(&run_dir, &net.vs, &opt, pos, &extra_state(&memory))?.display().to_string();
+            last_ckpt = save_checkpoint(&run_dir, &net, &opt, pos, &memory)?.display().to_string();
         }
     }
     pb.finish_and_clear();

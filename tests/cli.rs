@@ -236,6 +236,16 @@ fn step_computed_targets_train_end_to_end() {
         ("inverse", &["objective.target=\"inverse\""][..]),
         ("asym2x", &["objective.symmetry=\"asymmetric_twice\""][..]),
         ("alternation", &["objective.alternation_k=4"][..]),
+        ("byol", &["model.ema_target=true"][..]),
+        (
+            "simclr",
+            &[
+                "model.predictor=\"identity\"",
+                "objective.main_weight=0.0",
+                "objective.infonce=1.0",
+                "objective.infonce_temperature=0.5",
+            ][..],
+        ),
     ] {
         let out = tmp.path().join(name);
         let mut args = train_args(&train, &test, &out);

@@ -240,12 +240,22 @@ fn decorrelation_and_infonce_by_hand() {
     let e =
         Tensor::cat(&[Tensor::eye(3, (Kind::Double, Device::Cpu)), -Tensor::eye(3, (Kind::Double, Device::Cpu))], 0);
     assert!(decorrelation_loss(&e, Decorrelation::Correlation).double_value(&[]).abs() < 1e-9);
-    // InfoNCE, B = 2, identical orthogonal views, t = 1: each row -log(e / (e + 1)) = log(1 + 1/e).
+    // NT-Xent, B = 2, identical orthogonal views, t = 1: rows (e1, e2, e1, e2); each row has its
+    // positive at similarity 1 and two negatives at 0: -log(e / (e + 2)) = log(1 + 2/e).
     let v = Tensor::eye(2, (Kind::Double, Device::Cpu));
-    assert!(
-        (infonce_loss(&v, &v, 1.0).double_value(&[]) - (1.0 + (-1.0f64).exp()).ln()).abs() < 1e-6,
-        "log_softmax runs in f32"
-    );
+    let want = (1.0 + 2.0 * (-1.0f64).exp()).ln();
+    assert!((infonce_loss(&v, &v, 1.0).double_value(&[]) - want).abs() < 1e-6, "log_softmax runs in f32");
+    // t = 0.5, view 2 = view 1 rotated by 60 degrees: vectors at 0, 90 (view 1) and 60, 150
+    // degrees (view 2). Each positive is 60 degrees away (logit cos 60 / 0.5 = 1). Row 0 deg:
+    // negatives at 90 (logit 0) and 150 (-sqrt 3); row 90: at 0 (0) and 60 (+sqrt 3); row 60 is
+    // like row 90, row 150 like row 0. Mean of -log softmax over the four rows.
+    let a = Tensor::from_slice(&[1.0f64, 0.0, 0.0, 1.0]).view([2, 2]);
+    let (c, s) = (0.5f64, 0.75f64.sqrt());
+    let b = Tensor::from_slice(&[c, s, -s, c]).view([2, 2]);
+    let r3 = 3f64.sqrt();
+    let l1 = -(1.0f64.exp() / (1.0 + 1.0f64.exp() + (-r3).exp())).ln();
+    let l2 = -(1.0f64.exp() / (1.0 + 1.0f64.exp() + r3.exp())).ln();
+    assert!((infonce_loss(&a, &b, 0.5).double_value(&[]) - (l1 + l2) / 2.0).abs() < 1e-6);
 }
 
 #[test]
@@ -288,4 +298,45 @@ fn cached_targets_equal_to_the_current_ones_are_simsiam() {
     let c = outputs();
     let stale = External { cached: Some([c.z1.detach() * 0.0 + 1.0, c.z2.detach()]), ..Default::default() };
     assert!((plain.loss(std::slice::from_ref(&c), &stale).double_value(&[]) - la.double_value(&[])).abs() > 1e-6);
+}
+
+#[test]
+fn byol_ema_update_and_schedule_by_hand() {
+    use simsiam::config::Config;
+    use simsiam::train::{Ema, Network};
+    let cfg = Config::resolve_method("tiny", "byol", None, &[]).unwrap();
+    assert!(cfg.model.ema_target && cfg.model.ema_momentum == 0.99);
+    let mut net = Network::new(&cfg, Device::Cpu);
+    let name = "backbone.conv1.weight";
+    let online = net.vs.variables()[name].shallow_clone();
+    let before = net.ema.as_ref().unwrap().vs.variables()[name].copy();
+    assert!(before.equal(&online), "the target starts as a copy");
+    tch::no_grad(|| {
+        let _ = online.shallow_clone().g_add_scalar_(1.0);
+    });
+    net.ema.as_mut().unwrap().update(0.9);
+    // xi <- 0.9 xi + 0.1 (xi + 1) = xi + 0.1
+    let after = net.ema.as_ref().unwrap().vs.variables()[name].copy();
+    assert!(after.allclose(&(&before + 0.1), 1e-6, 1e-7, false));
+    assert!(!net.ema.as_ref().unwrap().vs.variables()[name].requires_grad(), "the target takes no gradient");
+    // tau_k = 1 - (1 - 0.99)(cos(pi k/K) + 1)/2: 0.99 at the start, 0.995 halfway, 1 at the end.
+    assert!((Ema::momentum(0.99, 0, 100) - 0.99).abs() < 1e-12);
+    assert!((Ema::momentum(0.99, 50, 100) - 0.995).abs() < 1e-12);
+    assert!((Ema::momentum(0.99, 100, 100) - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn simclr_method_is_nt_xent_without_predictor() {
+    use simsiam::config::{Config, PredictorKind};
+    let c = Config::resolve_method("cifar10", "simclr", None, &[]).unwrap();
+    assert_eq!(
+        (c.model.predictor, c.objective.main_weight, c.objective.infonce, c.objective.infonce_temperature),
+        (PredictorKind::Identity, 0.0, 1.0, 0.5)
+    );
+    // The loss is exactly NT-Xent on z.
+    let o = outputs();
+    let got = Objective::new(&c.objective).pair_loss(&o).double_value(&[]);
+    let want = simsiam::objective::infonce_loss(&o.z1, &o.z2, 0.5).double_value(&[]);
+    assert!((got - want).abs() < 1e-9);
+    assert!(Config::resolve_method("cifar10", "mocov9", None, &[]).unwrap_err().to_string().contains("simclr"));
 }
