@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod experiment;
 pub mod export;
+pub mod instances;
 pub mod model;
 pub mod monitor;
 pub mod objective;
