@@ -1,6 +1,7 @@
 //! `simsiam`: SimSiam (Chen & He, CVPR 2021) and the analyses of why it does not collapse, on
 //! tch / libtorch. The modules follow the pipeline: data -> augment -> model -> objective ->
 //! train, with eval and monitors alongside.
+pub mod analyse;
 pub mod analysis;
 pub mod augment;
 pub mod bench;

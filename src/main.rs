@@ -36,6 +36,30 @@ enum Cmd {
         #[command(flatten)]
         over: Overrides,
     },
+    /// Measure the optimal-predictor and "shards" hypotheses on a run's checkpoint (B1-B5).
+    Analyse {
+        #[arg(value_enum)]
+        what: AnalyseWhat,
+        /// The run folder.
+        run: PathBuf,
+        /// Images to analyse (default: the run's test data).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Use the first N images.
+        #[arg(long, default_value_t = 2000)]
+        n: usize,
+        /// Augmented views per image for the instance centres.
+        #[arg(long, default_value_t = 16)]
+        k: usize,
+        /// Train-mode BN (SimSiam's targets are computed in train mode); default eval mode.
+        #[arg(long)]
+        train_bn: bool,
+        /// Instance counts for `instances`.
+        #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
+        sizes: Vec<usize>,
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Write embeddings of a dataset (backbone and projector) as .npy, with labels and names.
     Embed {
         /// The run folder.
@@ -180,6 +204,22 @@ struct TrainArgs {
     resume: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AnalyseWhat {
+    /// B4: effective rank, RankMe, participation ratio, PCA dims, TwoNN of z, y and centres.
+    Dimension,
+    /// B2: instance identification (top-1/top-5, posterior entropy) against N instances.
+    Instances,
+    /// B1: cos(h, h*) and baselines, achieved similarity vs its floor.
+    Predictor,
+    /// B3: shard radius, nearest-centre similarity, margin, overlap ratio, uniformity.
+    Shards,
+    /// B5: mean resultant length, variance ratio, alignment, per-augmentation invariance.
+    Invariance,
+    /// All of the above.
+    All,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SplitArg {
     Train,
@@ -301,6 +341,60 @@ fn run() -> Result<()> {
             let line = serde_json::to_string(&r)?;
             std::fs::write(run.join("linear_probe.json"), format!("{line}\n")).context("writing linear_probe.json")?;
             println!("{line}");
+            Ok(())
+        }
+        Cmd::Analyse { what, run, data, n, k, train_bn, sizes, device } => {
+            anyhow::ensure!(k >= 2 && n >= 10, "--k must be at least 2 and --n at least 10");
+            let (cfg, device, net) = load_run(&run, device)?;
+            let path = data.or_else(|| cfg.data.test.clone()).context("no data: pass --data PATH")?;
+            let store = simsiam::data::load(
+                &path,
+                cfg.data.format,
+                simsiam::data::Split::Test,
+                cfg.data.image_size,
+                cfg.data.skip_corrupt,
+            )?;
+            anyhow::ensure!(store.len() >= 10, "{}: at least 10 images needed", path.display());
+            let images = store.images.narrow(0, 0, n.min(store.len()) as i64).to_device(device);
+            let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+            let probe = simsiam::analyse::Probe {
+                model: &net.model,
+                images,
+                aug: &aug,
+                aug_cfg: &cfg.augment,
+                image_size: cfg.data.image_size,
+                k,
+                train_bn,
+            };
+            tch::manual_seed(cfg.run.seed as i64);
+            let all = what == AnalyseWhat::All;
+            let mut out = serde_json::Map::new();
+            let mut put = |name: &str, f: &dyn Fn() -> serde_json::Value| {
+                eprintln!("analyse {name} ...");
+                out.insert(name.to_string(), f());
+            };
+            if all || what == AnalyseWhat::Dimension {
+                put("dimension", &|| probe.dimension());
+            }
+            if all || what == AnalyseWhat::Instances {
+                put("instances", &|| probe.instances(&sizes));
+            }
+            if all || what == AnalyseWhat::Predictor {
+                put("predictor", &|| probe.predictor());
+            }
+            if all || what == AnalyseWhat::Shards {
+                put("shards", &|| probe.shards());
+            }
+            if all || what == AnalyseWhat::Invariance {
+                put("invariance", &|| probe.invariance());
+            }
+            let dir = run.join("analysis");
+            std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+            for (name, v) in &out {
+                let f = dir.join(format!("{name}.json"));
+                std::fs::write(&f, serde_json::to_string_pretty(v)?).with_context(|| f.display().to_string())?;
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
         Cmd::Embed { run, data, out, device, split } => cmd_embed(run, data, out, device, split),

@@ -277,3 +277,29 @@ fn step_computed_targets_train_end_to_end() {
         }
     }
 }
+
+#[test]
+fn analyse_measures_a_checkpoint() {
+    let (tmp, train, test) = data();
+    let run = tmp.path().join("a");
+    let mut args = train_args(&train, &test, &run);
+    args[6] = "1".into(); // --epochs 1
+    ok(bin().args(&args).output().unwrap());
+    let text = ok(bin()
+        .args(["analyse", "all", run.to_str().unwrap(), "--n", "40", "--k", "3", "--sizes", "10,40"])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_str(&text[..text.rfind('}').unwrap() + 1]).unwrap();
+    for k in ["dimension", "instances", "predictor", "shards", "invariance"] {
+        assert!(run.join("analysis").join(format!("{k}.json")).is_file(), "{k}");
+        assert!(v.get(k).is_some(), "{k}");
+    }
+    let id = &v["instances"]["by_size"][1]["id"];
+    assert_eq!(id["instances"], 40);
+    let top1 = id["top1"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&top1) && id["top5"].as_f64().unwrap() >= top1);
+    let r = v["invariance"]["mean_resultant"].as_f64().unwrap();
+    assert!(r > 0.0 && r <= 1.0 + 1e-6);
+    let cos = v["predictor"]["cos_h_hstar"].as_f64().unwrap();
+    assert!((-1.0..=1.0).contains(&cos));
+}
