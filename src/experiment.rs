@@ -172,7 +172,7 @@ fn parse_order(o: &str) -> Option<(String, bool, String)> {
 }
 
 /// One arm's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArmResult {
     pub name: String,
     pub expect: Expect,
@@ -182,8 +182,12 @@ pub struct ArmResult {
 }
 
 /// The whole experiment's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
+    pub name: String,
+    pub claim: String,
+    pub source: String,
+    pub paper: String,
     pub arms: Vec<ArmResult>,
     /// (ordering, held?)
     pub orders: Vec<(String, Option<bool>)>,
@@ -249,7 +253,15 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl)
         })
         .collect();
     let held = arms.iter().all(|a| a.agrees) && orders.iter().all(|(_, h)| *h != Some(false));
-    let outcome = Outcome { arms, orders, held };
+    let outcome = Outcome {
+        name: exp.name.clone(),
+        claim: exp.claim.clone(),
+        source: exp.source.clone(),
+        paper: exp.paper.clone(),
+        arms,
+        orders,
+        held,
+    };
     write_report(exp, out, &outcome)?;
     Ok(outcome)
 }
@@ -367,4 +379,62 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 10px}}
     let o_path = out.join("outcome.json");
     std::fs::write(&o_path, serde_json::to_string_pretty(outcome).expect("json")).map_err(|e| Error::io(&o_path, e))?;
     Ok(md_path)
+}
+
+/// The summary table over many experiments' `outcome.json` (one folder each under `root`):
+/// claim, source, the paper's outcome, ours (arm verdicts), agree or not. Markdown.
+pub fn summarise(root: &Path) -> Result<String> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| Error::io(root, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("outcome.json").is_file())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(Error::data(root, "no experiment folders with outcome.json"));
+    }
+    let mut md = String::from(
+        "| experiment | claim | source | paper | ours (arm: verdict, kNN) | agrees |\n|---|---|---|---|---|---|\n",
+    );
+    for d in dirs {
+        let p = d.join("outcome.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let o: Outcome =
+            serde_json::from_str(&text).map_err(|e| Error::data(&p, format!("not an experiment outcome: {e}")))?;
+        let ours: Vec<String> = o
+            .arms
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}: {:?}{}, {}",
+                    a.name,
+                    a.verdict,
+                    if a.agrees { "" } else { " (expected otherwise)" },
+                    fmt_opt(a.summary.knn_final)
+                )
+            })
+            .chain(o.orders.iter().map(|(ord, h)| {
+                format!(
+                    "kNN {ord}: {}",
+                    match h {
+                        Some(true) => "yes",
+                        Some(false) => "no",
+                        None => "–",
+                    }
+                )
+            }))
+            .collect();
+        let link = d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| [{}]({link}/report.md) | {} | {} | {} | {} | {} |",
+            o.name,
+            o.claim.replace('|', "/"),
+            o.source.replace('|', "/"),
+            o.paper.replace('|', "/"),
+            ours.join("; "),
+            if o.held { "**agree**" } else { "**disagree**" }
+        );
+    }
+    Ok(md)
 }

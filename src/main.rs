@@ -25,8 +25,11 @@ enum Cmd {
     /// Run a named experiment from the seeds: every arm, then a report with a verdict per claim.
     Experiment {
         /// A shipped experiment (see --list) or a TOML file.
-        #[arg(required_unless_present = "list")]
+        #[arg(required_unless_present_any = ["list", "summary"])]
         name: Option<String>,
+        /// Print the summary table (markdown) of every experiment folder under this one.
+        #[arg(long, value_name = "ROOT")]
+        summary: Option<PathBuf>,
         /// List the shipped experiments and their claims.
         #[arg(long)]
         list: bool,
@@ -413,6 +416,10 @@ fn run() -> Result<()> {
             if cfg.model.cifar_stem {
                 eprintln!("note: CIFAR stem: in torchvision set conv1 = Conv2d(3, {}, 3, 1, 1, bias=False), maxpool = Identity(), fc = Identity()", cfg.model.width);
             }
+            Ok(())
+        }
+        Cmd::Experiment { summary: Some(root), .. } => {
+            print!("{}", simsiam::experiment::summarise(&root)?);
             Ok(())
         }
         Cmd::Experiment { list: true, .. } => {

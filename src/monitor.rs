@@ -16,7 +16,7 @@ pub fn l2_normalize(x: &Tensor) -> Tensor {
 }
 
 /// The verdict of SimSiam's footnote 4: chance accuracy alone is not collapse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CollapseVerdict {
     /// Loss at its minimum and `sqrt(d) * collapse_std` near 0.

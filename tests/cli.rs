@@ -213,6 +213,12 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     // Running again skips both finished arms.
     let again = ok(bin().args(args(&out)).output().unwrap());
     assert_eq!(again.matches("finished earlier, skipped").count(), 2, "{again}");
+    // The summary table over experiment folders.
+    let table = ok(bin().args(["experiment", "--summary", tmp.path().to_str().unwrap()]).output().unwrap());
+    assert!(
+        table.contains("| [stop-gradient](exp/report.md) |") && table.contains("SimSiam (Chen & He 2021), §4.1"),
+        "{table}"
+    );
     // --list names every shipped experiment.
     let list = ok(bin().args(["experiment", "--list"]).output().unwrap());
     for name in [
