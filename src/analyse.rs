@@ -179,15 +179,7 @@ impl Probe<'_> {
         };
         let (a, b) = (l2_normalize(&z1), l2_normalize(&z2));
         let alignment = mean(&(&a - &b).square().sum_dim_intlist(&[1i64][..], false, Kind::Float));
-        let off = AugmentConfig {
-            crop_scale: [1.0, 1.0],
-            crop_ratio: [1.0, 1.0],
-            flip_p: 0.0,
-            jitter_p: 0.0,
-            grayscale_p: 0.0,
-            blur_p: 0.0,
-            ..self.aug_cfg.clone()
-        };
+        let off = self.aug_cfg.identity();
         let base = self.aug_cfg;
         let families = [
             ("crop", AugmentConfig { crop_scale: base.crop_scale, crop_ratio: base.crop_ratio, ..off.clone() }),

@@ -137,6 +137,20 @@ impl Default for AugmentConfig {
 }
 
 impl AugmentConfig {
+    /// Every random op off (the crop is the whole image): views equal the normalised image.
+    /// Keeps the normalisation of `self`.
+    pub fn identity(&self) -> AugmentConfig {
+        AugmentConfig {
+            crop_scale: [1.0, 1.0],
+            crop_ratio: [1.0, 1.0],
+            flip_p: 0.0,
+            jitter_p: 0.0,
+            grayscale_p: 0.0,
+            blur_p: 0.0,
+            ..self.clone()
+        }
+    }
+
     /// The blur probability in force for a given image size.
     pub fn effective_blur_p(&self, image_size: usize) -> f64 {
         if self.blur_p >= 0.0 {

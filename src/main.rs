@@ -229,12 +229,27 @@ enum SplitArg {
     Test,
 }
 
+/// Which run, and optionally which data, an evaluation reads.
+#[derive(Args)]
+struct EvalSource {
+    /// The run folder (holds config.toml and checkpoints/).
+    run: PathBuf,
+    #[arg(long)]
+    device: Option<String>,
+    /// Use this training data instead of the run's.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Use this test data instead of the run's.
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum EvalCmd {
     /// Linear probe on the frozen backbone of a run's latest checkpoint: top-1 and top-5.
     Linear {
-        /// The run folder.
-        run: PathBuf,
+        #[command(flatten)]
+        src: EvalSource,
         #[arg(long, default_value_t = 100)]
         epochs: usize,
         #[arg(long, default_value_t = 256)]
@@ -250,31 +265,17 @@ enum EvalCmd {
         /// BatchNorm without affine before the classifier.
         #[arg(long)]
         bn: bool,
-        #[arg(long)]
-        device: Option<String>,
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long)]
-        test_data: Option<PathBuf>,
     },
     /// Weighted kNN top-1 of a run's latest checkpoint (backbone features).
     Knn {
-        /// The run folder (holds config.toml and checkpoints/).
-        run: PathBuf,
+        #[command(flatten)]
+        src: EvalSource,
         /// Neighbour counts, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "200")]
         k: Vec<usize>,
         /// Temperature.
         #[arg(long, default_value_t = 0.1)]
         t: f64,
-        #[arg(long)]
-        device: Option<String>,
-        /// Use this training data instead of the run's.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Use this test data instead of the run's.
-        #[arg(long)]
-        test_data: Option<PathBuf>,
     },
 }
 
@@ -297,33 +298,14 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
-        Cmd::Eval(EvalCmd::Knn { run, k, t, device, data, test_data }) => cmd_knn(run, &k, t, device, data, test_data),
-        Cmd::Eval(EvalCmd::Linear {
-            run,
-            epochs,
-            batch_size,
-            lr,
-            weight_decay,
-            no_augment,
-            bn,
-            device,
-            data,
-            test_data,
-        }) => {
-            let (mut cfg, device, net) = load_run(&run, device)?;
-            if data.is_some() {
-                cfg.data.train = data;
-            }
-            if test_data.is_some() {
-                cfg.data.test = test_data;
-            }
-            anyhow::ensure!(cfg.data.test.is_some(), "no test data: pass --test-data PATH");
+        Cmd::Eval(EvalCmd::Knn { src, k, t }) => cmd_knn(src, &k, t),
+        Cmd::Eval(EvalCmd::Linear { src, epochs, batch_size, lr, weight_decay, no_augment, bn }) => {
             anyhow::ensure!(
                 epochs > 0 && batch_size > 0 && lr > 0.0,
                 "--epochs, --batch-size and --lr must be positive"
             );
-            let (train_store, test_store) = train::load_data(&cfg)?;
-            let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+            let run = src.run.clone();
+            let e = eval_setup(src)?;
             let pc = simsiam::eval::linear::ProbeConfig {
                 epochs,
                 batch_size,
@@ -331,16 +313,10 @@ fn run() -> Result<()> {
                 weight_decay,
                 augment: !no_augment,
                 bn,
-                seed: cfg.run.seed,
+                seed: e.cfg.run.seed,
                 ..Default::default()
             };
-            let r = simsiam::eval::linear::probe(
-                &net.model,
-                &train_store.to_device(device),
-                &test_store.expect("checked").to_device(device),
-                &aug,
-                &pc,
-            );
+            let r = simsiam::eval::linear::probe(&e.net.model, &e.train, &e.test, &e.aug, &pc);
             let line = serde_json::to_string(&r)?;
             std::fs::write(run.join("linear_probe.json"), format!("{line}\n")).context("writing linear_probe.json")?;
             println!("{line}");
@@ -536,32 +512,35 @@ fn load_run(run: &std::path::Path, device: Option<String>) -> Result<(Config, tc
     Ok((cfg, device, net))
 }
 
-fn cmd_knn(
-    run: PathBuf,
-    ks: &[usize],
-    t: f64,
-    device: Option<String>,
-    data: Option<PathBuf>,
-    test_data: Option<PathBuf>,
-) -> Result<()> {
-    let (mut cfg, device, net) = load_run(&run, device)?;
-    if data.is_some() {
-        cfg.data.train = data;
+/// What `eval` needs: a run's network, its train and test stores on the device (with optional
+/// data overrides), and the evaluation transform.
+struct EvalSetup {
+    cfg: Config,
+    net: train::Network,
+    train: simsiam::data::ImageStore,
+    test: simsiam::data::ImageStore,
+    aug: simsiam::augment::Augmenter,
+}
+
+fn eval_setup(src: EvalSource) -> Result<EvalSetup> {
+    let (mut cfg, device, net) = load_run(&src.run, src.device)?;
+    if src.data.is_some() {
+        cfg.data.train = src.data;
     }
-    if test_data.is_some() {
-        cfg.data.test = test_data;
+    if src.test_data.is_some() {
+        cfg.data.test = src.test_data;
     }
     anyhow::ensure!(cfg.data.test.is_some(), "no test data: pass --test-data PATH");
     let (train_store, test_store) = train::load_data(&cfg)?;
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
-    let accs = simsiam::eval::knn::knn_accuracy(
-        &net.model,
-        &train_store.to_device(device),
-        &test_store.expect("checked").to_device(device),
-        &aug,
-        ks,
-        t,
-    );
+    let (train, test) = (train_store.to_device(device), test_store.expect("checked").to_device(device));
+    Ok(EvalSetup { cfg, net, train, test, aug })
+}
+
+fn cmd_knn(src: EvalSource, ks: &[usize], t: f64) -> Result<()> {
+    let run = src.run.clone();
+    let e = eval_setup(src)?;
+    let accs = simsiam::eval::knn::knn_accuracy(&e.net.model, &e.train, &e.test, &e.aug, ks, t);
     for (k, acc) in ks.iter().zip(accs) {
         println!("{}", serde_json::json!({"run": run.display().to_string(), "k": k, "t": t, "knn_top1": acc}));
     }

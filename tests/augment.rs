@@ -161,15 +161,7 @@ fn views_are_seeded_distinct_and_finite() {
     assert!(a.equal(&a2), "same seed, same views");
     assert!(!a.allclose(&b, 1e-3, 1e-3, false), "two draws differ");
     // With every op off, a view is the normalised image itself.
-    let off = AugmentConfig {
-        crop_scale: [1.0, 1.0],
-        crop_ratio: [1.0, 1.0],
-        flip_p: 0.0,
-        jitter_p: 0.0,
-        grayscale_p: 0.0,
-        blur_p: 0.0,
-        ..Default::default()
-    };
+    let off = AugmentConfig::default().identity();
     let plain = Augmenter::new(&off, 32, Device::Cpu);
     assert!(plain.view(&imgs).allclose(&plain.eval_view(&imgs), 1e-4, 1e-5, false));
 }
