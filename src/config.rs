@@ -443,6 +443,9 @@ pub struct MonitorConfig {
     pub log_every: usize,
     /// Also run the kNN monitor before the first step (the network at initialisation).
     pub knn_at_init: bool,
+    /// Train a linear classifier on detached backbone features during pre-training (solo-learn's
+    /// online probe), with this constant lr and no weight decay (0 = off). Uses the labels.
+    pub online_probe_lr: f64,
     /// Images of the fixed subset on which the geometry monitor (effective rank, RankMe, PCA
     /// dimensions, off-diagonal covariance) runs at each kNN epoch.
     pub geometry_samples: usize,
@@ -456,6 +459,7 @@ impl Default for MonitorConfig {
             knn_t: 0.1,
             log_every: 10,
             knn_at_init: true,
+            online_probe_lr: 0.0,
             geometry_samples: 2048,
         }
     }
@@ -735,6 +739,9 @@ impl Config {
         }
         if mo.knn_t.is_nan() || mo.knn_t <= 0.0 {
             return fail("monitor.knn_t", "a positive temperature", mo.knn_t.to_string());
+        }
+        if mo.online_probe_lr < 0.0 {
+            return fail("monitor.online_probe_lr", "a non-negative lr (0 = off)", mo.online_probe_lr.to_string());
         }
         if mo.geometry_samples < 2 {
             return fail("monitor.geometry_samples", "at least 2", mo.geometry_samples.to_string());

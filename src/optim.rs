@@ -19,6 +19,8 @@ pub struct Sgd {
     pub params: Vec<Param>,
     /// lr per group.
     pub lrs: Vec<f64>,
+    /// Weight decay per group (all `weight_decay` at first).
+    pub wds: Vec<f64>,
     pub momentum: f64,
     pub weight_decay: f64,
     bufs: Vec<Option<Tensor>>,
@@ -27,7 +29,14 @@ pub struct Sgd {
 impl Sgd {
     pub fn new(params: Vec<Param>, groups: usize, momentum: f64, weight_decay: f64) -> Sgd {
         let n = params.len();
-        Sgd { params, lrs: vec![0.0; groups], momentum, weight_decay, bufs: (0..n).map(|_| None).collect() }
+        Sgd {
+            params,
+            lrs: vec![0.0; groups],
+            wds: vec![weight_decay; groups],
+            momentum,
+            weight_decay,
+            bufs: (0..n).map(|_| None).collect(),
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -47,7 +56,8 @@ impl Sgd {
                 if !g.defined() {
                     continue;
                 }
-                let d = if self.weight_decay != 0.0 { g + &p.tensor * self.weight_decay } else { g };
+                let wd = self.wds[p.group];
+                let d = if wd != 0.0 { g + &p.tensor * wd } else { g };
                 let b = match buf {
                     Some(b) => {
                         let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);

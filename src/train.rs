@@ -8,7 +8,7 @@ use crate::config::{Config, Target};
 use crate::data::{self, ImageStore, Split};
 use crate::error::{Error, Result};
 use crate::eval::knn;
-use crate::model::{SiameseOutput, SimSiam, INVERSE_PREDICTOR, PREDICTOR};
+use crate::model::{SiameseOutput, SimSiam, INVERSE_PREDICTOR, ONLINE_PROBE, PREDICTOR};
 use crate::monitor::collapse_std;
 use crate::monitor::l2_normalize;
 use crate::objective::{External, MemoryBank, Objective};
@@ -58,11 +58,16 @@ impl Ema {
 
 impl Network {
     pub fn new(cfg: &Config, device: Device) -> Network {
+        Network::build(cfg, device, 0)
+    }
+
+    /// With an online linear probe over `probe_classes` classes (0 = none).
+    pub fn build(cfg: &Config, device: Device, probe_classes: i64) -> Network {
         let vs = nn::VarStore::new(device);
-        let model = SimSiam::new(&vs.root(), &cfg.model, cfg.objective.target == Target::Inverse);
+        let model = SimSiam::new(&vs.root(), &cfg.model, cfg.objective.target == Target::Inverse, probe_classes);
         let ema = cfg.model.ema_target.then(|| {
             let mut evs = nn::VarStore::new(device);
-            let emodel = SimSiam::new(&evs.root(), &cfg.model, false);
+            let emodel = SimSiam::new(&evs.root(), &cfg.model, false, 0);
             evs.copy(&vs).expect("same architecture");
             evs.freeze();
             let online = vs.variables();
@@ -70,14 +75,18 @@ impl Network {
                 online.iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n.clone()).collect();
             names.sort();
             let theirs = evs.variables();
-            let pairs = names.iter().map(|n| (theirs[n].shallow_clone(), online[n].shallow_clone())).collect();
+            // Parameters the target has (not the online probe's nor h_inv's).
+            let pairs = names
+                .iter()
+                .filter_map(|n| theirs.get(n).map(|t| (t.shallow_clone(), online[n].shallow_clone())))
+                .collect();
             Ema { vs: evs, model: emodel, pairs }
         });
         Network { vs, model, ema }
     }
 
-    /// Trainable parameters by name (sorted, so the order is stable), in two groups:
-    /// 0 = encoder, 1 = predictor (kept at a constant lr with `fix_pred_lr`).
+    /// Trainable parameters by name (sorted, so the order is stable), in three groups:
+    /// 0 = encoder, 1 = predictor (kept at a constant lr with `fix_pred_lr`), 2 = online probe.
     pub fn params(&self, cfg: &Config) -> Vec<Param> {
         let mut named: Vec<(String, Tensor)> =
             self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
@@ -86,7 +95,11 @@ impl Network {
             .into_iter()
             .filter(|(n, _)| cfg.model.pred_trainable || !n.starts_with(PREDICTOR))
             .map(|(name, tensor)| {
-                let group = usize::from(name.starts_with(PREDICTOR) || name.starts_with(INVERSE_PREDICTOR));
+                let group = if name.starts_with(ONLINE_PROBE) {
+                    2
+                } else {
+                    usize::from(name.starts_with(PREDICTOR) || name.starts_with(INVERSE_PREDICTOR))
+                };
                 Param { name, tensor, group }
             })
             .collect()
@@ -110,7 +123,10 @@ pub fn eoa_target(model: &SimSiam, aug: &Augmenter, images: &Tensor, k: usize) -
 
 /// What one step leaves for the monitors, detached and still on the device.
 pub struct StepOut {
+    /// The training loss (with the online probe's cross-entropy when it is on).
     pub loss: Tensor,
+    /// The online probe's accuracy on this batch (0 without one).
+    pub probe_acc: Tensor,
     /// The inverse predictor's own loss (0 without one).
     pub inverse_loss: Tensor,
     pub z1: Tensor,
@@ -127,6 +143,8 @@ pub struct StepTargets<'a> {
     pub memory: Option<(&'a mut MemoryBank, &'a Tensor)>,
     /// k-step alternation: cached target projections of the two views.
     pub cached: Option<[Tensor; 2]>,
+    /// Class labels of the batch, for the online probe.
+    pub labels: Option<Tensor>,
 }
 
 /// One update: forward each pair of views, the objective (with the inverse predictor and the
@@ -142,7 +160,14 @@ pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tens
         None => targets.eoa,
     };
     let ext = External { per_image, inverse, cached: targets.cached };
-    let loss = objective.loss(&pairs, &ext);
+    let mut loss = objective.loss(&pairs, &ext);
+    // The online probe learns from detached features: it never shapes the representation.
+    let mut probe_acc = Tensor::zeros([], (Kind::Float, out.z1.device()));
+    if let (Some(probe), Some(labels)) = (&model.online_probe, &targets.labels) {
+        let logits = out.y1.detach().apply(probe);
+        probe_acc = logits.argmax(1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float);
+        loss = loss + logits.cross_entropy_for_logits(labels);
+    }
     let inverse = ext.inverse;
     opt.zero_grad();
     loss.backward();
@@ -154,11 +179,18 @@ pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tens
         Some(inv) => objective.inverse_loss(out, inv).detach(),
         None => Tensor::zeros([], (Kind::Float, loss.device())),
     };
-    StepOut { loss: loss.detach(), inverse_loss, z1: out.z1.detach(), z2: out.z2.detach(), p1: out.p1.detach() }
+    StepOut {
+        loss: loss.detach(),
+        probe_acc,
+        inverse_loss,
+        z1: out.z1.detach(),
+        z2: out.z2.detach(),
+        p1: out.p1.detach(),
+    }
 }
 
 /// The per-step monitors, in the order of the `[8]` tensor [`step_stats`] returns.
-pub const STEP_STATS: [&str; 13] = [
+pub const STEP_STATS: [&str; 14] = [
     "loss",
     "collapse_std",
     "m_o_z",
@@ -172,6 +204,7 @@ pub const STEP_STATS: [&str; 13] = [
     "o_e_norm",
     "r_e_norm",
     "inverse_loss",
+    "online_probe_acc",
 ];
 
 /// The per-step monitors of [`STEP_STATS`] as one tensor on the device, so logging costs one
@@ -188,6 +221,7 @@ pub fn step_stats(out: &StepOut) -> Tensor {
             analysis::eta_p(&out.z1, &out.p1),
             analysis::extra_gradient_norms(&out.z1, &out.p1),
             out.inverse_loss.to_kind(Kind::Float).view([1]),
+            out.probe_acc.to_kind(Kind::Float).view([1]),
         ],
         0,
     )
@@ -421,7 +455,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let test_dev = test_store.as_ref().map(|t| t.to_device(device));
 
     tch::manual_seed(cfg.run.seed as i64);
-    let mut net = Network::new(cfg, device);
+    let probe_classes = if cfg.monitor.online_probe_lr > 0.0 { train_store.num_classes() as i64 } else { 0 };
+    let mut net = Network::build(cfg, device, probe_classes);
     if let (Some(f), false) = (&cfg.model.init_from, control.resume) {
         let n = crate::export::init_from_torchvision(&mut net.vs, f)?;
         eprintln!("backbone initialised from {} ({n} tensors)", f.display());
@@ -433,7 +468,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let objective = Objective::new(&cfg.objective);
     let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let params = net.params(cfg);
-    let mut opt = Sgd::new(params, 2, cfg.optim.momentum, cfg.optim.weight_decay);
+    let mut opt = Sgd::new(params, 3, cfg.optim.momentum, cfg.optim.weight_decay);
+    opt.lrs[2] = cfg.monitor.online_probe_lr;
+    opt.wds[2] = 0.0;
 
     let mut memory = (cfg.objective.target == Target::Memory)
         .then(|| MemoryBank::new(train_store.len() as i64, cfg.model.dim, cfg.objective.memory_momentum, device));
@@ -605,6 +642,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 None => cached,
             };
             let targets = StepTargets {
+                labels: net.model.online_probe.as_ref().map(|_| train_dev.labels.index_select(0, &idx)),
                 cached,
                 eoa: (cfg.objective.target == Target::Eoa)
                     .then(|| eoa_target(&net.model, &aug, &images, cfg.objective.eoa_k)),

@@ -75,6 +75,7 @@ fn hue_rotates_through_hsv() {
 
 #[test]
 fn resized_crop_flip_samples_the_box() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     // 2x2 image [[0,1],[2,3]] upsampled to 4x4 (bilinear, half-pixel centres, edge clamp):
     // sample points -0.25, 0.25, 0.75, 1.25 -> rows [0, .25, .75, 1] + 2 * [0, .25, .75, 1].
     let x = Tensor::from_slice(&[0.0f32, 1.0, 2.0, 3.0]).view([1, 1, 2, 2]).expand([1, 3, 2, 2], false).contiguous();
@@ -100,6 +101,7 @@ fn resized_crop_flip_samples_the_box() {
 
 #[test]
 fn crop_boxes_follow_random_resized_crop_ranges() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(3);
     let b = sample_crop_boxes(4000, 32, 32, [0.2, 1.0], [0.75, 4.0 / 3.0], Device::Cpu);
     let v = Vec::<Vec<f32>>::try_from(b).unwrap();
@@ -147,8 +149,13 @@ fn normalize_is_channelwise() {
     close(&px(&normalize(&x, &m, &s)), &[0.0, 0.5, 2.0], 1e-6);
 }
 
+/// Tests that reseed libtorch's global generator and expect the same draws take this lock
+/// (tests run in parallel threads of one process).
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn views_are_seeded_distinct_and_finite() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let aug = Augmenter::new(&AugmentConfig::default(), 32, Device::Cpu);
     let imgs = Tensor::randint(256, [16, 32, 32, 3], (Kind::Uint8, Device::Cpu));
     tch::manual_seed(7);
@@ -168,6 +175,7 @@ fn views_are_seeded_distinct_and_finite() {
 
 #[test]
 fn probe_crop_shifts_by_whole_pixels_within_the_padding() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(4);
     let x = Tensor::ones([64, 3, 32, 32], (Kind::Float, Device::Cpu));
     let y = random_crop_flip(&x, 4);

@@ -242,6 +242,7 @@ fn step_computed_targets_train_end_to_end() {
         ("inverse", &["objective.target=\"inverse\""][..]),
         ("asym2x", &["objective.symmetry=\"asymmetric_twice\""][..]),
         ("alternation", &["objective.alternation_k=4"][..]),
+        ("online-probe", &["monitor.online_probe_lr=0.3"][..]),
         ("byol", &["model.ema_target=true"][..]),
         (
             "simclr",
@@ -265,6 +266,15 @@ fn step_computed_targets_train_end_to_end() {
         let l = losses(&out);
         assert_eq!(l.len(), 20, "{name}");
         assert!(l.iter().all(|(_, v)| v.is_finite()), "{name}");
+        if name == "online-probe" {
+            let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+            let accs: Vec<f64> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["online_probe_acc"].as_f64())
+                .collect();
+            assert_eq!(accs.len(), 20);
+            assert!(accs.iter().any(|a| *a > 0.0) && accs.iter().all(|a| (0.0..=1.0).contains(a)), "{accs:?}");
+        }
         if name == "memory" {
             let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
             assert!(

@@ -16,7 +16,7 @@ fn unit(x: &Tensor) -> Tensor {
 }
 
 fn outputs() -> SiameseOutput {
-    SiameseOutput { z1: leaf(1, 5, 7), z2: leaf(2, 5, 7), p1: leaf(3, 5, 7), p2: leaf(4, 5, 7) }
+    SiameseOutput { z1: leaf(1, 5, 7), z2: leaf(2, 5, 7), p1: leaf(3, 5, 7), p2: leaf(4, 5, 7), y1: leaf(5, 5, 3) }
 }
 
 #[test]
@@ -68,7 +68,13 @@ fn asymmetric_and_cross_entropy_variants() {
 #[test]
 fn loss_reaches_minus_one_when_prediction_matches_target() {
     let z = leaf(9, 4, 6);
-    let o = SiameseOutput { z1: z.shallow_clone(), z2: &z * 3.0, p1: &z * 2.0, p2: z.shallow_clone() };
+    let o = SiameseOutput {
+        z1: z.shallow_clone(),
+        z2: &z * 3.0,
+        p1: &z * 2.0,
+        p2: z.shallow_clone(),
+        y1: z.shallow_clone(),
+    };
     let l = Objective::new(&ObjectiveConfig::default()).pair_loss(&o).double_value(&[]);
     assert!((l + 1.0).abs() < 1e-12);
 }
@@ -216,8 +222,16 @@ fn memory_bank_moving_average_by_hand() {
 
 #[test]
 fn asymmetric_twice_averages_two_independent_pairs() {
-    let (a, b) =
-        (outputs(), SiameseOutput { z1: leaf(21, 5, 7), z2: leaf(22, 5, 7), p1: leaf(23, 5, 7), p2: leaf(24, 5, 7) });
+    let (a, b) = (
+        outputs(),
+        SiameseOutput {
+            z1: leaf(21, 5, 7),
+            z2: leaf(22, 5, 7),
+            p1: leaf(23, 5, 7),
+            p2: leaf(24, 5, 7),
+            y1: leaf(25, 5, 3),
+        },
+    );
     let asym = Objective::new(&ObjectiveConfig { symmetry: Symmetry::Asymmetric, ..Default::default() });
     let twice = Objective::new(&ObjectiveConfig { symmetry: Symmetry::AsymmetricTwice, ..Default::default() });
     assert_eq!(twice.views(), 4);
@@ -339,4 +353,33 @@ fn simclr_method_is_nt_xent_without_predictor() {
     let want = simsiam::objective::infonce_loss(&o.z1, &o.z2, 0.5).double_value(&[]);
     assert!((got - want).abs() < 1e-9);
     assert!(Config::resolve_method("cifar10", "mocov9", None, &[]).unwrap_err().to_string().contains("simclr"));
+}
+
+#[test]
+fn the_online_probe_never_changes_the_representation() {
+    use simsiam::augment::Augmenter;
+    use simsiam::config::Config;
+    use simsiam::optim::Sgd;
+    use simsiam::train::{step, views, Network, StepTargets};
+    // Same weights and views for both networks by copying, not by seeding: tests share
+    // libtorch's global generator across threads.
+    let cfg = Config::resolve("tiny", None, &["optim.batch_size=16".into()]).unwrap();
+    let with = Network::build(&cfg, Device::Cpu, 10);
+    let mut without = Network::build(&cfg, Device::Cpu, 0);
+    without.vs.copy(&with.vs).unwrap();
+    let aug = Augmenter::new(&cfg.augment, 32, Device::Cpu);
+    let images = Tensor::randint(256, [16, 32, 32, 3], (Kind::Uint8, Device::Cpu));
+    let xs = views(&aug, &images, 2);
+    let labels = Tensor::arange(16, (Kind::Int64, Device::Cpu)).remainder(10);
+    let objective = Objective::new(&cfg.objective);
+    let run = |net: &Network, labels: Option<Tensor>| {
+        let mut opt = Sgd::new(net.params(&cfg), 3, 0.9, 5e-4);
+        opt.lrs = vec![0.1, 0.1, 0.5];
+        let out = step(&net.model, &objective, &mut opt, &xs, StepTargets { labels, ..Default::default() });
+        (net.vs.variables()["backbone.layer4.1.conv2.weight"].copy(), out.loss.double_value(&[]))
+    };
+    let (w0, l0) = run(&without, None);
+    let (w1, l1) = run(&with, Some(labels));
+    assert!(w0.allclose(&w1, 1e-6, 1e-7, false), "backbone the same with and without the probe");
+    assert!(l1 > l0, "the probe's cross-entropy is part of the reported loss");
 }

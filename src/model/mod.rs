@@ -15,6 +15,8 @@ pub const PROJECTOR: &str = "projector";
 pub const PREDICTOR: &str = "predictor";
 /// The inverse predictor h_inv (Zhang et al. Fig. 2c), in the predictor's lr group.
 pub const INVERSE_PREDICTOR: &str = "predictor_inverse";
+/// The online linear probe, in its own group (own lr, no weight decay).
+pub const ONLINE_PROBE: &str = "online_probe";
 
 /// Both branches' outputs for one pair of views.
 #[derive(Debug)]
@@ -25,6 +27,8 @@ pub struct SiameseOutput {
     /// Predictions p = h(z), `[B, d]`.
     pub p1: Tensor,
     pub p2: Tensor,
+    /// Backbone features y of view 1, `[B, C]` (for the online probe).
+    pub y1: Tensor,
 }
 
 #[derive(Debug)]
@@ -34,16 +38,26 @@ pub struct SimSiam {
     pub predictor: Predictor,
     /// h_inv, same architecture as h, when the objective's target needs it.
     pub inverse: Option<Predictor>,
+    /// The online linear probe on detached backbone features (`online_probe_classes > 0`).
+    pub online_probe: Option<nn::Linear>,
     pub dim: i64,
 }
 
 impl SimSiam {
-    pub fn new(root: &nn::Path, cfg: &ModelConfig, with_inverse: bool) -> SimSiam {
+    pub fn new(root: &nn::Path, cfg: &ModelConfig, with_inverse: bool, probe_classes: i64) -> SimSiam {
         let backbone = ResNet::new(&(root / BACKBONE), cfg);
         let projector = Mlp::new(&(root / PROJECTOR), &heads::projector_specs(backbone.out_dim, cfg));
         let predictor = Predictor::new(&(root / PREDICTOR), cfg);
         let inverse = with_inverse.then(|| Predictor::new(&(root / INVERSE_PREDICTOR), cfg));
-        SimSiam { backbone, projector, predictor, inverse, dim: cfg.dim }
+        let online_probe = (probe_classes > 0).then(|| {
+            let init = nn::LinearConfig {
+                ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.01 },
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
+            };
+            nn::linear(root / ONLINE_PROBE, backbone.out_dim, probe_classes, init)
+        });
+        SimSiam { backbone, projector, predictor, inverse, online_probe, dim: cfg.dim }
     }
 
     /// z = f(x): `[B,3,H,W] -> [B, d]`.
@@ -59,10 +73,11 @@ impl SimSiam {
     /// `x1, x2 -> z1, z2, p1, p2`. Each view is its own forward pass, so BatchNorm statistics are
     /// per view, as in the official code.
     pub fn forward(&self, x1: &Tensor, x2: &Tensor, train: bool) -> SiameseOutput {
-        let z1 = self.encode(x1, train);
+        let y1 = self.backbone.forward_t(x1, train);
+        let z1 = y1.apply_t(&self.projector, train);
         let z2 = self.encode(x2, train);
         let p1 = self.predictor.forward_t(&z1, train);
         let p2 = self.predictor.forward_t(&z2, train);
-        SiameseOutput { z1, z2, p1, p2 }
+        SiameseOutput { z1, z2, p1, p2, y1 }
     }
 }
