@@ -166,7 +166,7 @@ pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tens
     if let (Some(probe), Some(labels)) = (&model.online_probe, &targets.labels) {
         let logits = out.y1.detach().apply(probe);
         probe_acc = logits.argmax(1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float);
-        loss = loss + logits.cross_entropy_for_logits(labels);
+        loss = &loss + logits.cross_entropy_for_logits(labels);
     }
     let inverse = ext.inverse;
     opt.zero_grad();
