@@ -265,6 +265,10 @@ enum EvalCmd {
         /// BatchNorm without affine before the classifier.
         #[arg(long)]
         bn: bool,
+        /// LARS (trust 0.001), the ImageNet recipe: e.g. --lars --batch-size 4096 --epochs 90
+        /// --lr 1.6 (SimSiam's code: base 0.1 x 4096/256; the paper: base 0.02).
+        #[arg(long)]
+        lars: bool,
     },
     /// Weighted kNN top-1 of a run's latest checkpoint (backbone features).
     Knn {
@@ -299,7 +303,7 @@ fn run() -> Result<()> {
     match cli.cmd {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Eval(EvalCmd::Knn { src, k, t }) => cmd_knn(src, &k, t),
-        Cmd::Eval(EvalCmd::Linear { src, epochs, batch_size, lr, weight_decay, no_augment, bn }) => {
+        Cmd::Eval(EvalCmd::Linear { src, epochs, batch_size, lr, weight_decay, no_augment, bn, lars }) => {
             anyhow::ensure!(
                 epochs > 0 && batch_size > 0 && lr > 0.0,
                 "--epochs, --batch-size and --lr must be positive"
@@ -313,6 +317,7 @@ fn run() -> Result<()> {
                 weight_decay,
                 augment: !no_augment,
                 bn,
+                lars,
                 seed: e.cfg.run.seed,
                 ..Default::default()
             };

@@ -23,6 +23,9 @@ pub struct Sgd {
     pub wds: Vec<f64>,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// LARS (apex LARC, clip off): scale each parameter's update by
+    /// `trust * ||w|| / (||g|| + wd ||w||)`; `None` = plain SGD.
+    pub lars_trust: Option<f64>,
     bufs: Vec<Option<Tensor>>,
 }
 
@@ -35,6 +38,7 @@ impl Sgd {
             wds: vec![weight_decay; groups],
             momentum,
             weight_decay,
+            lars_trust: None,
             bufs: (0..n).map(|_| None).collect(),
         }
     }
@@ -57,7 +61,14 @@ impl Sgd {
                     continue;
                 }
                 let wd = self.wds[p.group];
-                let d = if wd != 0.0 { g + &p.tensor * wd } else { g };
+                let mut d = if wd != 0.0 { &g + &p.tensor * wd } else { g.shallow_clone() };
+                if let Some(trust) = self.lars_trust {
+                    // Adaptive lr per parameter; 1 where either norm is 0 (LARC).
+                    let (wn, gn) = (p.tensor.norm(), g.norm());
+                    let ratio = (&wn * trust) / (&gn + &wn * wd + 1e-12);
+                    let ok = wn.gt(0.0).logical_and(&gn.gt(0.0));
+                    d = d * ratio.where_scalarother(&ok, 1.0);
+                }
                 let b = match buf {
                     Some(b) => {
                         let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);

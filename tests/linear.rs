@@ -34,3 +34,24 @@ fn topk_accuracy_by_hand() {
     let (t1, t5) = topk_accuracy(&logits, &labels);
     assert!((t1 - 100.0 / 3.0).abs() < 1e-4 && (t5 - 200.0 / 3.0).abs() < 1e-4, "{t1} {t5}");
 }
+
+#[test]
+fn lars_scales_each_update_by_the_trust_ratio() {
+    use simsiam::optim::{Param, Sgd};
+    // w = (3, 4) (norm 5), g = (0, 2) (norm 2), wd = 0.1, trust 0.001, lr 1, no momentum yet:
+    // d = g + wd w = (0.3, 2.4); ratio = 0.001 * 5 / (2 + 0.1 * 5) = 0.002; w -= 1 * 0.002 d.
+    let w = Tensor::from_slice(&[3.0f64, 4.0]).set_requires_grad(true);
+    (&w * Tensor::from_slice(&[0.0f64, 2.0])).sum(Kind::Double).backward();
+    let mut opt = Sgd::new(vec![Param { name: "w".into(), tensor: w.shallow_clone(), group: 0 }], 1, 0.9, 0.1);
+    opt.lrs = vec![1.0];
+    opt.lars_trust = Some(0.001);
+    opt.step();
+    let got = Vec::<f64>::try_from(w.detach()).unwrap();
+    assert!((got[0] - (3.0 - 0.002 * 0.3)).abs() < 1e-12 && (got[1] - (4.0 - 0.002 * 2.4)).abs() < 1e-12, "{got:?}");
+    // The probe with LARS learns the separable set too.
+    tch::manual_seed(0);
+    let y = Tensor::arange(400, (Kind::Int64, Device::Cpu)).remainder(4);
+    let x = Tensor::randn([400, 16], (Kind::Float, Device::Cpu)) * 0.3 + y.one_hot(16).to_kind(Kind::Float) * 3.0;
+    let cfg = ProbeConfig { epochs: 30, batch_size: 64, lr: 5.0, augment: false, lars: true, ..Default::default() };
+    assert_eq!(probe_features(&x, &y, &x, &y, 4, &cfg).top1, 100.0);
+}

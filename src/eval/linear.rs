@@ -23,6 +23,8 @@ pub struct ProbeConfig {
     pub augment: bool,
     /// BatchNorm1d(affine=False) before the linear layer.
     pub bn: bool,
+    /// LARS (trust coefficient 0.001, as `main_lincls.py --lars`) for large batches.
+    pub lars: bool,
     pub seed: u64,
 }
 
@@ -36,6 +38,7 @@ impl Default for ProbeConfig {
             weight_decay: 0.0,
             augment: true,
             bn: false,
+            lars: false,
             seed: 0,
         }
     }
@@ -74,7 +77,8 @@ impl Head {
             Param { name: "fc.weight".into(), tensor: fc.ws.shallow_clone(), group: 0 },
             Param { name: "fc.bias".into(), tensor: fc.bs.as_ref().expect("bias").shallow_clone(), group: 0 },
         ];
-        let opt = Sgd::new(params, 1, cfg.momentum, cfg.weight_decay);
+        let mut opt = Sgd::new(params, 1, cfg.momentum, cfg.weight_decay);
+        opt.lars_trust = cfg.lars.then_some(0.001);
         Head { _vs: vs, bn, fc, opt }
     }
 
