@@ -67,7 +67,7 @@ impl Sgd {
                     let (wn, gn) = (p.tensor.norm(), g.norm());
                     let ratio = (&wn * trust) / (&gn + &wn * wd + 1e-12);
                     let ok = wn.gt(0.0).logical_and(&gn.gt(0.0));
-                    d = d * ratio.where_scalarother(&ok, 1.0);
+                    d = &d * ratio.where_scalarother(&ok, 1.0); // out of place: d may share the grad's storage
                 }
                 let b = match buf {
                     Some(b) => {
