@@ -12,7 +12,8 @@ cargo build --release --quiet
 data="${SIMSIAM_DATA:-../shared/data/cifar10-jpeg}"
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(stop-gradient predictor bn-placement similarity symmetrisation siamese-architectures \
-  dummy-gradients triplet-extra-gradient simsiam-extra-gradient simple-predictors covariance moving-average explicit-eoa)
+  dummy-gradients triplet-extra-gradient simsiam-extra-gradient simple-predictors covariance moving-average explicit-eoa \
+  decorrelation k-step-alternation)
 for name in "${names[@]}"; do
   ./target/release/simsiam experiment "$name" --out "runs/cpu-small/$name" --device cpu \
     --data "$data/train.tar.gz" --test-data "$data/test.tar.gz" --epochs 12 --batch-size 64 \
