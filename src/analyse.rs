@@ -5,7 +5,7 @@ use crate::analysis::spectrum;
 use crate::augment::Augmenter;
 use crate::config::AugmentConfig;
 use crate::instances::{
-    centres, instance_id, kappa_hat, oracle_predictor, posterior_shared, resultant_unbiased, two_nn,
+    between_fraction, centres, instance_id, kappa_hat, oracle_predictor, posterior_shared, resultant_unbiased, two_nn,
 };
 use crate::model::SimSiam;
 use crate::monitor::l2_normalize;
@@ -87,8 +87,10 @@ impl Probe<'_> {
                 let m = mu.narrow(0, 0, s);
                 let truth = Tensor::arange(s, (Kind::Int64, mu.device()));
                 let kappa = self.fit_kappa(&m, &z_fit.narrow(0, 0, s), &truth);
-                let id = instance_id(&posterior_shared(&z.narrow(0, 0, s), &m, kappa), &truth);
-                json!({"instances": s, "kappa_shared": kappa, "id": id})
+                let q = z.narrow(0, 0, s);
+                let post = posterior_shared(&q, &m, kappa);
+                let id = instance_id(&post, &truth);
+                json!({"instances": s, "kappa_shared": kappa, "id": id, "between_fraction": between_fraction(&post, &m, &q)})
             })
             .collect();
         let d = mu.size()[1] as usize;

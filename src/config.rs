@@ -281,6 +281,10 @@ pub enum Online {
     /// The projection Z_a = normalize(z_a) (naive Siamese, Zhang et al.'s triplet and
     /// dummy-gradient losses).
     Z,
+    /// The blog's non-parametric optimal predictor over a memory bank of instance centres,
+    /// `h_kappa(z) = sum_j softmax_j(kappa mu_j . Z) sg(f_bar_j)` (EXPERIMENTS.md §3.8, B7): the
+    /// gradient reaches z only through the softmax weights.
+    Oracle,
 }
 
 /// The target G the online vector is pulled towards (Zhang et al. §2.5-2.7). All vectors are
@@ -352,8 +356,12 @@ pub struct ObjectiveConfig {
     pub stop_grad: bool,
     /// Views averaged by the `eoa` target.
     pub eoa_k: usize,
-    /// Momentum m of the `memory` target.
+    /// Momentum m of the `memory` target and of the `oracle` predictor's bank.
     pub memory_momentum: f64,
+    /// Concentration kappa of the `oracle` predictor's softmax.
+    pub oracle_kappa: f64,
+    /// Leave each image's own bank entry out of the `oracle` predictor (the ablation).
+    pub oracle_exclude_self: bool,
     /// Weight of the main (target) loss; 0 leaves only the extra losses (Fig. 5b, phase 3).
     pub main_weight: f64,
     /// k-step alternation (SimSiam §5): with k > 1, the views of the next k batches and their
@@ -383,6 +391,8 @@ impl Default for ObjectiveConfig {
             stop_grad: true,
             eoa_k: 8,
             memory_momentum: 0.8,
+            oracle_kappa: 10.0,
+            oracle_exclude_self: false,
             main_weight: 1.0,
             alternation_k: 1,
             alternation_bn_train: true,
@@ -446,6 +456,12 @@ pub struct MonitorConfig {
     /// Train a linear classifier on detached backbone features during pre-training (solo-learn's
     /// online probe), with this constant lr and no weight decay (0 = off). Uses the labels.
     pub online_probe_lr: f64,
+    /// Also measure instance identification (B6: top-1/top-5, posterior entropy, the "between
+    /// two centres" fraction, mean resultant length) on the first `instances_n` test images with
+    /// `instances_k` views each, at every monitor epoch.
+    pub instances: bool,
+    pub instances_n: usize,
+    pub instances_k: usize,
     /// Images of the fixed subset on which the geometry monitor (effective rank, RankMe, PCA
     /// dimensions, off-diagonal covariance) runs at each kNN epoch.
     pub geometry_samples: usize,
@@ -460,6 +476,9 @@ impl Default for MonitorConfig {
             log_every: 10,
             knn_at_init: true,
             online_probe_lr: 0.0,
+            instances: false,
+            instances_n: 1000,
+            instances_k: 8,
             geometry_samples: 2048,
         }
     }
@@ -727,6 +746,13 @@ impl Config {
                 ob.alternation_k.to_string(),
             );
         }
+        if ob.online == Online::Oracle && (ob.similarity != Similarity::Cosine || ob.oracle_kappa <= 0.0) {
+            return fail(
+                "objective.online",
+                "\"oracle\" with the cosine similarity and objective.oracle_kappa > 0",
+                format!("{:?}", ob.similarity),
+            );
+        }
         if ob.eoa_k == 0 {
             return fail("objective.eoa_k", "at least 1", "0".into());
         }
@@ -739,6 +765,13 @@ impl Config {
         }
         if mo.knn_t.is_nan() || mo.knn_t <= 0.0 {
             return fail("monitor.knn_t", "a positive temperature", mo.knn_t.to_string());
+        }
+        if mo.instances && (mo.instances_k < 2 || mo.instances_n < 10) {
+            return fail(
+                "monitor.instances_k / instances_n",
+                "at least 2 views and 10 images",
+                format!("{} / {}", mo.instances_k, mo.instances_n),
+            );
         }
         if mo.online_probe_lr < 0.0 {
             return fail("monitor.online_probe_lr", "a non-negative lr (0 = off)", mo.online_probe_lr.to_string());

@@ -109,6 +109,8 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("moving-average", include_str!("../experiments/moving-average.toml")),
     ("decorrelation", include_str!("../experiments/decorrelation.toml")),
     ("k-step-alternation", include_str!("../experiments/k-step-alternation.toml")),
+    ("shard-dynamics", include_str!("../experiments/shard-dynamics.toml")),
+    ("oracle-predictor", include_str!("../experiments/oracle-predictor.toml")),
 ];
 
 impl Experiment {

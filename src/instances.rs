@@ -196,6 +196,22 @@ pub fn instance_id(posterior: &Tensor, truth: &Tensor) -> InstanceId {
     }
 }
 
+/// The blog's "between two centres" condition (B6): the fraction of query views whose two most
+/// probable instances both have posterior above 0.05 and `<mu_1 - Z, mu_2 - Z> < 0`.
+/// `posterior` `[M, N]`, `mu` `[N, d]` (unit), `z` `[M, d]`.
+pub fn between_fraction(posterior: &Tensor, mu: &Tensor, z: &Tensor) -> f64 {
+    if posterior.size()[1] < 2 {
+        return 0.0;
+    }
+    let (p, idx) = posterior.topk(2, 1, true, true);
+    let zn = l2_normalize(z);
+    let m1 = mu.index_select(0, &idx.select(1, 0));
+    let m2 = mu.index_select(0, &idx.select(1, 1));
+    let inner = ((&m1 - &zn) * (&m2 - &zn)).sum_dim_intlist(&[1i64][..], false, Kind::Float);
+    let both = p.select(1, 0).gt(0.05).logical_and(&p.select(1, 1).gt(0.05));
+    inner.lt(0.0).logical_and(&both).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+}
+
 /// TwoNN intrinsic dimension (Facco et al. 2017): from the ratio `mu = r2 / r1` of each point's
 /// second to first nearest-neighbour distance, the MLE `d = (N - 1) / sum log mu`. Exact
 /// duplicates are dropped first. `x` `[N, D]`.

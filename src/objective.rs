@@ -96,6 +96,26 @@ impl MemoryBank {
         self.eta.index_select(0, idx).where_self(&seen, &Self::visit(z1, z2))
     }
 
+    /// The oracle predictor `h_kappa(z) = sum_j softmax_j(kappa mu_j . Z) sg(f_bar_j)` over the
+    /// bank (`[B, d]`, gradient into z through the weights only). Candidates: the visited bank
+    /// entries of other images, plus this batch's current visit values (which stand in for the
+    /// batch's own rows); with `exclude_self`, each image's own candidate is left out.
+    pub fn oracle(&self, idx: &Tensor, z1: &Tensor, z2: &Tensor, z: &Tensor, kappa: f64, exclude_self: bool) -> Tensor {
+        let visit = Self::visit(z1, z2); // [B, d], detached
+        let zn = l2_normalize(z).to_kind(tch::Kind::Float);
+        let b = idx.size()[0];
+        // Bank rows usable: visited, and not this batch's (they come from `visit`).
+        let usable = self.seen.index_fill(0, idx, 0).unsqueeze(0); // [1, N]
+        let bank_logits =
+            (zn.matmul(&l2_normalize(&self.eta).tr()) * kappa).masked_fill(&usable.logical_not(), f64::NEG_INFINITY);
+        let mut batch_logits = zn.matmul(&l2_normalize(&visit).tr()) * kappa; // [B, B]
+        if exclude_self {
+            batch_logits = batch_logits.masked_fill(&Tensor::eye(b, (tch::Kind::Bool, z.device())), f64::NEG_INFINITY);
+        }
+        let w = Tensor::cat(&[bank_logits, batch_logits], 1).softmax(1, tch::Kind::Float); // [B, N + B]
+        w.matmul(&Tensor::cat(&[self.eta.shallow_clone(), visit], 0))
+    }
+
     /// One update per visit.
     pub fn update(&mut self, idx: &Tensor, z1: &Tensor, z2: &Tensor) {
         let now = Self::visit(z1, z2);
@@ -122,6 +142,8 @@ pub struct External {
     /// k-step alternation: the two views' projections computed with the weights of the
     /// alternation's start; they replace z of the target view.
     pub cached: Option<[Tensor; 2]>,
+    /// `Online::Oracle`: h_kappa(z) of each view of the pair, with gradient into z.
+    pub oracle: Option<[Tensor; 2]>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,13 +197,21 @@ impl Objective {
         self.sg(g)
     }
 
-    /// The loss of one direction (online view a, target view b).
-    fn directed(&self, za: &Tensor, pa: &Tensor, zb: &Tensor, pb: &Tensor, external: Option<&Tensor>) -> Tensor {
+    /// The loss of one direction (online view a, target view b); `oracle_a` is h_kappa(z_a).
+    fn directed(
+        &self,
+        za: &Tensor,
+        pa: &Tensor,
+        zb: &Tensor,
+        pb: &Tensor,
+        external: Option<&Tensor>,
+        oracle_a: Option<&Tensor>,
+    ) -> Tensor {
         if self.cfg.similarity == Similarity::CrossEntropy {
             // On the raw vectors (softmax over channels), SimSiam §4.5.
             let x = match self.cfg.online {
                 Online::P => pa,
-                Online::Z => za,
+                Online::Z | Online::Oracle => za,
             };
             return negative_similarity(x, &self.sg(zb.shallow_clone()), Similarity::CrossEntropy);
         }
@@ -189,6 +219,7 @@ impl Objective {
         let x = match self.cfg.online {
             Online::P => l2_normalize(pa),
             Online::Z => nza.shallow_clone(),
+            Online::Oracle => l2_normalize(oracle_a.expect("the oracle predictor is computed by the training step")),
         };
         let g = self.target(&nza, &nzb, &npb, external);
         match self.cfg.form {
@@ -207,6 +238,7 @@ impl Objective {
             (None, Some(inv)) => Some(inv[b].detach()),
             _ => None,
         };
+        let oracle = |a: usize| ext.oracle.as_ref().map(|o| &o[a]);
         // The target views' z: this step's, or the alternation's cached ones.
         let (t1, t2) = match &ext.cached {
             Some([a, b]) => (a, b),
@@ -214,15 +246,15 @@ impl Objective {
         };
         let main = match self.cfg.symmetry {
             Symmetry::Symmetric => {
-                (self.directed(&out.z1, &out.p1, t2, &out.p2, ext_for(1).as_ref())
-                    + self.directed(&out.z2, &out.p2, t1, &out.p1, ext_for(0).as_ref()))
+                (self.directed(&out.z1, &out.p1, t2, &out.p2, ext_for(1).as_ref(), oracle(0))
+                    + self.directed(&out.z2, &out.p2, t1, &out.p1, ext_for(0).as_ref(), oracle(1)))
                     * 0.5
             }
-            Symmetry::Asymmetric => self.directed(&out.z1, &out.p1, t2, &out.p2, ext_for(1).as_ref()),
+            Symmetry::Asymmetric => self.directed(&out.z1, &out.p1, t2, &out.p2, ext_for(1).as_ref(), oracle(0)),
             Symmetry::AsymmetricTwice => {
                 let second = pairs.get(1).expect("asymmetric_twice needs two pairs of views");
-                (self.directed(&out.z1, &out.p1, &out.z2, &out.p2, ext_for(1).as_ref())
-                    + self.directed(&second.z1, &second.p1, &second.z2, &second.p2, ext_for(1).as_ref()))
+                (self.directed(&out.z1, &out.p1, &out.z2, &out.p2, ext_for(1).as_ref(), oracle(0))
+                    + self.directed(&second.z1, &second.p1, &second.z2, &second.p2, ext_for(1).as_ref(), None))
                     * 0.5
             }
         };

@@ -119,6 +119,7 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
     let steps: Vec<&Value> = rows.iter().filter(|r| r.get("event").is_none()).collect();
     let knn: Vec<&Value> = rows.iter().filter(|r| r["event"] == "knn").collect();
     let geo: Vec<&Value> = rows.iter().filter(|r| r["event"] == "geometry").collect();
+    let inst: Vec<&Value> = rows.iter().filter(|r| r["event"] == "instances").collect();
     let figures = [
         Figure {
             stem: "loss",
@@ -157,6 +158,15 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
                 series(&geo, "epoch", &["geometry", "z", "effective_rank"], "z (projector)"),
                 series(&geo, "epoch", &["geometry", "y", "effective_rank"], "y (backbone)"),
             ],
+        },
+        Figure {
+            stem: "instances",
+            title: "Instance identification (B6): top-1 (%) and 100 x between-fraction",
+            x_label: "epoch",
+            series: vec![series(&inst, "epoch", &["top1"], "instance-ID top-1 (%)"), {
+                let (n, p) = series(&inst, "epoch", &["between_fraction"], "100 x between fraction");
+                (n, p.into_iter().map(|(x, y)| (x, 100.0 * y)).collect())
+            }],
         },
         Figure {
             stem: "lr",

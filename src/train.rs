@@ -4,7 +4,7 @@
 use crate::analysis;
 use crate::augment::Augmenter;
 use crate::checkpoint::{self, Position};
-use crate::config::{Config, Target};
+use crate::config::{Config, Online, Target};
 use crate::data::{self, ImageStore, Split};
 use crate::error::{Error, Result};
 use crate::eval::knn;
@@ -155,11 +155,19 @@ pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tens
     let inverse =
         model.inverse.as_ref().map(|h| [h.forward_t(&out.p1.detach(), true), h.forward_t(&out.p2.detach(), true)]);
     let mut memory = targets.memory;
+    let c = &objective.cfg;
     let per_image = match &memory {
-        Some((bank, idx)) => Some(bank.target(idx, &out.z1, &out.z2)),
-        None => targets.eoa,
+        Some((bank, idx)) if c.target == Target::Memory => Some(bank.target(idx, &out.z1, &out.z2)),
+        _ => targets.eoa,
     };
-    let ext = External { per_image, inverse, cached: targets.cached };
+    let oracle = match &memory {
+        Some((bank, idx)) if c.online == Online::Oracle => {
+            let h = |z: &Tensor| bank.oracle(idx, &out.z1, &out.z2, z, c.oracle_kappa, c.oracle_exclude_self);
+            Some([h(&out.z1), h(&out.z2)])
+        }
+        _ => None,
+    };
+    let ext = External { per_image, inverse, cached: targets.cached, oracle };
     let mut loss = objective.loss(&pairs, &ext);
     // The online probe learns from detached features: it never shapes the representation.
     let mut probe_acc = Tensor::zeros([], (Kind::Float, out.z1.device()));
@@ -472,7 +480,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     opt.lrs[2] = cfg.monitor.online_probe_lr;
     opt.wds[2] = 0.0;
 
-    let mut memory = (cfg.objective.target == Target::Memory)
+    let mut memory = (cfg.objective.target == Target::Memory || cfg.objective.online == Online::Oracle)
         .then(|| MemoryBank::new(train_store.len() as i64, cfg.model.dim, cfg.objective.memory_momentum, device));
     let mut pos = Position::default();
     if control.resume {
@@ -531,6 +539,27 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         }
         let g = geometry(&net.model, &geometry_images, &aug);
         log.write(json!({"event": "geometry", "epoch": pos.epoch, "step": pos.global_step, "geometry": g}))?;
+        if cfg.monitor.instances {
+            let src = test_dev.as_ref().unwrap_or(&train_dev);
+            let n = cfg.monitor.instances_n.min(src.len());
+            let probe = crate::analyse::Probe {
+                model: &net.model,
+                images: src.images.narrow(0, 0, n as i64),
+                aug: &aug,
+                aug_cfg: &cfg.augment,
+                image_size: cfg.data.image_size,
+                k: cfg.monitor.instances_k,
+                train_bn: false,
+            };
+            let v = probe.instances(&[n]);
+            let row = &v["by_size"][0];
+            log.write(json!({
+                "event": "instances", "epoch": pos.epoch, "step": pos.global_step, "instances": n,
+                "top1": row["id"]["top1"], "top5": row["id"]["top5"], "entropy": row["id"]["entropy"],
+                "p_true": row["id"]["p_true"], "between_fraction": row["between_fraction"],
+                "kappa_shared": row["kappa_shared"], "mean_resultant": v["mean_resultant"],
+            }))?;
+        }
         Ok(acc)
     };
     if cfg.monitor.knn_at_init && pos.global_step == 0 {

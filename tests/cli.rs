@@ -243,6 +243,8 @@ fn step_computed_targets_train_end_to_end() {
         ("asym2x", &["objective.symmetry=\"asymmetric_twice\""][..]),
         ("alternation", &["objective.alternation_k=4"][..]),
         ("online-probe", &["monitor.online_probe_lr=0.3"][..]),
+        ("oracle", &["objective.online=\"oracle\"", "model.predictor=\"identity\""][..]),
+        ("instances-monitor", &["monitor.instances=true", "monitor.instances_n=64", "monitor.instances_k=2"][..]),
         ("byol", &["model.ema_target=true"][..]),
         (
             "simclr",
@@ -266,6 +268,12 @@ fn step_computed_targets_train_end_to_end() {
         let l = losses(&out);
         assert_eq!(l.len(), 20, "{name}");
         assert!(l.iter().all(|(_, v)| v.is_finite()), "{name}");
+        if name == "instances-monitor" {
+            let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+            let n = text.lines().filter(|l| l.contains("\"event\":\"instances\"")).count();
+            assert_eq!(n, 2, "at initialisation and after the epoch");
+            assert!(out.join("report/instances.png").is_file());
+        }
         if name == "online-probe" {
             let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
             let accs: Vec<f64> = text

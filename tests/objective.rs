@@ -152,6 +152,7 @@ fn every_target_variant_gives_the_designed_gradient_on_the_online_vector() {
             let x = match online {
                 Online::P => &o.p1,
                 Online::Z => &o.z1,
+                Online::Oracle => unreachable!("not in this loop"),
             };
             let xn = unit(x);
             let g = hand_target(target, &unit(&o.z1), &unit(&o.z2), &unit(&o.p2), &ext_t.detach()).detach();
@@ -382,4 +383,30 @@ fn the_online_probe_never_changes_the_representation() {
     let (w1, l1) = run(&with, Some(labels));
     assert!(w0.allclose(&w1, 1e-6, 1e-7, false), "backbone the same with and without the probe");
     assert!(l1 > l0, "the probe's cross-entropy is part of the reported loss");
+}
+
+#[test]
+fn oracle_predictor_is_a_posterior_average_of_the_bank() {
+    use simsiam::objective::MemoryBank;
+    let mut bank = MemoryBank::new(4, 3, 0.8, Device::Cpu);
+    let eye = Tensor::eye(3, (Kind::Float, Device::Cpu));
+    // Images 0 and 1 visited: centres e1 and e2.
+    let first = Tensor::from_slice(&[0i64, 1]);
+    bank.update(&first, &eye.narrow(0, 0, 2), &eye.narrow(0, 0, 2));
+    // Image 2 in this batch, its views near e2 + a little e3.
+    let idx = Tensor::from_slice(&[2i64]);
+    let z = Tensor::from_slice(&[0.0f32, 1.0, 0.3]).view([1, 3]).set_requires_grad(true);
+    let sharp = |exclude| bank.oracle(&idx, &z, &z, &z, 200.0, exclude);
+    // With its own (current) entry, the sharpest match is itself: normalize(z).
+    let own = sharp(false);
+    assert!(own.allclose(&(&z / z.norm()).detach(), 1e-3, 1e-4, false), "{own}");
+    // Without it, the nearest other centre: e2.
+    assert!(sharp(true).allclose(&eye.narrow(0, 1, 1), 1e-3, 1e-4, false));
+    // A soft kappa averages: weights sum to 1, so h is inside the hull of the candidates.
+    let soft = bank.oracle(&idx, &z, &z, &z, 1.0, true);
+    assert!((soft.sum(Kind::Float).double_value(&[]) - 1.0).abs() < 1e-5, "rows e1, e2 sum to 1 each");
+    // The gradient reaches z through the weights; the bank takes none.
+    soft.sum(Kind::Float).backward();
+    assert!(z.grad().defined());
+    assert!(!bank.eta.requires_grad());
 }
