@@ -29,6 +29,22 @@ pub fn eta_p(z: &Tensor, p: &Tensor) -> Tensor {
     Tensor::cat(&[eta.view([1]), c.view([1])], 0)
 }
 
+/// `c(eta) = cos(o_e - eta o_p, o_p)` for eta in [-1, 1] in steps of 0.1 (Zhang et al. Fig. 5a):
+/// where it crosses 0 is `eta_p*`.
+pub fn eta_grid(z: &Tensor, p: &Tensor) -> Vec<(f64, f64)> {
+    let mean = |x: &Tensor| l2_normalize(&x.detach().to_kind(Kind::Double)).mean_dim(&[0i64][..], false, Kind::Double);
+    let (o_z, o_p) = (mean(z), mean(p));
+    let o_e = &o_z - &o_p;
+    (0..=20)
+        .map(|i| {
+            let eta = -1.0 + 0.1 * i as f64;
+            let v = &o_e - &o_p * eta;
+            let c = v.dot(&o_p) / (v.norm() * o_p.norm()).clamp_min(1e-12);
+            ((eta * 10.0).round() / 10.0, c.double_value(&[]))
+        })
+        .collect()
+}
+
 /// Norms of SimSiam's extra gradient `G_e = Z - P` split into centre and residual (Zhang et al.
 /// §2.7): `||o_e|| = ||o_z - o_p||` and `mean ||r_e||`, `r_e = (Z - o_z) - (P - o_p)`. `[2]`.
 pub fn extra_gradient_norms(z: &Tensor, p: &Tensor) -> Tensor {

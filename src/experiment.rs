@@ -111,6 +111,8 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("k-step-alternation", include_str!("../experiments/k-step-alternation.toml")),
     ("shard-dynamics", include_str!("../experiments/shard-dynamics.toml")),
     ("oracle-predictor", include_str!("../experiments/oracle-predictor.toml")),
+    ("augmentation-removal", include_str!("../experiments/augmentation-removal.toml")),
+    ("dim-sweep", include_str!("../experiments/dim-sweep.toml")),
 ];
 
 impl Experiment {

@@ -235,8 +235,9 @@ pub fn step_stats(out: &StepOut) -> Tensor {
     )
 }
 
-/// Geometry of a fixed evaluation subset (eval-mode BN): spectra of z and y, covariance of z.
-fn geometry(model: &SimSiam, images: &Tensor, aug: &Augmenter) -> analysis::Geometry {
+/// Geometry of a fixed evaluation subset (eval-mode BN): spectra of z and y, covariance of z,
+/// and Zhang et al.'s `c(eta)` grid from z and p.
+fn geometry(model: &SimSiam, images: &Tensor, aug: &Augmenter) -> (analysis::Geometry, Vec<(f64, f64)>) {
     tch::no_grad(|| {
         let (mut zs, mut ys) = (Vec::new(), Vec::new());
         let n = images.size()[0];
@@ -246,7 +247,9 @@ fn geometry(model: &SimSiam, images: &Tensor, aug: &Augmenter) -> analysis::Geom
             zs.push(y.apply_t(&model.projector, false));
             ys.push(y);
         }
-        analysis::geometry(&Tensor::cat(&zs, 0), &Tensor::cat(&ys, 0))
+        let z = Tensor::cat(&zs, 0);
+        let p = model.predictor.forward_t(&z, false);
+        (analysis::geometry(&z, &Tensor::cat(&ys, 0)), analysis::eta_grid(&z, &p))
     })
 }
 
@@ -537,8 +540,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         if let Some(acc) = acc {
             log.write(json!({"event": "knn", "epoch": pos.epoch, "step": pos.global_step, "knn_top1": acc, "k": cfg.monitor.knn_k, "t": cfg.monitor.knn_t}))?;
         }
-        let g = geometry(&net.model, &geometry_images, &aug);
-        log.write(json!({"event": "geometry", "epoch": pos.epoch, "step": pos.global_step, "geometry": g}))?;
+        let (g, grid) = geometry(&net.model, &geometry_images, &aug);
+        log.write(
+            json!({"event": "geometry", "epoch": pos.epoch, "step": pos.global_step, "geometry": g, "eta_grid": grid}),
+        )?;
         if cfg.monitor.instances {
             let src = test_dev.as_ref().unwrap_or(&train_dev);
             let n = cfg.monitor.instances_n.min(src.len());

@@ -98,3 +98,17 @@ fn extra_gradient_norms_by_hand() {
     let r = v(&extra_gradient_norms(&pm, &pm));
     assert!(r[0].abs() < 1e-6 && r[1].abs() < 1e-6);
 }
+
+#[test]
+fn eta_grid_crosses_zero_at_eta_p_star() {
+    // Z all e1, P all e2: eta_p* = -1, so c(-1) = 0 and c(eta) < 0 above it (o_e - eta o_p has
+    // the o_p component -1 - eta).
+    let e = |i: i64| Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)).index_fill(1, &Tensor::from_slice(&[i]), 2.0);
+    let grid = eta_grid(&e(0), &e(1));
+    assert_eq!(grid.len(), 21);
+    assert_eq!((grid[0].0, grid[20].0), (-1.0, 1.0));
+    assert!(grid[0].1.abs() < 1e-9, "{grid:?}");
+    assert!(grid[1..].iter().all(|(_, c)| *c < 0.0));
+    // c(-0.5) here is cos(e1 - 0.5 e2, e2) = -0.5 / sqrt(1.25), as eta_p's second output.
+    assert!((grid[5].1 + 0.5 / 1.25f64.sqrt()).abs() < 1e-6);
+}
