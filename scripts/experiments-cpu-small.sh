@@ -2,7 +2,7 @@
 # Every experiment whose arms differ in objective or architecture, at CPU scale: ResNet-18 at
 # width 8, d = 128, 1,024 CIFAR-10 training images, batch 64, 12 epochs, base lr 1.0. This shows
 # the collapse behaviour of each arm in minutes; it is not the paper's setting (for that, run
-# `simsiam experiment NAME` on a GPU with the defaults). output-dim and batch-size are left out:
+# `simsiam experiment NAME` on a GPU with the defaults). output-dim, batch-size and dim-sweep are left out:
 # their arms differ in exactly what these overrides fix.
 # Reports go to docs/results/cpu-small/<name>/ (report.md, outcome.json, plots/*.png).
 set -euo pipefail
@@ -13,7 +13,7 @@ data="${SIMSIAM_DATA:-../shared/data/cifar10-jpeg}"
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(stop-gradient predictor bn-placement similarity symmetrisation siamese-architectures \
   dummy-gradients triplet-extra-gradient simsiam-extra-gradient simple-predictors covariance moving-average explicit-eoa \
-  decorrelation k-step-alternation)
+  decorrelation k-step-alternation oracle-predictor shard-dynamics augmentation-removal)
 for name in "${names[@]}"; do
   ./target/release/simsiam experiment "$name" --out "runs/cpu-small/$name" --device cpu \
     --data "$data/train.tar.gz" --test-data "$data/test.tar.gz" --epochs 12 --batch-size 64 \
