@@ -1,32 +1,93 @@
 //! Representation geometry (EXPERIMENTS.md §2.4, §2.10, §3.5): Zhang et al.'s centre/residual
 //! split and the spectral measures of dimensional collapse. Inputs are `[N, D]` matrices.
-use crate::monitor::l2_normalize;
+use crate::monitor::{collapse_std_of_unit, l2_normalize};
 use serde::Serialize;
 use tch::{Kind, Tensor};
+
+/// A batch's normalised projections Z and predictions P `[B, d]` with their batch means
+/// `o_z`, `o_p` `[1, d]`, computed once for every per-step monitor (detached, f32).
+pub struct Centred {
+    zn: Tensor,
+    pn: Tensor,
+    o_z: Tensor,
+    o_p: Tensor,
+}
+
+fn unit(x: &Tensor) -> Tensor {
+    l2_normalize(&x.detach().to_kind(Kind::Float))
+}
+
+fn batch_mean(x: &Tensor) -> Tensor {
+    x.mean_dim(&[0i64][..], true, Kind::Float)
+}
+
+/// `[m_o, m_r, m_r2]` of unit rows `xn` around their mean `o`.
+fn residual_norms(xn: &Tensor, o: &Tensor) -> Tensor {
+    let rn = (xn - o).norm_scalaropt_dim(2.0, &[1i64][..], false); // [B]
+    Tensor::stack(&[o.norm(), rn.mean(Kind::Float), rn.square().mean(Kind::Float).sqrt()], 0)
+}
+
+impl Centred {
+    pub fn new(z: &Tensor, p: &Tensor) -> Centred {
+        let (zn, pn) = (unit(z), unit(p));
+        let (o_z, o_p) = (batch_mean(&zn), batch_mean(&pn));
+        Centred { zn, pn, o_z, o_p }
+    }
+
+    /// Zhang et al. §2.8: with `o_e = o_z - o_p`, `eta_p* = (o_e . o_p) / ||o_p||^2` (where
+    /// `cos(o_e - eta o_p, o_p)` is 0) and `cos(o_e + 0.5 o_p, o_p)`, which the paper finds near 0
+    /// (eta_p* near -0.5: de-centring). `[2]`.
+    pub fn eta_p(&self) -> Tensor {
+        let (o_p, o_e) = (self.o_p.view([-1]), (&self.o_z - &self.o_p).view([-1]));
+        let eta = o_e.dot(&o_p) / o_p.dot(&o_p).clamp_min(1e-12);
+        let c = Tensor::cosine_similarity(&(&o_e + &o_p * 0.5).unsqueeze(0), &o_p.unsqueeze(0), 1, 1e-8);
+        Tensor::cat(&[eta.view([1]), c.view([1])], 0)
+    }
+
+    /// Norms of SimSiam's extra gradient `G_e = Z - P` split into centre and residual (Zhang et
+    /// al. §2.7): `||o_e|| = ||o_z - o_p||` and `mean ||r_e||`, `r_e = (Z - o_z) - (P - o_p)`. `[2]`.
+    pub fn extra_gradient_norms(&self) -> Tensor {
+        let r_e = (&self.zn - &self.o_z) - (&self.pn - &self.o_p);
+        Tensor::stack(
+            &[(&self.o_z - &self.o_p).norm(), r_e.norm_scalaropt_dim(2.0, &[1i64][..], false).mean(Kind::Float)],
+            0,
+        )
+    }
+
+    /// The step monitors after the loss, in `train::STEP_STATS` order: `collapse_std` of Z,
+    /// `m_o, m_r, m_r2` of Z and of P, `eta_p*` and `cos(o_e + 0.5 o_p, o_p)`, `||o_e||` and
+    /// `mean ||r_e||`. `[11]`, on the device.
+    pub fn step_monitors(&self) -> Tensor {
+        Tensor::cat(
+            &[
+                collapse_std_of_unit(&self.zn).view([1]),
+                residual_norms(&self.zn, &self.o_z),
+                residual_norms(&self.pn, &self.o_p),
+                self.eta_p(),
+                self.extra_gradient_norms(),
+            ],
+            0,
+        )
+    }
+}
 
 /// Zhang et al.'s decomposition of normalised `Z = o + r` over a batch, `o = mean(Z)`:
 /// `m_o = ||o||`, `m_r = mean ||r_m||`, `m_r2 = sqrt(mean ||r_m||^2)`. Collapse: m_o -> 1,
 /// m_r -> 0. Identity used in tests: `mean ||r_m||^2 = 1 - m_o^2`. Returns a `[3]` tensor on
 /// the input's device (no host sync).
 pub fn centre_residual(z: &Tensor) -> Tensor {
-    let zn = l2_normalize(&z.detach().to_kind(Kind::Float));
-    let o = zn.mean_dim(&[0i64][..], true, Kind::Float); // [1, D]
-    let r = &zn - &o; // [N, D]
-    let rn = r.norm_scalaropt_dim(2.0, &[1i64][..], false); // [N]
-    Tensor::stack(&[o.norm(), rn.mean(Kind::Float), rn.square().mean(Kind::Float).sqrt()], 0)
+    let zn = unit(z);
+    residual_norms(&zn, &batch_mean(&zn))
 }
 
-/// Zhang et al. §2.8: with `o_e = o_z - o_p` (batch means of normalised Z and P), the
-/// component of o_e along o_p: `eta_p* = (o_e . o_p) / ||o_p||^2` (where `cos(o_e - eta o_p, o_p)`
-/// is 0), and `cos(o_e + 0.5 o_p, o_p)`, which the paper finds near 0 (eta_p* near -0.5:
-/// de-centring). Returns `[2]` on the device.
+/// [`Centred::eta_p`] of a batch.
 pub fn eta_p(z: &Tensor, p: &Tensor) -> Tensor {
-    let mean = |x: &Tensor| l2_normalize(&x.detach().to_kind(Kind::Float)).mean_dim(&[0i64][..], false, Kind::Float);
-    let (o_z, o_p) = (mean(z), mean(p));
-    let o_e = &o_z - &o_p;
-    let eta = o_e.dot(&o_p) / o_p.dot(&o_p).clamp_min(1e-12);
-    let c = Tensor::cosine_similarity(&(&o_e + &o_p * 0.5).unsqueeze(0), &o_p.unsqueeze(0), 1, 1e-8);
-    Tensor::cat(&[eta.view([1]), c.view([1])], 0)
+    Centred::new(z, p).eta_p()
+}
+
+/// [`Centred::extra_gradient_norms`] of a batch.
+pub fn extra_gradient_norms(z: &Tensor, p: &Tensor) -> Tensor {
+    Centred::new(z, p).extra_gradient_norms()
 }
 
 /// `c(eta) = cos(o_e - eta o_p, o_p)` for eta in [-1, 1] in steps of 0.1 (Zhang et al. Fig. 5a):
@@ -43,16 +104,6 @@ pub fn eta_grid(z: &Tensor, p: &Tensor) -> Vec<(f64, f64)> {
             ((eta * 10.0).round() / 10.0, c.double_value(&[]))
         })
         .collect()
-}
-
-/// Norms of SimSiam's extra gradient `G_e = Z - P` split into centre and residual (Zhang et al.
-/// §2.7): `||o_e|| = ||o_z - o_p||` and `mean ||r_e||`, `r_e = (Z - o_z) - (P - o_p)`. `[2]`.
-pub fn extra_gradient_norms(z: &Tensor, p: &Tensor) -> Tensor {
-    let zn = l2_normalize(&z.detach().to_kind(Kind::Float));
-    let pn = l2_normalize(&p.detach().to_kind(Kind::Float));
-    let (o_z, o_p) = (zn.mean_dim(&[0i64][..], true, Kind::Float), pn.mean_dim(&[0i64][..], true, Kind::Float));
-    let r_e = (&zn - &o_z) - (&pn - &o_p);
-    Tensor::stack(&[(&o_z - &o_p).norm(), r_e.norm_scalaropt_dim(2.0, &[1i64][..], false).mean(Kind::Float)], 0)
 }
 
 /// Mean absolute and mean squared off-diagonal covariance and correlation of normalised Z.

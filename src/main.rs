@@ -386,12 +386,7 @@ fn run() -> Result<()> {
             let (cfg, _, net) = load_run(&run, Some("cpu".into()))?;
             let n = simsiam::export::export_torchvision(&net.vs, &out)?;
             println!("wrote {} ({n} tensors, torchvision resnet layout)", out.display());
-            if cfg.model.width != 64
-                || !matches!(
-                    cfg.model.arch,
-                    simsiam::config::Arch::Resnet18 | simsiam::config::Arch::Resnet34 | simsiam::config::Arch::Resnet50
-                )
-            {
+            if cfg.model.width != 64 {
                 eprintln!("note: model.width = {} (torchvision's resnets use 64): build the matching torchvision model with width_per_group/inplanes changed", cfg.model.width);
             }
             if cfg.model.cifar_stem {

@@ -5,7 +5,11 @@ use tch::{Kind, Tensor};
 /// projection `z / ||z||`, averaged over the d channels. 0 for a collapsed batch; about
 /// `1/sqrt(d)` for `z ~ N(0, I)`. Same as lightly's `std_of_l2_normalized`. `[B, d] -> scalar`.
 pub fn collapse_std(z: &Tensor) -> Tensor {
-    let zn = l2_normalize(&z.detach().to_kind(Kind::Float));
+    collapse_std_of_unit(&l2_normalize(&z.detach().to_kind(Kind::Float)))
+}
+
+/// [`collapse_std`] of rows already l2-normalised.
+pub fn collapse_std_of_unit(zn: &Tensor) -> Tensor {
     zn.std_dim(&[0i64][..], true, false).mean(Kind::Float)
 }
 

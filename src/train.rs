@@ -9,7 +9,6 @@ use crate::data::{self, ImageStore, Split};
 use crate::error::{Error, Result};
 use crate::eval::knn;
 use crate::model::{SiameseOutput, SimSiam, INVERSE_PREDICTOR, ONLINE_PROBE, PREDICTOR};
-use crate::monitor::collapse_std;
 use crate::monitor::l2_normalize;
 use crate::objective::{External, MemoryBank, Objective};
 use crate::optim::{cosine_lr, Param, Sgd};
@@ -129,8 +128,8 @@ pub struct StepOut {
     pub probe_acc: Tensor,
     /// The inverse predictor's own loss (0 without one).
     pub inverse_loss: Tensor,
+    /// z and p of view 1, for the monitors.
     pub z1: Tensor,
-    pub z2: Tensor,
     pub p1: Tensor,
 }
 
@@ -187,14 +186,7 @@ pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tens
         Some(inv) => objective.inverse_loss(out, inv).detach(),
         None => Tensor::zeros([], (Kind::Float, loss.device())),
     };
-    StepOut {
-        loss: loss.detach(),
-        probe_acc,
-        inverse_loss,
-        z1: out.z1.detach(),
-        z2: out.z2.detach(),
-        p1: out.p1.detach(),
-    }
+    StepOut { loss: loss.detach(), probe_acc, inverse_loss, z1: out.z1.detach(), p1: out.p1.detach() }
 }
 
 /// The per-step monitors, in the order of the `[8]` tensor [`step_stats`] returns.
@@ -223,11 +215,8 @@ pub fn step_stats(out: &StepOut) -> Tensor {
     Tensor::cat(
         &[
             out.loss.to_kind(Kind::Float).view([1]),
-            collapse_std(&out.z1).view([1]),
-            analysis::centre_residual(&out.z1),
-            analysis::centre_residual(&out.p1),
-            analysis::eta_p(&out.z1, &out.p1),
-            analysis::extra_gradient_norms(&out.z1, &out.p1),
+            // Z and P normalised and centred once for all of these.
+            analysis::Centred::new(&out.z1, &out.p1).step_monitors(),
             out.inverse_loss.to_kind(Kind::Float).view([1]),
             out.probe_acc.to_kind(Kind::Float).view([1]),
         ],
