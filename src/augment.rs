@@ -132,16 +132,45 @@ pub fn to_float(images_u8: &Tensor) -> Tensor {
     images_u8.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0
 }
 
+/// Where a batch's per-image random parameters come from. Every draw is made for the whole
+/// global batch and this batch keeps rows `offset..offset + len`: a rank of a data-parallel job
+/// then augments its shard exactly as a single process augments the global batch (same seed,
+/// same views), whatever the number of ranks.
+#[derive(Debug, Clone, Copy)]
+pub struct Draw {
+    pub offset: i64,
+    pub len: i64,
+    pub global: i64,
+    pub device: Device,
+}
+
+impl Draw {
+    /// The batch is the whole global batch.
+    pub fn whole(b: i64, device: Device) -> Draw {
+        Draw { offset: 0, len: b, global: b, device }
+    }
+
+    /// Uniform [0, 1) draws `[len, rest..]`.
+    pub fn rand(&self, rest: &[i64]) -> Tensor {
+        let shape: Vec<i64> = std::iter::once(self.global).chain(rest.iter().copied()).collect();
+        let t = Tensor::rand(shape, (Kind::Float, self.device));
+        if self.len == self.global {
+            t
+        } else {
+            t.narrow(0, self.offset, self.len)
+        }
+    }
+}
+
 /// Draws torchvision `RandomResizedCrop` boxes `[B,4] = (x0, y0, w, h)` for `H x W` images:
 /// ten tries of (area scale, log-uniform aspect ratio), the first that fits wins, else the
-/// centre crop with the ratio clamped. All on `device`, no host sync.
-pub fn sample_crop_boxes(b: i64, h: i64, w: i64, scale: [f64; 2], ratio: [f64; 2], device: Device) -> Tensor {
+/// centre crop with the ratio clamped. All on the device, no host sync.
+pub fn sample_crop_boxes(draw: Draw, h: i64, w: i64, scale: [f64; 2], ratio: [f64; 2]) -> Tensor {
     const TRIES: i64 = 10;
-    let opts = (Kind::Float, device);
     let area = (h * w) as f64;
-    let target = (Tensor::rand([b, TRIES], opts) * (scale[1] - scale[0]) + scale[0]) * area;
+    let target = (draw.rand(&[TRIES]) * (scale[1] - scale[0]) + scale[0]) * area;
     let (l0, l1) = (ratio[0].ln(), ratio[1].ln());
-    let ar = (Tensor::rand([b, TRIES], opts) * (l1 - l0) + l0).exp();
+    let ar = (draw.rand(&[TRIES]) * (l1 - l0) + l0).exp();
     let cw = (&target * &ar).sqrt().round();
     let ch = (&target / &ar).sqrt().round();
     let fits = cw.gt(0.0).logical_and(&cw.le(w as f64)).logical_and(&ch.gt(0.0)).logical_and(&ch.le(h as f64));
@@ -160,23 +189,19 @@ pub fn sample_crop_boxes(b: i64, h: i64, w: i64, scale: [f64; 2], ratio: [f64; 2
     let bw = cw.gather(1, &first, false).where_scalarother(&any, fw);
     let bh = ch.gather(1, &first, false).where_scalarother(&any, fh);
     // Offsets: uniform integers in [0, W - w] and [0, H - h] (the fallback is centred).
-    let x0 = (Tensor::rand([b, 1], opts) * (-&bw + (w + 1) as f64))
-        .floor()
-        .where_self(&any, &((-&bw + w as f64) / 2.0).round());
-    let y0 = (Tensor::rand([b, 1], opts) * (-&bh + (h + 1) as f64))
-        .floor()
-        .where_self(&any, &((-&bh + h as f64) / 2.0).round());
+    let x0 = (draw.rand(&[1]) * (-&bw + (w + 1) as f64)).floor().where_self(&any, &((-&bw + w as f64) / 2.0).round());
+    let y0 = (draw.rand(&[1]) * (-&bh + (h + 1) as f64)).floor().where_self(&any, &((-&bh + h as f64) / 2.0).round());
     Tensor::cat(&[x0, y0, bw, bh], 1)
 }
 
 /// Per-image factor uniform in `[max(0, 1 - s), 1 + s]` (torchvision's jitter range).
-fn jitter_factor(b: i64, s: f64, device: Device) -> Tensor {
+fn jitter_factor(draw: Draw, s: f64) -> Tensor {
     let lo = (1.0 - s).max(0.0);
-    Tensor::rand([b], (Kind::Float, device)) * (1.0 + s - lo) + lo
+    draw.rand(&[]) * (1.0 + s - lo) + lo
 }
 
-fn coin(b: i64, p: f64, device: Device) -> Tensor {
-    Tensor::rand([b], (Kind::Float, device)).lt(p)
+fn coin(draw: Draw, p: f64) -> Tensor {
+    draw.rand(&[]).lt(p)
 }
 
 /// The training augmentation, ready to draw views on one device.
@@ -188,6 +213,8 @@ pub struct Augmenter {
     blur_ksize: i64,
     mean: Tensor,
     std: Tensor,
+    /// `(offset, global batch)` when views are drawn for one rank's shard of a global batch.
+    shard: Option<(i64, i64)>,
 }
 
 impl Augmenter {
@@ -202,6 +229,21 @@ impl Augmenter {
             blur_ksize,
             mean: to(cfg.mean),
             std: to(cfg.std),
+            shard: None,
+        }
+    }
+
+    /// Views of batches that are rows `offset..` of a global batch of `global` images (one
+    /// rank's shard): the random parameters are drawn for the global batch (see [`Draw`]).
+    pub fn sharded(mut self, offset: i64, global: i64) -> Augmenter {
+        self.shard = Some((offset, global));
+        self
+    }
+
+    fn draw(&self, b: i64, device: Device) -> Draw {
+        match self.shard {
+            Some((offset, global)) if offset + b <= global => Draw { offset, len: b, global, device },
+            _ => Draw::whole(b, device),
         }
     }
 
@@ -210,15 +252,16 @@ impl Augmenter {
         let c = &self.cfg;
         let dev = images_u8.device();
         let (b, h, w, _) = images_u8.size4().expect("[B,H,W,3]");
+        let draw = self.draw(b, dev);
         let x = to_float(images_u8);
-        let boxes = sample_crop_boxes(b, h, w, c.crop_scale, c.crop_ratio, dev);
-        let mut x = resized_crop_flip(&x, &boxes, &coin(b, c.flip_p, dev), self.out_size);
-        x = self.color_jitter(&x);
-        let gray = coin(b, c.grayscale_p, dev).view([-1, 1, 1, 1]);
+        let boxes = sample_crop_boxes(draw, h, w, c.crop_scale, c.crop_ratio);
+        let mut x = resized_crop_flip(&x, &boxes, &coin(draw, c.flip_p), self.out_size);
+        x = self.color_jitter(&x, draw);
+        let gray = coin(draw, c.grayscale_p).view([-1, 1, 1, 1]);
         x = grayscale(&x).expand_as(&x).where_self(&gray, &x);
         if self.blur_p > 0.0 {
-            let sigma = Tensor::rand([b], (Kind::Float, dev)) * (c.blur_sigma[1] - c.blur_sigma[0]) + c.blur_sigma[0];
-            x = gaussian_blur(&x, &sigma, &coin(b, self.blur_p, dev), self.blur_ksize);
+            let sigma = draw.rand(&[]) * (c.blur_sigma[1] - c.blur_sigma[0]) + c.blur_sigma[0];
+            x = gaussian_blur(&x, &sigma, &coin(draw, self.blur_p), self.blur_ksize);
         }
         normalize(&x, &self.mean, &self.std)
     }
@@ -227,19 +270,19 @@ impl Augmenter {
     /// random order per image. At each of the four positions every op runs with its identity
     /// factor except the one the image's permutation puts there, so the batch needs no
     /// gathering or host sync.
-    fn color_jitter(&self, x: &Tensor) -> Tensor {
+    fn color_jitter(&self, x: &Tensor, draw: Draw) -> Tensor {
         let c = &self.cfg;
         let dev = x.device();
         let b = x.size()[0];
-        let on = coin(b, c.jitter_p, dev);
+        let on = coin(draw, c.jitter_p);
         let one = Tensor::ones([b], (Kind::Float, dev));
         let zero = Tensor::zeros([b], (Kind::Float, dev));
-        let bright = jitter_factor(b, c.brightness, dev);
-        let contr = jitter_factor(b, c.contrast, dev);
-        let sat = jitter_factor(b, c.saturation, dev);
-        let hue = Tensor::rand([b], (Kind::Float, dev)) * (2.0 * c.hue) - c.hue;
+        let bright = jitter_factor(draw, c.brightness);
+        let contr = jitter_factor(draw, c.contrast);
+        let sat = jitter_factor(draw, c.saturation);
+        let hue = draw.rand(&[]) * (2.0 * c.hue) - c.hue;
         // order[i, k] = which op image i applies at position k (a random permutation of 0..4).
-        let order = Tensor::rand([b, 4], (Kind::Float, dev)).argsort(1, false);
+        let order = draw.rand(&[4]).argsort(1, false);
         let mut x = x.shallow_clone();
         for k in 0..4 {
             let at = |op: i64| order.select(1, k).eq(op).logical_and(&on);
@@ -275,8 +318,9 @@ pub fn random_crop_flip(x: &Tensor, pad: i64) -> Tensor {
     let (b, _, h, w) = x.size4().expect("[B,3,H,W]");
     let dev = x.device();
     let padded = x.constant_pad_nd([pad, pad, pad, pad]);
-    let off = || (Tensor::rand([b, 1], (Kind::Float, dev)) * (2 * pad + 1) as f64).floor();
+    let draw = Draw::whole(b, dev);
+    let off = || (draw.rand(&[1]) * (2 * pad + 1) as f64).floor();
     let size = Tensor::from_slice(&[w as f32, h as f32]).to_device(dev).view([1, 2]).expand([b, 2], false);
     let boxes = Tensor::cat(&[off(), off(), size], 1);
-    resized_crop_flip(&padded, &boxes, &coin(b, 0.5, dev), h)
+    resized_crop_flip(&padded, &boxes, &coin(draw, 0.5), h)
 }

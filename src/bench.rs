@@ -61,20 +61,23 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
     let images = Tensor::randint(256, [b, s, s, 3], (Kind::Uint8, device));
     let n = objective.views();
     let fixed = views(&aug, &images, n);
-    let mut once = || match mode {
-        Mode::Step => drop(step(&net.model, &objective, &mut opt, &fixed, StepTargets::default())),
-        Mode::Augment => drop(views(&aug, &images, n)),
-        Mode::EndToEnd => {
-            drop(step(&net.model, &objective, &mut opt, &views(&aug, &images, n), StepTargets::default()))
+    let mut once = || -> Result<()> {
+        match mode {
+            Mode::Step => drop(step(&net.model, &objective, &mut opt, &fixed, StepTargets::default(), None)?),
+            Mode::Augment => drop(views(&aug, &images, n)),
+            Mode::EndToEnd => {
+                drop(step(&net.model, &objective, &mut opt, &views(&aug, &images, n), StepTargets::default(), None)?)
+            }
         }
+        Ok(())
     };
     for _ in 0..warmup {
-        once();
+        once()?;
     }
     sync(device);
     let t = Instant::now();
     for _ in 0..steps {
-        once();
+        once()?;
     }
     sync(device);
     let secs = t.elapsed().as_secs_f64();

@@ -15,6 +15,7 @@ pub struct Config {
     pub objective: ObjectiveConfig,
     pub optim: OptimConfig,
     pub monitor: MonitorConfig,
+    pub dist: DistConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -222,6 +223,9 @@ pub struct ModelConfig {
     pub ema_target: bool,
     /// BYOL's base momentum tau, raised to 1 over training: `1 - (1 - tau)(cos(pi k/K) + 1)/2`.
     pub ema_momentum: f64,
+    /// BatchNorm statistics over this many equal parts of each (per-rank) batch ("ghost" BN):
+    /// N reproduces, on one device, the per-GPU statistics of N ranks without `dist.sync_bn`.
+    pub bn_splits: usize,
 }
 
 impl Default for ModelConfig {
@@ -247,6 +251,7 @@ impl Default for ModelConfig {
             init_checkpoint: None,
             ema_target: false,
             ema_momentum: 0.99,
+            bn_splits: 1,
         }
     }
 }
@@ -419,6 +424,45 @@ pub struct OptimConfig {
     pub fix_pred_lr: bool,
     /// Update the cosine schedule every step instead of every epoch (official code: per epoch).
     pub lr_per_step: bool,
+}
+
+/// Data-parallel training (`simsiam train --nproc N`, or N ranks started by torchrun / Slurm).
+/// `optim.batch_size` is the global batch: each rank takes `batch_size / N` images per step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistConfig {
+    /// Collectives: `nccl` on CUDA, `gloo` on CPU; `auto` picks by device.
+    pub backend: DistBackend,
+    /// Synchronised BatchNorm: batch statistics over all ranks (the official ImageNet recipe).
+    pub sync_bn: bool,
+    /// Seconds a rank waits for the rendezvous or for a collective before the job stops with an
+    /// error (rank 0's evaluation and checkpoints must fit in it).
+    pub timeout_s: f64,
+    /// Gradient bucket size in MiB (DDP's `bucket_cap_mb`).
+    pub bucket_mb: f64,
+    /// DDP's `find_unused_parameters`: needed when a trainable parameter gets no gradient
+    /// (e.g. a trained predictor that the objective does not use); costs a graph traversal.
+    pub find_unused: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DistBackend {
+    Auto,
+    Gloo,
+    Nccl,
+}
+
+impl Default for DistConfig {
+    fn default() -> Self {
+        DistConfig {
+            backend: DistBackend::Auto,
+            sync_bn: false,
+            timeout_s: 1800.0,
+            bucket_mb: 25.0,
+            find_unused: false,
+        }
+    }
 }
 
 impl Default for OptimConfig {
@@ -707,6 +751,20 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&m.ema_momentum) {
             return fail("model.ema_momentum", "a value in [0, 1]", m.ema_momentum.to_string());
+        }
+        if m.bn_splits < 1 || o.batch_size % m.bn_splits != 0 || o.batch_size / m.bn_splits < 2 {
+            return fail(
+                "model.bn_splits",
+                &format!("a divisor of optim.batch_size ({}) leaving at least 2 images per part", o.batch_size),
+                m.bn_splits.to_string(),
+            );
+        }
+        let d = &self.dist;
+        if !(d.timeout_s > 0.0 && d.timeout_s.is_finite()) {
+            return fail("dist.timeout_s", "a positive number of seconds", d.timeout_s.to_string());
+        }
+        if !(d.bucket_mb > 0.0 && d.bucket_mb.is_finite()) {
+            return fail("dist.bucket_mb", "a positive size in MiB", d.bucket_mb.to_string());
         }
         if m.proj_layers < 1 {
             return fail("model.proj_layers", "at least 1", m.proj_layers.to_string());

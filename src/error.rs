@@ -22,6 +22,10 @@ pub enum Error {
         "non-finite loss at epoch {epoch}, step {step}: {value}; the last good checkpoint is kept in {checkpoint}"
     )]
     NonFinite { epoch: usize, step: usize, value: f64, checkpoint: String },
+    /// A distributed job failed: a rank could not join, a collective failed or timed out, or a
+    /// rank died. Names the rank that reports it (none: the launcher).
+    #[error("{}{msg}", rank.map(|r| format!("rank {r}: ")).unwrap_or_default())]
+    Distributed { rank: Option<usize>, msg: String },
     /// The run was interrupted (Ctrl-C) after saving a checkpoint.
     #[error(
         "interrupted at epoch {epoch}, step {step}; checkpoint saved, continue with `simsiam train --resume {dir}`"

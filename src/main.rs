@@ -205,6 +205,10 @@ struct TrainArgs {
     /// Continue the run in this folder from its latest checkpoint, with its saved config.
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "method", "config", "sets", "data", "test_data", "epochs", "batch_size", "out", "seed"])]
     resume: Option<PathBuf>,
+    /// Data-parallel: start N local ranks (c10d; --batch-size is the global batch). Under
+    /// torchrun or srun, leave it out: each rank reads RANK, WORLD_SIZE, MASTER_ADDR, ...
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    nproc: Option<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -459,6 +463,29 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     let control =
         interruptible(RunControl { resume, progress: std::io::stderr().is_terminal(), ..Default::default() })?;
+    if let Some(n) = a.nproc.filter(|_| std::env::var_os("WORLD_SIZE").is_none()) {
+        // The launcher: the same command line for every rank, without --nproc.
+        let mut args: Vec<String> = Vec::new();
+        let mut it = std::env::args().skip(1);
+        while let Some(arg) = it.next() {
+            if arg == "--nproc" {
+                it.next();
+            } else if !arg.starts_with("--nproc=") {
+                args.push(arg);
+            }
+        }
+        eprintln!("starting {n} ranks");
+        // A failed rank's peers notice at their next collective, or after dist.timeout_s.
+        let grace = std::time::Duration::from_secs_f64(cfg.dist.timeout_s + 10.0);
+        simsiam::dist::launch_local(n as usize, &args, grace, control.interrupt.clone())?;
+        println!("outputs in {}", cfg.run.out_dir.display());
+        return Ok(());
+    }
+    // Under a launcher, only rank 0 reports.
+    if std::env::var("RANK").is_ok_and(|r| r != "0") {
+        train::train(&cfg, &control)?;
+        return Ok(());
+    }
     eprintln!("run folder: {}", cfg.run.out_dir.display());
     let s = train::train(&cfg, &control)?;
     println!(

@@ -6,6 +6,7 @@ use crate::augment::Augmenter;
 use crate::checkpoint::{self, Position};
 use crate::config::{Config, Online, Target};
 use crate::data::{self, ImageStore, Split};
+use crate::dist::{self, Group, Reducer};
 use crate::error::{Error, Result};
 use crate::eval::knn;
 use crate::model::{SiameseOutput, SimSiam, INVERSE_PREDICTOR, ONLINE_PROBE, PREDICTOR};
@@ -148,7 +149,15 @@ pub struct StepTargets<'a> {
 
 /// One update: forward each pair of views, the objective (with the inverse predictor and the
 /// step-provided targets where configured), backward, SGD; then the memory bank's update.
-pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tensor], targets: StepTargets) -> StepOut {
+/// In a data-parallel job `reducer` averages the gradients over ranks during the backward pass.
+pub fn step(
+    model: &SimSiam,
+    objective: &Objective,
+    opt: &mut Sgd,
+    views: &[Tensor],
+    targets: StepTargets,
+    reducer: Option<&Reducer>,
+) -> Result<StepOut> {
     let pairs: Vec<SiameseOutput> = views.chunks(2).map(|v| model.forward(&v[0], &v[1], true)).collect();
     let out = &pairs[0];
     let inverse =
@@ -176,8 +185,21 @@ pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tens
         loss = &loss + logits.cross_entropy_for_logits(labels);
     }
     let inverse = ext.inverse;
+    // A collective that failed inside the forward pass (synchronised BN) stops the step here.
+    if let Some(e) = dist::take_forward_error() {
+        return Err(e);
+    }
     opt.zero_grad();
-    loss.backward();
+    match reducer {
+        Some(r) => {
+            r.prepare(&loss)?;
+            loss.f_backward().map_err(|e| Error::Distributed {
+                rank: Some(r.rank()),
+                msg: format!("the backward pass (gradient all-reduce) failed: {e}"),
+            })?;
+        }
+        None => loss.f_backward()?,
+    }
     opt.step();
     if let Some((bank, idx)) = memory.as_mut() {
         bank.update(idx, &out.z1, &out.z2);
@@ -186,7 +208,7 @@ pub fn step(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tens
         Some(inv) => objective.inverse_loss(out, inv).detach(),
         None => Tensor::zeros([], (Kind::Float, loss.device())),
     };
-    StepOut { loss: loss.detach(), probe_acc, inverse_loss, z1: out.z1.detach(), p1: out.p1.detach() }
+    Ok(StepOut { loss: loss.detach(), probe_acc, inverse_loss, z1: out.z1.detach(), p1: out.p1.detach() })
 }
 
 /// The per-step monitors, in the order of the `[8]` tensor [`step_stats`] returns.
@@ -411,15 +433,75 @@ pub struct RunControl {
     pub progress: bool,
 }
 
+/// Joins the data-parallel job this process is a rank of (the torchrun environment), if any:
+/// the group, and the device (each rank takes the GPU of its `LOCAL_RANK`).
+fn join_job(cfg: &Config, device: Device) -> Result<(Option<Arc<Group>>, Device)> {
+    let Some(launch) = dist::Launch::from_env()? else { return Ok((None, device)) };
+    let device = match device {
+        Device::Cuda(_) if matches!(cfg.run.device.as_str(), "auto" | "cuda") => Device::Cuda(launch.local_rank),
+        d => d,
+    };
+    let backend = match cfg.dist.backend {
+        crate::config::DistBackend::Auto | crate::config::DistBackend::Gloo => "gloo",
+        crate::config::DistBackend::Nccl => {
+            return Err(Error::config(
+                "dist.backend: \"nccl\" is not available in this build yet; use \"gloo\" (it also reduces \
+                 CUDA tensors, through host memory)",
+            ))
+        }
+    };
+    let group = Group::join(&launch, backend, std::time::Duration::from_secs_f64(cfg.dist.timeout_s))?;
+    let (world, batch) = (group.world, cfg.optim.batch_size);
+    if batch % world != 0 || (batch / world) % cfg.model.bn_splits != 0 {
+        return Err(Error::config(format!(
+            "optim.batch_size: the global batch ({batch}) must split evenly over {world} ranks \
+             (and each rank's share over model.bn_splits = {})",
+            cfg.model.bn_splits
+        )));
+    }
+    let per_image_state = cfg.objective.target == Target::Memory || cfg.objective.online == Online::Oracle;
+    if world > 1 && per_image_state {
+        return Err(Error::config(
+            "objective.target = \"memory\" / objective.online = \"oracle\": a memory bank is per image \
+             and is not shared across ranks; run these with one rank",
+        ));
+    }
+    if launch.rank == 0 {
+        eprintln!(
+            "distributed: {world} ranks, {backend}, {} images per rank per step{}",
+            batch / world,
+            if cfg.dist.sync_bn { ", synchronised BatchNorm" } else { "" }
+        );
+    }
+    Ok((Some(Arc::new(group)), device))
+}
+
+/// Clears the synchronised-BN group when training ends, however it ends.
+struct SyncBnGuard;
+impl Drop for SyncBnGuard {
+    fn drop(&mut self) {
+        dist::set_sync_bn(None);
+    }
+}
+
 pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let device = crate::device::parse_device(&cfg.run.device)?;
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
     }
+    let (group, device) = join_job(cfg, device)?;
+    let (rank, world) = group.as_ref().map(|g| (g.rank, g.world)).unwrap_or((0, 1));
+    // Rank 0 leads: it writes the run folder (config, metrics, checkpoints, report) and
+    // evaluates; the others train and wait for it in the next collective.
+    let lead = rank == 0;
+    let _sync_bn = SyncBnGuard;
+    if cfg.dist.sync_bn && world > 1 {
+        dist::set_sync_bn(group.clone());
+    }
     let run_dir = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
     let cfg_path = run_dir.join("config.toml");
-    if !control.resume {
+    if !control.resume && lead {
         if checkpoint::latest(&run_dir)?.is_some() {
             return Err(Error::config(format!(
                 "run.out_dir: {} already holds a run; continue it with --resume {0}, or choose another --out",
@@ -438,15 +520,18 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             train_store.len()
         )));
     }
-    eprintln!(
-        "data: {} training images{} ({} classes, {}px) loaded in {:.1}s; device {}",
-        train_store.len(),
-        test_store.as_ref().map(|t| format!(", {} test images", t.len())).unwrap_or_default(),
-        train_store.num_classes(),
-        train_store.image_size(),
-        t_load.elapsed().as_secs_f64(),
-        crate::device::describe(device)
-    );
+    let local_batch = batch / world;
+    if lead {
+        eprintln!(
+            "data: {} training images{} ({} classes, {}px) loaded in {:.1}s; device {}",
+            train_store.len(),
+            test_store.as_ref().map(|t| format!(", {} test images", t.len())).unwrap_or_default(),
+            train_store.num_classes(),
+            train_store.image_size(),
+            t_load.elapsed().as_secs_f64(),
+            crate::device::describe(device)
+        );
+    }
     if device.is_cuda() {
         // Let cuDNN pick the fastest convolution algorithms for these fixed shapes.
         tch::Cuda::cudnn_set_benchmark(cfg.run.cudnn_benchmark);
@@ -466,7 +551,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         eprintln!("weights initialised from {}", f.display());
     }
     let objective = Objective::new(&cfg.objective);
-    let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+    // Each rank draws its shard's views as one process would draw the global batch's.
+    let aug =
+        Augmenter::new(&cfg.augment, cfg.data.image_size, device).sharded((rank * local_batch) as i64, batch as i64);
     let params = net.params(cfg);
     let mut opt = Sgd::new(params, 3, cfg.optim.momentum, cfg.optim.weight_decay);
     opt.lrs[2] = cfg.monitor.online_probe_lr;
@@ -495,9 +582,27 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             bank.eta = state.get("memory.eta").ok_or_else(missing)?.to_device(device);
             bank.seen = state.get("memory.seen").ok_or_else(missing)?.to_device(device);
         }
-        eprintln!("resuming from {} (epoch {}, step {})", ckpt.display(), pos.epoch, pos.global_step);
+        if lead {
+            eprintln!("resuming from {} (epoch {}, step {})", ckpt.display(), pos.epoch, pos.global_step);
+        }
     }
-    let mut log = MetricsLog::open(&run_dir, control.resume.then_some(pos.global_step))?;
+    // DDP's start: every rank from rank 0's weights, then gradients averaged in every backward.
+    let reducer = match &group {
+        Some(g) => {
+            let mut vars: Vec<(String, Tensor)> = net.vs.variables().into_iter().collect();
+            if let Some(e) = &net.ema {
+                vars.extend(e.vs.variables().into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
+            }
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            g.broadcast_all(vars.iter().map(|(_, t)| t))?;
+            // Gradients become ready roughly in the reverse of the parameters' order.
+            let ps: Vec<Tensor> = opt.params.iter().rev().map(|p| p.tensor.shallow_clone()).collect();
+            Some(Reducer::new(g.clone(), &ps, cfg.dist.bucket_mb, cfg.dist.find_unused)?)
+        }
+        None => None,
+    };
+    let mut log =
+        if lead { Some(MetricsLog::open(&run_dir, control.resume.then_some(pos.global_step))?) } else { None };
 
     let knn = |net: &Network| -> Option<f64> {
         test_dev.as_ref().map(|test| {
@@ -556,8 +661,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         }
         Ok(acc)
     };
-    if cfg.monitor.knn_at_init && pos.global_step == 0 {
-        summary.knn_init = evaluate(&net, &mut log, pos)?;
+    if let (Some(log), true) = (log.as_mut(), cfg.monitor.knn_at_init && pos.global_step == 0) {
+        summary.knn_init = evaluate(&net, log, pos)?;
         if let Some(acc) = summary.knn_init {
             eprintln!("kNN top-1 at initialisation: {acc:.2}%");
         }
@@ -566,7 +671,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let n = train_dev.len();
     let steps_per_epoch = n / batch; // drop_last, as the official DataLoader
     let total_steps = steps_per_epoch * cfg.run.epochs;
-    let pb = if control.progress { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
+    let pb = if control.progress && lead { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
             .expect("template"),
@@ -587,7 +692,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
 
     // Fetches pending step metrics (one sync), checks them, writes them.
     let flush = |pending: &mut Vec<Pending>,
-                 log: &mut MetricsLog,
+                 log: &mut Option<MetricsLog>,
                  summary: &mut Summary,
                  last_ckpt: &str,
                  t_flush: &mut Instant|
@@ -613,7 +718,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             for (name, v) in STEP_STATS.iter().zip(row) {
                 line[*name] = json!(v);
             }
-            log.write(line)?;
+            if let Some(log) = log.as_mut() {
+                log.write(line)?;
+            }
         }
         let last = rows.last().expect("non-empty");
         summary.final_loss = last[0];
@@ -621,6 +728,38 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         summary.collapse_std_scaled = last[1] * sqrt_d;
         pending.clear();
         Ok(())
+    };
+
+    // Flushes the metrics; in a job, also agrees with the other ranks whether to stop (Ctrl-C, or
+    // a non-finite loss, on any rank), so that every rank leaves at the same step. Ok(true): stop.
+    let sync_point = |pending: &mut Vec<Pending>,
+                      log: &mut Option<MetricsLog>,
+                      summary: &mut Summary,
+                      last_ckpt: &str,
+                      t_flush: &mut Instant|
+     -> Result<bool> {
+        let flushed = flush(pending, log, summary, last_ckpt, t_flush);
+        let interrupt = control.interrupt.load(Ordering::SeqCst);
+        let Some(g) = &group else { return flushed.map(|_| interrupt) };
+        let any = g.any(&[interrupt, flushed.is_err()])?;
+        flushed?;
+        if any[1] {
+            return Err(Error::Distributed {
+                rank: Some(rank),
+                msg: "stopping: another rank failed (see rank 0's message: a non-finite loss keeps the last good checkpoint)"
+                    .into(),
+            });
+        }
+        Ok(any[0])
+    };
+    // Ctrl-C: rank 0 saves a checkpoint at this position; every rank stops.
+    let interrupted = |net: &Network, opt: &Sgd, pos: Position, memory: &Option<MemoryBank>| -> Result<Summary> {
+        pb.abandon();
+        if lead {
+            let dir = save_checkpoint(&run_dir, net, opt, pos, memory)?;
+            eprintln!("checkpoint written to {}", dir.display());
+        }
+        Err(Error::Interrupted { epoch: pos.epoch, step: pos.global_step, dir: run_dir.display().to_string() })
     };
 
     while pos.epoch < cfg.run.epochs {
@@ -637,7 +776,11 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             opt.lrs[0] = lr;
             opt.lrs[1] = if cfg.optim.fix_pred_lr { init_lr } else { lr };
 
-            let batch_of = |j: usize| Tensor::from_slice(&order[j * batch..(j + 1) * batch]).to_device(device);
+            // This rank's share of global batch j (rank r takes the r-th slice of every batch).
+            let batch_of = |j: usize| {
+                let first = j * batch + rank * local_batch;
+                Tensor::from_slice(&order[first..first + local_batch]).to_device(device)
+            };
             let k = cfg.objective.alternation_k;
             if k > 1 && cache.is_empty() {
                 // Alternation, step 1 (eta^t <- F_theta^t(T'(x))): the views of the next k batches
@@ -671,7 +814,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                     .then(|| eoa_target(&net.model, &aug, &images, cfg.objective.eoa_k)),
                 memory: memory.as_mut().map(|bank| (bank, &idx)),
             };
-            let out = step(&net.model, &objective, &mut opt, &xs, targets);
+            let out = step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;
             if let Some(e) = net.ema.as_mut() {
                 e.update(Ema::momentum(cfg.model.ema_momentum, pos.global_step, total_steps));
             }
@@ -681,8 +824,14 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             pos.global_step += 1;
             images_done += batch;
             pb.inc(1);
-            if pending.len() >= cfg.monitor.log_every {
-                flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
+            let due = pending.len() >= cfg.monitor.log_every;
+            // Alone, a run checks for Ctrl-C after every step; ranks agree at flush points.
+            let stop = if due || (group.is_none() && control.interrupt.load(Ordering::SeqCst)) {
+                sync_point(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?
+            } else {
+                false
+            };
+            if due {
                 pb.set_message(format!(
                     "epoch {} loss {:.4} std·√d {:.3}{}",
                     pos.epoch + 1,
@@ -691,27 +840,20 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                     last_knn.map(|k| format!(" kNN {k:.1}%")).unwrap_or_default()
                 ));
             }
-            if control.interrupt.load(Ordering::SeqCst) {
-                flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
-                let dir = save_checkpoint(&run_dir, &net, &opt, pos, &memory)?;
-                pb.abandon();
-                return Err(Error::Interrupted {
-                    epoch: pos.epoch,
-                    step: pos.global_step,
-                    dir: run_dir.display().to_string(),
-                })
-                .inspect_err(|_| {
-                    eprintln!("checkpoint written to {}", dir.display());
-                });
+            if stop {
+                return interrupted(&net, &opt, pos, &memory);
             }
         }
-        flush(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)?;
+        if sync_point(&mut pending, &mut log, &mut summary, &last_ckpt, &mut t_flush)? {
+            return interrupted(&net, &opt, pos, &memory);
+        }
         pos.epoch += 1;
         pos.step_in_epoch = 0;
         let last = pos.epoch == cfg.run.epochs;
         let every = cfg.monitor.knn_every;
-        if (every > 0 && pos.epoch % every == 0) || last {
-            if let Some(acc) = evaluate(&net, &mut log, pos)? {
+        let log_0 = log.as_mut().filter(|_| (every > 0 && pos.epoch % every == 0) || last);
+        if let Some(log_0) = log_0 {
+            if let Some(acc) = evaluate(&net, log_0, pos)? {
                 last_knn = Some(acc);
             }
             say(
@@ -727,7 +869,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 ),
             );
         }
-        if pos.epoch % cfg.run.checkpoint_every == 0 || last {
+        if lead && (pos.epoch % cfg.run.checkpoint_every == 0 || last) {
             last_ckpt = save_checkpoint(&run_dir, &net, &opt, pos, &memory)?.display().to_string();
         }
     }
@@ -736,6 +878,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     summary.knn_final = last_knn;
     summary.train_seconds = t_train.elapsed().as_secs_f64();
     summary.images_per_s = images_done as f64 / summary.train_seconds.max(1e-9);
+    if !lead {
+        return Ok(summary);
+    }
     drop(log);
     summary.tail = tail_means(&run_dir)?;
     let s_path = run_dir.join("summary.json");

@@ -103,7 +103,7 @@ fn resized_crop_flip_samples_the_box() {
 fn crop_boxes_follow_random_resized_crop_ranges() {
     let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(3);
-    let b = sample_crop_boxes(4000, 32, 32, [0.2, 1.0], [0.75, 4.0 / 3.0], Device::Cpu);
+    let b = sample_crop_boxes(Draw::whole(4000, Device::Cpu), 32, 32, [0.2, 1.0], [0.75, 4.0 / 3.0]);
     let v = Vec::<Vec<f32>>::try_from(b).unwrap();
     let mut areas = Vec::new();
     for r in &v {

@@ -376,7 +376,8 @@ fn the_online_probe_never_changes_the_representation() {
     let run = |net: &Network, labels: Option<Tensor>| {
         let mut opt = Sgd::new(net.params(&cfg), 3, 0.9, 5e-4);
         opt.lrs = vec![0.1, 0.1, 0.5];
-        let out = step(&net.model, &objective, &mut opt, &xs, StepTargets { labels, ..Default::default() });
+        let out =
+            step(&net.model, &objective, &mut opt, &xs, StepTargets { labels, ..Default::default() }, None).unwrap();
         (net.vs.variables()["backbone.layer4.1.conv2.weight"].copy(), out.loss.double_value(&[]))
     };
     let (w0, l0) = run(&without, None);

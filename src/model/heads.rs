@@ -1,6 +1,6 @@
 //! MLP heads declared as lists of blocks `(in, out, bias, batch_norm, relu)`, lightly's style:
 //! the projector and every predictor variant are a few lines on the same builder.
-use super::resnet::bn_config;
+use super::norm::BatchNorm;
 use crate::config::{ModelConfig, PredictorKind};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -25,7 +25,7 @@ pub struct BlockSpec {
 
 #[derive(Debug)]
 pub struct Mlp {
-    blocks: Vec<(nn::Linear, Option<nn::BatchNorm>, bool)>,
+    blocks: Vec<(nn::Linear, Option<BatchNorm>, bool)>,
 }
 
 /// PyTorch's `nn.Linear` default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
@@ -46,8 +46,8 @@ impl Mlp {
                 let lin = linear(&bp / "linear", s.input, s.output, s.bias);
                 let bn = match s.norm {
                     Norm::None => None,
-                    Norm::Affine => Some(nn::batch_norm1d(&bp / "bn", s.output, bn_config(true, 1.0))),
-                    Norm::NoAffine => Some(nn::batch_norm1d(&bp / "bn", s.output, bn_config(false, 1.0))),
+                    Norm::Affine => Some(BatchNorm::new(&bp / "bn", 1, s.output, true, 1.0)),
+                    Norm::NoAffine => Some(BatchNorm::new(&bp / "bn", 1, s.output, false, 1.0)),
                 };
                 (lin, bn, s.relu)
             })

@@ -1,6 +1,7 @@
 //! ResNet-18/34/50 with torchvision's structure, parameter names and initialisation
 //! (conv: Kaiming normal, fan-out, ReLU gain; BN: gamma 1, beta 0; optional zero-init of each
 //! block's last BN gamma), plus the CIFAR variant (3x3 stride-1 stem, no max-pool).
+use super::norm::BatchNorm;
 use crate::config::{Arch, ModelConfig};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
@@ -20,19 +21,14 @@ fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> 
     nn::conv2d(p, cin, cout, k, cfg)
 }
 
-/// BatchNorm as PyTorch initialises it (gamma 1, beta 0; tch's default gamma is U(0, 1)).
-pub(crate) fn bn_config(affine: bool, gamma: f64) -> nn::BatchNormConfig {
-    nn::BatchNormConfig { affine, ws_init: nn::Init::Const(gamma), bs_init: nn::Init::Const(0.0), ..Default::default() }
-}
-
-fn bn(p: nn::Path, c: i64, gamma: f64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, bn_config(true, gamma))
+fn bn(p: nn::Path, c: i64, gamma: f64) -> BatchNorm {
+    BatchNorm::new(p, 2, c, true, gamma)
 }
 
 #[derive(Debug)]
 struct Block {
-    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    convs: Vec<(nn::Conv2D, BatchNorm)>,
+    downsample: Option<(nn::Conv2D, BatchNorm)>,
 }
 
 impl Block {
@@ -83,7 +79,7 @@ impl Block {
 #[derive(Debug)]
 pub struct ResNet {
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    bn1: BatchNorm,
     maxpool: bool,
     layers: Vec<Vec<Block>>,
     pub out_dim: i64,
