@@ -38,4 +38,46 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", torch.join("lib").display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    nccl_helper(&torch);
+}
+
+/// `csrc/nccl.cpp` as a shared library linked against libtorch_cuda.so, embedded in the binary
+/// and loaded at run time on GPU machines (the binary itself must not need libtorch_cuda.so).
+/// It needs NCCL's and the CUDA runtime's headers: the `nvidia-nccl-cu13`, `nvidia-cuda-crt` and
+/// `nvidia-cuda-cccl` wheels that `scripts/env.sh` installs beside torch. Without them the
+/// binary is built without NCCL and says so when `dist.backend = "nccl"` is asked for.
+fn nccl_helper(torch: &std::path::Path) {
+    println!("cargo::rustc-check-cfg=cfg(simsiam_nccl)");
+    println!("cargo:rerun-if-env-changed=SIMSIAM_NO_NCCL");
+    let nvidia = torch.join("../nvidia");
+    let incs = [nvidia.join("cu13/include"), nvidia.join("nccl/include")];
+    let needed = [incs[1].join("nccl.h"), incs[0].join("crt/host_config.h"), incs[0].join("nv/target")];
+    if std::env::var_os("SIMSIAM_NO_NCCL").is_some() || !needed.iter().all(|p| p.exists()) {
+        println!("cargo:warning=building without NCCL (headers not found under {})", nvidia.display());
+        return;
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("libsimsiam_nccl.so");
+    let inc = torch.join("include");
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    let mut cmd = compiler.to_command();
+    cmd.args(["-std=c++17", "-shared", "-fPIC", "-O2", "-D_GLIBCXX_USE_CXX11_ABI=1", "-DGLOG_USE_GLOG_EXPORT", "-w"])
+        .arg("-I")
+        .arg(&inc)
+        .arg("-I")
+        .arg(inc.join("torch/csrc/api/include"))
+        .args(["-I", "csrc/cuda_decl"])
+        .arg("-I")
+        .arg(&incs[0])
+        .arg("-I")
+        .arg(&incs[1])
+        .arg("csrc/nccl.cpp")
+        .arg("-o")
+        .arg(&out)
+        .arg("-L")
+        .arg(torch.join("lib"))
+        .args(["-ltorch_cuda", "-ltorch_cpu", "-lc10_cuda", "-lc10"]);
+    let status = cmd.status().expect("build.rs: running the C++ compiler for csrc/nccl.cpp");
+    assert!(status.success(), "build.rs: compiling csrc/nccl.cpp failed");
+    println!("cargo:rustc-cfg=simsiam_nccl");
+    println!("cargo:rustc-env=SIMSIAM_NCCL_SO={}", out.display());
 }

@@ -12,6 +12,7 @@
 #define USE_C10D_GLOO 1
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
@@ -88,18 +89,21 @@ void ss_c10d_register_nccl(ss_nccl_factory f) { g_nccl_factory = f; }
 /// Rendezvous at `host:port` (rank 0 serves the store) and a process group of `world` ranks.
 /// `backend`: "gloo" or "nccl". `iface`: the network interface for Gloo, or empty for the
 /// address `host` resolves to when it is a loopback address, else this machine's hostname.
+/// `agent_store`: under torchrun, whose agent already serves the store, every rank is a client.
+/// Keys live under "default_pg/", as `torch.distributed.init_process_group` puts them.
 void* ss_c10d_group_new(const char* backend, const char* host, int port, int rank, int world, int64_t timeout_ms,
-                        const char* iface, char** err) {
+                        const char* iface, int agent_store, char** err) {
   GUARDED(err, {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
-    opts.isServer = rank == 0;
+    opts.isServer = rank == 0 && !agent_store;
     opts.numWorkers = static_cast<std::size_t>(world);
     opts.waitWorkers = true;
     opts.timeout = timeout;
     opts.useLibUV = false;
-    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::PrefixStore>(
+        "default_pg", c10::make_intrusive<c10d::TCPStore>(std::string(host), opts));
     auto pg = c10::make_intrusive<c10d::ProcessGroup>(store, rank, world);
     std::string b(backend);
     if (b == "gloo") {

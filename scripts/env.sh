@@ -14,6 +14,14 @@ if [ ! -f "$_root/.libtorch/ready-2.11.0" ]; then
     nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85 || return 1
   touch "$_root/.libtorch/ready-2.11.0"
 fi
+if [ ! -f "$_root/.libtorch/ready-nccl-headers" ]; then
+  # Headers for the NCCL helper (csrc/nccl.cpp, built by build.rs): NCCL's, and the CUDA
+  # runtime's crt/ and CCCL parts, at the versions torch 2.11.0 / CUDA 13.0 pin.
+  echo "simsiam: installing NCCL and CUDA headers (PyPI wheels) into .libtorch/ ..." >&2
+  "$_venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+    nvidia-nccl-cu13==2.28.9 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85 || return 1
+  touch "$_root/.libtorch/ready-nccl-headers"
+fi
 _site="$("$_venv/bin/python" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')"
 export LIBTORCH="$_site/torch"
 export LD_LIBRARY_PATH="$_site/torch/lib:$_site/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -24,6 +24,7 @@ extern "C" {
         world: c_int,
         timeout_ms: i64,
         iface: *const c_char,
+        agent_store: c_int,
         err: *mut *mut c_char,
     ) -> *mut c_void;
     fn ss_c10d_group_free(g: *mut c_void);
@@ -42,6 +43,60 @@ extern "C" {
     ) -> *mut c_void;
     fn ss_c10d_reducer_prepare(r: *mut c_void, output: CTensor, err: *mut *mut c_char);
     fn ss_c10d_reducer_free(r: *mut c_void);
+    fn ss_c10d_register_nccl(factory: NcclFactory);
+}
+
+/// `csrc/nccl.cpp`'s `ss_c10d_nccl_new`.
+type NcclFactory = unsafe extern "C" fn(
+    store: *mut c_void,
+    rank: c_int,
+    world: c_int,
+    timeout_ms: i64,
+    err: *mut *mut c_char,
+) -> *mut c_void;
+
+/// Makes the `nccl` backend available: loads libtorch's CUDA backend and the NCCL helper
+/// library built from `csrc/nccl.cpp` (embedded in the binary; it links libtorch_cuda.so,
+/// which the binary itself does not need). Idempotent.
+pub fn load_nccl() -> std::result::Result<(), String> {
+    static LOADED: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    LOADED.get_or_init(load_nccl_once).clone()
+}
+
+#[cfg(not(simsiam_nccl))]
+fn load_nccl_once() -> std::result::Result<(), String> {
+    Err("this binary was built without NCCL (its headers were missing at build time; scripts/env.sh installs \
+         them); use dist.backend = \"gloo\""
+        .into())
+}
+
+#[cfg(simsiam_nccl)]
+fn load_nccl_once() -> std::result::Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    const HELPER: &[u8] = include_bytes!(env!("SIMSIAM_NCCL_SO"));
+    crate::device::load_cuda_backend();
+    if !tch::Cuda::is_available() {
+        return Err("the nccl backend needs CUDA, and no CUDA device is visible".into());
+    }
+    let path = std::env::temp_dir().join(format!("simsiam-nccl-{}.so", std::process::id()));
+    std::fs::write(&path, HELPER).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: dlopen/dlsym with valid NUL-terminated names; the handle stays open for the
+    // process lifetime (the factory is called later).
+    let factory = unsafe {
+        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        let _ = std::fs::remove_file(&path);
+        if handle.is_null() {
+            return Err(format!("cannot load the NCCL helper: {}", CStr::from_ptr(libc::dlerror()).to_string_lossy()));
+        }
+        libc::dlsym(handle, c"ss_c10d_nccl_new".as_ptr())
+    };
+    if factory.is_null() {
+        return Err("the NCCL helper has no ss_c10d_nccl_new".into());
+    }
+    // SAFETY: the symbol is `ss_c10d_nccl_new`, whose C signature is `NcclFactory`.
+    unsafe { ss_c10d_register_nccl(std::mem::transmute::<*mut c_void, NcclFactory>(factory)) };
+    Ok(())
 }
 
 /// Runs a C call that reports failure through `char** err`, turning it into a `Result`.
@@ -77,6 +132,9 @@ pub struct Launch {
     pub local_rank: usize,
     pub master_addr: String,
     pub master_port: u16,
+    /// Under torchrun (`TORCHELASTIC_USE_AGENT_STORE=True`) its agent serves the store at
+    /// `MASTER_ADDR:MASTER_PORT`; otherwise rank 0 does.
+    pub agent_store: bool,
 }
 
 impl Launch {
@@ -108,7 +166,8 @@ impl Launch {
             .trim()
             .parse()
             .map_err(|_| Error::config(format!("environment: MASTER_PORT={port:?} is not a port number")))?;
-        Ok(Some(Launch { rank, world, local_rank, master_addr, master_port }))
+        let agent_store = get("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True");
+        Ok(Some(Launch { rank, world, local_rank, master_addr, master_port, agent_store }))
     }
 }
 
@@ -150,6 +209,7 @@ impl Group {
                     launch.world as c_int,
                     timeout.as_millis() as i64,
                     iface.as_ptr(),
+                    launch.agent_store as c_int,
                     err,
                 )
             },

@@ -477,7 +477,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         eprintln!("starting {n} ranks");
         // A failed rank's peers notice at their next collective, or after dist.timeout_s.
         let grace = std::time::Duration::from_secs_f64(cfg.dist.timeout_s + 10.0);
-        simsiam::dist::launch_local(n as usize, &args, grace, control.interrupt.clone())?;
+        let launched = simsiam::dist::launch_local(n as usize, &args, grace, control.interrupt.clone());
+        if launched.is_err() && control.interrupt.load(Ordering::SeqCst) {
+            eprintln!("interrupted; continue with `simsiam train --resume {} --nproc {n}`", cfg.run.out_dir.display());
+            std::process::exit(130);
+        }
+        launched?;
         println!("outputs in {}", cfg.run.out_dir.display());
         return Ok(());
     }

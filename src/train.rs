@@ -4,7 +4,7 @@
 use crate::analysis;
 use crate::augment::Augmenter;
 use crate::checkpoint::{self, Position};
-use crate::config::{Config, Online, Target};
+use crate::config::{Config, DistBackend, Online, Target};
 use crate::data::{self, ImageStore, Split};
 use crate::dist::{self, Group, Reducer};
 use crate::error::{Error, Result};
@@ -441,15 +441,18 @@ fn join_job(cfg: &Config, device: Device) -> Result<(Option<Arc<Group>>, Device)
         Device::Cuda(_) if matches!(cfg.run.device.as_str(), "auto" | "cuda") => Device::Cuda(launch.local_rank),
         d => d,
     };
+    // NCCL for CUDA tensors, Gloo for CPU ones (as torch.distributed's defaults).
     let backend = match cfg.dist.backend {
-        crate::config::DistBackend::Auto | crate::config::DistBackend::Gloo => "gloo",
-        crate::config::DistBackend::Nccl => {
-            return Err(Error::config(
-                "dist.backend: \"nccl\" is not available in this build yet; use \"gloo\" (it also reduces \
-                 CUDA tensors, through host memory)",
-            ))
+        DistBackend::Auto if device.is_cuda() => "nccl",
+        DistBackend::Auto | DistBackend::Gloo => "gloo",
+        DistBackend::Nccl if !device.is_cuda() => {
+            return Err(Error::config("dist.backend: \"nccl\" needs a CUDA run.device; use \"gloo\" on CPU"))
         }
+        DistBackend::Nccl => "nccl",
     };
+    if backend == "nccl" {
+        dist::load_nccl().map_err(|e| Error::config(format!("dist.backend: nccl: {e}")))?;
+    }
     let group = Group::join(&launch, backend, std::time::Duration::from_secs_f64(cfg.dist.timeout_s))?;
     let (world, batch) = (group.world, cfg.optim.batch_size);
     if batch % world != 0 || (batch / world) % cfg.model.bn_splits != 0 {

@@ -220,7 +220,12 @@ fn launch_environment_errors_name_the_variable() {
         .unwrap()
         .unwrap();
     assert_eq!((l.rank, l.world, l.local_rank, l.master_port), (3, 4, 1, 1234));
-    assert_eq!(l.master_addr, "127.0.0.1");
+    assert_eq!((l.master_addr.as_str(), l.agent_store), ("127.0.0.1", false));
+    // torchrun: its agent serves the store, every rank is a client.
+    let l = Launch::from_vars(get(&[("WORLD_SIZE", "2"), ("RANK", "0"), ("TORCHELASTIC_USE_AGENT_STORE", "True")]))
+        .unwrap()
+        .unwrap();
+    assert!(l.agent_store);
     let e = Launch::from_vars(get(&[("WORLD_SIZE", "2")])).unwrap_err().to_string();
     assert!(e.contains("RANK is not"), "{e}");
     let e = Launch::from_vars(get(&[("WORLD_SIZE", "2"), ("RANK", "2")])).unwrap_err().to_string();
@@ -228,4 +233,30 @@ fn launch_environment_errors_name_the_variable() {
     let e =
         Launch::from_vars(get(&[("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_PORT", "x")])).unwrap_err().to_string();
     assert!(e.contains("MASTER_PORT"), "{e}");
+}
+
+#[test]
+fn ctrl_c_stops_every_rank_at_the_same_step_and_resume_finishes_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = data(tmp.path());
+    let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
+    let a = |out: &Path| args(&train, out, 3, &["monitor.log_every=1", "dist.sync_bn=true"]);
+    ok(bin().args(a(&full)).args(["--nproc", "2"]).output().unwrap());
+    let child = bin().args(a(&part)).args(["--nproc", "2"]).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    let lines = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
+    while lines(&part) < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Ctrl-C reaches the launcher, which passes it on to the ranks.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("--resume") && err.contains("--nproc 2"), "{err}");
+    assert!(err.contains("checkpoint written to"), "{err}");
+    ok(bin().args(["train", "--resume"]).arg(&part).args(["--nproc", "2"]).output().unwrap());
+    let d = max_rel_diff(&weights(&full), &weights(&part), |_| true);
+    assert!(d < 1e-4, "weights differ by {d:e} (relative)");
 }

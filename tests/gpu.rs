@@ -1,5 +1,6 @@
 //! CUDA paths. Each test skips (with a message) when no CUDA device is visible, so CI, which
 //! has no GPU, passes; run them on a GPU machine with `scripts/test.sh --test gpu`.
+mod common;
 use simsiam::augment::*;
 use simsiam::config::Config;
 use simsiam::train::{step, views, Network, StepTargets};
@@ -56,4 +57,40 @@ fn cuda_training_steps_lower_the_loss_on_a_fixed_batch() {
             step(&net.model, &objective, &mut opt, &xs, StepTargets::default(), None).unwrap().loss.double_value(&[]);
     }
     assert!(last.is_finite() && last < first - 0.1, "loss {first} -> {last}");
+}
+
+/// A one-rank data-parallel job on the GPU goes through NCCL (TCPStore rendezvous,
+/// ProcessGroupNCCL from the embedded helper, DDP's Reducer) and trains.
+#[test]
+fn cuda_one_rank_nccl_job_trains() {
+    let Some(_) = cuda() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train.bin");
+    common::write_cifar(&train, simsiam::data::CifarKind::Cifar10, 512, 10);
+    let port = simsiam::dist::free_port().unwrap();
+    for (k, v) in [("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")] {
+        std::env::set_var(k, v);
+    }
+    std::env::set_var("MASTER_PORT", port.to_string());
+    let sets: Vec<String> = [
+        format!("data.train={:?}", train.display().to_string()),
+        format!("run.out_dir={:?}", tmp.path().join("run").display().to_string()),
+        "run.device=\"cuda\"".into(),
+        "run.epochs=2".into(),
+        "model.width=8".into(),
+        "model.dim=128".into(),
+        "model.proj_hidden=128".into(),
+        "model.pred_hidden=32".into(),
+        "data.train_limit=0".into(),
+        "monitor.knn_at_init=false".into(),
+    ]
+    .into();
+    let cfg = Config::resolve("tiny", None, &sets).unwrap();
+    let summary = simsiam::train::train(&cfg, &Default::default());
+    for k in ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"] {
+        std::env::remove_var(k);
+    }
+    let summary = summary.unwrap();
+    assert_eq!(summary.steps, 2 * (512 / 64));
+    assert!(summary.final_loss.is_finite() && summary.final_loss < 0.0, "{summary:?}");
 }
