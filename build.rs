@@ -1,5 +1,6 @@
-//! Compiles `csrc/c10d.cpp`, the C API over libtorch's c10d (TCPStore, ProcessGroupGloo, DDP's
-//! Reducer) that tch does not bind, against the same libtorch torch-sys links. libtorch is
+//! Compiles the C API over what tch does not bind, against the same libtorch torch-sys links:
+//! `csrc/c10d.cpp` (TCPStore, ProcessGroupGloo, DDP's Reducer) and `csrc/precision.cpp`
+//! (autocast with a dtype, channels-last). libtorch is
 //! found as torch-sys finds it: `LIBTORCH`, or `LIBTORCH_USE_PYTORCH=1` with `python3`.
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,6 +26,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/c10d.cpp")
+        .file("csrc/precision.cpp")
         .include(&inc)
         .include(inc.join("torch/csrc/api/include"))
         .include("csrc/gloo_decl")
@@ -38,25 +40,26 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", torch.join("lib").display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
-    nccl_helper(&torch);
+    cuda_helper(&torch);
 }
 
-/// `csrc/nccl.cpp` as a shared library linked against libtorch_cuda.so, embedded in the binary
-/// and loaded at run time on GPU machines (the binary itself must not need libtorch_cuda.so).
-/// It needs NCCL's and the CUDA runtime's headers: the `nvidia-nccl-cu13`, `nvidia-cuda-crt` and
-/// `nvidia-cuda-cccl` wheels that `scripts/env.sh` installs beside torch. Without them the
-/// binary is built without NCCL and says so when `dist.backend = "nccl"` is asked for.
-fn nccl_helper(torch: &std::path::Path) {
-    println!("cargo::rustc-check-cfg=cfg(simsiam_nccl)");
+/// `csrc/cuda.cpp` (ProcessGroupNCCL, CUDA allocator statistics) as a shared library linked
+/// against libtorch_cuda.so, embedded in the binary and loaded at run time on GPU machines (the
+/// binary itself must not need libtorch_cuda.so). It needs NCCL's and the CUDA runtime's
+/// headers: the `nvidia-nccl-cu13`, `nvidia-cuda-crt` and `nvidia-cuda-cccl` wheels that
+/// `scripts/env.sh` installs beside torch. Without them the binary is built without it and
+/// says so when NCCL is asked for.
+fn cuda_helper(torch: &std::path::Path) {
+    println!("cargo::rustc-check-cfg=cfg(simsiam_cuda_helper)");
     println!("cargo:rerun-if-env-changed=SIMSIAM_NO_NCCL");
     let nvidia = torch.join("../nvidia");
     let incs = [nvidia.join("cu13/include"), nvidia.join("nccl/include")];
     let needed = [incs[1].join("nccl.h"), incs[0].join("crt/host_config.h"), incs[0].join("nv/target")];
     if std::env::var_os("SIMSIAM_NO_NCCL").is_some() || !needed.iter().all(|p| p.exists()) {
-        println!("cargo:warning=building without NCCL (headers not found under {})", nvidia.display());
+        println!("cargo:warning=building without the CUDA helper (NCCL headers not found under {})", nvidia.display());
         return;
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("libsimsiam_nccl.so");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("libsimsiam_cuda.so");
     let inc = torch.join("include");
     let compiler = cc::Build::new().cpp(true).get_compiler();
     let mut cmd = compiler.to_command();
@@ -70,14 +73,14 @@ fn nccl_helper(torch: &std::path::Path) {
         .arg(&incs[0])
         .arg("-I")
         .arg(&incs[1])
-        .arg("csrc/nccl.cpp")
+        .arg("csrc/cuda.cpp")
         .arg("-o")
         .arg(&out)
         .arg("-L")
         .arg(torch.join("lib"))
         .args(["-ltorch_cuda", "-ltorch_cpu", "-lc10_cuda", "-lc10"]);
-    let status = cmd.status().expect("build.rs: running the C++ compiler for csrc/nccl.cpp");
-    assert!(status.success(), "build.rs: compiling csrc/nccl.cpp failed");
-    println!("cargo:rustc-cfg=simsiam_nccl");
-    println!("cargo:rustc-env=SIMSIAM_NCCL_SO={}", out.display());
+    let status = cmd.status().expect("build.rs: running the C++ compiler for csrc/cuda.cpp");
+    assert!(status.success(), "build.rs: compiling csrc/cuda.cpp failed");
+    println!("cargo:rustc-cfg=simsiam_cuda_helper");
+    println!("cargo:rustc-env=SIMSIAM_CUDA_SO={}", out.display());
 }

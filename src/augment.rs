@@ -204,6 +204,54 @@ fn coin(draw: Draw, p: f64) -> Tensor {
     draw.rand(&[]).lt(p)
 }
 
+/// Per-image `ColorJitter` parameters, each `[B]`: factors, hue shift, and `order` `[B, 4]`,
+/// the op applied at each position (0 brightness, 1 contrast, 2 saturation, 3 hue).
+pub struct Jitter {
+    pub brightness: Tensor,
+    pub contrast: Tensor,
+    pub saturation: Tensor,
+    pub hue: Tensor,
+    pub order: Tensor,
+}
+
+/// torchvision's `ColorJitter` with per-image parameters, on images where `on` `[B]` is true,
+/// without gathering sub-batches (no host sync). Brightness, contrast and saturation are
+/// cheap blends; hue (RGB -> HSV -> RGB) is not, so it runs once: each image's ops before its
+/// hue position go in three "pre" slots, hue, then three "post" slots, every slot applying
+/// each blend with the identity factor except the image's op for that slot.
+pub fn color_jitter(x: &Tensor, on: &Tensor, p: &Jitter, with_hue: bool) -> Tensor {
+    let dev = x.device();
+    let b = x.size()[0];
+    let one = Tensor::ones([b], (Kind::Float, dev));
+    let none = Tensor::full([b], -1, (Kind::Int64, dev));
+    // One slot: `op` [B] names the blend each image applies there (-1: none).
+    let blend_slot = |x: Tensor, op: &Tensor| {
+        let at = |o: i64| op.eq(o).logical_and(on);
+        let x = adjust_brightness(&x, &p.brightness.where_self(&at(0), &one));
+        let x = adjust_contrast(&x, &p.contrast.where_self(&at(1), &one));
+        adjust_saturation(&x, &p.saturation.where_self(&at(2), &one))
+    };
+    let mut x = x.shallow_clone();
+    if !with_hue {
+        for k in 0..4 {
+            x = blend_slot(x, &p.order.select(1, k));
+        }
+        return x;
+    }
+    // Position of hue in each image's order, [B].
+    let h = p.order.argsort(1, false).select(1, 3);
+    for j in 0..3 {
+        x = blend_slot(x, &p.order.select(1, j).where_self(&h.gt(j), &none));
+    }
+    x = adjust_hue(&x, &p.hue.where_self(on, &one.zeros_like()));
+    for j in 0..3 {
+        let k = &h + (1 + j);
+        let op = p.order.gather(1, &k.clamp_max(3).unsqueeze(1), false).squeeze_dim(1);
+        x = blend_slot(x, &op.where_self(&k.le(3), &none));
+    }
+    x
+}
+
 /// The training augmentation, ready to draw views on one device.
 #[derive(Debug)]
 pub struct Augmenter {
@@ -267,33 +315,18 @@ impl Augmenter {
     }
 
     /// `ColorJitter` applied with probability `jitter_p`, its four parts in an independent
-    /// random order per image. At each of the four positions every op runs with its identity
-    /// factor except the one the image's permutation puts there, so the batch needs no
-    /// gathering or host sync.
+    /// random order per image (torchvision draws a permutation per call): see [`color_jitter`].
     fn color_jitter(&self, x: &Tensor, draw: Draw) -> Tensor {
         let c = &self.cfg;
-        let dev = x.device();
-        let b = x.size()[0];
         let on = coin(draw, c.jitter_p);
-        let one = Tensor::ones([b], (Kind::Float, dev));
-        let zero = Tensor::zeros([b], (Kind::Float, dev));
-        let bright = jitter_factor(draw, c.brightness);
-        let contr = jitter_factor(draw, c.contrast);
-        let sat = jitter_factor(draw, c.saturation);
-        let hue = draw.rand(&[]) * (2.0 * c.hue) - c.hue;
-        // order[i, k] = which op image i applies at position k (a random permutation of 0..4).
-        let order = draw.rand(&[4]).argsort(1, false);
-        let mut x = x.shallow_clone();
-        for k in 0..4 {
-            let at = |op: i64| order.select(1, k).eq(op).logical_and(&on);
-            x = adjust_brightness(&x, &bright.where_self(&at(0), &one));
-            x = adjust_contrast(&x, &contr.where_self(&at(1), &one));
-            x = adjust_saturation(&x, &sat.where_self(&at(2), &one));
-            if c.hue > 0.0 {
-                x = adjust_hue(&x, &hue.where_self(&at(3), &zero));
-            }
-        }
-        x
+        let p = Jitter {
+            brightness: jitter_factor(draw, c.brightness),
+            contrast: jitter_factor(draw, c.contrast),
+            saturation: jitter_factor(draw, c.saturation),
+            hue: draw.rand(&[]) * (2.0 * c.hue) - c.hue,
+            order: draw.rand(&[4]).argsort(1, false),
+        };
+        color_jitter(x, &on, &p, c.hue > 0.0)
     }
 
     /// Per-channel normalisation mean `[3]`.

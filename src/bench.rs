@@ -31,6 +31,19 @@ pub struct Measurement {
     /// Images per second; each image is two views.
     pub images_per_s: f64,
     pub ms_per_step: f64,
+    /// The forward pass's autocast dtype (`fp32` without), and channels-last weights/inputs.
+    pub precision: String,
+    pub channels_last: bool,
+    /// Peak memory over the timed steps: the CUDA caching allocator's peak on a GPU, the
+    /// process's peak resident set on the CPU (MiB).
+    pub peak_memory_mib: Option<f64>,
+}
+
+/// The process's peak resident set size (MiB), from `getrusage`.
+fn peak_rss_mib() -> Option<f64> {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } == 0).then(|| u.ru_maxrss as f64 / 1024.0)
 }
 
 /// Waits for queued device work so wall-clock time measures it.
@@ -75,6 +88,13 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
         once()?;
     }
     sync(device);
+    let cuda = match device {
+        Device::Cuda(i) => crate::device::cuda_helper().ok().map(|h| (h, i)),
+        _ => None,
+    };
+    if let Some((h, i)) = cuda {
+        h.reset_peak(i);
+    }
     let t = Instant::now();
     for _ in 0..steps {
         once()?;
@@ -88,5 +108,12 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
         steps,
         images_per_s: (b as usize * steps) as f64 / secs,
         ms_per_step: secs * 1e3 / steps as f64,
+        precision: net.model.autocast.map(|k| format!("{k:?}").to_lowercase()).unwrap_or_else(|| "fp32".into()),
+        channels_last: net.model.channels_last,
+        peak_memory_mib: match cuda {
+            Some((h, i)) => Some(h.peak_allocated(i) as f64 / (1024.0 * 1024.0)),
+            None if device.is_cuda() => None,
+            None => peak_rss_mib(),
+        },
     })
 }

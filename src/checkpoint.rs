@@ -42,10 +42,13 @@ pub fn save(
     let tmp = root.join(format!(".tmp-{name}"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    vs.save(tmp.join("model.safetensors"))?;
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let refs: Vec<(&str, &tch::Tensor)> = vars.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_safetensors(&refs, &tmp.join("model.safetensors"))?;
     opt.save(&tmp.join("optim.safetensors"))?;
     if !extra.is_empty() {
-        tch::Tensor::write_safetensors(extra, tmp.join("state.safetensors"))?;
+        write_safetensors(extra, &tmp.join("state.safetensors"))?;
     }
     write_file(&tmp.join("position.json"), serde_json::to_string_pretty(&pos).expect("json").as_bytes())?;
     let final_dir = root.join(&name);
@@ -56,6 +59,14 @@ pub fn save(
     std::fs::rename(&latest_tmp, root.join("latest")).map_err(|e| Error::io(root.join("latest"), e))?;
     prune(&root)?;
     Ok(final_dir)
+}
+
+/// Writes named tensors as safetensors, in the standard contiguous layout whatever their
+/// in-memory layout (channels-last weights, GPU tensors).
+pub fn write_safetensors(named: &[(&str, &tch::Tensor)], path: &Path) -> Result<()> {
+    let dense: Vec<(&str, tch::Tensor)> = named.iter().map(|(n, t)| (*n, t.contiguous())).collect();
+    tch::Tensor::write_safetensors(&dense, path)?;
+    Ok(())
 }
 
 fn prune(root: &Path) -> Result<()> {

@@ -33,6 +33,19 @@ pub struct RunConfig {
     pub threads: usize,
     /// On CUDA, let cuDNN autotune convolution algorithms (fast; not bit-reproducible).
     pub cudnn_benchmark: bool,
+    /// The network's forward pass: `auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or
+    /// `bf16`. Weights, optimiser, BN statistics and the loss stay fp32 either way.
+    pub precision: Precision,
+    /// On CUDA, convolution weights and inputs in the channels-last layout (tensor-core friendly).
+    pub channels_last: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Auto,
+    Fp32,
+    Bf16,
 }
 
 impl Default for RunConfig {
@@ -45,6 +58,8 @@ impl Default for RunConfig {
             checkpoint_every: 10,
             threads: 0,
             cudnn_benchmark: true,
+            precision: Precision::Auto,
+            channels_last: true,
         }
     }
 }

@@ -59,3 +59,76 @@ pub fn describe(device: Device) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// The CUDA helper library (`csrc/cuda.cpp`): built against libtorch_cuda.so, which this
+/// binary does not link (so that it runs on CPU-only machines), embedded in the binary and
+/// loaded from a temporary file on first use.
+pub struct CudaHelper {
+    pub nccl_new: crate::dist::NcclFactory,
+    peak_allocated: unsafe extern "C" fn(device: std::ffi::c_int) -> i64,
+    reset_peak: unsafe extern "C" fn(device: std::ffi::c_int),
+}
+
+impl CudaHelper {
+    /// Peak bytes held by libtorch's CUDA caching allocator on `device` since the last reset.
+    pub fn peak_allocated(&self, device: usize) -> i64 {
+        unsafe { (self.peak_allocated)(device as std::ffi::c_int) }
+    }
+
+    pub fn reset_peak(&self, device: usize) {
+        unsafe { (self.reset_peak)(device as std::ffi::c_int) }
+    }
+}
+
+/// Loads the CUDA helper once (CUDA must be available); the error says why it cannot be.
+pub fn cuda_helper() -> std::result::Result<&'static CudaHelper, String> {
+    static HELPER: std::sync::OnceLock<std::result::Result<CudaHelper, String>> = std::sync::OnceLock::new();
+    HELPER.get_or_init(load_helper).as_ref().map_err(|e| e.clone())
+}
+
+#[cfg(not(simsiam_cuda_helper))]
+fn load_helper() -> std::result::Result<CudaHelper, String> {
+    Err("this binary was built without its CUDA helper (NCCL's headers were missing at build time; \
+         scripts/env.sh installs them)"
+        .into())
+}
+
+#[cfg(simsiam_cuda_helper)]
+fn load_helper() -> std::result::Result<CudaHelper, String> {
+    use std::ffi::{CStr, CString};
+    use std::os::unix::ffi::OsStrExt;
+    const HELPER: &[u8] = include_bytes!(env!("SIMSIAM_CUDA_SO"));
+    load_cuda_backend();
+    if !tch::Cuda::is_available() {
+        return Err("no CUDA device is visible".into());
+    }
+    let path = std::env::temp_dir().join(format!("simsiam-cuda-{}.so", std::process::id()));
+    std::fs::write(&path, HELPER).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: dlopen/dlsym with NUL-terminated names; the library stays loaded for the process
+    // lifetime, and each symbol has the C signature of the field it is stored in.
+    unsafe {
+        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        let _ = std::fs::remove_file(&path);
+        if handle.is_null() {
+            return Err(format!("cannot load the CUDA helper: {}", CStr::from_ptr(libc::dlerror()).to_string_lossy()));
+        }
+        let sym = |s: &CStr| {
+            let p = libc::dlsym(handle, s.as_ptr());
+            if p.is_null() {
+                Err(format!("the CUDA helper lacks {}", s.to_string_lossy()))
+            } else {
+                Ok(p)
+            }
+        };
+        Ok(CudaHelper {
+            nccl_new: std::mem::transmute::<*mut libc::c_void, crate::dist::NcclFactory>(sym(c"ss_c10d_nccl_new")?),
+            peak_allocated: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(std::ffi::c_int) -> i64>(
+                sym(c"ss_cuda_peak_allocated")?,
+            ),
+            reset_peak: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(std::ffi::c_int)>(sym(
+                c"ss_cuda_reset_peak",
+            )?),
+        })
+    }
+}

@@ -46,8 +46,8 @@ extern "C" {
     fn ss_c10d_register_nccl(factory: NcclFactory);
 }
 
-/// `csrc/nccl.cpp`'s `ss_c10d_nccl_new`.
-type NcclFactory = unsafe extern "C" fn(
+/// `csrc/cuda.cpp`'s `ss_c10d_nccl_new`.
+pub type NcclFactory = unsafe extern "C" fn(
     store: *mut c_void,
     rank: c_int,
     world: c_int,
@@ -55,47 +55,13 @@ type NcclFactory = unsafe extern "C" fn(
     err: *mut *mut c_char,
 ) -> *mut c_void;
 
-/// Makes the `nccl` backend available: loads libtorch's CUDA backend and the NCCL helper
-/// library built from `csrc/nccl.cpp` (embedded in the binary; it links libtorch_cuda.so,
-/// which the binary itself does not need). Idempotent.
+/// Makes the `nccl` backend available (from the CUDA helper library, see
+/// [`crate::device::cuda_helper`]). Idempotent.
 pub fn load_nccl() -> std::result::Result<(), String> {
-    static LOADED: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
-    LOADED.get_or_init(load_nccl_once).clone()
-}
-
-#[cfg(not(simsiam_nccl))]
-fn load_nccl_once() -> std::result::Result<(), String> {
-    Err("this binary was built without NCCL (its headers were missing at build time; scripts/env.sh installs \
-         them); use dist.backend = \"gloo\""
-        .into())
-}
-
-#[cfg(simsiam_nccl)]
-fn load_nccl_once() -> std::result::Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
-    const HELPER: &[u8] = include_bytes!(env!("SIMSIAM_NCCL_SO"));
-    crate::device::load_cuda_backend();
-    if !tch::Cuda::is_available() {
-        return Err("the nccl backend needs CUDA, and no CUDA device is visible".into());
-    }
-    let path = std::env::temp_dir().join(format!("simsiam-nccl-{}.so", std::process::id()));
-    std::fs::write(&path, HELPER).map_err(|e| format!("{}: {e}", path.display()))?;
-    let name = CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: dlopen/dlsym with valid NUL-terminated names; the handle stays open for the
-    // process lifetime (the factory is called later).
-    let factory = unsafe {
-        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
-        let _ = std::fs::remove_file(&path);
-        if handle.is_null() {
-            return Err(format!("cannot load the NCCL helper: {}", CStr::from_ptr(libc::dlerror()).to_string_lossy()));
-        }
-        libc::dlsym(handle, c"ss_c10d_nccl_new".as_ptr())
-    };
-    if factory.is_null() {
-        return Err("the NCCL helper has no ss_c10d_nccl_new".into());
-    }
-    // SAFETY: the symbol is `ss_c10d_nccl_new`, whose C signature is `NcclFactory`.
-    unsafe { ss_c10d_register_nccl(std::mem::transmute::<*mut c_void, NcclFactory>(factory)) };
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let helper = crate::device::cuda_helper()?;
+    // SAFETY: registers a function with the C signature `NcclFactory`.
+    REGISTERED.call_once(|| unsafe { ss_c10d_register_nccl(helper.nccl_new) });
     Ok(())
 }
 

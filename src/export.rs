@@ -36,7 +36,8 @@ pub fn torchvision_state(vs: &VarStore) -> Vec<(String, Tensor)> {
 pub fn export_torchvision(vs: &VarStore, path: &Path) -> Result<usize> {
     let state = torchvision_state(vs);
     let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    Tensor::write_safetensors(&refs, path).map_err(|e| Error::data(path, format!("cannot write safetensors: {e}")))?;
+    crate::checkpoint::write_safetensors(&refs, path)
+        .map_err(|e| Error::data(path, format!("cannot write safetensors: {e}")))?;
     Ok(state.len())
 }
 

@@ -19,6 +19,7 @@ pub mod model;
 pub mod monitor;
 pub mod objective;
 pub mod optim;
+pub mod precision;
 pub mod report;
 pub mod train;
 

@@ -90,8 +90,7 @@ impl Sgd {
             .filter_map(|(p, b)| b.as_ref().map(|b| (p.name.clone(), b.shallow_clone())))
             .collect();
         let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        Tensor::write_safetensors(&refs, path)?;
-        Ok(())
+        crate::checkpoint::write_safetensors(&refs, path)
     }
 
     pub fn load(&mut self, path: &Path) -> Result<()> {

@@ -61,14 +61,24 @@ impl Network {
         Network::build(cfg, device, 0)
     }
 
-    /// With an online linear probe over `probe_classes` classes (0 = none).
+    /// With an online linear probe over `probe_classes` classes (0 = none). The speed options
+    /// (`run.precision`, `run.channels_last`) apply to both networks.
     pub fn build(cfg: &Config, device: Device, probe_classes: i64) -> Network {
+        let fast = |model: &mut SimSiam, vs: &nn::VarStore| {
+            model.autocast = crate::precision::autocast_kind(cfg.run.precision, device);
+            model.channels_last = cfg.run.channels_last && device.is_cuda();
+            if model.channels_last {
+                crate::precision::vars_to_channels_last(vs);
+            }
+        };
         let vs = nn::VarStore::new(device);
-        let model = SimSiam::new(&vs.root(), &cfg.model, cfg.objective.target == Target::Inverse, probe_classes);
+        let mut model = SimSiam::new(&vs.root(), &cfg.model, cfg.objective.target == Target::Inverse, probe_classes);
+        fast(&mut model, &vs);
         let ema = cfg.model.ema_target.then(|| {
             let mut evs = nn::VarStore::new(device);
-            let emodel = SimSiam::new(&evs.root(), &cfg.model, false, 0);
+            let mut emodel = SimSiam::new(&evs.root(), &cfg.model, false, 0);
             evs.copy(&vs).expect("same architecture");
+            fast(&mut emodel, &evs);
             evs.freeze();
             let online = vs.variables();
             let mut names: Vec<String> =

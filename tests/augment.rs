@@ -187,3 +187,46 @@ fn probe_crop_shifts_by_whole_pixels_within_the_padding() {
     assert_eq!(y.narrow(2, 4, 24).narrow(3, 4, 24).min().double_value(&[]), 1.0);
     assert!(y.min().double_value(&[]) == 0.0);
 }
+
+/// The direct form of per-image-order `ColorJitter`: at each of the four positions every op
+/// runs, with its identity factor except the one the image's order puts there.
+fn color_jitter_reference(x: &Tensor, on: &Tensor, p: &Jitter) -> Tensor {
+    let b = x.size()[0];
+    let one = Tensor::ones([b], (Kind::Float, Device::Cpu));
+    let zero = Tensor::zeros([b], (Kind::Float, Device::Cpu));
+    let mut x = x.shallow_clone();
+    for k in 0..4 {
+        let at = |op: i64| p.order.select(1, k).eq(op).logical_and(on);
+        x = adjust_brightness(&x, &p.brightness.where_self(&at(0), &one));
+        x = adjust_contrast(&x, &p.contrast.where_self(&at(1), &one));
+        x = adjust_saturation(&x, &p.saturation.where_self(&at(2), &one));
+        x = adjust_hue(&x, &p.hue.where_self(&at(3), &zero));
+    }
+    x
+}
+
+#[test]
+fn color_jitter_with_one_hue_pass_equals_the_four_position_form() {
+    tch::manual_seed(11);
+    let b = 64;
+    let x = Tensor::rand([b, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let f = |lo: f64, hi: f64| Tensor::rand([b], (Kind::Float, Device::Cpu)) * (hi - lo) + lo;
+    let p = Jitter {
+        brightness: f(0.6, 1.4),
+        contrast: f(0.6, 1.4),
+        saturation: f(0.6, 1.4),
+        hue: f(-0.1, 0.1),
+        order: Tensor::rand([b, 4], (Kind::Float, Device::Cpu)).argsort(1, false),
+    };
+    let on = Tensor::rand([b], (Kind::Float, Device::Cpu)).lt(0.8);
+    let got = color_jitter(&x, &on, &p, true);
+    let want = color_jitter_reference(&x, &on, &p);
+    let d = (&got - &want).abs().max().double_value(&[]);
+    assert!(d < 1e-5, "max difference {d}");
+    // Images with jitter off are unchanged (up to one HSV round trip).
+    let off = on.logical_not().nonzero().squeeze_dim(1);
+    let d_off = (got.index_select(0, &off) - x.index_select(0, &off)).abs().max().double_value(&[]);
+    assert!(d_off < 1e-5, "{d_off}");
+    // And the jitter does something to the others.
+    assert!((&got - &x).abs().max().double_value(&[]) > 0.05);
+}

@@ -5,10 +5,11 @@ pub mod norm;
 pub mod resnet;
 
 use crate::config::ModelConfig;
+use crate::precision;
 use heads::{Mlp, Predictor};
 use resnet::ResNet;
 use tch::nn::{self, ModuleT};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// VarStore prefixes; the optimiser gives `predictor.*` its own (constant-lr) group.
 pub const BACKBONE: &str = "backbone";
@@ -44,6 +45,10 @@ pub struct SimSiam {
     pub dim: i64,
     /// Train-mode BatchNorm statistics over this many equal parts of the batch (ghost BN).
     pub bn_splits: i64,
+    /// Forward passes under autocast in this dtype (`None`: fp32); outputs are fp32.
+    pub autocast: Option<Kind>,
+    /// Inputs in the channels-last layout (the weights are converted by [`crate::precision`]).
+    pub channels_last: bool,
 }
 
 impl SimSiam {
@@ -60,53 +65,68 @@ impl SimSiam {
             };
             nn::linear(root / ONLINE_PROBE, backbone.out_dim, probe_classes, init)
         });
-        SimSiam { backbone, projector, predictor, inverse, online_probe, dim: cfg.dim, bn_splits: cfg.bn_splits as i64 }
+        SimSiam {
+            backbone,
+            projector,
+            predictor,
+            inverse,
+            online_probe,
+            dim: cfg.dim,
+            bn_splits: cfg.bn_splits as i64,
+            autocast: None,
+            channels_last: false,
+        }
+    }
+
+    /// Runs `f` on the inputs under the speed options (channels-last input, autocast) and
+    /// returns its outputs in fp32. In train mode with `bn_splits > 1`, `f` runs on each part of
+    /// the batch (its own BatchNorm statistics) and the outputs are concatenated.
+    fn run(&self, xs: &[&Tensor], train: bool, f: impl Fn(&[Tensor]) -> Vec<Tensor>) -> Vec<Tensor> {
+        let prep = |x: &Tensor| if self.channels_last { precision::channels_last(x) } else { x.shallow_clone() };
+        precision::autocast(self.autocast, xs[0].device(), || {
+            let n = if train { self.bn_splits } else { 1 };
+            let parts: Vec<Vec<Tensor>> = if n > 1 {
+                let chunks: Vec<Vec<Tensor>> = xs.iter().map(|x| x.chunk(n, 0)).collect();
+                (0..n as usize).map(|i| f(&chunks.iter().map(|c| prep(&c[i])).collect::<Vec<_>>())).collect()
+            } else {
+                vec![f(&xs.iter().map(|x| prep(x)).collect::<Vec<_>>())]
+            };
+            (0..parts[0].len())
+                .map(|j| {
+                    let out = match &parts[..] {
+                        [one] => one[j].shallow_clone(),
+                        many => Tensor::cat(&many.iter().map(|p| p[j].shallow_clone()).collect::<Vec<_>>(), 0),
+                    };
+                    out.to_kind(Kind::Float)
+                })
+                .collect()
+        })
     }
 
     /// z = f(x): `[B,3,H,W] -> [B, d]`.
     pub fn encode(&self, x: &Tensor, train: bool) -> Tensor {
-        if train && self.bn_splits > 1 {
-            let parts: Vec<Tensor> = x.chunk(self.bn_splits, 0).iter().map(|p| self.encode_whole(p, train)).collect();
-            return Tensor::cat(&parts, 0);
-        }
-        self.encode_whole(x, train)
-    }
-
-    fn encode_whole(&self, x: &Tensor, train: bool) -> Tensor {
-        self.backbone.forward_t(x, train).apply_t(&self.projector, train)
+        let f = |x: &[Tensor]| vec![self.backbone.forward_t(&x[0], train).apply_t(&self.projector, train)];
+        self.run(&[x], train, f).remove(0)
     }
 
     /// Backbone features y (what downstream tasks use): `[B,3,H,W] -> [B, C]`.
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
-        self.backbone.forward_t(x, train)
+        self.run(&[x], train, |x| vec![self.backbone.forward_t(&x[0], train)]).remove(0)
     }
 
     /// `x1, x2 -> z1, z2, p1, p2`. Each view is its own forward pass, so BatchNorm statistics are
     /// per view, as in the official code.
-    /// With `bn_splits > 1` in train mode, each part of the batch is its own forward pass.
     pub fn forward(&self, x1: &Tensor, x2: &Tensor, train: bool) -> SiameseOutput {
-        if !(train && self.bn_splits > 1) {
-            return self.forward_whole(x1, x2, train);
-        }
-        let n = self.bn_splits;
-        let parts: Vec<SiameseOutput> =
-            x1.chunk(n, 0).iter().zip(x2.chunk(n, 0)).map(|(a, b)| self.forward_whole(a, &b, train)).collect();
-        let cat = |f: fn(&SiameseOutput) -> &Tensor| Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0);
-        SiameseOutput {
-            z1: cat(|o| &o.z1),
-            z2: cat(|o| &o.z2),
-            p1: cat(|o| &o.p1),
-            p2: cat(|o| &o.p2),
-            y1: cat(|o| &o.y1),
-        }
-    }
-
-    fn forward_whole(&self, x1: &Tensor, x2: &Tensor, train: bool) -> SiameseOutput {
-        let y1 = self.backbone.forward_t(x1, train);
-        let z1 = y1.apply_t(&self.projector, train);
-        let z2 = self.encode_whole(x2, train);
-        let p1 = self.predictor.forward_t(&z1, train);
-        let p2 = self.predictor.forward_t(&z2, train);
-        SiameseOutput { z1, z2, p1, p2, y1 }
+        let f = |x: &[Tensor]| {
+            let y1 = self.backbone.forward_t(&x[0], train);
+            let z1 = y1.apply_t(&self.projector, train);
+            let z2 = self.backbone.forward_t(&x[1], train).apply_t(&self.projector, train);
+            let p1 = self.predictor.forward_t(&z1, train);
+            let p2 = self.predictor.forward_t(&z2, train);
+            vec![z1, z2, p1, p2, y1]
+        };
+        let mut o = self.run(&[x1, x2], train, f).into_iter();
+        let mut next = || o.next().expect("five outputs");
+        SiameseOutput { z1: next(), z2: next(), p1: next(), p2: next(), y1: next() }
     }
 }

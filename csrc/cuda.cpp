@@ -1,7 +1,9 @@
-// Constructs c10d's ProcessGroupNCCL, for csrc/c10d.cpp. Built as its own shared library
-// (linked against libtorch_cuda.so, which the simsiam binary does not link so that it runs on
-// CPU-only machines) and loaded at run time on GPU machines: see src/dist.rs `load_nccl`.
+// What only a GPU machine needs: c10d's ProcessGroupNCCL (for csrc/c10d.cpp) and the CUDA
+// caching allocator's statistics. Built as its own shared library, linked against
+// libtorch_cuda.so and libc10_cuda.so, which the simsiam binary does not link so that it runs
+// on CPU-only machines; embedded in the binary and loaded at run time (src/device.rs).
 #define USE_C10D_NCCL 1
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
 #include <cstring>
@@ -23,6 +25,16 @@ void* ss_c10d_nccl_new(void* store, int rank, int world, int64_t timeout_ms, cha
     *err = strdup("unknown C++ exception creating ProcessGroupNCCL");
   }
   return nullptr;
+}
+
+/// Peak bytes allocated by the caching allocator on `device` since the last reset.
+int64_t ss_cuda_peak_allocated(int device) {
+  auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+  return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+}
+
+void ss_cuda_reset_peak(int device) {
+  c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
 }
 
 }  // extern "C"
