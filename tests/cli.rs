@@ -5,7 +5,6 @@ mod common;
 use simsiam::data::CifarKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_simsiam"));
@@ -93,15 +92,8 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     // Same run, Ctrl-C (SIGINT) once a few steps are logged, then --resume.
     let part = tmp.path().join("part");
     let child = bin().args(train_args(&train, &test, &part)).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let t0 = Instant::now();
-    while std::fs::read_to_string(part.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0) < 8 {
-        assert!(t0.elapsed() < Duration::from_secs(120), "run did not start");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let (code, err) = common::interrupt_after(child, &part, 8);
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("--resume"), "{err}");
     let done = losses(&part).len();
     assert!(done < 60, "interrupted before the end ({done} steps)");

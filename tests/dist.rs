@@ -243,17 +243,9 @@ fn ctrl_c_stops_every_rank_at_the_same_step_and_resume_finishes_the_run() {
     let a = |out: &Path| args(&train, out, 3, &["monitor.log_every=1", "dist.sync_bn=true"]);
     ok(bin().args(a(&full)).args(["--nproc", "2"]).output().unwrap());
     let child = bin().args(a(&part)).args(["--nproc", "2"]).stderr(Stdio::piped()).spawn().unwrap();
-    let t0 = Instant::now();
-    let lines = |p: &Path| std::fs::read_to_string(p.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
-    while lines(&part) < 3 {
-        assert!(t0.elapsed() < Duration::from_secs(120), "run did not start");
-        std::thread::sleep(Duration::from_millis(5));
-    }
     // Ctrl-C reaches the launcher, which passes it on to the ranks.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let (code, err) = common::interrupt_after(child, &part, 3);
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("--resume") && err.contains("--nproc 2"), "{err}");
     assert!(err.contains("checkpoint written to"), "{err}");
     ok(bin().args(["train", "--resume"]).arg(&part).args(["--nproc", "2"]).output().unwrap());

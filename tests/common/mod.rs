@@ -44,3 +44,19 @@ pub fn save_rgb(path: &Path, w: u32, h: u32, seed: u64) {
     let img = image::RgbImage::from_raw(w, h, bytes((w * h * 3) as usize, seed)).unwrap();
     img.save(path).unwrap();
 }
+
+/// Waits until `run`'s metrics.jsonl has `lines` lines, then sends SIGINT (Ctrl-C) to `child`
+/// and returns its exit code and stderr.
+pub fn interrupt_after(child: std::process::Child, run: &Path, lines: usize) -> (Option<i32>, String) {
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let count = || std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
+    while count() < lines {
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: signalling a child process of this test.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
