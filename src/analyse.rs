@@ -1,7 +1,7 @@
 //! `simsiam analyse`: the blog's hypotheses measured on a checkpoint (EXPERIMENTS.md §3,
 //! B1-B5). Every analysis draws `k` training-augmentation views per image to estimate the
 //! instance centres f_bar (eval-mode BN unless `train_bn`), and fresh held-out views as queries.
-use crate::analysis::spectrum;
+use crate::analysis::{covariance_spectrum, cumulative_variance, spectrum};
 use crate::augment::Augmenter;
 use crate::config::AugmentConfig;
 use crate::instances::{
@@ -68,7 +68,10 @@ impl Probe<'_> {
     pub fn dimension(&self) -> Value {
         let (z, y) = self.view();
         let (f_bar, _) = self.centres();
-        let describe = |x: &Tensor| json!({"spectrum": spectrum(x), "two_nn": two_nn(x)});
+        let describe = |x: &Tensor| {
+            let cumulative = cumulative_variance(&covariance_spectrum(x));
+            json!({"spectrum": spectrum(x), "two_nn": two_nn(x), "cumulative_variance": cumulative})
+        };
         json!({"z": describe(&z), "y": describe(&y), "centres": describe(&l2_normalize(&f_bar)), "n": z.size()[0], "k": self.k})
     }
 
@@ -208,4 +211,45 @@ impl Probe<'_> {
             "mean_resultant_by_family": per_family,
         })
     }
+}
+
+/// The plots of an analysis (PNG and SVG in `dir`): B4's cumulative explained variance of z, y
+/// and the instance centres against the number of components, and B2's instance-ID accuracy
+/// against the number of instances. The other analyses are scalars (their JSON).
+pub fn plots(dir: &std::path::Path, out: &serde_json::Map<String, Value>) -> crate::Result<Vec<std::path::PathBuf>> {
+    use crate::report::{render, Figure};
+    let mut figs = Vec::new();
+    if let Some(d) = out.get("dimension") {
+        let series = ["z", "y", "centres"]
+            .iter()
+            .map(|name| {
+                let pts = d[name]["cumulative_variance"].as_array().into_iter().flatten();
+                let pts = pts.enumerate().filter_map(|(i, v)| Some(((i + 1) as f64, v.as_f64()?))).collect();
+                (name.to_string(), pts)
+            })
+            .collect();
+        figs.push(Figure {
+            stem: "dimension",
+            title: "B4: cumulative explained variance",
+            x_label: "components",
+            series,
+        });
+    }
+    if let Some(rows) = out.get("instances").and_then(|v| v["by_size"].as_array()) {
+        let line = |key: &str| -> Vec<(f64, f64)> {
+            rows.iter().filter_map(|r| Some((r["instances"].as_f64()?, r["id"][key].as_f64()?))).collect()
+        };
+        figs.push(Figure {
+            stem: "instances",
+            title: "B2: instance identification from one view",
+            x_label: "instances N",
+            series: vec![("top-1".into(), line("top1")), ("top-5".into(), line("top5"))],
+        });
+    }
+    figs.iter()
+        .map(|f| {
+            render(dir, f)?;
+            Ok(dir.join(format!("{}.png", f.stem)))
+        })
+        .collect()
 }

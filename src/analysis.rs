@@ -155,7 +155,7 @@ pub fn rankme(x: &Tensor) -> f64 {
 }
 
 /// Covariance eigenvalues (descending) of the centred matrix: `sigma^2 / (N - 1)`.
-fn covariance_spectrum(x: &Tensor) -> Vec<f64> {
+pub fn covariance_spectrum(x: &Tensor) -> Vec<f64> {
     let xd = x.to_kind(Kind::Double);
     let xc = &xd - xd.mean_dim(&[0i64][..], true, Kind::Double);
     let s = singular_values(&xc);
@@ -173,6 +173,18 @@ pub struct Spectrum {
     pub pca_k90: usize,
     pub pca_k95: usize,
     pub pca_k99: usize,
+}
+
+/// The fraction of the variance held by the leading 1, 2, ... eigenvalues.
+pub fn cumulative_variance(lambda: &[f64]) -> Vec<f64> {
+    let total: f64 = lambda.iter().sum::<f64>().max(1e-300);
+    lambda
+        .iter()
+        .scan(0.0, |acc, l| {
+            *acc += l;
+            Some(*acc / total)
+        })
+        .collect()
 }
 
 /// Smallest k with `sum_{i<=k} lambda_i / sum lambda >= q`.

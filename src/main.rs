@@ -382,6 +382,9 @@ fn run() -> Result<()> {
                 let f = dir.join(format!("{name}.json"));
                 std::fs::write(&f, serde_json::to_string_pretty(v)?).with_context(|| f.display().to_string())?;
             }
+            for p in simsiam::analyse::plots(&dir, &out)? {
+                eprintln!("plot: {} (and .svg)", p.display());
+            }
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }

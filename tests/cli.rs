@@ -318,4 +318,11 @@ fn analyse_measures_a_checkpoint() {
     assert!(r > 0.0 && r <= 1.0 + 1e-6);
     let cos = v["predictor"]["cos_h_hstar"].as_f64().unwrap();
     assert!((-1.0..=1.0).contains(&cos));
+    // B4's cumulative explained variance rises to 1; B4 and B2 are plotted.
+    let cum: Vec<f64> =
+        v["dimension"]["z"]["cumulative_variance"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert!(cum.windows(2).all(|w| w[1] >= w[0] - 1e-12) && (cum.last().unwrap() - 1.0).abs() < 1e-9);
+    for f in ["dimension.png", "dimension.svg", "instances.png", "instances.svg"] {
+        assert!(run.join("analysis").join(f).is_file(), "{f}");
+    }
 }
