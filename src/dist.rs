@@ -348,6 +348,9 @@ pub fn launch_local(
     use std::sync::atomic::Ordering;
     let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
     let port = free_port()?;
+    // As torchrun: N ranks on one machine share its cores (unless OMP_NUM_THREADS says otherwise).
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::env::var("OMP_NUM_THREADS").unwrap_or_else(|_| (cores / nproc).max(1).to_string());
     let mut children = Vec::new();
     for rank in 0..nproc {
         let mut child = Command::new(&exe);
@@ -359,6 +362,7 @@ pub fn launch_local(
             .env("LOCAL_WORLD_SIZE", nproc.to_string())
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
+            .env("OMP_NUM_THREADS", &threads)
             .stdin(Stdio::null())
             .process_group(0);
         // SAFETY: prctl is async-signal-safe; a rank dies with its launcher.
