@@ -205,7 +205,9 @@ pub fn step(
             r.prepare(&loss)?;
             loss.f_backward().map_err(|e| Error::Distributed {
                 rank: Some(r.rank()),
-                msg: format!("the backward pass (gradient all-reduce) failed: {e}"),
+                msg: format!(
+                    "the backward pass (gradient all-reduce) failed (another rank died, hung or is unreachable): {e}"
+                ),
             })?;
         }
         None => loss.f_backward()?,

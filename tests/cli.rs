@@ -36,21 +36,15 @@ fn train_args(train: &Path, test: &Path, out: &Path) -> Vec<String> {
         "--out".into(),
         out.display().to_string(),
     ]);
-    for s in [
-        "model.width=4",
-        "model.dim=32",
-        "model.proj_hidden=32",
-        "model.pred_hidden=8",
-        "data.train_limit=0",
+    for s in common::SMALL_MODEL.iter().chain(&[
         "data.test_limit=0",
         "monitor.log_every=1",
         "monitor.knn_every=1",
         "monitor.knn_k=20",
         "run.checkpoint_every=1",
-        "run.threads=1",
-    ] {
+    ]) {
         a.push("--set".into());
-        a.push(s.into());
+        a.push(s.to_string());
     }
     a
 }

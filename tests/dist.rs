@@ -27,19 +27,7 @@ fn args(train: &Path, out: &Path, epochs: usize, extra: &[&str]) -> Vec<String> 
         ["train", "--preset", "tiny", "--device", "cpu", "--batch-size", "64"].iter().map(|s| s.to_string()).collect();
     a.extend(["--epochs".into(), epochs.to_string(), "--data".into(), train.display().to_string()]);
     a.extend(["--out".into(), out.display().to_string()]);
-    for s in [
-        "model.width=4",
-        "model.dim=32",
-        "model.proj_hidden=32",
-        "model.pred_hidden=8",
-        "data.train_limit=0",
-        "monitor.log_every=2",
-        "monitor.knn_at_init=false",
-        "run.threads=1",
-    ]
-    .iter()
-    .chain(extra)
-    {
+    for s in common::SMALL_MODEL.iter().chain(&["monitor.log_every=2", "monitor.knn_at_init=false"]).chain(extra) {
         a.push("--set".into());
         a.push(s.to_string());
     }
@@ -142,41 +130,17 @@ fn a_killed_rank_stops_the_job_with_an_error_naming_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The launcher prints each rank's pid; read them as they come.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let mut pid1 = None;
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(60) {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else { break };
-        if let Some(rest) = line.strip_prefix("launched rank 1 (pid ") {
-            pid1 = rest.trim_end_matches(')').parse::<i32>().ok();
-        }
-        let training = line.starts_with("data:");
-        log.push(line);
-        if training && pid1.is_some() {
-            break;
-        }
-    }
-    let pid1 = pid1.unwrap_or_else(|| panic!("no pid for rank 1: {log:?}"));
-    // Let it take a few steps, then kill rank 1.
-    std::thread::sleep(Duration::from_secs(2));
+    let (pid1, rx) = rank1_pid_once_training(&mut child);
     unsafe { libc::kill(pid1, libc::SIGKILL) };
     let killed = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(killed.elapsed() < Duration::from_secs(60), "the job did not stop within 60s: {log:?}");
+        assert!(killed.elapsed() < Duration::from_secs(60), "the job did not stop within 60s");
         std::thread::sleep(Duration::from_millis(100));
     };
+    let mut log = Vec::new();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
         log.push(line);
     }
@@ -186,6 +150,55 @@ fn a_killed_rank_stops_the_job_with_an_error_naming_it() {
     // The surviving rank saw it fail at a collective and said so, naming itself.
     assert!(text.contains("error: rank 0: "), "{text}");
     assert!(killed.elapsed() < Duration::from_secs(30), "took {:?}", killed.elapsed());
+}
+
+#[test]
+fn a_hung_rank_makes_the_job_stop_after_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = data(tmp.path());
+    let mut child = bin()
+        .args(args(&train, &tmp.path().join("run"), 1000, &["dist.timeout_s=5"]))
+        .args(["--nproc", "2"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid1, rx) = rank1_pid_once_training(&mut child);
+    // Stop rank 1 without killing it: its peer waits in a collective until the timeout.
+    unsafe { libc::kill(pid1, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let status = child.wait().unwrap();
+    let text: Vec<String> = rx.try_iter().collect();
+    let text = text.join("\n");
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("error: rank 0: ") && text.contains("Timed out"), "{text}");
+    // 5 s for rank 0's collective, then up to 15 s of grace before the launcher kills rank 1.
+    assert!(stopped.elapsed() < Duration::from_secs(40), "took {:?}: {text}", stopped.elapsed());
+    assert!(text.contains("killing rank 1"), "{text}");
+}
+
+/// Reads the launcher's stderr until rank 1's pid is known and training has started; the
+/// receiver keeps the remaining lines.
+fn rank1_pid_once_training(child: &mut std::process::Child) -> (i32, std::sync::mpsc::Receiver<String>) {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut pid1, mut started, mut log) = (None, false, Vec::new());
+    while !(started && pid1.is_some()) {
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no start: {log:?}"));
+        if let Some(rest) = line.strip_prefix("launched rank 1 (pid ") {
+            pid1 = rest.trim_end_matches(')').parse::<i32>().ok();
+        }
+        started |= line.starts_with("data:");
+        log.push(line);
+    }
+    // A few steps in.
+    std::thread::sleep(Duration::from_secs(2));
+    (pid1.unwrap(), rx)
 }
 
 #[test]

@@ -60,3 +60,14 @@ pub fn interrupt_after(child: std::process::Child, run: &Path, lines: usize) -> 
     let out = child.wait_with_output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// A very small model, one thread, all training images: runs whose shape (steps, epochs,
+/// checkpoints, ranks) is under test, not what they learn.
+pub const SMALL_MODEL: [&str; 6] = [
+    "model.width=4",
+    "model.dim=32",
+    "model.proj_hidden=32",
+    "model.pred_hidden=8",
+    "data.train_limit=0",
+    "run.threads=1",
+];
