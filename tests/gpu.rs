@@ -94,3 +94,33 @@ fn cuda_one_rank_nccl_job_trains() {
     assert_eq!(summary.steps, 2 * (512 / 64));
     assert!(summary.final_loss.is_finite() && summary.final_loss < 0.0, "{summary:?}");
 }
+
+/// The CUDA defaults (bf16 autocast + channels-last) compute what fp32 computes, up to bf16's
+/// precision, and their checkpoints save and load.
+#[test]
+fn cuda_fast_defaults_match_fp32() {
+    let Some(dev) = cuda() else { return };
+    let sets = |p: &str| -> Vec<String> { vec![format!("run.precision=\"{p}\""), "model.width=16".into()] };
+    let mut slow_cfg = Config::resolve("tiny", None, &sets("fp32")).unwrap();
+    slow_cfg.run.channels_last = false;
+    let fast_cfg = Config::resolve("tiny", None, &sets("auto")).unwrap();
+    let slow = Network::new(&slow_cfg, dev);
+    let mut fast = Network::new(&fast_cfg, dev);
+    fast.vs.copy(&slow.vs).unwrap();
+    assert_eq!((fast.model.autocast, fast.model.channels_last), (Some(Kind::BFloat16), true));
+    let conv = fast.vs.variables().into_iter().find(|(n, _)| n == "backbone.conv1.weight").unwrap().1;
+    assert!(simsiam::precision::is_channels_last(&conv));
+    let x1 = Tensor::randn([64, 3, 32, 32], (Kind::Float, dev));
+    let x2 = Tensor::randn([64, 3, 32, 32], (Kind::Float, dev));
+    let (a, b) = (slow.model.forward(&x1, &x2, true), fast.model.forward(&x1, &x2, true));
+    assert_eq!(b.z1.kind(), Kind::Float);
+    let cos = Tensor::cosine_similarity(&a.z1, &b.z1, 1, 1e-8).min().double_value(&[]);
+    assert!(cos > 0.99, "cos(z_fp32, z_fast) down to {cos}");
+    let tmp = tempfile::tempdir().unwrap();
+    let opt = simsiam::optim::Sgd::new(fast.params(&fast_cfg), 3, 0.9, 5e-4);
+    let dir = simsiam::checkpoint::save(tmp.path(), &fast.vs, &opt, Default::default(), &[]).unwrap();
+    let mut again = Network::new(&slow_cfg, dev);
+    simsiam::checkpoint::load_model(&mut again.vs, &dir).unwrap();
+    let c = again.model.features(&x1, false);
+    assert!((c - slow.model.features(&x1, false)).abs().max().double_value(&[]) < 1e-5);
+}
