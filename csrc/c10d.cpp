@@ -159,13 +159,6 @@ void ss_c10d_broadcast(void* g, at::Tensor* t, int root, char** err) {
   })
 }
 
-void ss_c10d_barrier(void* g, char** err) {
-  GUARDED(err, {
-    auto* grp = static_cast<Group*>(g);
-    wait(grp, grp->pg->barrier());
-  })
-}
-
 /// The differentiable all-gather `[k] -> [world, k]`, for synchronised BatchNorm.
 at::Tensor* ss_c10d_all_gather_autograd(void* g, at::Tensor* x, char** err) {
   GUARDED(err, { return new at::Tensor(AllGather::apply(*x, reinterpret_cast<int64_t>(g))); })

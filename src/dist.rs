@@ -30,7 +30,6 @@ extern "C" {
     fn ss_c10d_group_free(g: *mut c_void);
     fn ss_c10d_all_reduce_sum(g: *mut c_void, t: CTensor, err: *mut *mut c_char);
     fn ss_c10d_broadcast(g: *mut c_void, t: CTensor, root: c_int, err: *mut *mut c_char);
-    fn ss_c10d_barrier(g: *mut c_void, err: *mut *mut c_char);
     fn ss_c10d_all_gather_autograd(g: *mut c_void, x: CTensor, err: *mut *mut c_char) -> CTensor;
     fn ss_c10d_reducer_new(
         g: *mut c_void,
@@ -205,10 +204,6 @@ impl Group {
         })
     }
 
-    pub fn barrier(&self) -> Result<()> {
-        checked("barrier", self.rank, |err| unsafe { ss_c10d_barrier(self.ptr.as_ptr(), err) })
-    }
-
     /// Every rank's `x` `[k]` stacked in rank order, `[world, k]`, differentiably: the gradient
     /// of a rank's input is the sum over ranks of the gradient of its row.
     pub fn all_gather_autograd(&self, x: &Tensor) -> Result<Tensor> {
@@ -243,9 +238,8 @@ impl Drop for Group {
 /// (started after [`Reducer::prepare`]), each parameter's `.grad` holds the mean over ranks.
 pub struct Reducer {
     ptr: NonNull<c_void>,
-    rank: usize,
     // The group must outlive the reducer.
-    _group: Arc<Group>,
+    group: Arc<Group>,
 }
 
 impl Reducer {
@@ -270,12 +264,12 @@ impl Reducer {
             rank: Some(group.rank),
             msg: "the gradient reducer was not created".into(),
         })?;
-        Ok(Reducer { ptr, rank: group.rank, _group: group })
+        Ok(Reducer { ptr, group })
     }
 
     /// The rank this reducer runs on.
     pub fn rank(&self) -> usize {
-        self.rank
+        self.group.rank
     }
 
     /// Arms the reducer for the backward pass that starts from `output` (parameters that pass
@@ -283,7 +277,7 @@ impl Reducer {
     pub fn prepare(&self, output: &Tensor) -> Result<()> {
         // c10d's message for a parameter without a gradient is long; say what to do first.
         let hint = "; if a trainable parameter gets no gradient, set dist.find_unused = true";
-        checked("preparing the gradient all-reduce", self.rank, |err| unsafe {
+        checked("preparing the gradient all-reduce", self.group.rank, |err| unsafe {
             ss_c10d_reducer_prepare(self.ptr.as_ptr(), tensor_ptr(output), err)
         })
         .map_err(|e| match e {

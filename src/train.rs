@@ -729,13 +729,17 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                     checkpoint: last_ckpt.to_string(),
                 });
             }
+            // Only rank 0 logs; the other ranks' rows hold just the loss.
+            let Some(log) = log.as_mut() else { continue };
             let mut line = json!({"epoch": p.epoch, "step": p.step, "lr": p.lr, "images_per_s": ips, "collapse_std_scaled": row[1] * sqrt_d});
             for (name, v) in STEP_STATS.iter().zip(row) {
                 line[*name] = json!(v);
             }
-            if let Some(log) = log.as_mut() {
-                log.write(line)?;
-            }
+            log.write(line)?;
+        }
+        if log.is_none() {
+            pending.clear();
+            return Ok(());
         }
         let last = rows.last().expect("non-empty");
         summary.final_loss = last[0];
@@ -833,7 +837,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             if let Some(e) = net.ema.as_mut() {
                 e.update(Ema::momentum(cfg.model.ema_momentum, pos.global_step, total_steps));
             }
-            pending.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, stats: step_stats(&out) });
+            // The monitors are rank 0's; the others only check their loss.
+            let stats = if lead { step_stats(&out) } else { out.loss.to_kind(Kind::Float).view([1]) };
+            pending.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, stats });
 
             pos.step_in_epoch += 1;
             pos.global_step += 1;

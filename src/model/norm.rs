@@ -41,8 +41,8 @@ impl BatchNorm {
         let xf = x.to_kind(Kind::Float);
         let mean_r = xf.mean_dim(&dims[..], false, Kind::Float); // [C]
         let var_r = (&xf - mean_r.view(&shape[..])).square().mean_dim(&dims[..], false, Kind::Float); // [C]
-        let n_r = Tensor::from_slice(&[count as f32]).to_device(x.device()); // [1]
-                                                                             // [world, 2C + 1]: (mean, biased variance, count) of every rank.
+        let n_r = Tensor::full([1], count, (Kind::Float, x.device())); // [1], no host copy
+                                                                       // [world, 2C + 1]: (mean, biased variance, count) of every rank.
         let all = group.all_gather_autograd(&Tensor::cat(&[mean_r, var_r, n_r], 0))?;
         let n = all.narrow(1, 2 * c, 1); // [W, 1]
         let total = n.sum(Kind::Float);
