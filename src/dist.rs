@@ -64,6 +64,9 @@ pub fn load_nccl() -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// What a failed collective most often means, for its error message.
+pub const PEER_FAILURE: &str = "another rank died, hung or is unreachable";
+
 /// Runs a C call that reports failure through `char** err`, turning it into a `Result`.
 fn checked<T>(what: &str, rank: usize, f: impl FnOnce(*mut *mut c_char) -> T) -> Result<T> {
     let mut err: *mut c_char = std::ptr::null_mut();
@@ -194,12 +197,14 @@ impl Group {
 
     /// `t <- sum over ranks of t`, in place.
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
-        checked("all-reduce", self.rank, |err| unsafe { ss_c10d_all_reduce_sum(self.ptr.as_ptr(), tensor_ptr(t), err) })
+        checked(&format!("all-reduce ({PEER_FAILURE})"), self.rank, |err| unsafe {
+            ss_c10d_all_reduce_sum(self.ptr.as_ptr(), tensor_ptr(t), err)
+        })
     }
 
     /// `t <- root's t`, in place.
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<()> {
-        checked("broadcast", self.rank, |err| unsafe {
+        checked(&format!("broadcast ({PEER_FAILURE})"), self.rank, |err| unsafe {
             ss_c10d_broadcast(self.ptr.as_ptr(), tensor_ptr(t), root as c_int, err)
         })
     }
@@ -207,7 +212,7 @@ impl Group {
     /// Every rank's `x` `[k]` stacked in rank order, `[world, k]`, differentiably: the gradient
     /// of a rank's input is the sum over ranks of the gradient of its row.
     pub fn all_gather_autograd(&self, x: &Tensor) -> Result<Tensor> {
-        let p = checked("all-gather", self.rank, |err| unsafe {
+        let p = checked(&format!("all-gather ({PEER_FAILURE})"), self.rank, |err| unsafe {
             ss_c10d_all_gather_autograd(self.ptr.as_ptr(), tensor_ptr(x), err)
         })?;
         // SAFETY: the C side returns a fresh heap `at::Tensor*`, owned from here on.

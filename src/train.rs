@@ -205,9 +205,7 @@ pub fn step(
             r.prepare(&loss)?;
             loss.f_backward().map_err(|e| Error::Distributed {
                 rank: Some(r.rank()),
-                msg: format!(
-                    "the backward pass (gradient all-reduce) failed (another rank died, hung or is unreachable): {e}"
-                ),
+                msg: format!("the backward pass (gradient all-reduce) failed ({}): {e}", dist::PEER_FAILURE),
             })?;
         }
         None => loss.f_backward()?,
