@@ -135,30 +135,34 @@ pub fn to_float(images_u8: &Tensor) -> Tensor {
 /// Where a batch's per-image random parameters come from. Every draw is made for the whole
 /// global batch and this batch keeps rows `offset..offset + len`: a rank of a data-parallel job
 /// then augments its shard exactly as a single process augments the global batch (same seed,
-/// same views), whatever the number of ranks.
+/// same views), whatever the number of ranks. `copies` views of each image are drawn at once
+/// (the batch is the images repeated `copies` times, view-major).
 #[derive(Debug, Clone, Copy)]
 pub struct Draw {
     pub offset: i64,
     pub len: i64,
     pub global: i64,
+    pub copies: i64,
     pub device: Device,
 }
 
 impl Draw {
-    /// The batch is the whole global batch.
+    /// The batch is the whole global batch, one view of each image.
     pub fn whole(b: i64, device: Device) -> Draw {
-        Draw { offset: 0, len: b, global: b, device }
+        Draw { offset: 0, len: b, global: b, copies: 1, device }
     }
 
-    /// Uniform [0, 1) draws `[len, rest..]`.
+    /// Uniform [0, 1) draws `[copies * len, rest..]`.
     pub fn rand(&self, rest: &[i64]) -> Tensor {
-        let shape: Vec<i64> = std::iter::once(self.global).chain(rest.iter().copied()).collect();
+        let shape: Vec<i64> = std::iter::once(self.copies * self.global).chain(rest.iter().copied()).collect();
         let t = Tensor::rand(shape, (Kind::Float, self.device));
         if self.len == self.global {
-            t
-        } else {
-            t.narrow(0, self.offset, self.len)
+            return t;
         }
+        // [copies * global, ..] -> [copies, global, ..] -> this shard's rows of every copy.
+        let split: Vec<i64> = [self.copies, self.global].into_iter().chain(rest.iter().copied()).collect();
+        let out: Vec<i64> = std::iter::once(self.copies * self.len).chain(rest.iter().copied()).collect();
+        t.view(&split[..]).narrow(1, self.offset, self.len).reshape(&out[..])
     }
 }
 
@@ -288,19 +292,33 @@ impl Augmenter {
         self
     }
 
-    fn draw(&self, b: i64, device: Device) -> Draw {
+    fn draw(&self, b: i64, copies: i64, device: Device) -> Draw {
         match self.shard {
-            Some((offset, global)) if offset + b <= global => Draw { offset, len: b, global, device },
-            _ => Draw::whole(b, device),
+            Some((offset, global)) if offset + b <= global => Draw { offset, len: b, global, copies, device },
+            _ => Draw { copies, ..Draw::whole(b, device) },
         }
     }
 
     /// One augmented view per image: uint8 `[B,H,W,3]` -> normalised float `[B,3,S,S]`.
     pub fn view(&self, images_u8: &Tensor) -> Tensor {
+        let (b, _, _, _) = images_u8.size4().expect("[B,H,W,3]");
+        self.augment(images_u8, self.draw(b, 1, images_u8.device()))
+    }
+
+    /// `n` independent augmented views of each image, each `[B,3,S,S]`, in one pass over the
+    /// `n x B` batch: the augmentation is some hundreds of small kernels whatever the batch
+    /// size (on a GPU their launches, not their work, set its time), so one pass costs about
+    /// what one view costs.
+    pub fn views(&self, images_u8: &Tensor, n: usize) -> Vec<Tensor> {
+        let (b, _, _, _) = images_u8.size4().expect("[B,H,W,3]");
+        let many = if n == 1 { images_u8.shallow_clone() } else { images_u8.repeat([n as i64, 1, 1, 1]) };
+        self.augment(&many, self.draw(b, n as i64, images_u8.device())).chunk(n as i64, 0)
+    }
+
+    /// The augmentation of a batch whose random parameters come from `draw`.
+    fn augment(&self, images_u8: &Tensor, draw: Draw) -> Tensor {
         let c = &self.cfg;
-        let dev = images_u8.device();
-        let (b, h, w, _) = images_u8.size4().expect("[B,H,W,3]");
-        let draw = self.draw(b, dev);
+        let (_, h, w, _) = images_u8.size4().expect("[B,H,W,3]");
         let x = to_float(images_u8);
         let boxes = sample_crop_boxes(draw, h, w, c.crop_scale, c.crop_ratio);
         let mut x = resized_crop_flip(&x, &boxes, &coin(draw, c.flip_p), self.out_size);

@@ -20,6 +20,10 @@ pub enum Mode {
     Augment,
     /// Store -> augmentation -> step, as training runs it.
     EndToEnd,
+    /// Part of `step`: the forward pass and the loss (autograd recording, no backward).
+    Forward,
+    /// Part of `step`: zeroing the gradients and the SGD update (gradients from one step).
+    Optimizer,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,16 +74,29 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
     let objective = Objective::new(&cfg.objective);
     let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let mut opt = Sgd::new(net.params(cfg), 2, cfg.optim.momentum, cfg.optim.weight_decay);
+    opt.fused = cfg.optim.fused;
     opt.lrs = vec![cfg.optim.init_lr(); 2];
     let images = Tensor::randint(256, [b, s, s, 3], (Kind::Uint8, device));
     let n = objective.views();
     let fixed = views(&aug, &images, n);
+    if mode == Mode::Optimizer {
+        // Gradients for every parameter, as after a backward pass.
+        step(&net.model, &objective, &mut opt, &fixed, StepTargets::default(), None)?;
+    }
     let mut once = || -> Result<()> {
         match mode {
             Mode::Step => drop(step(&net.model, &objective, &mut opt, &fixed, StepTargets::default(), None)?),
             Mode::Augment => drop(views(&aug, &images, n)),
             Mode::EndToEnd => {
                 drop(step(&net.model, &objective, &mut opt, &views(&aug, &images, n), StepTargets::default(), None)?)
+            }
+            Mode::Forward => {
+                let pairs: Vec<_> = fixed.chunks(2).map(|v| net.model.forward(&v[0], &v[1], true)).collect();
+                drop(objective.loss(&pairs, &Default::default()))
+            }
+            Mode::Optimizer => {
+                opt.zero_grad();
+                opt.step()
             }
         }
         Ok(())

@@ -201,6 +201,11 @@ pub struct Outcome {
 /// Trains (or resumes, or skips) every arm, then writes the report. Returns the outcome.
 pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl) -> Result<Outcome> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Every arm's config first, so that an override no arm can take (e.g. `--epochs` at or
+    // below an arm's warm-up) fails before any training, not after the earlier arms.
+    for arm in &exp.arms {
+        exp.arm_config(arm, out, extra)?;
+    }
     let mut arms = Vec::new();
     for arm in &exp.arms {
         let mut extra = extra.to_vec();

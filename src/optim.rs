@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::Tensor;
 
+/// The (weights, gradients, momentum buffers) of one fused update call.
+type FusedCall = (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>);
+
 /// A named parameter in a group.
 #[derive(Debug)]
 pub struct Param {
@@ -26,6 +29,8 @@ pub struct Sgd {
     /// LARS (apex LARC, clip off): scale each parameter's update by
     /// `trust * ||w|| / (||g|| + wd ||w||)`; `None` = plain SGD.
     pub lars_trust: Option<f64>,
+    /// Use PyTorch's fused kernels (cleared, with a warning, if libtorch refuses them).
+    pub fused: bool,
     bufs: Vec<Option<Tensor>>,
 }
 
@@ -39,21 +44,76 @@ impl Sgd {
             momentum,
             weight_decay,
             lars_trust: None,
+            fused: true,
             bufs: (0..n).map(|_| None).collect(),
         }
     }
 
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            let mut g = p.tensor.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
+        let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect();
+        if grads.is_empty() {
+            return;
+        }
+        if self.fused {
+            match tch::no_grad(|| fused::foreach_zero(&grads)) {
+                Ok(()) => return,
+                Err(e) => self.fused_failed(&e),
             }
+        }
+        for mut g in grads {
+            let _ = g.zero_();
         }
     }
 
     /// `d = g + wd * w; buf = m * buf + d (buf = d at first); w -= lr * buf`.
+    ///
+    /// Plain SGD runs as PyTorch's fused kernel (`_fused_sgd_`, one launch per group and state
+    /// on a GPU instead of about six per parameter); LARS runs per parameter.
     pub fn step(&mut self) {
+        if self.lars_trust.is_some() || !self.fused {
+            return self.step_per_param();
+        }
+        let done = tch::no_grad(|| -> std::result::Result<(), String> {
+            // One fused call per (group, has momentum state): lr and wd are per group, and a
+            // parameter's first step sets its buffer instead of decaying it.
+            let mut calls: HashMap<(usize, bool), FusedCall> = HashMap::new();
+            for (p, buf) in self.params.iter().zip(self.bufs.iter_mut()) {
+                let g = p.tensor.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let first = buf.is_none();
+                // Same strides as the parameter (channels-last too): the kernel works on storage.
+                let b = buf.get_or_insert_with(|| p.tensor.empty_like()).shallow_clone();
+                let e = calls.entry((p.group, first)).or_default();
+                e.0.push(p.tensor.shallow_clone());
+                e.1.push(g);
+                e.2.push(b);
+            }
+            let mut keys: Vec<_> = calls.keys().copied().collect();
+            keys.sort();
+            for key in keys {
+                let (ws, gs, bs) = &calls[&key];
+                let (group, first) = key;
+                fused::sgd(ws, gs, bs, self.wds[group], self.momentum, self.lrs[group], first)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = done {
+            // libtorch checks its arguments before any kernel runs: nothing was updated yet.
+            self.fused_failed(&e);
+            self.step_per_param();
+        }
+    }
+
+    /// A libtorch without the fused kernels for this device: say so once, go on per parameter.
+    fn fused_failed(&mut self, msg: &str) {
+        eprintln!("warning: PyTorch's fused SGD kernels failed ({msg}); using the per-parameter update");
+        self.fused = false;
+    }
+
+    /// The reference form of [`Sgd::step`], one parameter at a time (and LARS).
+    pub fn step_per_param(&mut self) {
         tch::no_grad(|| {
             for (p, buf) in self.params.iter_mut().zip(self.bufs.iter_mut()) {
                 let g = p.tensor.grad();
@@ -74,7 +134,11 @@ impl Sgd {
                         let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
                         b
                     }
-                    None => buf.insert(d.detach().copy()),
+                    None => {
+                        let b = buf.insert(p.tensor.empty_like());
+                        b.copy_(&d);
+                        b
+                    }
                 };
                 let lr = self.lrs[p.group];
                 let _ = p.tensor.g_add_(&(&*b * (-lr)));
@@ -96,7 +160,12 @@ impl Sgd {
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let saved: HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
         for (p, b) in self.params.iter().zip(self.bufs.iter_mut()) {
-            *b = saved.get(&p.name).map(|t| t.to_device(p.tensor.device()));
+            // Laid out as the parameter (the fused kernel works on storage).
+            *b = saved.get(&p.name).map(|t| {
+                let mut b = p.tensor.empty_like();
+                b.copy_(t);
+                b
+            });
         }
         Ok(())
     }
@@ -111,4 +180,67 @@ pub fn cosine_lr(init_lr: f64, t: f64, epochs: usize, warmup: usize) -> f64 {
     }
     let span = (epochs as f64 - w).max(1.0);
     init_lr * 0.5 * (1.0 + (std::f64::consts::PI * (t - w) / span).cos())
+}
+
+/// PyTorch's fused optimiser kernels (`csrc/optim.cpp`).
+mod fused {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+    use tch::Tensor;
+
+    extern "C" {
+        fn ss_fused_sgd(
+            params: *const *mut c_void,
+            grads: *const *mut c_void,
+            bufs: *const *mut c_void,
+            n: c_int,
+            wd: f64,
+            momentum: f64,
+            lr: f64,
+            first: c_int,
+            err: *mut *mut c_char,
+        ) -> c_int;
+        fn ss_foreach_zero(ts: *const *mut c_void, n: c_int, err: *mut *mut c_char) -> c_int;
+    }
+
+    fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
+        ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
+    }
+
+    /// Runs a call that reports failure as `1` and a `malloc`ed message in `err`.
+    fn checked(f: impl FnOnce(*mut *mut c_char) -> c_int) -> std::result::Result<(), String> {
+        let mut err: *mut c_char = std::ptr::null_mut();
+        if f(&mut err) == 0 {
+            return Ok(());
+        }
+        // SAFETY: on failure the C side sets `err` to a NUL-terminated `strdup` result, ours to free.
+        let msg = unsafe {
+            let m = CStr::from_ptr(err).to_string_lossy().into_owned();
+            libc::free(err as *mut c_void);
+            m
+        };
+        Err(msg.lines().next().unwrap_or_default().to_string())
+    }
+
+    /// One `_fused_sgd_` call over tensors of one device, dtype and (per tensor) layout.
+    pub fn sgd(
+        ws: &[Tensor],
+        gs: &[Tensor],
+        bs: &[Tensor],
+        wd: f64,
+        momentum: f64,
+        lr: f64,
+        first: bool,
+    ) -> std::result::Result<(), String> {
+        let (w, g, b) = (ptrs(ws), ptrs(gs), ptrs(bs));
+        // SAFETY: live `at::Tensor*`s (tch's `as_ptr`) borrowed for the call.
+        checked(|err| unsafe {
+            ss_fused_sgd(w.as_ptr(), g.as_ptr(), b.as_ptr(), w.len() as c_int, wd, momentum, lr, first as c_int, err)
+        })
+    }
+
+    pub fn foreach_zero(ts: &[Tensor]) -> std::result::Result<(), String> {
+        let p = ptrs(ts);
+        // SAFETY: live `at::Tensor*`s borrowed for the call.
+        checked(|err| unsafe { ss_foreach_zero(p.as_ptr(), p.len() as c_int, err) })
+    }
 }

@@ -47,7 +47,19 @@ fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
     (x0, x1, y0, y1)
 }
 
+/// The plots' one font, DejaVu Sans (`assets/`, its licence beside it), built into the binary:
+/// text is rendered in Rust (`ab_glyph`), so plotting needs neither FreeType nor fontconfig nor
+/// any installed font (GPU machines often have none).
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, include_bytes!("../assets/DejaVuSans.ttf"))
+            .unwrap_or_else(|_| panic!("assets/DejaVuSans.ttf is a valid font (built in)"));
+    });
+}
+
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::result::Result<(), String> {
+    register_font();
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(e)?;
     let (x0, x1, y0, y1) = bounds(&fig.series);

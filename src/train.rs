@@ -118,15 +118,19 @@ impl Network {
 
 /// `n` independent augmented views of a uint8 batch `[B,H,W,3]`, each `[B,3,S,S]`.
 pub fn views(aug: &Augmenter, images: &Tensor, n: usize) -> Vec<Tensor> {
-    tch::no_grad(|| (0..n).map(|_| aug.view(images)).collect())
+    tch::no_grad(|| aug.views(images, n))
 }
 
 /// The `eoa` target: the mean normalised projection of `k` fresh views of each image, with the
 /// current weights (train-mode BN, as the targets of a SimSiam step), detached. `[B, d]`
 pub fn eoa_target(model: &SimSiam, aug: &Augmenter, images: &Tensor, k: usize) -> Tensor {
     tch::no_grad(|| {
-        let sum =
-            (0..k).map(|_| l2_normalize(&model.encode(&aug.view(images), true))).reduce(|a, b| a + b).expect("k >= 1");
+        let sum = aug
+            .views(images, k)
+            .iter()
+            .map(|x| l2_normalize(&model.encode(x, true)))
+            .reduce(|a, b| a + b)
+            .expect("k >= 1");
         sum / k as f64
     })
 }
@@ -569,6 +573,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         Augmenter::new(&cfg.augment, cfg.data.image_size, device).sharded((rank * local_batch) as i64, batch as i64);
     let params = net.params(cfg);
     let mut opt = Sgd::new(params, 3, cfg.optim.momentum, cfg.optim.weight_decay);
+    opt.fused = cfg.optim.fused;
     opt.lrs[2] = cfg.monitor.online_probe_lr;
     opt.wds[2] = 0.0;
 

@@ -320,3 +320,24 @@ fn analyse_measures_a_checkpoint() {
         assert!(run.join("analysis").join(f).is_file(), "{f}");
     }
 }
+
+/// An override that one arm cannot take stops the experiment before any arm trains.
+#[test]
+fn an_experiment_checks_every_arm_before_training() {
+    let (tmp, train, test) = data();
+    let out_dir = tmp.path().join("exp");
+    let out = bin()
+        .args(["experiment", "batch-size", "--epochs", "2", "--data"])
+        .arg(&train)
+        .arg("--test-data")
+        .arg(&test)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // The last arm (batch 1024) has a 3-epoch warm-up; the four before it would have trained.
+    assert!(err.contains("arm b1024") && err.contains("optim.warmup_epochs"), "{err}");
+    assert!(!out_dir.join("b64").exists(), "no arm trained: {err}");
+}

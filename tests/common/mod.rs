@@ -71,3 +71,59 @@ pub const SMALL_MODEL: [&str; 6] = [
     "data.train_limit=0",
     "run.threads=1",
 ];
+
+/// The fused SGD kernel against the per-parameter reference on `dev` (tests/optim.rs, tests/gpu.rs):
+/// parameters in two groups (own lr and wd), one channels-last, one without a gradient in the
+/// first step; three steps, with a save/load of the momentum buffers in the middle.
+pub fn fused_sgd_equals_per_parameter(dev: tch::Device) {
+    use simsiam::optim::{Param, Sgd};
+    use tch::{Kind, Tensor};
+    let shapes: [&[i64]; 4] = [&[8, 3, 3, 3], &[8], &[16, 8], &[5]];
+    let init: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, dev))).collect();
+    let grads: Vec<Vec<Tensor>> =
+        (0..3).map(|_| shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, dev))).collect()).collect();
+    let run = |fused: bool, reload: bool| {
+        let ws: Vec<Tensor> = init
+            .iter()
+            .map(|t| if t.dim() == 4 { simsiam::precision::channels_last(t) } else { t.copy() }.set_requires_grad(true))
+            .collect();
+        let params = ws
+            .iter()
+            .enumerate()
+            .map(|(i, w)| Param { name: format!("p{i}"), tensor: w.shallow_clone(), group: usize::from(i >= 2) })
+            .collect();
+        let mut opt = Sgd::new(params, 2, 0.9, 5e-4);
+        opt.fused = fused;
+        opt.lrs = vec![0.1, 0.03];
+        opt.wds = vec![5e-4, 0.0];
+        let tmp = tempfile::tempdir().unwrap();
+        for (s, gs) in grads.iter().enumerate() {
+            opt.zero_grad();
+            // d loss / d w_i = g_i; the last parameter gets no gradient in the first step.
+            let terms: Vec<Tensor> = ws
+                .iter()
+                .zip(gs)
+                .enumerate()
+                .filter(|(i, _)| !(s == 0 && *i == 3))
+                .map(|(_, (w, g))| (w * g).sum(Kind::Float))
+                .collect();
+            Tensor::stack(&terms, 0).sum(Kind::Float).backward();
+            opt.step();
+            if reload && s == 1 {
+                let f = tmp.path().join("opt.safetensors");
+                opt.save(&f).unwrap();
+                opt.load(&f).unwrap();
+            }
+        }
+        assert_eq!(opt.fused, fused, "no fallback");
+        ws
+    };
+    let reference = run(false, false);
+    for (fused, reload) in [(true, false), (true, true)] {
+        for (a, b) in run(fused, reload).iter().zip(&reference) {
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "fused {fused} reload {reload}: max difference {diff}");
+        }
+    }
+    assert!(simsiam::precision::is_channels_last(&reference[0]));
+}

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The H100 measurements of BENCHMARKS.md (issues 2, 3, 4, 5, 6, 7) as one script, so that a
+# lease of the GPU machine runs all of them in few calls.
+#
+#   scripts/h100.sh prep             # here (CPU machine): build, then fill .device/ (git-ignored)
+#   scripts/h100.sh start [PLAN]     # there: launches PLAN (`all`, `second`) detached (setsid)
+#   scripts/h100.sh wait SECONDS     # there: waits up to SECONDS (or until `all` ends), then packs
+#                                    #        what is done so far into $OUT/res.tgz.*
+#   scripts/h100.sh all              # there: phase A (exclusive GPU: tests, bench, the NCCL check,
+#                                    #        the 60-epoch fast run), then phase B (3 workers)
+#
+# Results live in /tmp/res on the GPU machine (kept between calls while the machine is warm).
+# Environment: EPOCHS (experiment epochs, default 3), WORKERS (default 3).
+set -u
+cd "$(dirname "$0")/.."
+R=/tmp/res
+B=$PWD/.device/simsiam
+D=$PWD/.device/data
+DATA="--data $D/train.tar.gz --test-data $D/test.tar.gz"
+EPOCHS=${EPOCHS:-3}
+WORKERS=${WORKERS:-3}
+
+log() { echo "[$(date +%T)] $*" | tee -a $R/timeline.txt; }
+# job NAME TIMEOUT CMD...: runs CMD with its output in $R/NAME.log, records start, end and status.
+job() {
+    local name=$1 t=$2
+    shift 2
+    log "start $name"
+    local t0=$SECONDS
+    timeout "$t" "$@" >"$R/$name.log" 2>&1
+    log "end $name rc=$? after $((SECONDS - t0)) s"
+}
+
+libs() {
+    LD_LIBRARY_PATH=$(python3 -c "import torch,os;print(os.path.dirname(torch.__file__))")/lib
+    export LD_LIBRARY_PATH
+}
+
+case "${1:-}" in
+prep)
+    source scripts/env.sh
+    cargo build --release
+    cargo test --release --no-run 2>&1 | tee /tmp/test-build.log
+    mkdir -p .device/data
+    cp ../shared/data/cifar10-jpeg/*.tar.gz .device/data/
+    cp target/release/simsiam .device/
+    gpu=$(grep -o 'target/release/deps/gpu-[0-9a-f]*' /tmp/test-build.log | head -1)
+    cp "$gpu" .device/gpu-tests
+    du -sh .device
+    ;;
+start)
+    plan=${2:-all}
+    mkdir -p $R
+    setsid nohup bash "$0" "$plan" >$R/$plan.log 2>&1 </dev/null &
+    echo "started $plan (pid $!)"
+    ;;
+wait)
+    end=$((SECONDS + ${2:-540}))
+    while [ $SECONDS -lt $end ] && ! grep -q "^.* all done" $R/timeline.txt 2>/dev/null; do sleep 5; done
+    tail -n 40 $R/timeline.txt
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    # Files come back in pieces of at most 16 MiB: join with `cat res.tgz.* | tar xz`.
+    tar czf - -C $R --exclude='*.safetensors' --exclude='*.npy' . | split -b 15m - "$OUT/res.tgz."
+    ls -la "$OUT"
+    ;;
+all)
+    libs
+    mkdir -p $R
+    nvidia-smi >$R/nvidia-smi.txt 2>&1
+    $B --version >>$R/nvidia-smi.txt 2>&1
+    # Phase A: the GPU to itself (timings).
+    job smoke 60 $B bench --preset cifar10 --device cuda --batch-size 128 --warmup 2 --steps 5
+    job gpu-tests 300 .device/gpu-tests --test-threads 1
+    M=step,forward,optimizer,augment,end-to-end
+    job bench-fp32-512 120 $B bench --preset cifar10 --device cuda --batch-size 512 --warmup 10 --steps 50 --mode $M \
+        --set 'run.precision="fp32"' --set run.channels_last=false
+    job bench-fast-512 120 $B bench --preset cifar10 --device cuda --batch-size 512 --warmup 10 --steps 50 --mode $M
+    job bench-fast-1024 120 $B bench --preset cifar10 --device cuda --batch-size 1024 --warmup 10 --steps 50 --mode $M
+    job bench-unfused-512 120 $B bench --preset cifar10 --device cuda --batch-size 512 --warmup 10 --steps 50 \
+        --mode step,optimizer --set optim.fused=false
+    job bench-bf16-nocl-512 120 $B bench --preset cifar10 --device cuda --batch-size 512 --warmup 10 --steps 50 \
+        --mode step --set run.channels_last=false
+    job nccl-plain 150 $B train --preset cifar10 --device cuda --epochs 3 --set monitor.knn_every=0 \
+        --set monitor.knn_at_init=false --data $D/train.tar.gz --out $R/plain
+    job nccl-1rank 150 $B train --nproc 1 --preset cifar10 --device cuda --epochs 3 --set monitor.knn_every=0 \
+        --set monitor.knn_at_init=false --data $D/train.tar.gz --out $R/nccl1
+    job fast60 600 $B train --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 $DATA --out $R/simsiam
+    # Phase B: WORKERS processes share the GPU (no timings taken from here on, except as noted).
+    log "phase B: $WORKERS workers, experiments at $EPOCHS epochs"
+    {
+        echo fp32_60
+        echo simclr
+        echo byol
+        echo analyse_simsiam
+        for e in stop-gradient predictor shard-dynamics oracle-predictor dim-sweep augmentation-removal \
+            simple-predictors siamese-architectures dummy-gradients moving-average explicit-eoa \
+            bn-placement similarity symmetrisation output-dim batch-size k-step-alternation \
+            triplet-extra-gradient simsiam-extra-gradient decorrelation covariance; do
+            echo "exp_$e"
+        done
+    } | xargs -P "$WORKERS" -I{} bash "$0" task {}
+    log "all done"
+    ;;
+second)
+    # The second lease (2026-11-23): GPU tests, the benchmarks after the one-pass augmentation,
+    # the NCCL check over longer runs, then every experiment at $EPOCHS epochs.
+    libs
+    mkdir -p $R
+    job gpu-tests 300 .device/gpu-tests --test-threads 1
+    for b in 512 1024; do
+        job bench-fast-$b 120 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 50 \
+            --mode step,augment,end-to-end
+    done
+    job nccl-plain 150 $B train --preset cifar10 --device cuda --epochs 6 --set monitor.knn_every=0 \
+        --set monitor.knn_at_init=false --data $D/train.tar.gz --out $R/plain
+    job nccl-1rank 150 $B train --nproc 1 --preset cifar10 --device cuda --epochs 6 --set monitor.knn_every=0 \
+        --set monitor.knn_at_init=false --data $D/train.tar.gz --out $R/nccl1
+    log "experiments: $WORKERS workers, $EPOCHS epochs"
+    for e in stop-gradient predictor shard-dynamics oracle-predictor siamese-architectures dummy-gradients \
+        moving-average simple-predictors explicit-eoa bn-placement similarity symmetrisation output-dim \
+        batch-size k-step-alternation triplet-extra-gradient simsiam-extra-gradient decorrelation covariance \
+        dim-sweep augmentation-removal; do
+        echo "exp_$e"
+    done | xargs -P "$WORKERS" -I{} bash "$0" task {}
+    log "all done"
+    ;;
+task)
+    libs
+    t=$2
+    case $t in
+    fp32_60)
+        job fp32_60 1800 $B train --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 \
+            --set 'run.precision="fp32"' --set run.channels_last=false $DATA --out $R/fp32
+        ;;
+    simclr | byol)
+        job "$t" 1800 $B train --method "$t" --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 \
+            $DATA --out $R/$t
+        job "analyse_$t" 900 $B analyse all $R/$t --n 10000 --k 32 --sizes 1000,5000,10000 --device cuda
+        ;;
+    analyse_simsiam)
+        job analyse_simsiam 900 $B analyse all $R/simsiam --n 10000 --k 32 --sizes 1000,5000,10000 --device cuda
+        ;;
+    exp_*)
+        e=${t#exp_}
+        job "$t" 3000 $B experiment "$e" --device cuda --epochs "$EPOCHS" $DATA --out $R/exp/$e
+        ;;
+    esac
+    ;;
+*)
+    sed -n 2,14p "$0"
+    exit 2
+    ;;
+esac
