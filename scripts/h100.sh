@@ -3,7 +3,10 @@
 # lease of the GPU machine runs all of them in few calls.
 #
 #   scripts/h100.sh prep             # here (CPU machine): build, then fill .device/ (git-ignored)
-#   scripts/h100.sh start [PLAN]     # there: launches PLAN (`all`, `second`) detached (setsid)
+#   scripts/h100.sh start [PLAN]     # there: launches PLAN (`all`, `second`, `next`) detached
+#                                    #        (setsid); chain `wait` calls with no gap: the
+#                                    #        machine goes back 30 s after a call, and with it
+#                                    #        the detached work
 #   scripts/h100.sh wait SECONDS     # there: waits up to SECONDS (or until `all` ends), then packs
 #                                    #        what is done so far into $OUT/res.tgz.*
 #   scripts/h100.sh all              # there: phase A (exclusive GPU: tests, bench, the NCCL check,
@@ -124,6 +127,33 @@ second)
     done | xargs -P "$WORKERS" -I{} bash "$0" task {}
     log "all done"
     ;;
+next)
+    # The next lease: what the first one left pending, most needed first. Phase A alone on the
+    # GPU (timed): GPU tests, bench, SimSiam 60 epochs with the current code and its analyses
+    # (kept in this plan so that the end of a lease cannot lose them). Phase B shared: the
+    # fp32 comparison, the zero-init-residual check of the accuracy gap to the peer, SimCLR
+    # and BYOL with their analyses, then the experiments not yet run on the GPU.
+    libs
+    mkdir -p $R
+    job gpu-tests 300 .device/gpu-tests --test-threads 1
+    job bench-fast-512 120 $B bench --preset cifar10 --device cuda --batch-size 512 --warmup 10 --steps 50
+    job fast60 600 $B train --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 $DATA --out $R/simsiam
+    job analyse_simsiam 900 $B analyse all $R/simsiam --n 10000 --k 32 --sizes 1000,5000,10000 --device cuda
+    log "phase B: $WORKERS workers, experiments at $EPOCHS epochs"
+    {
+        echo fp32_60
+        echo zir_off
+        echo simclr
+        echo byol
+        for e in explicit-eoa symmetrisation output-dim bn-placement batch-size k-step-alternation \
+            triplet-extra-gradient simsiam-extra-gradient decorrelation covariance dim-sweep \
+            augmentation-removal stop-gradient predictor siamese-architectures moving-average \
+            simple-predictors shard-dynamics oracle-predictor dummy-gradients similarity; do
+            echo "exp_$e"
+        done
+    } | xargs -P "$WORKERS" -I{} bash "$0" task {}
+    log "all done"
+    ;;
 task)
     libs
     t=$2
@@ -136,6 +166,10 @@ task)
         job "$t" 1800 $B train --method "$t" --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 \
             $DATA --out $R/$t
         job "analyse_$t" 900 $B analyse all $R/$t --n 10000 --k 32 --sizes 1000,5000,10000 --device cuda
+        ;;
+    zir_off)
+        job zir_off 1800 $B train --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 \
+            --set model.zero_init_residual=false $DATA --out $R/zir-off
         ;;
     analyse_simsiam)
         job analyse_simsiam 900 $B analyse all $R/simsiam --n 10000 --k 32 --sizes 1000,5000,10000 --device cuda
