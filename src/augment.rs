@@ -301,8 +301,7 @@ impl Augmenter {
 
     /// One augmented view per image: uint8 `[B,H,W,3]` -> normalised float `[B,3,S,S]`.
     pub fn view(&self, images_u8: &Tensor) -> Tensor {
-        let (b, _, _, _) = images_u8.size4().expect("[B,H,W,3]");
-        self.augment(images_u8, self.draw(b, 1, images_u8.device()))
+        self.views(images_u8, 1).swap_remove(0)
     }
 
     /// `n` independent augmented views of each image, each `[B,3,S,S]`, in one pass over the

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::objective::Objective;
 use crate::optim::Sgd;
-use crate::train::{step, views, Network, StepTargets};
+use crate::train::{forward_pairs, step, views, Network, StepTargets};
 use serde::Serialize;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -90,10 +90,7 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
             Mode::EndToEnd => {
                 drop(step(&net.model, &objective, &mut opt, &views(&aug, &images, n), StepTargets::default(), None)?)
             }
-            Mode::Forward => {
-                let pairs: Vec<_> = fixed.chunks(2).map(|v| net.model.forward(&v[0], &v[1], true)).collect();
-                drop(objective.loss(&pairs, &Default::default()))
-            }
+            Mode::Forward => drop(objective.loss(&forward_pairs(&net.model, &fixed), &Default::default())),
             Mode::Optimizer => {
                 opt.zero_grad();
                 opt.step()

@@ -7,7 +7,7 @@
 //! `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`): `simsiam train --nproc N` starts N local ones
 //! ([`launch_local`]), and torchrun or Slurm can start them as they start PyTorch jobs.
 use crate::error::{Error, Result};
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -69,18 +69,8 @@ pub const PEER_FAILURE: &str = "another rank died, hung or is unreachable";
 
 /// Runs a C call that reports failure through `char** err`, turning it into a `Result`.
 fn checked<T>(what: &str, rank: usize, f: impl FnOnce(*mut *mut c_char) -> T) -> Result<T> {
-    let mut err: *mut c_char = std::ptr::null_mut();
-    let out = f(&mut err);
-    if err.is_null() {
-        return Ok(out);
-    }
-    // SAFETY: the C side sets `err` to a NUL-terminated `strdup` result, ours to free.
-    let msg = unsafe {
-        let m = CStr::from_ptr(err).to_string_lossy().into_owned();
-        libc::free(err as *mut c_void);
-        m
-    };
-    Err(Error::Distributed { rank: Some(rank), msg: format!("{what} failed: {}", first_lines(&msg)) })
+    crate::ffi::call(f)
+        .map_err(|msg| Error::Distributed { rank: Some(rank), msg: format!("{what} failed: {}", first_lines(&msg)) })
 }
 
 /// c10d messages carry C++ stack traces after the first lines; keep the message.

@@ -14,6 +14,7 @@ pub mod error;
 pub mod eval;
 pub mod experiment;
 pub mod export;
+mod ffi;
 pub mod instances;
 pub mod model;
 pub mod monitor;

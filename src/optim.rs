@@ -2,12 +2,9 @@
 //! groups and state that can be saved: tch's optimiser cannot export its momentum buffers,
 //! which an exact resume needs. Also the lr schedule (linear scaling, warm-up, cosine).
 use crate::error::Result;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tch::Tensor;
-
-/// The (weights, gradients, momentum buffers) of one fused update call.
-type FusedCall = (Vec<Tensor>, Vec<Tensor>, Vec<Tensor>);
 
 /// A named parameter in a group.
 #[derive(Debug)]
@@ -67,43 +64,45 @@ impl Sgd {
 
     /// `d = g + wd * w; buf = m * buf + d (buf = d at first); w -= lr * buf`.
     ///
-    /// Plain SGD runs as PyTorch's fused kernel (`_fused_sgd_`, one launch per group and state
-    /// on a GPU instead of about six per parameter); LARS runs per parameter.
+    /// Plain SGD runs as PyTorch's fused kernel (`_fused_sgd_`: one launch per call on a GPU
+    /// instead of about six per parameter), one call per lr/wd group and first step (a first
+    /// step sets the buffer instead of decaying it); LARS runs per parameter.
     pub fn step(&mut self) {
-        if self.lars_trust.is_some() || !self.fused {
-            return self.step_per_param();
+        let mut calls: BTreeMap<(usize, bool), Vec<usize>> = BTreeMap::new();
+        for (i, p) in self.params.iter().enumerate() {
+            if p.tensor.grad().defined() {
+                calls.entry((p.group, self.bufs[i].is_none())).or_default().push(i);
+            }
         }
-        let done = tch::no_grad(|| -> std::result::Result<(), String> {
-            // One fused call per (group, has momentum state): lr and wd are per group, and a
-            // parameter's first step sets its buffer instead of decaying it.
-            let mut calls: HashMap<(usize, bool), FusedCall> = HashMap::new();
-            for (p, buf) in self.params.iter().zip(self.bufs.iter_mut()) {
-                let g = p.tensor.grad();
-                if !g.defined() {
-                    continue;
+        for ((group, first), idx) in calls {
+            if self.fused && self.lars_trust.is_none() {
+                match self.fused_update(group, first, &idx) {
+                    Ok(()) => continue,
+                    // libtorch checks its arguments before its kernel runs: nothing was updated.
+                    Err(e) => self.fused_failed(&e),
                 }
-                let first = buf.is_none();
-                // Same strides as the parameter (channels-last too): the kernel works on storage.
-                let b = buf.get_or_insert_with(|| p.tensor.empty_like()).shallow_clone();
-                let e = calls.entry((p.group, first)).or_default();
-                e.0.push(p.tensor.shallow_clone());
-                e.1.push(g);
-                e.2.push(b);
             }
-            let mut keys: Vec<_> = calls.keys().copied().collect();
-            keys.sort();
-            for key in keys {
-                let (ws, gs, bs) = &calls[&key];
-                let (group, first) = key;
-                fused::sgd(ws, gs, bs, self.wds[group], self.momentum, self.lrs[group], first)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = done {
-            // libtorch checks its arguments before any kernel runs: nothing was updated yet.
-            self.fused_failed(&e);
-            self.step_per_param();
+            self.update_per_param(&idx);
         }
+    }
+
+    /// One `_fused_sgd_` call over the parameters `idx` (one group, all first steps or none).
+    fn fused_update(&mut self, group: usize, first: bool, idx: &[usize]) -> std::result::Result<(), String> {
+        let ws: Vec<Tensor> = idx.iter().map(|&i| self.params[i].tensor.shallow_clone()).collect();
+        let gs: Vec<Tensor> = ws.iter().map(|w| w.grad()).collect();
+        // New buffers laid out as their parameters (channels-last too): the kernel works on storage.
+        let bs: Vec<Tensor> = idx
+            .iter()
+            .zip(&ws)
+            .map(|(&i, w)| self.bufs[i].as_ref().map_or_else(|| w.empty_like(), |b| b.shallow_clone()))
+            .collect();
+        tch::no_grad(|| fused::sgd(&ws, &gs, &bs, self.wds[group], self.momentum, self.lrs[group], first))?;
+        if first {
+            for (&i, b) in idx.iter().zip(bs) {
+                self.bufs[i] = Some(b);
+            }
+        }
+        Ok(())
     }
 
     /// A libtorch without the fused kernels for this device: say so once, go on per parameter.
@@ -112,14 +111,12 @@ impl Sgd {
         self.fused = false;
     }
 
-    /// The reference form of [`Sgd::step`], one parameter at a time (and LARS).
-    pub fn step_per_param(&mut self) {
+    /// The reference form of the update (and LARS), one parameter at a time, over `idx`.
+    fn update_per_param(&mut self, idx: &[usize]) {
         tch::no_grad(|| {
-            for (p, buf) in self.params.iter_mut().zip(self.bufs.iter_mut()) {
+            for &i in idx {
+                let (p, buf) = (&mut self.params[i], &mut self.bufs[i]);
                 let g = p.tensor.grad();
-                if !g.defined() {
-                    continue;
-                }
                 let wd = self.wds[p.group];
                 let mut d = if wd != 0.0 { &g + &p.tensor * wd } else { g.shallow_clone() };
                 if let Some(trust) = self.lars_trust {
@@ -184,7 +181,7 @@ pub fn cosine_lr(init_lr: f64, t: f64, epochs: usize, warmup: usize) -> f64 {
 
 /// PyTorch's fused optimiser kernels (`csrc/optim.cpp`).
 mod fused {
-    use std::ffi::{c_char, c_int, c_void, CStr};
+    use std::ffi::{c_char, c_int, c_void};
     use tch::Tensor;
 
     extern "C" {
@@ -198,27 +195,17 @@ mod fused {
             lr: f64,
             first: c_int,
             err: *mut *mut c_char,
-        ) -> c_int;
-        fn ss_foreach_zero(ts: *const *mut c_void, n: c_int, err: *mut *mut c_char) -> c_int;
+        );
+        fn ss_foreach_zero(ts: *const *mut c_void, n: c_int, err: *mut *mut c_char);
     }
 
     fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
         ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
     }
 
-    /// Runs a call that reports failure as `1` and a `malloc`ed message in `err`.
-    fn checked(f: impl FnOnce(*mut *mut c_char) -> c_int) -> std::result::Result<(), String> {
-        let mut err: *mut c_char = std::ptr::null_mut();
-        if f(&mut err) == 0 {
-            return Ok(());
-        }
-        // SAFETY: on failure the C side sets `err` to a NUL-terminated `strdup` result, ours to free.
-        let msg = unsafe {
-            let m = CStr::from_ptr(err).to_string_lossy().into_owned();
-            libc::free(err as *mut c_void);
-            m
-        };
-        Err(msg.lines().next().unwrap_or_default().to_string())
+    /// libtorch's message, first line (the rest is a C++ stack trace).
+    fn first_line(msg: String) -> String {
+        msg.lines().next().unwrap_or_default().to_string()
     }
 
     /// One `_fused_sgd_` call over tensors of one device, dtype and (per tensor) layout.
@@ -230,17 +217,18 @@ mod fused {
         momentum: f64,
         lr: f64,
         first: bool,
-    ) -> std::result::Result<(), String> {
+    ) -> Result<(), String> {
         let (w, g, b) = (ptrs(ws), ptrs(gs), ptrs(bs));
         // SAFETY: live `at::Tensor*`s (tch's `as_ptr`) borrowed for the call.
-        checked(|err| unsafe {
+        crate::ffi::call(|err| unsafe {
             ss_fused_sgd(w.as_ptr(), g.as_ptr(), b.as_ptr(), w.len() as c_int, wd, momentum, lr, first as c_int, err)
         })
+        .map_err(first_line)
     }
 
-    pub fn foreach_zero(ts: &[Tensor]) -> std::result::Result<(), String> {
+    pub fn foreach_zero(ts: &[Tensor]) -> Result<(), String> {
         let p = ptrs(ts);
         // SAFETY: live `at::Tensor*`s borrowed for the call.
-        checked(|err| unsafe { ss_foreach_zero(p.as_ptr(), p.len() as c_int, err) })
+        crate::ffi::call(|err| unsafe { ss_foreach_zero(p.as_ptr(), p.len() as c_int, err) }).map_err(first_line)
     }
 }

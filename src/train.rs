@@ -161,6 +161,11 @@ pub struct StepTargets<'a> {
     pub labels: Option<Tensor>,
 }
 
+/// The train-mode forward pass of each pair of views (`[x1, x2, x1', x2', ...]`).
+pub fn forward_pairs(model: &SimSiam, views: &[Tensor]) -> Vec<SiameseOutput> {
+    views.chunks(2).map(|v| model.forward(&v[0], &v[1], true)).collect()
+}
+
 /// One update: forward each pair of views, the objective (with the inverse predictor and the
 /// step-provided targets where configured), backward, SGD; then the memory bank's update.
 /// In a data-parallel job `reducer` averages the gradients over ranks during the backward pass.
@@ -172,7 +177,7 @@ pub fn step(
     targets: StepTargets,
     reducer: Option<&Reducer>,
 ) -> Result<StepOut> {
-    let pairs: Vec<SiameseOutput> = views.chunks(2).map(|v| model.forward(&v[0], &v[1], true)).collect();
+    let pairs = forward_pairs(model, views);
     let out = &pairs[0];
     let inverse =
         model.inverse.as_ref().map(|h| [h.forward_t(&out.p1.detach(), true), h.forward_t(&out.p2.detach(), true)]);
