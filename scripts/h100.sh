@@ -3,7 +3,7 @@
 # lease of the GPU machine runs all of them in few calls.
 #
 #   scripts/h100.sh prep             # here (CPU machine): build, then fill .device/ (git-ignored)
-#   scripts/h100.sh start [PLAN]     # there: launches PLAN (`all`, `second`, `next`) detached
+#   scripts/h100.sh start [PLAN]     # there: launches PLAN (`all`, `second`, `next`, `gap`) detached
 #                                    #        (setsid); chain `wait` calls with no gap: the
 #                                    #        machine goes back 30 s after a call, and with it
 #                                    #        the detached work
@@ -154,10 +154,32 @@ next)
     } | xargs -P "$WORKERS" -I{} bash "$0" task {}
     log "all done"
     ;;
+gap)
+    # One call of a 15-minute lease: the GPU tests, then the accuracy gap to the peer (58.3% kNN
+    # at 60 epochs): SimSiam 60 epochs with torchvision's init (the official code's), with
+    # zero_init_residual off, and with the peer's lightly ResNet init (no zero-init,
+    # nn.Conv2d's own conv init), three at a time (shared GPU: no timings).
+    libs
+    mkdir -p $R
+    job gpu-tests 120 .device/gpu-tests --test-threads 1
+    printf '%s\n' gap_torchvision gap_zir_off gap_lightly | xargs -P 3 -I{} bash "$0" task {}
+    log "all done"
+    ;;
 task)
     libs
     t=$2
     case $t in
+    gap_*)
+        arm=${t#gap_}
+        case $arm in
+        # Each arm names both fields, whatever the preset's defaults are.
+        torchvision) sets=(--set model.zero_init_residual=true --set 'model.conv_init="kaiming_fan_out"') ;;
+        zir_off) sets=(--set model.zero_init_residual=false --set 'model.conv_init="kaiming_fan_out"') ;;
+        lightly) sets=(--set model.zero_init_residual=false --set 'model.conv_init="pytorch"') ;;
+        esac
+        job "$t" 520 $B train --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 \
+            --set run.checkpoint_every=60 "${sets[@]}" $DATA --out $R/gap-$arm
+        ;;
     fp32_60)
         job fp32_60 1800 $B train --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 \
             --set 'run.precision="fp32"' --set run.channels_last=false $DATA --out $R/fp32

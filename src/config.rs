@@ -187,6 +187,21 @@ pub enum Arch {
     Resnet50,
 }
 
+/// How the backbone's convolutions start (BN layers start at gamma 1, beta 0 either way).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvInit {
+    /// torchvision's ResNet: Kaiming normal, fan-out, ReLU gain (std sqrt(2 / fan_out)); the
+    /// official SimSiam code builds its encoder from torchvision's models.
+    KaimingFanOut,
+    /// `nn.Conv2d`'s own reset: Kaiming uniform with a = sqrt(5), i.e. U(+-1/sqrt(fan_in))
+    /// (std 1/sqrt(3 fan_in)), as CIFAR ResNets that do not re-initialise (lightly's
+    /// `ResNetGenerator`, kuangliu's). Under BN the function is the same, but the weights of a
+    /// stage's 3x3 convolutions are sqrt(6) times smaller, so each SGD step turns them about 6
+    /// times further: early training is much faster (the PyTorch peer's dynamics).
+    Pytorch,
+}
+
 /// The prediction head `h`, as a value: the variants of SimSiam Table 1 and Zhang et al. §2.12.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -211,6 +226,8 @@ pub struct ModelConfig {
     pub width: i64,
     /// Initialise the last BN gamma of every residual block to 0.
     pub zero_init_residual: bool,
+    /// The convolutions' initialisation (see [`ConvInit`]).
+    pub conv_init: ConvInit,
     /// Projector layers (2 for CIFAR, 3 for ImageNet).
     pub proj_layers: usize,
     pub proj_hidden: i64,
@@ -250,6 +267,7 @@ impl Default for ModelConfig {
             cifar_stem: true,
             width: 64,
             zero_init_residual: true,
+            conv_init: ConvInit::KaimingFanOut,
             proj_layers: 2,
             proj_hidden: 2048,
             dim: 2048,

@@ -1,24 +1,28 @@
 //! ResNet-18/34/50 with torchvision's structure, parameter names and initialisation
-//! (conv: Kaiming normal, fan-out, ReLU gain; BN: gamma 1, beta 0; optional zero-init of each
-//! block's last BN gamma), plus the CIFAR variant (3x3 stride-1 stem, no max-pool).
+//! (conv: Kaiming normal, fan-out, ReLU gain, or `nn.Conv2d`'s own reset; BN: gamma 1, beta 0;
+//! optional zero-init of each block's last BN gamma), plus the CIFAR variant (3x3 stride-1
+//! stem, no max-pool).
 use super::norm::BatchNorm;
-use crate::config::{Arch, ModelConfig};
+use crate::config::{Arch, ConvInit, ModelConfig};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> nn::Conv2D {
-    let cfg = nn::ConvConfig {
-        stride,
-        padding,
-        bias: false,
-        ws_init: nn::Init::Kaiming {
+/// Per-layer shape of a convolution: `(in, out, kernel, stride, padding)`.
+type ConvShape = (i64, i64, i64, i64, i64);
+
+fn conv(p: nn::Path, (cin, cout, k, stride, padding): ConvShape, init: ConvInit) -> nn::Conv2D {
+    let ws_init = match init {
+        ConvInit::KaimingFanOut => nn::Init::Kaiming {
             dist: nn::init::NormalOrUniform::Normal,
             fan: nn::init::FanInOut::FanOut,
             non_linearity: nn::init::NonLinearity::ReLU,
         },
-        ..Default::default()
+        ConvInit::Pytorch => {
+            let bound = 1.0 / ((cin * k * k) as f64).sqrt();
+            nn::Init::Uniform { lo: -bound, up: bound }
+        }
     };
-    nn::conv2d(p, cin, cout, k, cfg)
+    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding, bias: false, ws_init, ..Default::default() })
 }
 
 fn bn(p: nn::Path, c: i64, gamma: f64) -> BatchNorm {
@@ -34,8 +38,8 @@ struct Block {
 impl Block {
     /// BasicBlock (two 3x3 convs, expansion 1) or Bottleneck (1x1, 3x3 with the stride, 1x1;
     /// expansion 4), named `conv{i}`/`bn{i}` and `downsample.{0,1}` as in torchvision.
-    fn new(p: &nn::Path, cin: i64, planes: i64, stride: i64, bottleneck: bool, zero_init: bool) -> (Block, i64) {
-        let last_gamma = if zero_init { 0.0 } else { 1.0 };
+    fn new(p: &nn::Path, cin: i64, planes: i64, stride: i64, bottleneck: bool, cfg: &ModelConfig) -> (Block, i64) {
+        let last_gamma = if cfg.zero_init_residual { 0.0 } else { 1.0 };
         let (specs, cout): (Vec<(i64, i64, i64, i64)>, i64) = if bottleneck {
             (vec![(cin, planes, 1, 1), (planes, planes, 3, stride), (planes, planes * 4, 1, 1)], planes * 4)
         } else {
@@ -47,12 +51,13 @@ impl Block {
             .enumerate()
             .map(|(i, (ci, co, k, s))| {
                 let gamma = if i + 1 == n { last_gamma } else { 1.0 };
-                (conv(p / format!("conv{}", i + 1), ci, co, k, s, k / 2), bn(p / format!("bn{}", i + 1), co, gamma))
+                let c = conv(p / format!("conv{}", i + 1), (ci, co, k, s, k / 2), cfg.conv_init);
+                (c, bn(p / format!("bn{}", i + 1), co, gamma))
             })
             .collect();
         let downsample = (stride != 1 || cin != cout).then(|| {
             let d = p / "downsample";
-            (conv(&d / "0", cin, cout, 1, stride, 0), bn(&d / "1", cout, 1.0))
+            (conv(&d / "0", (cin, cout, 1, stride, 0), cfg.conv_init), bn(&d / "1", cout, 1.0))
         });
         (Block { convs, downsample }, cout)
     }
@@ -94,9 +99,9 @@ impl ResNet {
         };
         let w = cfg.width;
         let (conv1, maxpool) = if cfg.cifar_stem {
-            (conv(p / "conv1", 3, w, 3, 1, 1), false)
+            (conv(p / "conv1", (3, w, 3, 1, 1), cfg.conv_init), false)
         } else {
-            (conv(p / "conv1", 3, w, 7, 2, 3), true)
+            (conv(p / "conv1", (3, w, 7, 2, 3), cfg.conv_init), true)
         };
         let bn1 = bn(p / "bn1", w, 1.0);
         let mut cin = w;
@@ -107,7 +112,7 @@ impl ResNet {
             let mut blocks = Vec::new();
             for j in 0..depth {
                 let stride = if i > 0 && j == 0 { 2 } else { 1 };
-                let (b, cout) = Block::new(&(&lp / j), cin, planes, stride, bottleneck, cfg.zero_init_residual);
+                let (b, cout) = Block::new(&(&lp / j), cin, planes, stride, bottleneck, cfg);
                 blocks.push(b);
                 cin = cout;
             }
