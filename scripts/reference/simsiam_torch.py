@@ -123,12 +123,14 @@ def main():
         lr=lr, momentum=0.9, weight_decay=5e-4,
     )
     crit = NegativeCosineSimilarity()
-    order = torch.randperm(len(images)).tolist()
+    per_epoch = len(images) // a.batch  # drop_last, a new permutation each epoch
     model.train()
     with open(a.out, "w") as f:
         for step in range(a.steps):
             t0 = time.time()
-            idx = order[(step * a.batch) % len(images):][: a.batch]
+            if step % per_epoch == 0:
+                order = torch.randperm(len(images)).tolist()
+            idx = order[(step % per_epoch) * a.batch :][: a.batch]
             pairs = [transform(images[i]) for i in idx]
             x0 = torch.stack([p[0] for p in pairs])
             x1 = torch.stack([p[1] for p in pairs])
