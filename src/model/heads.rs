@@ -30,8 +30,7 @@ pub struct Mlp {
 
 /// PyTorch's `nn.Linear` default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
 fn linear(p: nn::Path, i: i64, o: i64, bias: bool) -> nn::Linear {
-    let bound = 1.0 / (i as f64).sqrt();
-    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    let init = super::pytorch_uniform(i);
     nn::linear(p, i, o, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias })
 }
 

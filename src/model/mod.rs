@@ -11,6 +11,13 @@ use resnet::ResNet;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
+/// PyTorch's own reset of `nn.Linear` and `nn.Conv2d` weights (Kaiming uniform, a = sqrt(5)) and
+/// of their biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+pub(crate) fn pytorch_uniform(fan_in: i64) -> nn::Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    nn::Init::Uniform { lo: -bound, up: bound }
+}
+
 /// VarStore prefixes; the optimiser gives `predictor.*` its own (constant-lr) group.
 pub const BACKBONE: &str = "backbone";
 pub const PROJECTOR: &str = "projector";

@@ -7,20 +7,14 @@ use crate::config::{Arch, ConvInit, ModelConfig};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-/// Per-layer shape of a convolution: `(in, out, kernel, stride, padding)`.
-type ConvShape = (i64, i64, i64, i64, i64);
-
-fn conv(p: nn::Path, (cin, cout, k, stride, padding): ConvShape, init: ConvInit) -> nn::Conv2D {
+fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, padding: i64, init: ConvInit) -> nn::Conv2D {
     let ws_init = match init {
         ConvInit::KaimingFanOut => nn::Init::Kaiming {
             dist: nn::init::NormalOrUniform::Normal,
             fan: nn::init::FanInOut::FanOut,
             non_linearity: nn::init::NonLinearity::ReLU,
         },
-        ConvInit::Pytorch => {
-            let bound = 1.0 / ((cin * k * k) as f64).sqrt();
-            nn::Init::Uniform { lo: -bound, up: bound }
-        }
+        ConvInit::Pytorch => super::pytorch_uniform(cin * k * k),
     };
     nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding, bias: false, ws_init, ..Default::default() })
 }
@@ -51,13 +45,13 @@ impl Block {
             .enumerate()
             .map(|(i, (ci, co, k, s))| {
                 let gamma = if i + 1 == n { last_gamma } else { 1.0 };
-                let c = conv(p / format!("conv{}", i + 1), (ci, co, k, s, k / 2), cfg.conv_init);
+                let c = conv(p / format!("conv{}", i + 1), ci, co, k, s, k / 2, cfg.conv_init);
                 (c, bn(p / format!("bn{}", i + 1), co, gamma))
             })
             .collect();
         let downsample = (stride != 1 || cin != cout).then(|| {
             let d = p / "downsample";
-            (conv(&d / "0", (cin, cout, 1, stride, 0), cfg.conv_init), bn(&d / "1", cout, 1.0))
+            (conv(&d / "0", cin, cout, 1, stride, 0, cfg.conv_init), bn(&d / "1", cout, 1.0))
         });
         (Block { convs, downsample }, cout)
     }
@@ -99,9 +93,9 @@ impl ResNet {
         };
         let w = cfg.width;
         let (conv1, maxpool) = if cfg.cifar_stem {
-            (conv(p / "conv1", (3, w, 3, 1, 1), cfg.conv_init), false)
+            (conv(p / "conv1", 3, w, 3, 1, 1, cfg.conv_init), false)
         } else {
-            (conv(p / "conv1", (3, w, 7, 2, 3), cfg.conv_init), true)
+            (conv(p / "conv1", 3, w, 7, 2, 3, cfg.conv_init), true)
         };
         let bn1 = bn(p / "bn1", w, 1.0);
         let mut cin = w;
