@@ -3,7 +3,7 @@
 # lease of the GPU machine runs all of them in few calls.
 #
 #   scripts/h100.sh prep             # here (CPU machine): build, then fill .device/ (git-ignored)
-#   scripts/h100.sh start [PLAN]     # there: launches PLAN (`all`, `second`, `next`, `gap`) detached
+#   scripts/h100.sh start [PLAN]     # there: launches PLAN (`all`, `second`, `next`, `gap`, `blog`) detached
 #                                    #        (setsid); chain `wait` calls with no gap: the
 #                                    #        machine goes back 30 s after a call, and with it
 #                                    #        the detached work
@@ -163,6 +163,17 @@ gap)
     mkdir -p $R
     job gpu-tests 120 .device/gpu-tests --test-threads 1
     printf '%s\n' gap_torchvision gap_zir_off gap_lightly | xargs -P 3 -I{} bash "$0" task {}
+    log "all done"
+    ;;
+blog)
+    # Issue 6 on the GPU, one 15-minute lease in two chained calls (`start blog && wait 560`,
+    # then `wait 280`): SimSiam, SimCLR, BYOL and SimSiam with a decayed predictor lr, 30 epochs
+    # at once (shared GPU: no timings),
+    # then every analysis on N = 5000 test images and `simsiam hypotheses` into $R/blog/hypotheses.
+    libs
+    mkdir -p $R
+    job blog 1500 env PRESET=cifar10 EPOCHS=30 DEVICE=cuda N=5000 K=16 SIZES=1000,5000 N_DYN=2000 K_DYN=16 CKPT_EVERY=10 \
+        PARALLEL=1 B="$B" DATA="$D" ROOT=$R/blog EXPERIMENTS=$R/exp scripts/blog-hypotheses.sh
     log "all done"
     ;;
 task)

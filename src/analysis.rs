@@ -133,9 +133,11 @@ pub fn off_diagonal(z: &Tensor) -> OffDiagonal {
     }
 }
 
+/// `exp(H(p))` with `p = sigma / sum sigma + eps`, taking `0 log 0 = 0` (exactly zero singular
+/// values, e.g. of ReLU features with dead channels, add nothing).
 fn entropy_rank(sigma: &Tensor, eps: f64) -> f64 {
     let p = sigma / sigma.sum(Kind::Double) + eps;
-    (-(&p * p.log()).sum(Kind::Double)).exp().double_value(&[])
+    (-(&p * p.clamp_min(1e-300).log()).sum(Kind::Double)).exp().double_value(&[])
 }
 
 /// Singular values of a matrix, in f64, descending.
@@ -143,10 +145,14 @@ fn singular_values(x: &Tensor) -> Tensor {
     x.to_kind(Kind::Double).svd(true, false).1
 }
 
+fn centred(x: &Tensor) -> Tensor {
+    let xd = x.to_kind(Kind::Double);
+    &xd - xd.mean_dim(&[0i64][..], true, Kind::Double)
+}
+
 /// Effective rank (Roy & Vetterli 2007) of the centred matrix: `exp(H(sigma / sum sigma))`.
 pub fn effective_rank(x: &Tensor) -> f64 {
-    let xc = x.to_kind(Kind::Double) - x.to_kind(Kind::Double).mean_dim(&[0i64][..], true, Kind::Double);
-    entropy_rank(&singular_values(&xc), 0.0)
+    entropy_rank(&singular_values(&centred(x)), 0.0)
 }
 
 /// RankMe (Garrido et al. 2023): the same entropy on the uncentred matrix, `p_k + 1e-7`.
@@ -156,10 +162,45 @@ pub fn rankme(x: &Tensor) -> f64 {
 
 /// Covariance eigenvalues (descending) of the centred matrix: `sigma^2 / (N - 1)`.
 pub fn covariance_spectrum(x: &Tensor) -> Vec<f64> {
-    let xd = x.to_kind(Kind::Double);
-    let xc = &xd - xd.mean_dim(&[0i64][..], true, Kind::Double);
-    let s = singular_values(&xc);
+    let s = singular_values(&centred(x));
     Vec::<f64>::try_from(s.square() / (x.size()[0] - 1) as f64).expect("f64")
+}
+
+/// Collapse AUC (Li, Efros & Pathak 2022, eq. 2) from the singular values of the centred
+/// representation: `mean_k cumsum(sigma)_k / sum sigma`. `(D + 1) / 2D` for D equal singular
+/// values, 1 for rank one: higher means more collapsed.
+pub fn collapse_auc(sigma: &[f64]) -> f64 {
+    let total: f64 = sigma.iter().sum::<f64>().max(1e-300);
+    let mut acc = 0.0;
+    sigma
+        .iter()
+        .map(|s| {
+            acc += s;
+            acc / total
+        })
+        .sum::<f64>()
+        / sigma.len().max(1) as f64
+}
+
+/// Spectral decay alpha (alpha-ReQ, Agrawal et al. 2022): the least-squares slope of
+/// `-log lambda_i` against `log i` over the eigenvalues above `1e-10 lambda_1` (numerical zeros
+/// would dominate the fit). `lambda_i = c i^-alpha` gives alpha exactly.
+pub fn spectral_decay(lambda: &[f64]) -> f64 {
+    let floor = lambda.first().copied().unwrap_or(0.0) * 1e-10;
+    let pts: Vec<(f64, f64)> = lambda
+        .iter()
+        .enumerate()
+        .take_while(|(_, &l)| l > floor && l > 0.0)
+        .map(|(i, &l)| (((i + 1) as f64).ln(), l.ln()))
+        .collect();
+    if pts.len() < 2 {
+        return f64::NAN;
+    }
+    let n = pts.len() as f64;
+    let (mx, my) = (pts.iter().map(|p| p.0).sum::<f64>() / n, pts.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    -sxy / sxx
 }
 
 /// Spectral measures of one representation.
@@ -173,6 +214,10 @@ pub struct Spectrum {
     pub pca_k90: usize,
     pub pca_k95: usize,
     pub pca_k99: usize,
+    /// Li et al.'s collapse AUC of the centred representation (higher: more collapsed).
+    pub collapse_auc: f64,
+    /// The power-law exponent of the covariance spectrum (alpha-ReQ).
+    pub spectral_decay: f64,
 }
 
 /// The fraction of the variance held by the leading 1, 2, ... eigenvalues.
@@ -200,18 +245,40 @@ pub fn pca_dims(lambda: &[f64], q: f64) -> usize {
     lambda.len()
 }
 
+/// Every spectral measure of `x` `[N, D]`, from one SVD of the centred matrix (and one of the
+/// uncentred for RankMe).
 pub fn spectrum(x: &Tensor) -> Spectrum {
-    let lambda = covariance_spectrum(x);
+    let sigma_t = singular_values(&centred(x));
+    let sigma = Vec::<f64>::try_from(&sigma_t).expect("f64");
+    let lambda: Vec<f64> = sigma.iter().map(|s| s * s / (x.size()[0] - 1) as f64).collect();
     let s1: f64 = lambda.iter().sum();
     let s2: f64 = lambda.iter().map(|l| l * l).sum();
     Spectrum {
-        effective_rank: effective_rank(x),
+        effective_rank: entropy_rank(&sigma_t, 0.0),
         rankme: rankme(x),
         participation_ratio: s1 * s1 / s2.max(1e-300),
         pca_k90: pca_dims(&lambda, 0.90),
         pca_k95: pca_dims(&lambda, 0.95),
         pca_k99: pca_dims(&lambda, 0.99),
+        collapse_auc: collapse_auc(&sigma),
+        spectral_decay: spectral_decay(&lambda),
     }
+}
+
+/// 95% percentile bootstrap intervals of the measures `f` returns, over the rows of `x`
+/// `[N, D]` (`reps` resamples with replacement, from torch's generator: seed it for a
+/// reproducible interval). The linear dimension measures depend on N, so EXPERIMENTS.md §3.5
+/// asks for their spread.
+pub fn bootstrap_ci<const M: usize>(x: &Tensor, reps: usize, f: impl Fn(&Tensor) -> [f64; M]) -> [[f64; 2]; M] {
+    let n = x.size()[0];
+    let draws: Vec<[f64; M]> =
+        (0..reps).map(|_| f(&x.index_select(0, &Tensor::randint(n, [n], (Kind::Int64, x.device()))))).collect();
+    std::array::from_fn(|j| {
+        let mut v: Vec<f64> = draws.iter().map(|d| d[j]).collect();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((q * (reps - 1) as f64).round() as usize).min(reps - 1)];
+        [at(0.025), at(0.975)]
+    })
 }
 
 /// The geometry monitor of a fixed evaluation subset: spectra of z (projector output) and y

@@ -15,8 +15,6 @@ pub struct Position {
     pub global_step: usize,
 }
 
-const KEEP: usize = 2;
-
 pub fn dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }
@@ -28,13 +26,14 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Saves a checkpoint (and `extra` training state, e.g. a memory bank) and points `latest` at
-/// it; keeps the newest two. Returns its folder.
+/// it; keeps the newest `keep` (all when 0). Returns its folder.
 pub fn save(
     run_dir: &Path,
     vs: &VarStore,
     opt: &Sgd,
     pos: Position,
     extra: &[(&str, &tch::Tensor)],
+    keep: usize,
 ) -> Result<PathBuf> {
     let root = dir(run_dir);
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
@@ -57,7 +56,7 @@ pub fn save(
     let latest_tmp = root.join(".latest.tmp");
     write_file(&latest_tmp, name.as_bytes())?;
     std::fs::rename(&latest_tmp, root.join("latest")).map_err(|e| Error::io(root.join("latest"), e))?;
-    prune(&root)?;
+    prune(&root, keep)?;
     Ok(final_dir)
 }
 
@@ -69,18 +68,34 @@ pub fn write_safetensors(named: &[(&str, &tch::Tensor)], path: &Path) -> Result<
     Ok(())
 }
 
-fn prune(root: &Path) -> Result<()> {
+/// The `step-*` checkpoint folders under `root`, oldest first.
+fn step_dirs(root: &Path) -> Result<Vec<PathBuf>> {
     let mut steps: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| Error::io(root, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
         .collect();
     steps.sort();
-    while steps.len() > KEEP {
+    Ok(steps)
+}
+
+fn prune(root: &Path, keep: usize) -> Result<()> {
+    let mut steps = step_dirs(root)?;
+    while keep > 0 && steps.len() > keep {
         let old = steps.remove(0);
         std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
     }
     Ok(())
+}
+
+/// Every checkpoint folder of a run, oldest first.
+pub fn all(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let root = dir(run_dir);
+    if root.is_dir() {
+        step_dirs(&root)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 /// The folder `latest` points at, if any checkpoint was written.

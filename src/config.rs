@@ -29,6 +29,9 @@ pub struct RunConfig {
     pub epochs: usize,
     /// Write a checkpoint every this many epochs (and always at the end).
     pub checkpoint_every: usize,
+    /// How many of the newest checkpoints to keep (0: all of them, e.g. to analyse the
+    /// representation at several epochs with `simsiam analyse --checkpoint`).
+    pub keep_checkpoints: usize,
     /// CPU threads for libtorch (0: libtorch's default).
     pub threads: usize,
     /// On CUDA, let cuDNN autotune convolution algorithms (fast; not bit-reproducible).
@@ -56,6 +59,7 @@ impl Default for RunConfig {
             device: "auto".into(),
             epochs: 800,
             checkpoint_every: 10,
+            keep_checkpoints: 2,
             threads: 0,
             cudnn_benchmark: true,
             precision: Precision::Auto,

@@ -130,21 +130,14 @@ pub fn centres(
     train_bn: bool,
     batch: i64,
 ) -> (Tensor, Tensor) {
-    tch::no_grad(|| {
-        let n = images.size()[0];
-        let mut out = Vec::new();
-        for s in (0..n).step_by(batch as usize) {
-            let b = images.narrow(0, s, batch.min(n - s));
-            let sum = (0..k)
-                .map(|_| l2_normalize(&model.encode(&aug.view(&b), train_bn).to_kind(Kind::Float)))
-                .reduce(|a, b| a + b)
-                .expect("k >= 1");
-            out.push(sum / k as f64);
-        }
-        let f_bar = Tensor::cat(&out, 0);
-        let r = f_bar.norm_scalaropt_dim(2.0, &[1i64][..], false);
-        (f_bar, r)
-    })
+    centres_of(&view_bank(model, images, aug, k, train_bn, batch).0)
+}
+
+/// The centres `f_bar` `[N, d]` and mean resultant lengths `[N]` of a bank of unit views `[N, K, d]`.
+pub fn centres_of(bank: &Tensor) -> (Tensor, Tensor) {
+    let f_bar = bank.mean_dim(&[1i64][..], false, Kind::Float);
+    let r = f_bar.norm_scalaropt_dim(2.0, &[1i64][..], false);
+    (f_bar, r)
 }
 
 /// The posterior over instances with one shared concentration: `p(x'|Z) = softmax(kappa mu_x' . Z)`.
@@ -161,6 +154,55 @@ pub fn posterior_per_instance(z: &Tensor, mu: &Tensor, kappa: &[f64]) -> Tensor 
     let kap = Tensor::from_slice(&kappa.iter().map(|&k| k as f32).collect::<Vec<_>>()).to_device(mu.device());
     let log_c = Tensor::from_slice(&log_c).to_device(mu.device());
     (l2_normalize(z).matmul(&mu.tr()) * kap.unsqueeze(0) + log_c.unsqueeze(0)).softmax(1, Kind::Float)
+}
+
+/// The kernel-density posterior (EXPERIMENTS.md §3.1, variant (b)): each instance's density is
+/// a mixture of vMF kernels of one concentration `kappa` at its K bank views,
+/// `p(x'|Z) = softmax_x'( logsumexp_k kappa Z . v_x'k )`. `z` `[M, d]`, `bank` `[N, K, d]` (unit)
+/// -> `[M, N]`, computed in query chunks so the `[M, N K]` similarities never exist whole.
+pub fn posterior_kernel(z: &Tensor, bank: &Tensor, kappa: f64) -> Tensor {
+    let (n, k, d) = bank.size3().expect("bank [N, K, d]");
+    let flat = bank.reshape([n * k, d]).tr(); // [d, N K]
+    let zn = l2_normalize(z);
+    let m = zn.size()[0];
+    let rows = ((1i64 << 26) / (n * k)).max(1);
+    let parts: Vec<Tensor> = (0..m)
+        .step_by(rows as usize)
+        .map(|s| {
+            let sims = zn.narrow(0, s, rows.min(m - s)).matmul(&flat) * kappa; // [m', N K]
+            sims.view([-1, n, k]).logsumexp(&[2i64][..], false).softmax(1, Kind::Float)
+        })
+        .collect();
+    Tensor::cat(&parts, 0)
+}
+
+/// `k` normalised training-augmentation views of every image, of z and of the backbone
+/// feature y: `([N, k, d_z], [N, k, d_y])`. Their means over k are the instance centres of
+/// either space; the views themselves are the kernel posterior's bank.
+pub fn view_bank(
+    model: &SimSiam,
+    images: &Tensor,
+    aug: &Augmenter,
+    k: usize,
+    train_bn: bool,
+    batch: i64,
+) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        let n = images.size()[0];
+        let (mut zs, mut ys) = (Vec::new(), Vec::new());
+        for s in (0..n).step_by(batch as usize) {
+            let b = images.narrow(0, s, batch.min(n - s));
+            let (mut zk, mut yk) = (Vec::new(), Vec::new());
+            for _ in 0..k {
+                let (y, z) = model.features_and_projection(&aug.view(&b), train_bn);
+                zk.push(l2_normalize(&z));
+                yk.push(l2_normalize(&y));
+            }
+            zs.push(Tensor::stack(&zk, 1));
+            ys.push(Tensor::stack(&yk, 1));
+        }
+        (Tensor::cat(&zs, 0), Tensor::cat(&ys, 0))
+    })
 }
 
 /// The oracle predictor `h*(z) = sum_x' p(x'|Z) f_bar(x')`: `[M, N] x [N, d] -> [M, d]`.
@@ -212,21 +254,40 @@ pub fn between_fraction(posterior: &Tensor, mu: &Tensor, z: &Tensor) -> f64 {
     inner.lt(0.0).logical_and(&both).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
 }
 
-/// TwoNN intrinsic dimension (Facco et al. 2017): from the ratio `mu = r2 / r1` of each point's
-/// second to first nearest-neighbour distance, the MLE `d = (N - 1) / sum log mu`. Exact
-/// duplicates are dropped first. `x` `[N, D]`.
-pub fn two_nn(x: &Tensor) -> f64 {
-    // Exact duplicates would give r1 = 0 or r1 = r2: keep one copy of each row.
+/// The distances of each row of `x` `[N, D]` to its `k` nearest other rows, ascending
+/// `[N', k]`, after dropping exact duplicate rows (which would give zero distances).
+fn nearest_distances(x: &Tensor, k: i64) -> Tensor {
     let (x, _, _) = x.to_kind(Kind::Double).unique_dim(0, false, false, false);
     // compute_mode 2: exact differences (the matrix-product path is less precise for near points).
     let dist = Tensor::cdist(&x, &x, 2.0, Some(2));
     let n = dist.size()[0];
     let dist = dist.masked_fill(&Tensor::eye(n, (Kind::Bool, dist.device())), f64::INFINITY);
-    let (near, _) = dist.topk(2, 1, false, true);
+    dist.topk(k.min(n - 1), 1, false, true).0
+}
+
+/// TwoNN intrinsic dimension (Facco et al. 2017): from the ratio `mu = r2 / r1` of each point's
+/// second to first nearest-neighbour distance, the MLE `d = (N - 1) / sum log mu`. Exact
+/// duplicates are dropped first. `x` `[N, D]`.
+pub fn two_nn(x: &Tensor) -> f64 {
+    let near = nearest_distances(x, 2);
+    let n = near.size()[0];
     let r1 = near.select(1, 0);
     let r2 = near.select(1, 1);
     let ok = r1.isfinite().logical_and(&r2.isfinite());
     let logmu = (r2 / r1).log().masked_select(&ok);
     let m = logmu.size()[0].min(n);
     (m - 1) as f64 / logmu.sum(Kind::Double).double_value(&[])
+}
+
+/// The MLE intrinsic dimension of Levina & Bickel (2004) with `k` neighbours, pooled over points
+/// as MacKay & Ghahramani's correction does (averaging the inverse estimates):
+/// `d = [ mean_x 1/(k-1) sum_{j<k} log(T_k(x) / T_j(x)) ]^-1`. A cross-check of TwoNN.
+pub fn mle_intrinsic_dim(x: &Tensor, k: i64) -> f64 {
+    assert!(k >= 3, "mle_intrinsic_dim needs k >= 3");
+    let t = nearest_distances(x, k);
+    let k = t.size()[1];
+    let logs = t.log(); // [N, k]
+    let inv = (logs.narrow(1, k - 1, 1) - logs.narrow(1, 0, k - 1)).sum_dim_intlist(&[1i64][..], false, Kind::Double)
+        / (k - 1) as f64;
+    1.0 / inv.mean(Kind::Double).double_value(&[])
 }

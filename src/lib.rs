@@ -15,6 +15,7 @@ pub mod eval;
 pub mod experiment;
 pub mod export;
 mod ffi;
+pub mod hypotheses;
 pub mod instances;
 pub mod model;
 pub mod monitor;

@@ -60,8 +60,31 @@ enum Cmd {
         /// Instance counts for `instances`.
         #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
         sizes: Vec<usize>,
+        /// Which weights: `latest` (results in RUN/analysis), `init` (the run's random
+        /// initialisation, rebuilt from its config and seed), `all` (every kept checkpoint; keep
+        /// them with `--set run.keep_checkpoints=0`), or a checkpoint folder name
+        /// (`step-000001560`). `latest` writes to RUN/analysis, the others to RUN/analysis/NAME
+        /// (`-train-bn` appended with --train-bn, and `latest` then to RUN/analysis/latest-train-bn).
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
         #[arg(long)]
         device: Option<String>,
+    },
+    /// Judge the blog's hypotheses C1-C6 from the analyses of a SimSiam, a SimCLR and
+    /// (optionally) a BYOL run: `report.md`, `verdicts.json` and plots. Analyse each run first
+    /// (`simsiam analyse all RUN`, and `analyse all RUN --checkpoint init --train-bn` for SimSiam).
+    Hypotheses {
+        /// A trained model: `simsiam=RUN_DIR` and `simclr=RUN_DIR` are needed (the verdicts compare
+        /// them); `byol=RUN_DIR` and any other `NAME=RUN_DIR` (e.g. a SimSiam arm) add columns.
+        #[arg(long = "run", value_name = "METHOD=RUN_DIR", required = true)]
+        runs: Vec<String>,
+        /// A folder of experiment outputs (`simsiam experiment NAME --out ROOT/NAME`): the
+        /// oracle-predictor, augmentation-removal, dim-sweep and shard-dynamics outcomes found there are used.
+        #[arg(long, value_name = "ROOT")]
+        experiments: Option<PathBuf>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write embeddings of a dataset (backbone and projector) as .npy, with labels and names.
     Embed {
@@ -331,9 +354,9 @@ fn run() -> Result<()> {
             println!("{line}");
             Ok(())
         }
-        Cmd::Analyse { what, run, data, n, k, train_bn, sizes, device } => {
+        Cmd::Analyse { what, run, data, n, k, train_bn, sizes, checkpoint, device } => {
             anyhow::ensure!(k >= 2 && n >= 10, "--k must be at least 2 and --n at least 10");
-            let (cfg, device, net) = load_run(&run, device)?;
+            let (cfg, device) = run_config(&run, device)?;
             let path = data.or_else(|| cfg.data.test.clone()).context("no data: pass --data PATH")?;
             let store = simsiam::data::load(
                 &path,
@@ -345,47 +368,93 @@ fn run() -> Result<()> {
             anyhow::ensure!(store.len() >= 10, "{}: at least 10 images needed", path.display());
             let images = store.images.narrow(0, 0, n.min(store.len()) as i64).to_device(device);
             let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
-            let probe = simsiam::analyse::Probe {
-                model: &net.model,
-                images,
-                aug: &aug,
-                aug_cfg: &cfg.augment,
-                image_size: cfg.data.image_size,
-                k,
-                train_bn,
+            // (weights, output folder) for each requested checkpoint; None = initialisation.
+            // Train-mode results go beside the eval-mode ones, never over them.
+            let mode = if train_bn { "-train-bn" } else { "" };
+            let sub = |name: &str| run.join("analysis").join(format!("{name}{mode}"));
+            let targets: Vec<(Option<PathBuf>, PathBuf)> = match checkpoint.as_str() {
+                "latest" => {
+                    let c = simsiam::checkpoint::latest(&run)?
+                        .with_context(|| format!("{}: no checkpoint yet", run.display()))?;
+                    vec![(Some(c), if train_bn { sub("latest") } else { run.join("analysis") })]
+                }
+                "init" => vec![(None, sub("init"))],
+                "all" => {
+                    let all = simsiam::checkpoint::all(&run)?;
+                    anyhow::ensure!(!all.is_empty(), "{}: no checkpoint yet", run.display());
+                    all.into_iter()
+                        .map(|c| (Some(c.clone()), sub(&c.file_name().expect("name").to_string_lossy())))
+                        .collect()
+                }
+                name => {
+                    let c = simsiam::checkpoint::dir(&run).join(name);
+                    anyhow::ensure!(
+                        c.join("model.safetensors").is_file(),
+                        "--checkpoint: {} is not a checkpoint folder (expected latest, init, all or a step-* folder under {})",
+                        c.display(),
+                        simsiam::checkpoint::dir(&run).display()
+                    );
+                    vec![(Some(c), sub(name))]
+                }
             };
-            tch::manual_seed(cfg.run.seed as i64);
-            let all = what == AnalyseWhat::All;
-            let mut out = serde_json::Map::new();
-            let mut put = |name: &str, f: &dyn Fn() -> serde_json::Value| {
-                eprintln!("analyse {name} ...");
-                out.insert(name.to_string(), f());
-            };
-            if all || what == AnalyseWhat::Dimension {
-                put("dimension", &|| probe.dimension());
+            for (ckpt, dir) in targets {
+                // The same seed as training: `init` rebuilds the run's own initial weights.
+                tch::manual_seed(cfg.run.seed as i64);
+                let mut net = train::Network::new(&cfg, device);
+                let position = match &ckpt {
+                    Some(c) => {
+                        simsiam::checkpoint::load_model(&mut net.vs, c)?;
+                        simsiam::checkpoint::load_position(c)?
+                    }
+                    None => Default::default(),
+                };
+                let probe = simsiam::analyse::Probe {
+                    model: &net.model,
+                    images: images.shallow_clone(),
+                    aug: &aug,
+                    aug_cfg: &cfg.augment,
+                    image_size: cfg.data.image_size,
+                    k,
+                    train_bn,
+                };
+                tch::manual_seed(cfg.run.seed as i64);
+                let all = what == AnalyseWhat::All;
+                let mut out = serde_json::Map::new();
+                let mut put = |name: &str, f: &dyn Fn() -> serde_json::Value| {
+                    eprintln!("analyse {name} ({}) ...", dir.display());
+                    let mut v = f();
+                    v["checkpoint"] = serde_json::json!({
+                        "epoch": position.epoch, "global_step": position.global_step,
+                        "weights": ckpt.as_ref().map_or("init".into(), |c| c.display().to_string()),
+                        "n": images.size()[0], "k": k, "train_bn": train_bn,
+                    });
+                    out.insert(name.to_string(), v);
+                };
+                if all || what == AnalyseWhat::Dimension {
+                    put("dimension", &|| probe.dimension());
+                }
+                if all || what == AnalyseWhat::Instances {
+                    put("instances", &|| probe.instances(&sizes, true));
+                }
+                if all || what == AnalyseWhat::Predictor {
+                    put("predictor", &|| probe.predictor());
+                }
+                if all || what == AnalyseWhat::Shards {
+                    put("shards", &|| probe.shards());
+                }
+                if all || what == AnalyseWhat::Invariance {
+                    put("invariance", &|| probe.invariance());
+                }
+                std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+                for (name, v) in &out {
+                    let f = dir.join(format!("{name}.json"));
+                    std::fs::write(&f, serde_json::to_string_pretty(v)?).with_context(|| f.display().to_string())?;
+                }
+                for p in simsiam::analyse::plots(&dir, &out)? {
+                    eprintln!("plot: {} (and .svg)", p.display());
+                }
+                println!("{}", serde_json::to_string(&out)?);
             }
-            if all || what == AnalyseWhat::Instances {
-                put("instances", &|| probe.instances(&sizes));
-            }
-            if all || what == AnalyseWhat::Predictor {
-                put("predictor", &|| probe.predictor());
-            }
-            if all || what == AnalyseWhat::Shards {
-                put("shards", &|| probe.shards());
-            }
-            if all || what == AnalyseWhat::Invariance {
-                put("invariance", &|| probe.invariance());
-            }
-            let dir = run.join("analysis");
-            std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-            for (name, v) in &out {
-                let f = dir.join(format!("{name}.json"));
-                std::fs::write(&f, serde_json::to_string_pretty(v)?).with_context(|| f.display().to_string())?;
-            }
-            for p in simsiam::analyse::plots(&dir, &out)? {
-                eprintln!("plot: {} (and .svg)", p.display());
-            }
-            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
         Cmd::Embed { run, data, out, device, split } => cmd_embed(run, data, out, device, split),
@@ -424,6 +493,24 @@ fn run() -> Result<()> {
                 if o.held { "held" } else { "did not hold" },
                 out.join("report.md").display()
             );
+            Ok(())
+        }
+        Cmd::Hypotheses { runs, experiments, out } => {
+            let runs = runs
+                .iter()
+                .map(|r| {
+                    let (m, dir) = r.split_once('=').with_context(|| format!("--run {r}: expected METHOD=RUN_DIR"))?;
+                    anyhow::ensure!(
+                        !m.is_empty() && m.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                        "--run {r}: the name {m:?} must be lowercase letters, digits and '-' (simsiam, simclr, byol, ...)"
+                    );
+                    Ok((m.to_string(), PathBuf::from(dir)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let inputs = simsiam::hypotheses::Inputs::load(&runs, experiments.as_deref())?;
+            let command =
+                std::iter::once("simsiam".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+            println!("wrote {}", simsiam::hypotheses::write(&inputs, &out, &command)?.display());
             Ok(())
         }
         Cmd::Report { run } => {
@@ -534,13 +621,19 @@ fn interruptible(control: RunControl) -> Result<RunControl> {
 }
 
 /// A run's saved config and its latest checkpoint loaded into a network on the chosen device.
-fn load_run(run: &std::path::Path, device: Option<String>) -> Result<(Config, tch::Device, train::Network)> {
+/// A run's saved config, with its device overridden by `--device`, and that device.
+fn run_config(run: &std::path::Path, device: Option<String>) -> Result<(Config, tch::Device)> {
     let mut cfg =
         Config::load(&run.join("config.toml")).with_context(|| format!("{}: not a run folder", run.display()))?;
     if let Some(d) = device {
         cfg.run.device = d;
     }
     let device = simsiam::device::parse_device(&cfg.run.device)?;
+    Ok((cfg, device))
+}
+
+fn load_run(run: &std::path::Path, device: Option<String>) -> Result<(Config, tch::Device, train::Network)> {
+    let (cfg, device) = run_config(run, device)?;
     let ckpt = simsiam::checkpoint::latest(run)?.with_context(|| format!("{}: no checkpoint yet", run.display()))?;
     let mut net = train::Network::new(&cfg, device);
     simsiam::checkpoint::load_model(&mut net.vs, &ckpt)?;

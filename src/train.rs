@@ -298,6 +298,7 @@ fn extra_state(memory: &Option<MemoryBank>, ema: &Option<Ema>) -> Vec<(String, T
 }
 
 fn save_checkpoint(
+    cfg: &Config,
     run_dir: &Path,
     net: &Network,
     opt: &Sgd,
@@ -306,7 +307,7 @@ fn save_checkpoint(
 ) -> Result<PathBuf> {
     let extra = extra_state(memory, &net.ema);
     let refs: Vec<(&str, &Tensor)> = extra.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    checkpoint::save(run_dir, &net.vs, opt, pos, &refs)
+    checkpoint::save(run_dir, &net.vs, opt, pos, &refs, cfg.run.keep_checkpoints)
 }
 
 /// Loads the train and (optional) test stores named by the config.
@@ -673,7 +674,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 k: cfg.monitor.instances_k,
                 train_bn: false,
             };
-            let v = probe.instances(&[n]);
+            let v = probe.instances(&[n], false);
             let row = &v["by_size"][0];
             log.write(json!({
                 "event": "instances", "epoch": pos.epoch, "step": pos.global_step, "instances": n,
@@ -783,7 +784,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let interrupted = |net: &Network, opt: &Sgd, pos: Position, memory: &Option<MemoryBank>| -> Result<Summary> {
         pb.abandon();
         if lead {
-            let dir = save_checkpoint(&run_dir, net, opt, pos, memory)?;
+            let dir = save_checkpoint(cfg, &run_dir, net, opt, pos, memory)?;
             eprintln!("checkpoint written to {}", dir.display());
         }
         Err(Error::Interrupted { epoch: pos.epoch, step: pos.global_step, dir: run_dir.display().to_string() })
@@ -899,7 +900,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             );
         }
         if lead && (pos.epoch % cfg.run.checkpoint_every == 0 || last) {
-            last_ckpt = save_checkpoint(&run_dir, &net, &opt, pos, &memory)?.display().to_string();
+            last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, pos, &memory)?.display().to_string();
         }
     }
     pb.finish_and_clear();

@@ -112,3 +112,37 @@ fn eta_grid_crosses_zero_at_eta_p_star() {
     // c(-0.5) here is cos(e1 - 0.5 e2, e2) = -0.5 / sqrt(1.25), as eta_p's second output.
     assert!((grid[5].1 + 0.5 / 1.25f64.sqrt()).abs() < 1e-6);
 }
+
+#[test]
+fn collapse_auc_and_spectral_decay_by_hand() {
+    // D equal singular values: cumsum/sum = k/D, mean (D + 1) / 2D; rank one: 1.
+    assert!((collapse_auc(&[2.0; 8]) - 9.0 / 16.0).abs() < 1e-12);
+    assert!((collapse_auc(&[3.0, 0.0, 0.0, 0.0]) - 1.0).abs() < 1e-12);
+    // (3, 1): cumulative shares 0.75, 1 -> 0.875.
+    assert!((collapse_auc(&[3.0, 1.0]) - 0.875).abs() < 1e-12);
+    // lambda_i = 3 i^-1.5 gives alpha = 1.5; numerical zeros after it are left out of the fit.
+    let mut lambda: Vec<f64> = (1..=50).map(|i| 3.0 * (i as f64).powf(-1.5)).collect();
+    assert!((spectral_decay(&lambda) - 1.5).abs() < 1e-9);
+    lambda.extend([1e-20; 10]);
+    assert!((spectral_decay(&lambda) - 1.5).abs() < 1e-9);
+    // Through `spectrum`: four equal singular values.
+    tch::manual_seed(4);
+    let s = spectrum(&with_singular_values(100, &[1.0; 4]));
+    assert!((s.collapse_auc - 5.0 / 8.0).abs() < 1e-9 && s.spectral_decay.abs() < 1e-6, "{s:?}");
+}
+
+#[test]
+fn bootstrap_interval_brackets_the_sample_statistic_with_the_expected_width() {
+    tch::manual_seed(5);
+    let x = Tensor::randn([400, 1], (Kind::Double, Device::Cpu)) + 2.0;
+    let full = x.mean(Kind::Double).double_value(&[]);
+    let [ci] = bootstrap_ci(&x, 200, |t| [t.mean(Kind::Double).double_value(&[])]);
+    // The mean's standard error is 1/sqrt(400) = 0.05: a 95% interval about 0.196 wide.
+    assert!(ci[0] < full && full < ci[1], "{ci:?} around {full}");
+    assert!(((ci[1] - ci[0]) / 0.196 - 1.0).abs() < 0.3, "{ci:?}");
+    // Identical rows: every resample is the same, the interval a point.
+    let [ci] = bootstrap_ci(&Tensor::ones([50, 3], (Kind::Double, Device::Cpu)), 20, |t| {
+        [t.sum(Kind::Double).double_value(&[])]
+    });
+    assert_eq!(ci, [150.0, 150.0]);
+}

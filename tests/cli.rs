@@ -321,6 +321,65 @@ fn analyse_measures_a_checkpoint() {
     }
 }
 
+/// Every kept checkpoint and the initialisation analysed; the hypotheses report written from
+/// the analyses; bad choices named in the error.
+#[test]
+fn analyse_every_checkpoint_and_the_initialisation_then_judge_the_hypotheses() {
+    let (tmp, train, test) = data();
+    let run = tmp.path().join("a");
+    let mut args = train_args(&train, &test, &run);
+    args[6] = "3".into(); // --epochs 3, a checkpoint after each, all kept (the default keeps 2)
+    args.extend(["--set".into(), "run.keep_checkpoints=0".into()]);
+    ok(bin().args(&args).output().unwrap());
+    let kept = simsiam::checkpoint::all(&run).unwrap();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    let r = run.to_str().unwrap();
+    let small = ["--n", "40", "--k", "3", "--sizes", "10,40"];
+    ok(bin().args(["analyse", "predictor", r, "--checkpoint", "all"]).args(small).output().unwrap());
+    let epochs: Vec<u64> = kept
+        .iter()
+        .map(|c| {
+            let f = run.join("analysis").join(c.file_name().unwrap()).join("predictor.json");
+            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+            v["checkpoint"]["epoch"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, [1, 2, 3]);
+    // At initialisation in train-mode BN the projector's output BN makes z zero-mean and
+    // unit-variance per dimension (std over the 40 images: unbiased, so sqrt(40/39)).
+    ok(bin().args(["analyse", "all", r, "--checkpoint", "init", "--train-bn"]).args(small).output().unwrap());
+    let f = run.join("analysis/init-train-bn/dimension.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+    let m = &v["z_moments"]["train_bn"];
+    assert!(m["dim_mean_abs"].as_f64().unwrap() < 1e-4, "{m}");
+    assert!((m["dim_std_mean"].as_f64().unwrap() - (40.0f64 / 39.0).sqrt()).abs() < 1e-3, "{m}");
+    assert_eq!(v["checkpoint"]["weights"], "init");
+    ok(bin().args(["analyse", "all", r]).args(small).output().unwrap());
+    // The same run stands in for both methods: the command's plumbing is under test here,
+    // the rules are in tests/hypotheses.rs.
+    let out = tmp.path().join("hyp");
+    let text = ok(bin()
+        .args(["hypotheses", "--run", &format!("simsiam={r}"), "--run", &format!("simclr={r}"), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert!(text.contains("report.md"), "{text}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| C1 |") && md.contains("| C6 |") && md.contains("B1 (C1)"), "{md}");
+    assert!(out.join("plots/b1-cos-h-hstar.png").is_file(), "B1 over the analysed epochs is plotted");
+    for (args, want) in [
+        (vec!["analyse", "all", r, "--checkpoint", "step-7"], "--checkpoint"),
+        (vec!["hypotheses", "--run", "simsiam", "--out", "x"], "METHOD=RUN_DIR"),
+        (vec!["hypotheses", "--run", &format!("Sim Siam={r}"), "--out", "x"], "lowercase letters"),
+    ] {
+        let o = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    let o = bin().args(["hypotheses", "--run", &format!("simsiam={r}"), "--out", "x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("simclr=RUN_DIR"));
+}
+
 /// An override that one arm cannot take stops the experiment before any arm trains.
 #[test]
 fn an_experiment_checks_every_arm_before_training() {

@@ -118,7 +118,7 @@ fn cuda_fast_defaults_match_fp32() {
     assert!(cos > 0.99, "cos(z_fp32, z_fast) down to {cos}");
     let tmp = tempfile::tempdir().unwrap();
     let opt = simsiam::optim::Sgd::new(fast.params(&fast_cfg), 3, 0.9, 5e-4);
-    let dir = simsiam::checkpoint::save(tmp.path(), &fast.vs, &opt, Default::default(), &[]).unwrap();
+    let dir = simsiam::checkpoint::save(tmp.path(), &fast.vs, &opt, Default::default(), &[], 2).unwrap();
     // Loaded into an fp32, contiguous network: every tensor (BN running statistics included,
     // which the bf16 forward above updated) as the fast network holds it.
     let mut again = Network::new(&slow_cfg, dev);

@@ -2,6 +2,7 @@
 #![allow(clippy::excessive_precision)] // reference values printed by mpmath at full f64 precision
 use rand::SeedableRng;
 use simsiam::instances::*;
+use simsiam::monitor::l2_normalize;
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -109,4 +110,37 @@ fn two_nn_recovers_known_intrinsic_dimensions() {
     let x = Tensor::randn([500, 3], (Kind::Double, Device::Cpu));
     let dup = Tensor::cat(&[&x, &x], 0);
     assert!((two_nn(&dup) / 3.0 - 1.0).abs() < 0.3);
+}
+
+#[test]
+fn levina_bickel_recovers_known_intrinsic_dimensions() {
+    tch::manual_seed(2);
+    for d in [2i64, 5, 8] {
+        let x = Tensor::randn([3000, d], (Kind::Double, Device::Cpu));
+        let (q, _) = Tensor::linalg_qr(&Tensor::randn([32, 32], (Kind::Double, Device::Cpu)), "reduced");
+        let est = mle_intrinsic_dim(&x.matmul(&q.narrow(0, 0, d)), 20);
+        assert!((est / d as f64 - 1.0).abs() < 0.15, "d={d}: MLE {est}");
+    }
+}
+
+#[test]
+fn kernel_posterior_reduces_to_the_shared_one_and_identifies_separated_instances() {
+    tch::manual_seed(3);
+    let n = 40;
+    let mu = Tensor::eye(n, (Kind::Float, Device::Cpu));
+    let truth = Tensor::arange(n, (Kind::Int64, Device::Cpu)).repeat([3]);
+    let z = mu.index_select(0, &truth) + Tensor::randn([3 * n, n], (Kind::Float, Device::Cpu)) * 0.05;
+    // One bank view per instance at its centre: the mixture is one vMF kernel, the shared posterior.
+    let a = posterior_kernel(&z, &mu.unsqueeze(1), 20.0);
+    let b = posterior_shared(&z, &mu, 20.0);
+    assert!(a.allclose(&b, 1e-5, 1e-6, false));
+    // K noisy views per instance around separated centres: identification is perfect.
+    let noisy = mu.unsqueeze(1) + Tensor::randn([n, 6, n], (Kind::Float, Device::Cpu)) * 0.05;
+    let bank = l2_normalize(&noisy.view([-1, n])).view([n, 6, n]); // unit views
+    let r = instance_id(&posterior_kernel(&z, &bank, 50.0), &truth);
+    assert_eq!((r.top1, r.top5), (100.0, 100.0));
+    // Every instance with the same views: the posterior is uniform.
+    let same = bank.narrow(0, 0, 1).expand([n, 6, n], false).contiguous();
+    let r = instance_id(&posterior_kernel(&z, &same, 50.0), &truth);
+    assert!((r.p_true - 1.0 / n as f64).abs() < 1e-6, "{r:?}");
 }

@@ -85,7 +85,7 @@ fn channels_last_weights_compute_the_same_function_and_save_dense() {
     // A checkpoint of channels-last weights loads back into a fresh model.
     let tmp = tempfile::tempdir().unwrap();
     let opt = Sgd::new(net.params(&cfg), 3, 0.9, 5e-4);
-    let dir = simsiam::checkpoint::save(tmp.path(), &net.vs, &opt, Default::default(), &[]).unwrap();
+    let dir = simsiam::checkpoint::save(tmp.path(), &net.vs, &opt, Default::default(), &[], 2).unwrap();
     let mut fresh = Network::new(&cfg, Device::Cpu);
     simsiam::checkpoint::load_model(&mut fresh.vs, &dir).unwrap();
     let again = fresh.model.features(&x, false);

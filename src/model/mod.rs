@@ -116,6 +116,19 @@ impl SimSiam {
         self.run(&[x], train, f).remove(0)
     }
 
+    /// Both the backbone feature y and the projection z of one view, in one forward pass:
+    /// `[B,3,H,W] -> ([B, C], [B, d])`.
+    pub fn features_and_projection(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let f = |x: &[Tensor]| {
+            let y = self.backbone.forward_t(&x[0], train);
+            let z = y.apply_t(&self.projector, train);
+            vec![y, z]
+        };
+        let mut out = self.run(&[x], train, f);
+        let z = out.pop().expect("z");
+        (out.pop().expect("y"), z)
+    }
+
     /// Backbone features y (what downstream tasks use): `[B,3,H,W] -> [B, C]`.
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
         self.run(&[x], train, |x| vec![self.backbone.forward_t(&x[0], train)]).remove(0)
