@@ -268,7 +268,8 @@ pub fn spectrum(x: &Tensor) -> Spectrum {
 /// 95% percentile bootstrap intervals of the measures `f` returns, over the rows of `x`
 /// `[N, D]` (`reps` resamples with replacement, from torch's generator: seed it for a
 /// reproducible interval). The linear dimension measures depend on N, so EXPERIMENTS.md §3.5
-/// asks for their spread.
+/// asks for their spread. A resample repeats rows, which lowers spectral measures (effective
+/// rank, RankMe): for those the interval's width is the spread, and it lies below the value.
 pub fn bootstrap_ci<const M: usize>(x: &Tensor, reps: usize, f: impl Fn(&Tensor) -> [f64; M]) -> [[f64; 2]; M] {
     let n = x.size()[0];
     let draws: Vec<[f64; M]> =

@@ -599,8 +599,8 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
             &cols,
             &[
                 ("effective rank", &d("spectrum.effective_rank"), 1),
-                ("  bootstrap 2.5%", &ci("effective_rank", 0), 1),
-                ("  bootstrap 97.5%", &ci("effective_rank", 1), 1),
+                ("  resamples' 2.5% (see note)", &ci("effective_rank", 0), 1),
+                ("  resamples' 97.5%", &ci("effective_rank", 1), 1),
                 ("RankMe", &d("spectrum.rankme"), 1),
                 ("participation ratio", &d("spectrum.participation_ratio"), 2),
                 ("PCA k90", &d("spectrum.pca_k90"), 0),
@@ -613,6 +613,12 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
             ],
         );
     }
+    let _ = writeln!(
+        md,
+        "Note: the bootstrap resamples N rows with replacement; the repeated rows lower spectral \
+         measures, so the resamples' range sits below the full-sample value. Read its width as the \
+         sampling spread of the effective rank at this N, not as an interval around the value.\n"
+    );
     let cum: Vec<Series> = cols
         .iter()
         .map(|(n, v)| {
