@@ -1,7 +1,7 @@
 //! `simsiam analyse`: the blog's hypotheses measured on a checkpoint (EXPERIMENTS.md §3,
 //! B1-B5). Every analysis draws `k` training-augmentation views per image to estimate the
 //! instance centres f_bar (eval-mode BN unless `train_bn`), and fresh held-out views as queries.
-use crate::analysis::{bootstrap_ci, covariance_spectrum, cumulative_variance, spectrum};
+use crate::analysis::{bootstrap_ci, cumulative_variance, linear_dims, spectrum_and_eigenvalues};
 use crate::augment::Augmenter;
 use crate::config::AugmentConfig;
 use crate::instances::{
@@ -82,17 +82,10 @@ fn moments(z: &Tensor) -> Value {
     })
 }
 
-/// Effective rank and participation ratio from the covariance eigenvalues (one symmetric
-/// eigensolve, for the bootstrap).
-fn linear_dims(x: &Tensor) -> [f64; 2] {
-    let xd = x.to_kind(Kind::Double);
-    let xc = &xd - xd.mean_dim(&[0i64][..], true, Kind::Double);
-    let lambda = to_vec(&xc.tr().matmul(&xc).linalg_eigvalsh("L").clamp_min(0.0));
-    let sigma: Vec<f64> = lambda.iter().map(|l| l.sqrt()).collect();
-    let total: f64 = sigma.iter().sum::<f64>().max(1e-300);
-    let h: f64 = sigma.iter().map(|s| s / total).filter(|&p| p > 0.0).map(|p| -p * p.ln()).sum();
-    let (s1, s2) = (lambda.iter().sum::<f64>(), lambda.iter().map(|l| l * l).sum::<f64>());
-    [h.exp(), s1 * s1 / s2.max(1e-300)]
+/// Per-instance vMF concentrations (Banerjee's estimate) from the mean resultant lengths `r`
+/// `[N]` of K views, bias-corrected for finite K, in dimension d.
+fn vmf_kappas(r: &Tensor, k: usize, d: usize) -> Vec<f64> {
+    to_vec(r).iter().map(|&x| kappa_hat(resultant_unbiased(x, k), d)).collect()
 }
 
 impl Probe<'_> {
@@ -125,12 +118,12 @@ impl Probe<'_> {
         let (z, y) = self.view();
         let (f_bar, _) = self.centres();
         let describe = |x: &Tensor| {
-            let cumulative = cumulative_variance(&covariance_spectrum(x));
+            let (spectrum, lambda) = spectrum_and_eigenvalues(x);
             let [erank, pr] = bootstrap_ci(x, BOOTSTRAP, linear_dims);
             json!({
-                "spectrum": spectrum(x), "two_nn": two_nn(x), "mle_id": mle_intrinsic_dim(x, MLE_NEIGHBOURS),
+                "spectrum": spectrum, "two_nn": two_nn(x), "mle_id": mle_intrinsic_dim(x, MLE_NEIGHBOURS),
                 "bootstrap_95": {"effective_rank": erank, "participation_ratio": pr, "resamples": BOOTSTRAP},
-                "cumulative_variance": cumulative,
+                "cumulative_variance": cumulative_variance(&lambda),
             })
         };
         let (z_train, _) = self.view_in(true);
@@ -154,8 +147,7 @@ impl Probe<'_> {
         let (z_fit, y_fit) = self.view();
         let (z, y) = self.view();
         let (n, d) = (mu.size()[0], mu.size()[1] as usize);
-        let r_unb: Vec<f64> = to_vec(&r).iter().map(|&x| resultant_unbiased(x, self.k)).collect();
-        let kappas: Vec<f64> = r_unb.iter().map(|&x| kappa_hat(x, d)).collect();
+        let kappas = vmf_kappas(&r, self.k, d);
         let rows: Vec<Value> = sizes
             .iter()
             .map(|&s| s as i64)
@@ -187,10 +179,9 @@ impl Probe<'_> {
                 row
             })
             .collect();
-        let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         json!({
-            "by_size": rows, "mean_resultant": mean(&r), "mean_resultant_unbiased": avg(&r_unb),
-            "kappa_per_instance_mean": avg(&kappas), "k": self.k,
+            "by_size": rows, "mean_resultant": mean(&r), "mean_resultant_unbiased": mean_unbiased(&r, self.k),
+            "kappa_per_instance_mean": kappas.iter().sum::<f64>() / kappas.len() as f64, "k": self.k,
         })
     }
 
@@ -209,8 +200,7 @@ impl Probe<'_> {
         let (z2, _) = self.view();
         let h = tch::no_grad(|| self.model.predictor.forward_t(&z, false)).to_kind(Kind::Float);
         let h_star = oracle_predictor(&posterior_shared(&z, &mu, kappa), &f_bar);
-        let kappas: Vec<f64> = to_vec(&r).iter().map(|&x| kappa_hat(resultant_unbiased(x, self.k), d)).collect();
-        let h_star_vmf = oracle_predictor(&posterior_per_instance(&z, &mu, &kappas), &f_bar);
+        let h_star_vmf = oracle_predictor(&posterior_per_instance(&z, &mu, &vmf_kappas(&r, self.k, d)), &f_bar);
         let o = mu.mean_dim(&[0i64][..], true, Kind::Float).expand_as(&h);
         let cos_t = |a: &Tensor, b: &Tensor| Tensor::cosine_similarity(a, b, 1, 1e-8);
         let cos = |a: &Tensor, b: &Tensor| mean(&cos_t(a, b));

@@ -245,24 +245,45 @@ pub fn pca_dims(lambda: &[f64], q: f64) -> usize {
     lambda.len()
 }
 
+/// `(sum lambda)^2 / sum lambda^2` of covariance eigenvalues (the stable rank).
+pub fn participation_ratio(lambda: &[f64]) -> f64 {
+    let s1: f64 = lambda.iter().sum();
+    let s2: f64 = lambda.iter().map(|l| l * l).sum();
+    s1 * s1 / s2.max(1e-300)
+}
+
 /// Every spectral measure of `x` `[N, D]`, from one SVD of the centred matrix (and one of the
 /// uncentred for RankMe).
 pub fn spectrum(x: &Tensor) -> Spectrum {
+    spectrum_and_eigenvalues(x).0
+}
+
+/// [`spectrum`] and the covariance eigenvalues it was computed from (descending), for callers
+/// that also want the spectrum itself without a second SVD.
+pub fn spectrum_and_eigenvalues(x: &Tensor) -> (Spectrum, Vec<f64>) {
     let sigma_t = singular_values(&centred(x));
     let sigma = Vec::<f64>::try_from(&sigma_t).expect("f64");
     let lambda: Vec<f64> = sigma.iter().map(|s| s * s / (x.size()[0] - 1) as f64).collect();
-    let s1: f64 = lambda.iter().sum();
-    let s2: f64 = lambda.iter().map(|l| l * l).sum();
-    Spectrum {
+    let s = Spectrum {
         effective_rank: entropy_rank(&sigma_t, 0.0),
         rankme: rankme(x),
-        participation_ratio: s1 * s1 / s2.max(1e-300),
+        participation_ratio: participation_ratio(&lambda),
         pca_k90: pca_dims(&lambda, 0.90),
         pca_k95: pca_dims(&lambda, 0.95),
         pca_k99: pca_dims(&lambda, 0.99),
         collapse_auc: collapse_auc(&sigma),
         spectral_decay: spectral_decay(&lambda),
-    }
+    };
+    (s, lambda)
+}
+
+/// Effective rank and participation ratio from one symmetric eigensolve of the centred Gram
+/// matrix `[D, D]` (cheaper than the SVD of `[N, D]` when N >> D: the bootstrap's inner loop).
+pub fn linear_dims(x: &Tensor) -> [f64; 2] {
+    let xc = centred(x);
+    let lambda = xc.tr().matmul(&xc).linalg_eigvalsh("L").clamp_min(0.0); // ascending
+    let lambda_v = Vec::<f64>::try_from(&lambda).expect("f64");
+    [entropy_rank(&lambda.sqrt(), 0.0), participation_ratio(&lambda_v)]
 }
 
 /// 95% percentile bootstrap intervals of the measures `f` returns, over the rows of `x`

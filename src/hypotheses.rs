@@ -129,7 +129,7 @@ impl Inputs {
         let init = read_analyses(&simsiam.join("analysis").join("init-train-bn"))?;
         let mut ex = serde_json::Map::new();
         if let Some(root) = experiments {
-            for name in ["shard-dynamics", "oracle-predictor", "augmentation-removal", "dim-sweep"] {
+            for name in ["oracle-predictor", "augmentation-removal", "dim-sweep"] {
                 let p = root.join(name).join("outcome.json");
                 if p.is_file() {
                     let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
@@ -180,6 +180,17 @@ fn table(out: &mut String, cols: &[(String, &Value)], rows: &[Row]) {
         let _ = writeln!(out, "| {} | {} |", cell(label), cells.join(" | "));
     }
     out.push('\n');
+}
+
+/// A two-part claim: supported when both parts hold, partly when one does, not measured when
+/// either part lacks its numbers.
+fn both_parts(parts: [Option<bool>; 2]) -> Option<&'static str> {
+    let [a, b] = parts;
+    Some(match (a?, b?) {
+        (true, true) => "supported",
+        (false, false) => "not supported",
+        _ => "partly",
+    })
 }
 
 /// The judged claims, in catalogue order.
@@ -242,17 +253,7 @@ pub fn judge(inp: &Inputs) -> Vec<Verdict> {
     // C3: no incentive to separate shards: less separation and less uniform centres than SimCLR.
     let gap = |v: &Value| num(v, "shards.separation_gap_mean_rad");
     let unif = |v: &Value| num(v, "shards.centre_uniformity");
-    let tests = [gap(ss).zip(gap(sc)).map(|(a, b)| a < b), unif(ss).zip(unif(sc)).map(|(a, b)| a > b)];
-    let held = tests.iter().flatten().filter(|&&t| t).count();
-    let outcome = if tests.iter().any(Option::is_none) {
-        None
-    } else {
-        Some(match held {
-            2 => "supported",
-            1 => "partly",
-            _ => "not supported",
-        })
-    };
+    let outcome = both_parts([gap(ss).zip(gap(sc)).map(|(a, b)| a < b), unif(ss).zip(unif(sc)).map(|(a, b)| a > b)]);
     out.push(verdict(
         "C3",
         "SimSiam has no incentive to push shards apart, unlike SimCLR's repulsion",
@@ -270,17 +271,7 @@ pub fn judge(inp: &Inputs) -> Vec<Verdict> {
     // C4: SimSiam lies on a lower-dimensional manifold than SimCLR.
     let id = |v: &Value| num(v, "dimension.centres.two_nn");
     let er = |v: &Value| num(v, "dimension.centres.spectrum.effective_rank");
-    let tests = [id(ss).zip(id(sc)).map(|(a, b)| a < b), er(ss).zip(er(sc)).map(|(a, b)| a < b)];
-    let held = tests.iter().flatten().filter(|&&t| t).count();
-    let outcome = if tests.iter().any(Option::is_none) {
-        None
-    } else {
-        Some(match held {
-            2 => "supported",
-            1 => "partly",
-            _ => "not supported",
-        })
-    };
+    let outcome = both_parts([id(ss).zip(id(sc)).map(|(a, b)| a < b), er(ss).zip(er(sc)).map(|(a, b)| a < b)]);
     let mut evidence = format!(
         "instance centres: TwoNN SimSiam {} vs SimCLR {}; effective rank SimSiam {} vs SimCLR {}",
         fmt(id(ss), 1),

@@ -79,7 +79,7 @@ enum Cmd {
         #[arg(long = "run", value_name = "METHOD=RUN_DIR", required = true)]
         runs: Vec<String>,
         /// A folder of experiment outputs (`simsiam experiment NAME --out ROOT/NAME`): the
-        /// oracle-predictor, augmentation-removal, dim-sweep and shard-dynamics outcomes found there are used.
+        /// oracle-predictor, augmentation-removal and dim-sweep outcomes found there are used.
         #[arg(long, value_name = "ROOT")]
         experiments: Option<PathBuf>,
         /// Output folder.
