@@ -6,9 +6,14 @@ use simsiam::monitor::{collapse_std, verdict, CollapseVerdict};
 use simsiam::objective::{External, Objective};
 use tch::{Device, Kind, Tensor};
 
-fn leaf(seed: i64, b: i64, d: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::randn([b, d], (Kind::Double, Device::Cpu)).set_requires_grad(true)
+/// A `[b, d]` leaf of standard normals from its own seeded generator, not torch's global one:
+/// tests run in parallel threads, and another test drawing between a `manual_seed` and its
+/// `randn` would make two calls with one seed differ.
+fn leaf(seed: u64, b: i64, d: i64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f64> = (0..b * d).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
+    Tensor::from_slice(&v).view([b, d]).set_requires_grad(true)
 }
 
 fn unit(x: &Tensor) -> Tensor {
