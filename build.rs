@@ -1,6 +1,7 @@
 //! Compiles the C API over what tch does not bind, against the same libtorch torch-sys links:
 //! `csrc/c10d.cpp` (TCPStore, ProcessGroupGloo, DDP's Reducer), `csrc/precision.cpp`
-//! (autocast with a dtype, channels-last) and `csrc/optim.cpp` (fused SGD). libtorch is
+//! (autocast with a dtype, channels-last), `csrc/optim.cpp` (fused SGD) and `csrc/profiler.cpp`
+//! (Kineto). libtorch is
 //! found as torch-sys finds it: `LIBTORCH`, or `LIBTORCH_USE_PYTORCH=1` with `python3`.
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,6 +29,7 @@ fn main() {
         .file("csrc/c10d.cpp")
         .file("csrc/precision.cpp")
         .file("csrc/optim.cpp")
+        .file("csrc/profiler.cpp")
         .include(&inc)
         .include(inc.join("torch/csrc/api/include"))
         .include("csrc/gloo_decl")

@@ -1,12 +1,17 @@
-// What only a GPU machine needs: c10d's ProcessGroupNCCL (for csrc/c10d.cpp) and the CUDA
-// caching allocator's statistics. Built as its own shared library, linked against
+// What only a GPU machine needs: c10d's ProcessGroupNCCL (for csrc/c10d.cpp), the CUDA
+// caching allocator's statistics, and CUDA graphs (a training step captured once, replayed). Built as its own shared library, linked against
 // libtorch_cuda.so and libc10_cuda.so, which the simsiam binary does not link so that it runs
 // on CPU-only machines; embedded in the binary and loaded at run time (src/device.rs).
 #define USE_C10D_NCCL 1
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
 #include <cstring>
+#include <optional>
 
 extern "C" {
 
@@ -36,5 +41,59 @@ int64_t ss_cuda_peak_allocated(int device) {
 void ss_cuda_reset_peak(int device) {
   c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
 }
+
+/// A CUDA graph being captured or ready to replay, with the side stream it is captured on
+/// (capture needs a stream other than the default one).
+struct SsGraph {
+  at::cuda::CUDAGraph graph;
+  std::optional<c10::cuda::CUDAStreamGuard> on_side_stream;
+};
+
+/// Starts capturing `device`'s work into a new graph: until `ss_cuda_graph_end`, kernels are
+/// recorded, not run. Returns the graph, or null with `*err` set.
+void* ss_cuda_graph_begin(int device, char** err) {
+  auto* g = new SsGraph();
+  try {
+    auto dev = static_cast<c10::DeviceIndex>(device);
+    // The side stream must see everything queued so far (capture records, it does not wait).
+    c10::cuda::device_synchronize();
+    g->on_side_stream.emplace(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, dev));
+    g->graph.capture_begin();
+    return g;
+  } catch (const std::exception& e) {
+    *err = strdup(e.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception beginning a CUDA graph capture");
+  }
+  delete g;
+  return nullptr;
+}
+
+/// Ends the capture (and instantiates the graph); the previous stream is current again
+/// whether or not the capture succeeded.
+void ss_cuda_graph_end(void* graph, char** err) {
+  auto* g = static_cast<SsGraph*>(graph);
+  try {
+    g->graph.capture_end();
+  } catch (const std::exception& e) {
+    *err = strdup(e.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception ending a CUDA graph capture");
+  }
+  g->on_side_stream.reset();
+}
+
+/// Runs the captured work again, on the current stream, with whatever its input tensors hold.
+void ss_cuda_graph_replay(void* graph, char** err) {
+  try {
+    static_cast<SsGraph*>(graph)->graph.replay();
+  } catch (const std::exception& e) {
+    *err = strdup(e.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception replaying a CUDA graph");
+  }
+}
+
+void ss_cuda_graph_free(void* graph) { delete static_cast<SsGraph*>(graph); }
 
 }  // extern "C"

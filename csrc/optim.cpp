@@ -32,6 +32,21 @@ void ss_fused_sgd(at::Tensor** params, at::Tensor** grads, at::Tensor** bufs, in
   }
 }
 
+/// As `ss_fused_sgd`, with the lr read from the 0-dim fp32 tensor `lr` (on the parameters'
+/// device) when the kernel runs: a CUDA graph that captured the update replays it with the lr
+/// the tensor holds at replay time.
+void ss_fused_sgd_tensor_lr(at::Tensor** params, at::Tensor** grads, at::Tensor** bufs, int n, double wd,
+                            double momentum, at::Tensor* lr, int first, char** err) {
+  try {
+    at::_fused_sgd_(list(params, n), list(grads, n), list(bufs, n), wd, momentum, *lr, /*dampening=*/0.0,
+                    /*nesterov=*/false, /*maximize=*/false, first != 0);
+  } catch (const std::exception& e) {
+    *err = strdup(e.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception in _fused_sgd_ (tensor lr)");
+  }
+}
+
 /// Zeroes `n` tensors (the gradients) with one multi-tensor kernel per device and dtype.
 /// On failure `*err` is a `malloc`ed message.
 void ss_foreach_zero(at::Tensor** ts, int n, char** err) {

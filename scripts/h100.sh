@@ -155,14 +155,22 @@ next)
     log "all done"
     ;;
 gap)
-    # One call of a 15-minute lease: the GPU tests, then the accuracy gap to the peer (58.3% kNN
-    # at 60 epochs): SimSiam 60 epochs with torchvision's init (the official code's), with
-    # zero_init_residual off, and with the peer's lightly ResNet init (no zero-init,
-    # nn.Conv2d's own conv init), three at a time (shared GPU: no timings).
+    # One call of a 15-minute lease (`start gap && wait 570`), issue 3: the GPU tests; the
+    # benchmarks at batch 512 and 1024, eager and with the step as a CUDA graph, each profiled
+    # (where every millisecond goes: $R/prof-*/MODE-profile.md); then the accuracy gap to the
+    # peer (58.3% kNN at 60 epochs): SimSiam 60 epochs with torchvision's init (the official
+    # code's) and with the peer's lightly ResNet init (no zero-init, nn.Conv2d's own conv init),
+    # both at once (shared GPU: no timings from them).
     libs
     mkdir -p $R
     job gpu-tests 120 .device/gpu-tests --test-threads 1
-    printf '%s\n' gap_torchvision gap_zir_off gap_lightly | xargs -P 3 -I{} bash "$0" task {}
+    for b in 512 1024; do
+        job bench-$b 90 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
+            --mode step,augment,end-to-end --profile $R/prof-$b --profile-steps 3
+        job bench-graph-$b 90 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
+            --mode step,end-to-end --set run.cuda_graph=true --profile $R/prof-graph-$b --profile-steps 3
+    done
+    printf '%s\n' gap_torchvision gap_lightly | xargs -P 2 -I{} bash "$0" task {}
     log "all done"
     ;;
 blog)
@@ -188,7 +196,7 @@ task)
         zir_off) sets=(--set model.zero_init_residual=false --set 'model.conv_init="kaiming_fan_out"') ;;
         lightly) sets=(--set model.zero_init_residual=false --set 'model.conv_init="pytorch"') ;;
         esac
-        job "$t" 520 $B train --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 \
+        job "$t" 480 $B train --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 \
             --set run.checkpoint_every=60 "${sets[@]}" $DATA --out $R/gap-$arm
         ;;
     fp32_60)

@@ -219,10 +219,11 @@ pub struct Jitter {
 }
 
 /// torchvision's `ColorJitter` with per-image parameters, on images where `on` `[B]` is true,
-/// without gathering sub-batches (no host sync). Brightness, contrast and saturation are
-/// cheap blends; hue (RGB -> HSV -> RGB) is not, so it runs once: each image's ops before its
-/// hue position go in three "pre" slots, hue, then three "post" slots, every slot applying
-/// each blend with the identity factor except the image's op for that slot.
+/// without gathering sub-batches (no host sync). Brightness, contrast and saturation are each
+/// one blend `clamp(r x + (1 - r) t)` with a different target t (black, the mean grey level,
+/// the grey image), so a slot where every image applies one of them, or none (r = 1), is one
+/// blend with a per-image target. Hue (RGB -> HSV -> RGB) is costly, so it runs once: each
+/// image's ops before its hue position go in three "pre" slots, hue, then three "post" slots.
 pub fn color_jitter(x: &Tensor, on: &Tensor, p: &Jitter, with_hue: bool) -> Tensor {
     let dev = x.device();
     let b = x.size()[0];
@@ -231,9 +232,16 @@ pub fn color_jitter(x: &Tensor, on: &Tensor, p: &Jitter, with_hue: bool) -> Tens
     // One slot: `op` [B] names the blend each image applies there (-1: none).
     let blend_slot = |x: Tensor, op: &Tensor| {
         let at = |o: i64| op.eq(o).logical_and(on);
-        let x = adjust_brightness(&x, &p.brightness.where_self(&at(0), &one));
-        let x = adjust_contrast(&x, &p.contrast.where_self(&at(1), &one));
-        adjust_saturation(&x, &p.saturation.where_self(&at(2), &one))
+        let (bright, contrast, sat) = (at(0), at(1), at(2));
+        // r [B]: the image's factor, 1 where it applies none.
+        let r =
+            p.brightness.where_self(&bright, &p.contrast.where_self(&contrast, &p.saturation.where_self(&sat, &one)));
+        // t [B,1,H,W]: 0 (brightness, none), the mean grey level (contrast), the grey image (saturation).
+        let grey = grayscale(&x);
+        let mean = grey.mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
+        let per_image = |m: &Tensor| m.view([-1, 1, 1, 1]);
+        let t = mean.where_self(&per_image(&contrast), &grey.where_scalarother(&per_image(&sat), 0.0));
+        blend(&x, &t, &r)
     };
     let mut x = x.shallow_clone();
     if !with_hue {

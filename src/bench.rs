@@ -1,13 +1,16 @@
 //! `simsiam bench`: throughput of the training step alone (views already on the device), of
-//! the augmentation alone, and end to end (uint8 store -> two views -> step), after warm-up.
+//! the augmentation alone, and end to end (uint8 store on the device -> the batch's rows -> two
+//! views -> step, as training runs it), after warm-up.
 //! Benchmarks live here, not in the test suite.
 use crate::augment::Augmenter;
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::graph::Stepper;
 use crate::objective::Objective;
 use crate::optim::Sgd;
 use crate::train::{forward_pairs, step, views, Network, StepTargets};
 use serde::Serialize;
+use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -38,9 +41,29 @@ pub struct Measurement {
     /// The forward pass's autocast dtype (`fp32` without), and channels-last weights/inputs.
     pub precision: String,
     pub channels_last: bool,
+    /// The timed steps were replays of a captured CUDA graph (`run.cuda_graph`).
+    pub cuda_graph: bool,
     /// Peak memory over the timed steps: the CUDA caching allocator's peak on a GPU, the
     /// process's peak resident set on the CPU (MiB).
     pub peak_memory_mib: Option<f64>,
+    /// With `--profile DIR`: `DIR/MODE-profile.{md,json}` and `DIR/MODE-trace.json`, from
+    /// iterations run after the timed ones (the profiler's overhead is not in the timing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+/// Where `--profile` writes, and how many iterations it records.
+#[derive(Debug, Clone)]
+pub struct ProfileOpts {
+    pub dir: PathBuf,
+    pub steps: usize,
+}
+
+impl Mode {
+    /// The name used in JSON and file names.
+    pub fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).expect("a unit variant")
+    }
 }
 
 /// The process's peak resident set size (MiB), from `getrusage`.
@@ -58,8 +81,15 @@ fn sync(device: Device) {
 }
 
 /// Times `steps` iterations of `mode` after `warmup` untimed ones, on random uint8 images of
-/// the config's size (throughput does not depend on pixel values).
-pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<Measurement> {
+/// the config's size (throughput does not depend on pixel values); then, with `profile`,
+/// records a few more under PyTorch's profiler.
+pub fn measure(
+    cfg: &Config,
+    mode: Mode,
+    warmup: usize,
+    steps: usize,
+    profile: Option<&ProfileOpts>,
+) -> Result<Measurement> {
     let device = crate::device::parse_device(&cfg.run.device)?;
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
@@ -76,19 +106,36 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
     let mut opt = Sgd::new(net.params(cfg), 2, cfg.optim.momentum, cfg.optim.weight_decay);
     opt.fused = cfg.optim.fused;
     opt.lrs = vec![cfg.optim.init_lr(); 2];
-    let images = Tensor::randint(256, [b, s, s, 3], (Kind::Uint8, device));
+    // A device-resident store of four batches, read as training reads it: a slice of the
+    // epoch's order on the device, then a gather of those rows.
+    const STORE_BATCHES: i64 = 4;
+    let store = Tensor::randint(256, [STORE_BATCHES * b, s, s, 3], (Kind::Uint8, device));
+    let order = Tensor::randperm(STORE_BATCHES * b, (Kind::Int64, device));
+    let mut batch_i = 0;
+    let mut next_batch = move || {
+        batch_i = (batch_i + 1) % STORE_BATCHES;
+        store.index_select(0, &order.narrow(0, batch_i * b, b))
+    };
+    let images = next_batch();
     let n = objective.views();
     let fixed = views(&aug, &images, n);
     if mode == Mode::Optimizer {
         // Gradients for every parameter, as after a backward pass.
         step(&net.model, &objective, &mut opt, &fixed, StepTargets::default(), None)?;
     }
-    let mut once = || -> Result<()> {
+    // `run.cuda_graph`: the warm-up's first steps are eager, then the step is captured.
+    let mut stepper = Stepper::new(cfg.run.cuda_graph, device);
+    // One iteration; true once the steps are replays of a captured graph.
+    let mut once = || -> Result<bool> {
         match mode {
-            Mode::Step => drop(step(&net.model, &objective, &mut opt, &fixed, StepTargets::default(), None)?),
+            Mode::Step => drop(stepper.step(&net.model, &objective, &mut opt, &fixed, StepTargets::default(), None)?),
             Mode::Augment => drop(views(&aug, &images, n)),
             Mode::EndToEnd => {
-                drop(step(&net.model, &objective, &mut opt, &views(&aug, &images, n), StepTargets::default(), None)?)
+                let xs = {
+                    let _r = crate::profile::range("augment");
+                    views(&aug, &next_batch(), n)
+                };
+                drop(stepper.step(&net.model, &objective, &mut opt, &xs, StepTargets::default(), None)?)
             }
             Mode::Forward => drop(objective.loss(&forward_pairs(&net.model, &fixed), &Default::default())),
             Mode::Optimizer => {
@@ -96,10 +143,19 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
                 opt.step()
             }
         }
-        Ok(())
+        Ok(stepper.captured())
     };
+    let mut captured = false;
     for _ in 0..warmup {
-        once()?;
+        captured = once()?;
+    }
+    // With a graph wanted, the capture happens before the timing, however short the warm-up.
+    let steps_mode = matches!(mode, Mode::Step | Mode::EndToEnd);
+    for _ in 0..=crate::graph::WARMUP_STEPS {
+        if captured || !(steps_mode && cfg.run.cuda_graph && device.is_cuda()) {
+            break;
+        }
+        captured = once()?;
     }
     sync(device);
     let cuda = match device {
@@ -111,10 +167,19 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
     }
     let t = Instant::now();
     for _ in 0..steps {
-        once()?;
+        captured = once()?;
     }
     sync(device);
     let secs = t.elapsed().as_secs_f64();
+    let peak_memory_mib = match cuda {
+        Some((h, i)) => Some(h.peak_allocated(i) as f64 / (1024.0 * 1024.0)),
+        None if device.is_cuda() => None,
+        None => peak_rss_mib(),
+    };
+    let profile = match profile {
+        Some(p) => Some(write_profile(p, mode, secs * 1e3 / steps as f64, device, &mut once)?),
+        None => None,
+    };
     Ok(Measurement {
         mode,
         device: crate::device::describe(device),
@@ -124,10 +189,37 @@ pub fn measure(cfg: &Config, mode: Mode, warmup: usize, steps: usize) -> Result<
         ms_per_step: secs * 1e3 / steps as f64,
         precision: net.model.autocast.map(|k| format!("{k:?}").to_lowercase()).unwrap_or_else(|| "fp32".into()),
         channels_last: net.model.channels_last,
-        peak_memory_mib: match cuda {
-            Some((h, i)) => Some(h.peak_allocated(i) as f64 / (1024.0 * 1024.0)),
-            None if device.is_cuda() => None,
-            None => peak_rss_mib(),
-        },
+        cuda_graph: captured,
+        peak_memory_mib,
+        profile,
     })
+}
+
+/// Records `p.steps` iterations of `once` under the profiler; writes the trace and the
+/// summary (markdown, JSON) under `p.dir` and returns the summary's path.
+fn write_profile(
+    p: &ProfileOpts,
+    mode: Mode,
+    timed_ms: f64,
+    device: Device,
+    once: &mut dyn FnMut() -> Result<bool>,
+) -> Result<String> {
+    std::fs::create_dir_all(&p.dir).map_err(|e| Error::io(&p.dir, e))?;
+    let name = mode.name();
+    let file = |what: &str| p.dir.join(format!("{name}-{what}"));
+    let t = Instant::now();
+    let ((), events) = crate::profile::record(device.is_cuda(), Some(&file("trace.json")), || {
+        for _ in 0..p.steps {
+            once()?;
+        }
+        sync(device);
+        Ok(())
+    })?;
+    let summary = crate::profile::summarise(&events, p.steps, t.elapsed().as_nanos() as u64);
+    let title = format!("`{name}` ({timed_ms:.2} ms per step unprofiled; {})", crate::device::describe(device));
+    let md = file("profile.md");
+    std::fs::write(&md, summary.markdown(&title)).map_err(|e| Error::io(&md, e))?;
+    let json = file("profile.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&summary).expect("json")).map_err(|e| Error::io(&json, e))?;
+    Ok(md.display().to_string())
 }

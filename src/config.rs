@@ -41,6 +41,11 @@ pub struct RunConfig {
     pub precision: Precision,
     /// On CUDA, convolution weights and inputs in the channels-last layout (tensor-core friendly).
     pub channels_last: bool,
+    /// On CUDA, capture the training step (forward, backward, update) once as a CUDA graph and
+    /// replay it, so its thousand-odd kernels cost one launch. Plain steps of one process only
+    /// (no memory bank, EOA, cached or EMA targets, online probe, inverse predictor, LARS);
+    /// others run eagerly, with a warning. Off until measured on a GPU (BENCHMARKS.md).
+    pub cuda_graph: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,6 +69,7 @@ impl Default for RunConfig {
             cudnn_benchmark: true,
             precision: Precision::Auto,
             channels_last: true,
+            cuda_graph: false,
         }
     }
 }

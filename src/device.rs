@@ -4,6 +4,7 @@
 //! looks absent even on a GPU machine. Loading it with `RTLD_GLOBAL` before the first tensor
 //! op registers the CUDA backend; on a CPU-only machine the file is absent and nothing happens.
 use crate::error::{Error, Result};
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::Once;
 use tch::Device;
 
@@ -65,20 +66,46 @@ pub fn describe(device: Device) -> String {
 /// loaded from a temporary file on first use.
 pub struct CudaHelper {
     pub nccl_new: crate::dist::NcclFactory,
-    peak_allocated: unsafe extern "C" fn(device: std::ffi::c_int) -> i64,
-    reset_peak: unsafe extern "C" fn(device: std::ffi::c_int),
+    peak_allocated: unsafe extern "C" fn(device: c_int) -> i64,
+    reset_peak: unsafe extern "C" fn(device: c_int),
+    graph_begin: unsafe extern "C" fn(device: c_int, err: *mut *mut c_char) -> *mut c_void,
+    graph_end: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
+    graph_replay: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
+    graph_free: unsafe extern "C" fn(graph: *mut c_void),
 }
 
 impl CudaHelper {
     /// Peak bytes held by libtorch's CUDA caching allocator on `device` since the last reset.
     pub fn peak_allocated(&self, device: usize) -> i64 {
-        unsafe { (self.peak_allocated)(device as std::ffi::c_int) }
+        unsafe { (self.peak_allocated)(device as c_int) }
     }
 
     pub fn reset_peak(&self, device: usize) {
-        unsafe { (self.reset_peak)(device as std::ffi::c_int) }
+        unsafe { (self.reset_peak)(device as c_int) }
+    }
+
+    /// Starts capturing `device`'s work into a new CUDA graph (on a side stream).
+    pub(crate) fn graph_begin(&self, device: usize) -> std::result::Result<RawGraph, String> {
+        crate::ffi::call(|err| unsafe { (self.graph_begin)(device as c_int, err) }).map(RawGraph)
+    }
+
+    /// Ends the capture begun by [`CudaHelper::graph_begin`] and instantiates the graph.
+    pub(crate) fn graph_end(&self, graph: &RawGraph) -> std::result::Result<(), String> {
+        crate::ffi::call(|err| unsafe { (self.graph_end)(graph.0, err) })
+    }
+
+    /// Replays a captured graph on the current stream.
+    pub(crate) fn graph_replay(&self, graph: &RawGraph) -> std::result::Result<(), String> {
+        crate::ffi::call(|err| unsafe { (self.graph_replay)(graph.0, err) })
+    }
+
+    pub(crate) fn graph_free(&self, graph: RawGraph) {
+        unsafe { (self.graph_free)(graph.0) }
     }
 }
+
+/// A CUDA graph the helper made (`csrc/cuda.cpp`), freed with [`CudaHelper::graph_free`].
+pub(crate) struct RawGraph(*mut c_void);
 
 /// Loads the CUDA helper once (CUDA must be available); the error says why it cannot be.
 pub fn cuda_helper() -> std::result::Result<&'static CudaHelper, String> {
@@ -121,14 +148,20 @@ fn load_helper() -> std::result::Result<CudaHelper, String> {
                 Ok(p)
             }
         };
+        // Each symbol has the C signature of the field it is stored in (`csrc/cuda.cpp`).
+        unsafe fn cast<F: Copy>(p: *mut libc::c_void) -> F {
+            assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut libc::c_void>());
+            // SAFETY: the caller names the symbol's function-pointer type.
+            unsafe { std::mem::transmute_copy(&p) }
+        }
         Ok(CudaHelper {
-            nccl_new: std::mem::transmute::<*mut libc::c_void, crate::dist::NcclFactory>(sym(c"ss_c10d_nccl_new")?),
-            peak_allocated: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(std::ffi::c_int) -> i64>(
-                sym(c"ss_cuda_peak_allocated")?,
-            ),
-            reset_peak: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(std::ffi::c_int)>(sym(
-                c"ss_cuda_reset_peak",
-            )?),
+            nccl_new: cast(sym(c"ss_c10d_nccl_new")?),
+            peak_allocated: cast(sym(c"ss_cuda_peak_allocated")?),
+            reset_peak: cast(sym(c"ss_cuda_reset_peak")?),
+            graph_begin: cast(sym(c"ss_cuda_graph_begin")?),
+            graph_end: cast(sym(c"ss_cuda_graph_end")?),
+            graph_replay: cast(sym(c"ss_cuda_graph_replay")?),
+            graph_free: cast(sym(c"ss_cuda_graph_free")?),
         })
     }
 }

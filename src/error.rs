@@ -26,6 +26,12 @@ pub enum Error {
     /// rank died. Names the rank that reports it (none: the launcher).
     #[error("{}{msg}", rank.map(|r| format!("rank {r}: ")).unwrap_or_default())]
     Distributed { rank: Option<usize>, msg: String },
+    /// `run.cuda_graph`: the training step could not be captured or replayed.
+    #[error("run.cuda_graph: the training step as a CUDA graph: {0}")]
+    CudaGraph(String),
+    /// PyTorch's profiler could not start, stop or write its trace.
+    #[error("profiler: {0}")]
+    Profiler(String),
     /// The run was interrupted (Ctrl-C) after saving a checkpoint.
     #[error(
         "interrupted at epoch {epoch}, step {step}; checkpoint saved, continue with `simsiam train --resume {dir}`"

@@ -15,6 +15,7 @@ pub mod eval;
 pub mod experiment;
 pub mod export;
 mod ffi;
+pub mod graph;
 pub mod hypotheses;
 pub mod instances;
 pub mod model;
@@ -22,6 +23,7 @@ pub mod monitor;
 pub mod objective;
 pub mod optim;
 pub mod precision;
+pub mod profile;
 pub mod report;
 pub mod train;
 

@@ -128,6 +128,14 @@ enum Cmd {
         /// Timed iterations.
         #[arg(long, default_value_t = 20)]
         steps: usize,
+        /// Then profile a few more iterations of each mode (PyTorch's profiler: every CUDA
+        /// kernel on a GPU) and write DIR/MODE-profile.md (where each millisecond goes),
+        /// DIR/MODE-profile.json and DIR/MODE-trace.json (open in Perfetto).
+        #[arg(long, value_name = "DIR")]
+        profile: Option<PathBuf>,
+        /// Iterations recorded by --profile.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        profile_steps: u64,
     },
     /// List the shipped presets, or print one resolved config as TOML.
     Presets {
@@ -517,10 +525,11 @@ fn run() -> Result<()> {
             println!("wrote {}", simsiam::report::write_report(&run)?.display());
             Ok(())
         }
-        Cmd::Bench { cfg, mode, warmup, steps } => {
+        Cmd::Bench { cfg, mode, warmup, steps, profile, profile_steps } => {
             let cfg = cfg.resolve()?;
+            let profile = profile.map(|dir| simsiam::bench::ProfileOpts { dir, steps: profile_steps as usize });
             for m in mode {
-                let r = simsiam::bench::measure(&cfg, m, warmup, steps)?;
+                let r = simsiam::bench::measure(&cfg, m, warmup, steps, profile.as_ref())?;
                 println!("{}", serde_json::to_string(&r)?);
             }
             Ok(())

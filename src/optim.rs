@@ -28,6 +28,10 @@ pub struct Sgd {
     pub lars_trust: Option<f64>,
     /// Use PyTorch's fused kernels (cleared, with a warning, if libtorch refuses them).
     pub fused: bool,
+    /// lr per group as 0-dim fp32 tensors on the parameters' device, which the fused kernel
+    /// reads when it runs instead of `lrs` (the caller keeps them equal to `lrs`): what a
+    /// captured CUDA graph needs, since it replays its kernels with the arguments they had.
+    pub lr_tensors: Option<Vec<Tensor>>,
     bufs: Vec<Option<Tensor>>,
 }
 
@@ -42,6 +46,7 @@ impl Sgd {
             weight_decay,
             lars_trust: None,
             fused: true,
+            lr_tensors: None,
             bufs: (0..n).map(|_| None).collect(),
         }
     }
@@ -96,7 +101,11 @@ impl Sgd {
             .zip(&ws)
             .map(|(&i, w)| self.bufs[i].as_ref().map_or_else(|| w.empty_like(), |b| b.shallow_clone()))
             .collect();
-        tch::no_grad(|| fused::sgd(&ws, &gs, &bs, self.wds[group], self.momentum, self.lrs[group], first))?;
+        let lr = match &self.lr_tensors {
+            Some(t) => fused::Lr::Tensor(&t[group]),
+            None => fused::Lr::Value(self.lrs[group]),
+        };
+        tch::no_grad(|| fused::sgd(&ws, &gs, &bs, self.wds[group], self.momentum, lr, first))?;
         if first {
             for (&i, b) in idx.iter().zip(bs) {
                 self.bufs[i] = Some(b);
@@ -196,6 +205,17 @@ mod fused {
             first: c_int,
             err: *mut *mut c_char,
         );
+        fn ss_fused_sgd_tensor_lr(
+            params: *const *mut c_void,
+            grads: *const *mut c_void,
+            bufs: *const *mut c_void,
+            n: c_int,
+            wd: f64,
+            momentum: f64,
+            lr: *mut c_void,
+            first: c_int,
+            err: *mut *mut c_char,
+        );
         fn ss_foreach_zero(ts: *const *mut c_void, n: c_int, err: *mut *mut c_char);
     }
 
@@ -208,6 +228,12 @@ mod fused {
         msg.lines().next().unwrap_or_default().to_string()
     }
 
+    /// The lr of a fused update: a value, or a 0-dim fp32 tensor read when the kernel runs.
+    pub enum Lr<'a> {
+        Value(f64),
+        Tensor(&'a Tensor),
+    }
+
     /// One `_fused_sgd_` call over tensors of one device, dtype and (per tensor) layout.
     pub fn sgd(
         ws: &[Tensor],
@@ -215,13 +241,20 @@ mod fused {
         bs: &[Tensor],
         wd: f64,
         momentum: f64,
-        lr: f64,
+        lr: Lr,
         first: bool,
     ) -> Result<(), String> {
         let (w, g, b) = (ptrs(ws), ptrs(gs), ptrs(bs));
+        let (n, first) = (w.len() as c_int, first as c_int);
         // SAFETY: live `at::Tensor*`s (tch's `as_ptr`) borrowed for the call.
         crate::ffi::call(|err| unsafe {
-            ss_fused_sgd(w.as_ptr(), g.as_ptr(), b.as_ptr(), w.len() as c_int, wd, momentum, lr, first as c_int, err)
+            match lr {
+                Lr::Value(lr) => ss_fused_sgd(w.as_ptr(), g.as_ptr(), b.as_ptr(), n, wd, momentum, lr, first, err),
+                Lr::Tensor(t) => {
+                    let lr = t.as_ptr() as *mut c_void;
+                    ss_fused_sgd_tensor_lr(w.as_ptr(), g.as_ptr(), b.as_ptr(), n, wd, momentum, lr, first, err)
+                }
+            }
         })
         .map_err(first_line)
     }

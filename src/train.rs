@@ -177,6 +177,7 @@ pub fn step(
     targets: StepTargets,
     reducer: Option<&Reducer>,
 ) -> Result<StepOut> {
+    let forward = crate::profile::range("forward");
     let pairs = forward_pairs(model, views);
     let out = &pairs[0];
     let inverse =
@@ -208,7 +209,9 @@ pub fn step(
     if let Some(e) = dist::take_forward_error() {
         return Err(e);
     }
+    drop(forward);
     opt.zero_grad();
+    let backward = crate::profile::range("backward");
     match reducer {
         Some(r) => {
             r.prepare(&loss)?;
@@ -219,7 +222,10 @@ pub fn step(
         }
         None => loss.f_backward()?,
     }
+    drop(backward);
+    let update = crate::profile::range("optimizer");
     opt.step();
+    drop(update);
     if let Some((bank, idx)) = memory.as_mut() {
         bank.update(idx, &out.z1, &out.z2);
     }
@@ -790,8 +796,11 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         Err(Error::Interrupted { epoch: pos.epoch, step: pos.global_step, dir: run_dir.display().to_string() })
     };
 
+    let mut stepper = crate::graph::Stepper::new(cfg.run.cuda_graph, device);
     while pos.epoch < cfg.run.epochs {
-        let order = epoch_order(n, cfg.run.seed, pos.epoch);
+        // The epoch's order on the device once, so a step's batch indices are a slice of it: a
+        // host-to-device copy per step would wait for the GPU to finish the step before.
+        let order = Tensor::from_slice(&epoch_order(n, cfg.run.seed, pos.epoch)).to_device(device);
         let lr_at = |t: f64| cosine_lr(init_lr, t, cfg.run.epochs, cfg.optim.warmup_epochs);
         while pos.step_in_epoch < steps_per_epoch {
             let s = pos.step_in_epoch;
@@ -807,7 +816,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             // This rank's share of global batch j (rank r takes the r-th slice of every batch).
             let batch_of = |j: usize| {
                 let first = j * batch + rank * local_batch;
-                Tensor::from_slice(&order[first..first + local_batch]).to_device(device)
+                order.narrow(0, first as i64, local_batch as i64)
             };
             let k = cfg.objective.alternation_k;
             if k > 1 && cache.is_empty() {
@@ -842,7 +851,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                     .then(|| eoa_target(&net.model, &aug, &images, cfg.objective.eoa_k)),
                 memory: memory.as_mut().map(|bank| (bank, &idx)),
             };
-            let out = step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;
+            let out = stepper.step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;
             if let Some(e) = net.ema.as_mut() {
                 e.update(Ema::momentum(cfg.model.ema_momentum, pos.global_step, total_steps));
             }

@@ -223,6 +223,16 @@ fn color_jitter_with_one_hue_pass_equals_the_four_position_form() {
     let want = color_jitter_reference(&x, &on, &p);
     let d = (&got - &want).abs().max().double_value(&[]);
     assert!(d < 1e-5, "max difference {d}");
+    // Without hue (hue = 0: the reference's HSV round trips change nothing beyond rounding).
+    let no_hue = Jitter {
+        brightness: p.brightness.shallow_clone(),
+        contrast: p.contrast.shallow_clone(),
+        saturation: p.saturation.shallow_clone(),
+        hue: p.hue.zeros_like(),
+        order: p.order.shallow_clone(),
+    };
+    let d = (color_jitter(&x, &on, &no_hue, false) - color_jitter_reference(&x, &on, &no_hue)).abs().max();
+    assert!(d.double_value(&[]) < 1e-5, "without hue: max difference {d}");
     // Images with jitter off are unchanged (up to one HSV round trip).
     let off = on.logical_not().nonzero().squeeze_dim(1);
     let d_off = (got.index_select(0, &off) - x.index_select(0, &off)).abs().max().double_value(&[]);

@@ -127,6 +127,35 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
 }
 
 #[test]
+fn bench_times_and_profiles_a_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("prof");
+    let mut c = bin();
+    c.args(["bench", "--preset", "tiny", "--device", "cpu", "--batch-size", "8", "--warmup", "1", "--steps", "2"]);
+    c.args(["--mode", "step,end-to-end", "--profile-steps", "2", "--profile"]).arg(&dir);
+    for s in common::SMALL_MODEL {
+        c.args(["--set", s]);
+    }
+    let stdout = ok(c.output().unwrap());
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (l, mode) in lines.iter().zip(["step", "end_to_end"]) {
+        assert_eq!(l["mode"], mode);
+        assert!(l["images_per_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(l["profile"].as_str().unwrap(), dir.join(format!("{mode}-profile.md")).display().to_string());
+        let md = std::fs::read_to_string(dir.join(format!("{mode}-profile.md"))).unwrap();
+        assert!(md.contains("| convolution |") && md.contains("aten::convolution_backward"), "{md}");
+        assert!(dir.join(format!("{mode}-trace.json")).exists() && dir.join(format!("{mode}-profile.json")).exists());
+    }
+    // The end-to-end profile holds the named phases of a step.
+    let md = std::fs::read_to_string(dir.join("end_to_end-profile.md")).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("end_to_end-profile.json")).unwrap()).unwrap();
+    assert_eq!(json["steps"], 2);
+    assert!(md.contains("augmentation: crop + flip sampling"), "{md}");
+}
+
+#[test]
 fn bad_flags_are_clear_errors_not_panics() {
     let (tmp, train, test) = data();
     let run = tmp.path().join("r");

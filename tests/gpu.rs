@@ -137,3 +137,48 @@ fn cuda_fused_sgd_equals_the_per_parameter_update() {
     let Some(dev) = cuda() else { return };
     common::fused_sgd_equals_per_parameter(dev);
 }
+
+/// `run.cuda_graph`: after the eager warm-up, the step captured once and replayed equals the
+/// eager steps (same views, same per-step lr), and a replay reads the lr of its own step.
+#[test]
+fn cuda_graph_steps_equal_eager_steps() {
+    let Some(dev) = cuda() else { return };
+    let cfg = Config::resolve("tiny", None, &["optim.batch_size=64".into(), "model.width=16".into()]).unwrap();
+    let objective = simsiam::objective::Objective::new(&cfg.objective);
+    let aug = Augmenter::new(&cfg.augment, 32, dev);
+    let batches: Vec<Vec<Tensor>> =
+        (0..8).map(|_| views(&aug, &Tensor::randint(256, [64, 32, 32, 3], (Kind::Uint8, dev)), 2)).collect();
+    // The last step's lr is 0: a replay that kept the captured lr would move the weights.
+    let lr_at = |s: usize| if s == 7 { 0.0 } else { 0.05 * (1.0 - s as f64 / 10.0) };
+    let train = |graph: bool| {
+        tch::manual_seed(3);
+        let net = Network::new(&cfg, dev);
+        let mut opt = simsiam::optim::Sgd::new(net.params(&cfg), 3, 0.9, 5e-4);
+        let mut stepper = simsiam::graph::Stepper::new(graph, dev);
+        let mut losses = Vec::new();
+        let mut before_last = Vec::new();
+        for (s, xs) in batches.iter().enumerate() {
+            opt.lrs = vec![lr_at(s); 3];
+            if s == 7 {
+                before_last = net.vs.trainable_variables().iter().map(|t| t.copy()).collect();
+            }
+            let out = stepper.step(&net.model, &objective, &mut opt, xs, StepTargets::default(), None).unwrap();
+            losses.push(out.loss.double_value(&[]));
+        }
+        assert_eq!(stepper.captured(), graph);
+        let after: Vec<Tensor> = net.vs.trainable_variables();
+        for (a, b) in after.iter().zip(&before_last) {
+            assert_eq!((a - b).abs().max().double_value(&[]), 0.0, "lr 0 moved a weight (graph {graph})");
+        }
+        (losses, after)
+    };
+    let (eager_losses, eager_w) = train(false);
+    let (graph_losses, graph_w) = train(true);
+    for (s, (a, b)) in eager_losses.iter().zip(&graph_losses).enumerate() {
+        assert!((a - b).abs() < 1e-3, "step {s}: loss {a} eager, {b} graph");
+    }
+    for (a, b) in eager_w.iter().zip(&graph_w) {
+        let d = (a - b).abs().max().double_value(&[]);
+        assert!(d < 1e-3, "weights differ by {d}");
+    }
+}

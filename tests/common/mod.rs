@@ -82,7 +82,9 @@ pub fn fused_sgd_equals_per_parameter(dev: tch::Device) {
     let init: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, dev))).collect();
     let grads: Vec<Vec<Tensor>> =
         (0..3).map(|_| shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, dev))).collect()).collect();
-    let run = |fused: bool, reload: bool| {
+    // `tensor_lr`: the fused kernel reads each group's lr from a device tensor (what a
+    // captured CUDA graph replays with).
+    let run = |fused: bool, reload: bool, tensor_lr: bool| {
         let ws: Vec<Tensor> = init
             .iter()
             .map(|t| if t.dim() == 4 { simsiam::precision::channels_last(t) } else { t.copy() }.set_requires_grad(true))
@@ -96,6 +98,9 @@ pub fn fused_sgd_equals_per_parameter(dev: tch::Device) {
         opt.fused = fused;
         opt.lrs = vec![0.1, 0.03];
         opt.wds = vec![5e-4, 0.0];
+        if tensor_lr {
+            opt.lr_tensors = Some(opt.lrs.iter().map(|&lr| Tensor::full([], lr, (Kind::Float, dev))).collect());
+        }
         let tmp = tempfile::tempdir().unwrap();
         for (s, gs) in grads.iter().enumerate() {
             opt.zero_grad();
@@ -118,11 +123,11 @@ pub fn fused_sgd_equals_per_parameter(dev: tch::Device) {
         assert_eq!(opt.fused, fused, "no fallback");
         ws
     };
-    let reference = run(false, false);
-    for (fused, reload) in [(true, false), (true, true)] {
-        for (a, b) in run(fused, reload).iter().zip(&reference) {
+    let reference = run(false, false, false);
+    for (fused, reload, tensor_lr) in [(true, false, false), (true, true, false), (true, false, true)] {
+        for (a, b) in run(fused, reload, tensor_lr).iter().zip(&reference) {
             let diff = (a - b).abs().max().double_value(&[]);
-            assert!(diff < 1e-6, "fused {fused} reload {reload}: max difference {diff}");
+            assert!(diff < 1e-6, "fused {fused} reload {reload} tensor lr {tensor_lr}: max difference {diff}");
         }
     }
     assert!(simsiam::precision::is_channels_last(&reference[0]));

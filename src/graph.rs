@@ -1,0 +1,207 @@
+//! The training step captured once as a CUDA graph and replayed (`run.cuda_graph`).
+//!
+//! Eager, a SimSiam step on a GPU is some thousand kernel launches (forward, backward, the
+//! fused update), each a few microseconds of host time, so the host can fall behind the GPU
+//! and the augmentation of the next batch cannot start early. A captured graph launches them
+//! all at once. What a replay cannot change is fixed at capture: the tensors it reads and
+//! writes (the views are copied into static inputs; the outputs are overwritten by the next
+//! replay) and every scalar argument, which is why the optimiser reads its lr from a device
+//! tensor ([`Sgd::lr_tensors`]) and why steps with per-step inputs from outside (a memory bank,
+//! EOA or cached targets, labels, a gradient all-reduce) run eagerly.
+use crate::device::{CudaHelper, RawGraph};
+use crate::error::{Error, Result};
+use crate::model::SimSiam;
+use crate::objective::Objective;
+use crate::optim::Sgd;
+use crate::train::{step, StepOut, StepTargets};
+use tch::{Device, Kind, Tensor};
+
+/// Eager steps before the capture: cuDNN's autotuning, cuBLAS handles and the gradients'
+/// and momentum buffers' first allocations must happen outside it.
+pub const WARMUP_STEPS: usize = 3;
+
+/// A captured graph (`csrc/cuda.cpp`), freed on drop.
+struct Graph {
+    raw: Option<RawGraph>,
+    helper: &'static CudaHelper,
+}
+
+impl Graph {
+    fn raw(&self) -> &RawGraph {
+        self.raw.as_ref().expect("freed only on drop")
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        if let Some(g) = self.raw.take() {
+            self.helper.graph_free(g);
+        }
+    }
+}
+
+/// One step captured on its own static inputs and outputs.
+pub struct CapturedStep {
+    graph: Graph,
+    /// Where each replay reads its views, `[B, 3, S, S]` each.
+    views: Vec<Tensor>,
+    /// Where each replay leaves the step's outputs.
+    out: StepOut,
+}
+
+fn capture_error(msg: impl std::fmt::Display) -> Error {
+    Error::CudaGraph(msg.to_string())
+}
+
+impl CapturedStep {
+    /// Records one step on copies of `views` (nothing runs: call [`CapturedStep::run`] for the
+    /// step itself). `opt` gets its lr tensors here and keeps them.
+    pub fn capture(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tensor]) -> Result<CapturedStep> {
+        let Device::Cuda(index) = views[0].device() else {
+            return Err(capture_error("the views are not on a CUDA device"));
+        };
+        let helper = crate::device::cuda_helper().map_err(capture_error)?;
+        if !opt.fused || opt.lars_trust.is_some() {
+            return Err(capture_error("the update is not PyTorch's fused SGD (optim.fused = false, or LARS)"));
+        }
+        let device = views[0].device();
+        opt.lr_tensors = Some(opt.lrs.iter().map(|&lr| Tensor::full([], lr, (Kind::Float, device))).collect());
+        let inputs: Vec<Tensor> = views.iter().map(|v| v.copy()).collect();
+        let graph = Graph { raw: Some(helper.graph_begin(index).map_err(capture_error)?), helper };
+        // A failed op panics in tch; the capture must still be ended (it restores the stream).
+        let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            step(model, objective, opt, &inputs, StepTargets::default(), None)
+        }));
+        let ended = helper.graph_end(graph.raw()).map_err(capture_error);
+        let out = match recorded {
+            Ok(out) => out,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+                Err(capture_error(msg.unwrap_or_else(|| "a tensor operation failed".into())))
+            }
+        };
+        let (out, ()) = match (out, ended) {
+            (Ok(out), Ok(())) if opt.fused => (out, ()),
+            (Ok(_), Ok(())) => return Err(capture_error("the fused update failed while capturing")),
+            (Err(e), _) | (_, Err(e)) => {
+                opt.lr_tensors = None;
+                return Err(e);
+            }
+        };
+        Ok(CapturedStep { graph, views: inputs, out })
+    }
+
+    /// One step: `views` copied into the graph's inputs, the lr tensors set from `opt.lrs`,
+    /// the graph replayed. The outputs alias the graph's, valid until the next replay (work
+    /// queued on the stream before it, as the monitors' reductions are, sees them).
+    pub fn run(&self, opt: &Sgd, views: &[Tensor]) -> Result<StepOut> {
+        if views.len() != self.views.len() || views.iter().zip(&self.views).any(|(a, b)| a.size() != b.size()) {
+            return Err(capture_error("a step's views differ in number or shape from the captured ones"));
+        }
+        tch::no_grad(|| {
+            for (dst, src) in self.views.iter().zip(views) {
+                dst.shallow_clone().copy_(src);
+            }
+            if let Some(ts) = &opt.lr_tensors {
+                for (t, &lr) in ts.iter().zip(&opt.lrs) {
+                    let _ = t.shallow_clone().fill_(lr);
+                }
+            }
+        });
+        self.graph.helper.graph_replay(self.graph.raw()).map_err(capture_error)?;
+        let o = &self.out;
+        Ok(StepOut {
+            loss: o.loss.shallow_clone(),
+            probe_acc: o.probe_acc.shallow_clone(),
+            inverse_loss: o.inverse_loss.shallow_clone(),
+            z1: o.z1.shallow_clone(),
+            p1: o.p1.shallow_clone(),
+        })
+    }
+}
+
+enum State {
+    Eager,
+    /// Eager steps done so far, before the capture.
+    WarmingUp(usize),
+    Captured(CapturedStep),
+}
+
+/// Runs training steps eagerly, or, with `run.cuda_graph`, as replays of one captured step
+/// once [`WARMUP_STEPS`] eager ones have run: the one place the train loop and `bench` step.
+pub struct Stepper {
+    state: State,
+}
+
+impl Stepper {
+    /// `wanted`: `run.cuda_graph`. Off, with a warning, where graphs cannot run.
+    pub fn new(wanted: bool, device: Device) -> Stepper {
+        let state = match (wanted, device.is_cuda()) {
+            (false, _) => State::Eager,
+            (true, false) => {
+                eprintln!("warning: run.cuda_graph needs a CUDA device; the steps run eagerly");
+                State::Eager
+            }
+            (true, true) => State::WarmingUp(0),
+        };
+        Stepper { state }
+    }
+
+    /// Whether steps are replays of a captured graph now.
+    pub fn captured(&self) -> bool {
+        matches!(self.state, State::Captured(_))
+    }
+
+    /// One training step (see [`crate::train::step`]).
+    pub fn step(
+        &mut self,
+        model: &SimSiam,
+        objective: &Objective,
+        opt: &mut Sgd,
+        views: &[Tensor],
+        targets: StepTargets,
+        reducer: Option<&crate::dist::Reducer>,
+    ) -> Result<StepOut> {
+        if matches!(self.state, State::WarmingUp(_) | State::Captured(_)) {
+            let outside = [
+                (targets.eoa.is_some(), "EOA targets"),
+                (targets.memory.is_some(), "a memory bank"),
+                (targets.cached.is_some(), "cached or EMA targets"),
+                (targets.labels.is_some(), "the online probe's labels"),
+                (reducer.is_some(), "a gradient all-reduce"),
+                (model.inverse.is_some(), "an inverse predictor"),
+                (opt.lars_trust.is_some() || !opt.fused, "a per-parameter update (LARS or optim.fused = false)"),
+            ];
+            if let Some((_, what)) = outside.iter().find(|(yes, _)| *yes) {
+                eprintln!(
+                    "warning: run.cuda_graph: this run's steps use {what} from outside the step; they run eagerly"
+                );
+                self.state = State::Eager;
+                opt.lr_tensors = None;
+            }
+        }
+        match &mut self.state {
+            State::Eager => step(model, objective, opt, views, targets, reducer),
+            State::WarmingUp(n) if *n < WARMUP_STEPS => {
+                *n += 1;
+                step(model, objective, opt, views, targets, reducer)
+            }
+            State::WarmingUp(_) => match CapturedStep::capture(model, objective, opt, views) {
+                Ok(c) => {
+                    let out = c.run(opt, views);
+                    self.state = State::Captured(c);
+                    out
+                }
+                Err(e) => {
+                    eprintln!("warning: {e}; the steps run eagerly");
+                    self.state = State::Eager;
+                    step(model, objective, opt, views, targets, reducer)
+                }
+            },
+            State::Captured(c) => c.run(opt, views),
+        }
+    }
+}
