@@ -19,31 +19,25 @@ std::vector<at::Tensor> list(at::Tensor** ts, int n) {
 extern "C" {
 
 /// `d = g + wd w; buf = m buf + d (buf = d when `first`); w -= lr buf` over `n` parameters, in
-/// place. On failure `*err` is a `malloc`ed message.
+/// place. The lr is `lr`, or, when `lr_tensor` is not null, read from that 0-dim fp32 tensor (on
+/// the parameters' device) when the kernel runs: a CUDA graph that captured the update then
+/// replays it with the lr the tensor holds at replay time. On failure `*err` is a `malloc`ed
+/// message.
 void ss_fused_sgd(at::Tensor** params, at::Tensor** grads, at::Tensor** bufs, int n, double wd, double momentum,
-                 double lr, int first, char** err) {
+                 double lr, at::Tensor* lr_tensor, int first, char** err) {
   try {
-    at::_fused_sgd_(list(params, n), list(grads, n), list(bufs, n), wd, momentum, lr, /*dampening=*/0.0,
-                    /*nesterov=*/false, /*maximize=*/false, first != 0);
+    auto w = list(params, n), g = list(grads, n), b = list(bufs, n);
+    if (lr_tensor != nullptr) {
+      at::_fused_sgd_(w, g, b, wd, momentum, *lr_tensor, /*dampening=*/0.0, /*nesterov=*/false, /*maximize=*/false,
+                      first != 0);
+    } else {
+      at::_fused_sgd_(w, g, b, wd, momentum, lr, /*dampening=*/0.0, /*nesterov=*/false, /*maximize=*/false,
+                      first != 0);
+    }
   } catch (const std::exception& e) {
     *err = strdup(e.what());
   } catch (...) {
     *err = strdup("unknown C++ exception in _fused_sgd_");
-  }
-}
-
-/// As `ss_fused_sgd`, with the lr read from the 0-dim fp32 tensor `lr` (on the parameters'
-/// device) when the kernel runs: a CUDA graph that captured the update replays it with the lr
-/// the tensor holds at replay time.
-void ss_fused_sgd_tensor_lr(at::Tensor** params, at::Tensor** grads, at::Tensor** bufs, int n, double wd,
-                            double momentum, at::Tensor* lr, int first, char** err) {
-  try {
-    at::_fused_sgd_(list(params, n), list(grads, n), list(bufs, n), wd, momentum, *lr, /*dampening=*/0.0,
-                    /*nesterov=*/false, /*maximize=*/false, first != 0);
-  } catch (const std::exception& e) {
-    *err = strdup(e.what());
-  } catch (...) {
-    *err = strdup("unknown C++ exception in _fused_sgd_ (tensor lr)");
   }
 }
 

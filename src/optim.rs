@@ -202,17 +202,7 @@ mod fused {
             wd: f64,
             momentum: f64,
             lr: f64,
-            first: c_int,
-            err: *mut *mut c_char,
-        );
-        fn ss_fused_sgd_tensor_lr(
-            params: *const *mut c_void,
-            grads: *const *mut c_void,
-            bufs: *const *mut c_void,
-            n: c_int,
-            wd: f64,
-            momentum: f64,
-            lr: *mut c_void,
+            lr_tensor: *mut c_void,
             first: c_int,
             err: *mut *mut c_char,
         );
@@ -246,15 +236,13 @@ mod fused {
     ) -> Result<(), String> {
         let (w, g, b) = (ptrs(ws), ptrs(gs), ptrs(bs));
         let (n, first) = (w.len() as c_int, first as c_int);
+        let (lr, lr_tensor) = match lr {
+            Lr::Value(v) => (v, std::ptr::null_mut()),
+            Lr::Tensor(t) => (0.0, t.as_ptr() as *mut c_void),
+        };
         // SAFETY: live `at::Tensor*`s (tch's `as_ptr`) borrowed for the call.
         crate::ffi::call(|err| unsafe {
-            match lr {
-                Lr::Value(lr) => ss_fused_sgd(w.as_ptr(), g.as_ptr(), b.as_ptr(), n, wd, momentum, lr, first, err),
-                Lr::Tensor(t) => {
-                    let lr = t.as_ptr() as *mut c_void;
-                    ss_fused_sgd_tensor_lr(w.as_ptr(), g.as_ptr(), b.as_ptr(), n, wd, momentum, lr, first, err)
-                }
-            }
+            ss_fused_sgd(w.as_ptr(), g.as_ptr(), b.as_ptr(), n, wd, momentum, lr, lr_tensor, first, err)
         })
         .map_err(first_line)
     }

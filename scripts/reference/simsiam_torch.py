@@ -4,6 +4,9 @@ it needs `torch`, `torchvision` and `lightly` (see BENCHMARKS.md for the environ
 
     python scripts/reference/simsiam_torch.py --data ../shared/data/cifar10-jpeg/train.tar.gz \
         --steps 40 --out runs/ref.jsonl [--resnet lightly|torchvision] [--zero-init]
+    # several epochs of a cosine schedule over 60, kNN on the test split every 2 epochs:
+    python scripts/reference/simsiam_torch.py --data .../train.tar.gz --test-data .../test.tar.gz \
+        --epochs 6 --cosine-epochs 60 --knn-every 2 --width 8 --out runs/ref-w8.jsonl
 
 Model: ResNet-18 CIFAR variant (lightly's `ResNetGenerator("resnet-18")`, PyTorch's default
 conv init; or torchvision's resnet18 with a 3x3 stem and no max-pool, Kaiming fan-out init),
@@ -16,6 +19,7 @@ One JSON line per step: loss, collapse_std (lightly's std_of_l2_normalized of z)
 import argparse
 import io
 import json
+import math
 import random
 import tarfile
 import time
@@ -110,6 +114,9 @@ def main():
     ap.add_argument("--width", type=int, default=64, help="channels of the first stage (64: ResNet-18)")
     ap.add_argument("--test-data", help="kNN top-1 (k 200, t 0.1) on this split after training")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=0, help="train this many epochs (overrides --steps)")
+    ap.add_argument("--cosine-epochs", type=int, default=0, help="cosine lr over this many epochs, per epoch (0: constant)")
+    ap.add_argument("--knn-every", type=int, default=0, help="kNN on --test-data every this many epochs")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.manual_seed(a.seed)
@@ -124,12 +131,32 @@ def main():
     )
     crit = NegativeCosineSimilarity()
     per_epoch = len(images) // a.batch  # drop_last, a new permutation each epoch
+    steps = a.epochs * per_epoch if a.epochs else a.steps
+    test = None
+    if a.test_data:
+        test, test_labels = load_tar(a.test_data, 0)
+        norm = transform.transforms[0].transform.transforms[-1]  # the views' own Normalize
+
+    def knn(f, step):
+        acc = knn_top1(features(model, images, norm), labels, features(model, test, norm), test_labels)
+        f.write(json.dumps({"event": "knn", "step": step, "epoch": step // per_epoch, "knn_top1": acc}) + "\n")
+        f.flush()
+        print({"epoch": step // per_epoch, "knn_top1": acc}, flush=True)
+
     model.train()
     with open(a.out, "w") as f:
-        for step in range(a.steps):
+        if test is not None and a.knn_every:
+            knn(f, 0)
+            model.train()
+        for step in range(steps):
             t0 = time.time()
             if step % per_epoch == 0:
                 order = torch.randperm(len(images)).tolist()
+                if a.cosine_epochs:
+                    # As `simsiam train` (lr set per epoch; the predictor's stays constant, `fix_pred_lr`):
+                    # lr_0 * 0.5 * (1 + cos(pi * epoch / epochs)).
+                    c = 0.5 * (1 + math.cos(math.pi * (step // per_epoch) / a.cosine_epochs))
+                    opt.param_groups[0]["lr"] = lr * c
             idx = order[(step % per_epoch) * a.batch :][: a.batch]
             pairs = [transform(images[i]) for i in idx]
             x0 = torch.stack([p[0] for p in pairs])
@@ -145,12 +172,11 @@ def main():
             f.write(json.dumps(row) + "\n")
             f.flush()
             print(row, flush=True)
-        if a.test_data:
-            test, test_labels = load_tar(a.test_data, 0)
-            norm = transform.transforms[0].transform.transforms[-1]  # the views' own Normalize
-            acc = knn_top1(features(model, images, norm), labels, features(model, test, norm), test_labels)
-            f.write(json.dumps({"event": "knn", "step": a.steps, "knn_top1": acc}) + "\n")
-            print({"knn_top1": acc}, flush=True)
+            epoch_done = (step + 1) % per_epoch == 0 and (step + 1) // per_epoch
+            if test is not None and a.knn_every and epoch_done and epoch_done % a.knn_every == 0:
+                knn(f, step + 1)
+        if test is not None and not a.knn_every:
+            knn(f, steps)
 
 
 if __name__ == "__main__":
