@@ -11,7 +11,6 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
 #include <cstring>
-#include <optional>
 
 extern "C" {
 
@@ -42,23 +41,44 @@ void ss_cuda_reset_peak(int device) {
   c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
 }
 
-/// A CUDA graph being captured or ready to replay, with the side stream it is captured on
-/// (capture needs a stream other than the default one).
-struct SsGraph {
-  at::cuda::CUDAGraph graph;
-  std::optional<c10::cuda::CUDAStreamGuard> on_side_stream;
+/// A stream from the pool made current on its device (capture needs a stream other than the
+/// default one, and the warm-up before it, the capture and every replay share it).
+struct SsStream {
+  c10::cuda::CUDAStreamGuard guard;
+  explicit SsStream(c10::cuda::CUDAStream s) : guard(s) {}
 };
 
-/// Starts capturing `device`'s work into a new graph: until `ss_cuda_graph_end`, kernels are
-/// recorded, not run. Returns the graph, or null with `*err` set.
-void* ss_cuda_graph_begin(int device, char** err) {
-  auto* g = new SsGraph();
+/// Waits for all queued work, then makes a pool stream `device`'s current one (for this
+/// thread) until `ss_cuda_stream_exit`. Returns it, or null with `*err` set.
+void* ss_cuda_stream_enter(int device, char** err) {
   try {
-    auto dev = static_cast<c10::DeviceIndex>(device);
-    // The side stream must see everything queued so far (capture records, it does not wait).
     c10::cuda::device_synchronize();
-    g->on_side_stream.emplace(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, dev));
-    g->graph.capture_begin();
+    return new SsStream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, static_cast<c10::DeviceIndex>(device)));
+  } catch (const std::exception& e) {
+    *err = strdup(e.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception choosing a CUDA stream");
+  }
+  return nullptr;
+}
+
+/// Waits for the stream's work, then restores the stream that was current before.
+void ss_cuda_stream_exit(void* stream) {
+  auto* s = static_cast<SsStream*>(stream);
+  try {
+    s->guard.current_stream().synchronize();
+  } catch (...) {
+  }
+  delete s;
+}
+
+/// Starts capturing the current stream's work (not the default stream: see
+/// `ss_cuda_stream_enter`) into a new graph: until `ss_cuda_graph_end`, kernels are recorded,
+/// not run. Returns the graph, or null with `*err` set.
+void* ss_cuda_graph_begin(char** err) {
+  auto* g = new at::cuda::CUDAGraph();
+  try {
+    g->capture_begin();
     return g;
   } catch (const std::exception& e) {
     *err = strdup(e.what());
@@ -69,24 +89,21 @@ void* ss_cuda_graph_begin(int device, char** err) {
   return nullptr;
 }
 
-/// Ends the capture (and instantiates the graph); the previous stream is current again
-/// whether or not the capture succeeded.
+/// Ends the capture and instantiates the graph.
 void ss_cuda_graph_end(void* graph, char** err) {
-  auto* g = static_cast<SsGraph*>(graph);
   try {
-    g->graph.capture_end();
+    static_cast<at::cuda::CUDAGraph*>(graph)->capture_end();
   } catch (const std::exception& e) {
     *err = strdup(e.what());
   } catch (...) {
     *err = strdup("unknown C++ exception ending a CUDA graph capture");
   }
-  g->on_side_stream.reset();
 }
 
 /// Runs the captured work again, on the current stream, with whatever its input tensors hold.
 void ss_cuda_graph_replay(void* graph, char** err) {
   try {
-    static_cast<SsGraph*>(graph)->graph.replay();
+    static_cast<at::cuda::CUDAGraph*>(graph)->replay();
   } catch (const std::exception& e) {
     *err = strdup(e.what());
   } catch (...) {
@@ -94,6 +111,6 @@ void ss_cuda_graph_replay(void* graph, char** err) {
   }
 }
 
-void ss_cuda_graph_free(void* graph) { delete static_cast<SsGraph*>(graph); }
+void ss_cuda_graph_free(void* graph) { delete static_cast<at::cuda::CUDAGraph*>(graph); }
 
 }  // extern "C"

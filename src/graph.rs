@@ -7,8 +7,11 @@
 //! writes (the views are copied into static inputs; the outputs are overwritten by the next
 //! replay) and every scalar argument, which is why the optimiser reads its lr from a device
 //! tensor ([`Sgd::lr_tensors`]) and why steps with per-step inputs from outside (a memory bank,
-//! EOA or cached targets, labels, a gradient all-reduce) run eagerly.
-use crate::device::{CudaHelper, RawGraph};
+//! EOA or cached targets, labels, a gradient all-reduce) run eagerly. Capture needs a stream
+//! other than the default one: while a graph is wanted, all of the loop's work (warm-up,
+//! augmentation, capture, replays, monitors) runs on one such stream, as PyTorch advises
+//! (warm-up on the capture's stream), so no two streams ever share a tensor.
+use crate::device::{CudaHelper, RawGraph, RawStream};
 use crate::error::{Error, Result};
 use crate::model::SimSiam;
 use crate::objective::Objective;
@@ -40,6 +43,28 @@ impl Drop for Graph {
     }
 }
 
+/// A pool stream current on its device while this lives (`csrc/cuda.cpp`); dropping it waits
+/// for the stream's work and restores the previous stream.
+struct SideStream {
+    raw: Option<RawStream>,
+    helper: &'static CudaHelper,
+}
+
+impl SideStream {
+    fn enter(device: usize) -> std::result::Result<SideStream, String> {
+        let helper = crate::device::cuda_helper()?;
+        Ok(SideStream { raw: Some(helper.stream_enter(device)?), helper })
+    }
+}
+
+impl Drop for SideStream {
+    fn drop(&mut self) {
+        if let Some(s) = self.raw.take() {
+            self.helper.stream_exit(s);
+        }
+    }
+}
+
 /// One step captured on its own static inputs and outputs.
 pub struct CapturedStep {
     graph: Graph,
@@ -55,11 +80,12 @@ fn capture_error(msg: impl std::fmt::Display) -> Error {
 
 impl CapturedStep {
     /// Records one step on copies of `views` (nothing runs: call [`CapturedStep::run`] for the
-    /// step itself). `opt` gets its lr tensors here and keeps them.
+    /// step itself). `opt` gets its lr tensors here and keeps them. The current stream must not
+    /// be the default one ([`Stepper`] sees to it).
     pub fn capture(model: &SimSiam, objective: &Objective, opt: &mut Sgd, views: &[Tensor]) -> Result<CapturedStep> {
-        let Device::Cuda(index) = views[0].device() else {
+        if !views[0].device().is_cuda() {
             return Err(capture_error("the views are not on a CUDA device"));
-        };
+        }
         let helper = crate::device::cuda_helper().map_err(capture_error)?;
         if !opt.fused || opt.lars_trust.is_some() {
             return Err(capture_error("the update is not PyTorch's fused SGD (optim.fused = false, or LARS)"));
@@ -67,7 +93,7 @@ impl CapturedStep {
         let device = views[0].device();
         opt.lr_tensors = Some(opt.lrs.iter().map(|&lr| Tensor::full([], lr, (Kind::Float, device))).collect());
         let inputs: Vec<Tensor> = views.iter().map(|v| v.copy()).collect();
-        let graph = Graph { raw: Some(helper.graph_begin(index).map_err(capture_error)?), helper };
+        let graph = Graph { raw: Some(helper.graph_begin().map_err(capture_error)?), helper };
         // A failed op panics in tch; the capture must still be ended (it restores the stream).
         let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             step(model, objective, opt, &inputs, StepTargets::default(), None)
@@ -134,20 +160,34 @@ enum State {
 /// once [`WARMUP_STEPS`] eager ones have run: the one place the train loop and `bench` step.
 pub struct Stepper {
     state: State,
+    /// While a graph is wanted: the stream all the work runs on. Declared after `state`, so
+    /// the graph is freed before the stream is left.
+    stream: Option<SideStream>,
 }
 
 impl Stepper {
-    /// `wanted`: `run.cuda_graph`. Off, with a warning, where graphs cannot run.
+    /// `wanted`: `run.cuda_graph`. Off, with a warning, where graphs cannot run. Create it
+    /// after the model and data are on the device and keep it for the whole loop.
     pub fn new(wanted: bool, device: Device) -> Stepper {
-        let state = match (wanted, device.is_cuda()) {
-            (false, _) => State::Eager,
-            (true, false) => {
-                eprintln!("warning: run.cuda_graph needs a CUDA device; the steps run eagerly");
-                State::Eager
-            }
-            (true, true) => State::WarmingUp(0),
+        let eager = |why: String| {
+            eprintln!("warning: run.cuda_graph: {why}; the steps run eagerly");
+            Stepper { state: State::Eager, stream: None }
         };
-        Stepper { state }
+        match (wanted, device) {
+            (false, _) => Stepper { state: State::Eager, stream: None },
+            (true, Device::Cuda(i)) => match SideStream::enter(i) {
+                Ok(s) => Stepper { state: State::WarmingUp(0), stream: Some(s) },
+                Err(e) => eager(format!("no side stream ({e})")),
+            },
+            (true, _) => eager("it needs a CUDA device".into()),
+        }
+    }
+
+    /// From now on every step is eager, on the default stream.
+    fn go_eager(&mut self, opt: &mut Sgd) {
+        self.state = State::Eager;
+        self.stream = None;
+        opt.lr_tensors = None;
     }
 
     /// Whether steps are replays of a captured graph now.
@@ -179,8 +219,7 @@ impl Stepper {
                 eprintln!(
                     "warning: run.cuda_graph: this run's steps use {what} from outside the step; they run eagerly"
                 );
-                self.state = State::Eager;
-                opt.lr_tensors = None;
+                self.go_eager(opt);
             }
         }
         match &mut self.state {
@@ -197,7 +236,7 @@ impl Stepper {
                 }
                 Err(e) => {
                     eprintln!("warning: {e}; the steps run eagerly");
-                    self.state = State::Eager;
+                    self.go_eager(opt);
                     step(model, objective, opt, views, targets, reducer)
                 }
             },
