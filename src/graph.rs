@@ -94,7 +94,7 @@ impl CapturedStep {
         opt.lr_tensors = Some(opt.lrs.iter().map(|&lr| Tensor::full([], lr, (Kind::Float, device))).collect());
         let inputs: Vec<Tensor> = views.iter().map(|v| v.copy()).collect();
         let graph = Graph { raw: Some(helper.graph_begin().map_err(capture_error)?), helper };
-        // A failed op panics in tch; the capture must still be ended (it restores the stream).
+        // A failed op panics in tch; the capture must still be ended, or the stream stays in capture.
         let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             step(model, objective, opt, &inputs, StepTargets::default(), None)
         }));
@@ -109,15 +109,17 @@ impl CapturedStep {
                 Err(capture_error(msg.unwrap_or_else(|| "a tensor operation failed".into())))
             }
         };
-        let (out, ()) = match (out, ended) {
-            (Ok(out), Ok(())) if opt.fused => (out, ()),
-            (Ok(_), Ok(())) => return Err(capture_error("the fused update failed while capturing")),
+        match (out, ended) {
+            (Ok(out), Ok(())) if opt.fused => Ok(CapturedStep { graph, views: inputs, out }),
+            (Ok(_), Ok(())) => {
+                opt.lr_tensors = None;
+                Err(capture_error("the fused update failed while capturing"))
+            }
             (Err(e), _) | (_, Err(e)) => {
                 opt.lr_tensors = None;
-                return Err(e);
+                Err(e)
             }
-        };
-        Ok(CapturedStep { graph, views: inputs, out })
+        }
     }
 
     /// One step: `views` copied into the graph's inputs, the lr tensors set from `opt.lrs`,
