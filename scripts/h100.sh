@@ -165,9 +165,9 @@ gap)
     mkdir -p $R
     job gpu-tests 120 .device/gpu-tests --test-threads 1
     for b in 512 1024; do
-        job bench-$b 90 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
+        job bench-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
             --mode step,augment,end-to-end --profile $R/prof-$b --profile-steps 3
-        job bench-graph-$b 90 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
+        job bench-graph-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
             --mode step,end-to-end --set run.cuda_graph=true --profile $R/prof-graph-$b --profile-steps 3
     done
     printf '%s\n' gap_torchvision gap_lightly | xargs -P 2 -I{} bash "$0" task {}
