@@ -80,13 +80,13 @@ pub fn category(name: &str) -> &'static str {
         "augmentation: crop + flip sampling"
     } else if has(&["batch_norm", "batchnorm", "bn_fw", "bn_bw", "welford"]) {
         "batch norm"
-    } else if has(&["conv", "fprop", "dgrad", "wgrad"]) {
+    } else if (n.contains("conv") && !n.contains("convert")) || has(&["fprop", "dgrad", "wgrad"]) {
         "convolution"
     } else if has(&["gemm", "cublas", "cutlass", "addmm", "bmm", "matmul", "linear"]) || n.ends_with("::mm") {
         "matrix multiply"
     } else if has(&["sgd", "multi_tensor", "foreach"]) {
         "optimizer"
-    } else if has(&["memcpy", "memset", "copy", "cast", "contiguous", "nchwtonhwc", "nhwctonchw", "clone"]) {
+    } else if has(&["memcpy", "memset", "copy", "cast", "convert", "contiguous", "nchwtonhwc", "nhwctonchw", "clone"]) {
         "copy / layout / cast"
     } else if n.starts_with("cuda") {
         "CUDA runtime calls (host)"

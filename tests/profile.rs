@@ -46,6 +46,18 @@ fn self_times_exclude_nested_calls_and_device_time_is_the_union_of_intervals() {
     assert!((conv.share - 25.0 / 35.0).abs() < 1e-12);
     assert_eq!(dev.top[0].calls_per_step, 1.0);
     assert!((p.wall_ms_per_step - ms(1_000.0)).abs() < 1e-12);
+    // Names as cuDNN and ATen's CUDA kernels spell them.
+    for (name, want) in [
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "convolution"),
+        ("sm80_xmma_wgrad_implicit_gemm_indexed_bf16bf16", "convolution"),
+        ("batch_norm_backward_reduce_channels_last_kernel", "batch norm"),
+        ("void at::native::vectorized_elementwise_kernel<4, convert_to_bfloat16>", "copy / layout / cast"),
+        ("void at::native::multi_tensor_apply_kernel<FusedSgdMathFunctor>", "optimizer"),
+        ("ampere_bf16_s16816gemm_bf16_128x64_ldg8_f2f_tn", "matrix multiply"),
+        ("aten::grid_sampler_2d", "augmentation: crop + flip sampling"),
+    ] {
+        assert_eq!(profile::category(name), want, "{name}");
+    }
     let md = p.markdown("synthetic");
     assert!(md.contains("GPU: 0.00 ms per step busy") && md.contains("| batch norm |"), "{md}");
 }
