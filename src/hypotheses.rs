@@ -79,6 +79,12 @@ fn num(v: &Value, path: &str) -> Option<f64> {
     path.split('.').try_fold(v, |v, k| v.get(k)).and_then(Value::as_f64)
 }
 
+/// A table cell reader: the number at `section.key` of an analysis.
+fn field(section: &str, key: &str) -> impl Fn(&Value) -> Option<f64> {
+    let path = format!("{section}.{key}");
+    move |v| num(v, &path)
+}
+
 fn fmt(x: Option<f64>, digits: usize) -> String {
     x.map_or("–".into(), |x| format!("{x:.digits$}"))
 }
@@ -412,14 +418,14 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
     let _ = writeln!(md, "## B1 (C1): the learned predictor against the optimal h*\n");
     let with_pred: Vec<(String, &Value)> =
         cols.iter().filter(|(n, _)| n != "simclr").map(|(n, v)| (n.clone(), *v)).collect();
-    let p = |k: &'static str| move |v: &Value| num(v, &format!("predictor.{k}"));
+    let p = |k| field("predictor", k);
     table(
         &mut md,
         &with_pred,
         &[
             ("cos(h, h*) (shared kappa)", &p("cos_h_hstar"), 3),
-            ("cos(h, h*) 10% quantile", &|v| num(v, "predictor.cos_h_hstar_quantiles.q10"), 3),
-            ("cos(h, h*) 90% quantile", &|v| num(v, "predictor.cos_h_hstar_quantiles.q90"), 3),
+            ("cos(h, h*) 10% quantile", &p("cos_h_hstar_quantiles.q10"), 3),
+            ("cos(h, h*) 90% quantile", &p("cos_h_hstar_quantiles.q90"), 3),
             ("cos(h, h*) (per-instance vMF)", &p("cos_h_hstar_vmf"), 3),
             ("cos(h, z)", &p("cos_h_z"), 3),
             ("cos(h, f_bar(x_true))", &p("cos_h_centre_true"), 3),
@@ -525,7 +531,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
 
     // B3.
     let _ = writeln!(md, "## B3 (C2, C3): shard geometry\n");
-    let s = |k: &'static str| move |v: &Value| num(v, &format!("shards.{k}"));
+    let s = |k| field("shards", k);
     table(
         &mut md,
         &cols,
@@ -538,8 +544,8 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
             ("separated fraction", &s("separated_fraction"), 3),
             ("separation gap arccos(s_nn) - 2 rho (rad)", &s("separation_gap_mean_rad"), 3),
             ("centre uniformity (lower: more uniform)", &s("centre_uniformity"), 3),
-            ("pairwise mu.mu' median", &|v| num(v, "shards.pairwise_similarity_quantiles.q50"), 3),
-            ("pairwise mu.mu' 99%", &|v| num(v, "shards.pairwise_similarity_quantiles.q99"), 3),
+            ("pairwise mu.mu' median", &s("pairwise_similarity_quantiles.q50"), 3),
+            ("pairwise mu.mu' 99%", &s("pairwise_similarity_quantiles.q99"), 3),
         ],
     );
     let hist: Vec<Series> = cols
@@ -581,7 +587,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
     let _ = writeln!(md, "## B4 (C4): dimensionality\n");
     for (space, label) in [("centres", "instance centres mu_x"), ("z", "z (one view)"), ("y", "backbone y")] {
         let _ = writeln!(md, "{label}:\n");
-        let d = |k: &'static str| move |v: &Value| num(v, &format!("dimension.{space}.{k}"));
+        let d = |k| field(&format!("dimension.{space}"), k);
         let ci = |k: &'static str, i: usize| {
             move |v: &Value| v["dimension"][space]["bootstrap_95"][k].as_array().and_then(|a| a.get(i)?.as_f64())
         };
@@ -630,7 +636,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
 
     // B5.
     let _ = writeln!(md, "## B5 (C5): augmentation invariance\n");
-    let i = |k: &'static str| move |v: &Value| num(v, &format!("invariance.{k}"));
+    let i = |k| field("invariance", k);
     table(
         &mut md,
         &cols,
