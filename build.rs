@@ -1,8 +1,8 @@
 //! Compiles the C API over what tch does not bind, against the same libtorch torch-sys links:
 //! `csrc/c10d.cpp` (TCPStore, ProcessGroupGloo, DDP's Reducer), `csrc/precision.cpp`
 //! (autocast with a dtype, channels-last), `csrc/optim.cpp` (fused SGD) and `csrc/profiler.cpp`
-//! (Kineto). libtorch is
-//! found as torch-sys finds it: `LIBTORCH`, or `LIBTORCH_USE_PYTORCH=1` with `python3`.
+//! (Kineto). libtorch is found as torch-sys finds it: `LIBTORCH`, or `LIBTORCH_USE_PYTORCH=1`
+//! with `python3`.
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -1,7 +1,8 @@
 // What only a GPU machine needs: c10d's ProcessGroupNCCL (for csrc/c10d.cpp), the CUDA
-// caching allocator's statistics, and CUDA graphs (a training step captured once, replayed). Built as its own shared library, linked against
-// libtorch_cuda.so and libc10_cuda.so, which the simsiam binary does not link so that it runs
-// on CPU-only machines; embedded in the binary and loaded at run time (src/device.rs).
+// caching allocator's statistics, and CUDA graphs (a training step captured once, replayed).
+// Built as its own shared library, linked against libtorch_cuda.so and libc10_cuda.so, which
+// the simsiam binary does not link so that it runs on CPU-only machines; embedded in the binary
+// and loaded at run time (src/device.rs).
 #define USE_C10D_NCCL 1
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>

@@ -132,7 +132,7 @@ pub fn measure(
             Mode::Augment => drop(views(&aug, &images, n)),
             Mode::EndToEnd => {
                 let xs = {
-                    let _r = crate::profile::range("augment");
+                    let _r = crate::profile::range(c"augment");
                     views(&aug, &next_batch(), n)
                 };
                 drop(stepper.step(&net.model, &objective, &mut opt, &xs, StepTargets::default(), None)?)

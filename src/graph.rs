@@ -215,7 +215,6 @@ impl Stepper {
                 (targets.labels.is_some(), "the online probe's labels"),
                 (reducer.is_some(), "a gradient all-reduce"),
                 (model.inverse.is_some(), "an inverse predictor"),
-                (opt.lars_trust.is_some() || !opt.fused, "a per-parameter update (LARS or optim.fused = false)"),
             ];
             if let Some((_, what)) = outside.iter().find(|(yes, _)| *yes) {
                 eprintln!(

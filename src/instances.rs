@@ -130,7 +130,16 @@ pub fn centres(
     train_bn: bool,
     batch: i64,
 ) -> (Tensor, Tensor) {
-    centres_of(&view_bank(model, images, aug, k, train_bn, batch).0)
+    tch::no_grad(|| {
+        // Batch by batch, keeping only the means: the bank of every view is K times larger.
+        let mut parts = Vec::new();
+        views_by_batch(model, images, aug, k, train_bn, batch, |z, _| {
+            parts.push(z.mean_dim(&[1i64][..], false, Kind::Float))
+        });
+        let f_bar = Tensor::cat(&parts, 0);
+        let r = f_bar.norm_scalaropt_dim(2.0, &[1i64][..], false);
+        (f_bar, r)
+    })
 }
 
 /// The centres `f_bar` `[N, d]` and mean resultant lengths `[N]` of a bank of unit views `[N, K, d]`.
@@ -188,21 +197,36 @@ pub fn view_bank(
     batch: i64,
 ) -> (Tensor, Tensor) {
     tch::no_grad(|| {
-        let n = images.size()[0];
         let (mut zs, mut ys) = (Vec::new(), Vec::new());
-        for s in (0..n).step_by(batch as usize) {
-            let b = images.narrow(0, s, batch.min(n - s));
-            let (mut zk, mut yk) = (Vec::new(), Vec::new());
-            for _ in 0..k {
-                let (y, z) = model.features_and_projection(&aug.view(&b), train_bn);
-                zk.push(l2_normalize(&z));
-                yk.push(l2_normalize(&y));
-            }
-            zs.push(Tensor::stack(&zk, 1));
-            ys.push(Tensor::stack(&yk, 1));
-        }
+        views_by_batch(model, images, aug, k, train_bn, batch, |z, y| {
+            zs.push(z);
+            ys.push(y);
+        });
         (Tensor::cat(&zs, 0), Tensor::cat(&ys, 0))
     })
+}
+
+/// Hands `f` each batch's `k` normalised views of z and y, `([b, k, d_z], [b, k, d_y])`.
+fn views_by_batch(
+    model: &SimSiam,
+    images: &Tensor,
+    aug: &Augmenter,
+    k: usize,
+    train_bn: bool,
+    batch: i64,
+    mut f: impl FnMut(Tensor, Tensor),
+) {
+    let n = images.size()[0];
+    for s in (0..n).step_by(batch as usize) {
+        let b = images.narrow(0, s, batch.min(n - s));
+        let (mut zk, mut yk) = (Vec::new(), Vec::new());
+        for _ in 0..k {
+            let (y, z) = model.features_and_projection(&aug.view(&b), train_bn);
+            zk.push(l2_normalize(&z));
+            yk.push(l2_normalize(&y));
+        }
+        f(Tensor::stack(&zk, 1), Tensor::stack(&yk, 1));
+    }
 }
 
 /// The oracle predictor `h*(z) = sum_x' p(x'|Z) f_bar(x')`: `[M, N] x [N, d] -> [M, d]`.

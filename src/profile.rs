@@ -56,13 +56,12 @@ pub fn record<T>(cuda: bool, trace: Option<&Path>, f: impl FnOnce() -> Result<T>
 }
 
 /// A named range in the profile (`torch.profiler.record_function`), closed when dropped.
-/// Without a profiler running it costs one small allocation.
+/// Without a profiler running it costs one small allocation (libtorch's `RecordFunction`).
 pub struct Range(*mut c_void);
 
-pub fn range(name: &str) -> Range {
-    let c = CString::new(name).expect("range names have no NUL");
-    // SAFETY: the C side copies the name.
-    Range(unsafe { ss_range_push(c.as_ptr()) })
+pub fn range(name: &'static CStr) -> Range {
+    // SAFETY: a NUL-terminated name; the C side copies it.
+    Range(unsafe { ss_range_push(name.as_ptr()) })
 }
 
 impl Drop for Range {

@@ -177,7 +177,7 @@ pub fn step(
     targets: StepTargets,
     reducer: Option<&Reducer>,
 ) -> Result<StepOut> {
-    let forward = crate::profile::range("forward");
+    let forward = crate::profile::range(c"forward");
     let pairs = forward_pairs(model, views);
     let out = &pairs[0];
     let inverse =
@@ -211,7 +211,7 @@ pub fn step(
     }
     drop(forward);
     opt.zero_grad();
-    let backward = crate::profile::range("backward");
+    let backward = crate::profile::range(c"backward");
     match reducer {
         Some(r) => {
             r.prepare(&loss)?;
@@ -223,7 +223,7 @@ pub fn step(
         None => loss.f_backward()?,
     }
     drop(backward);
-    let update = crate::profile::range("optimizer");
+    let update = crate::profile::range(c"optimizer");
     opt.step();
     drop(update);
     if let Some((bank, idx)) = memory.as_mut() {

@@ -71,7 +71,7 @@ fn the_profiler_records_a_real_augmentation_on_the_cpu() {
     let (views, events) = profile::record(false, Some(&trace), || {
         let mut out = Vec::new();
         for _ in 0..2 {
-            let _r = profile::range("augment");
+            let _r = profile::range(c"augment");
             out.push(tch::no_grad(|| aug.views(&images, 2)));
         }
         Ok(out)
