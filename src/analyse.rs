@@ -140,10 +140,16 @@ impl Probe<'_> {
     /// and on y with a shared kappa. `variants = false` computes the shared-kappa z figures only
     /// (the per-epoch training monitor).
     pub fn instances(&self, sizes: &[usize], variants: bool) -> Value {
-        let (bank_z, bank_y) = view_bank(self.model, &self.images, self.aug, self.k, self.train_bn, BATCH);
-        let (f_bar, r) = centres_of(&bank_z); // [N, d], [N]
-        let mu = l2_normalize(&f_bar);
-        let mu_y = l2_normalize(&centres_of(&bank_y).0);
+        // The variants need every bank view of z and y's centres; the shared-kappa figures
+        // only z's centres, streamed (the bank is K times larger).
+        let (bank, (f_bar, r)) = if variants {
+            let (bank_z, bank_y) = view_bank(self.model, &self.images, self.aug, self.k, self.train_bn, BATCH);
+            let c = centres_of(&bank_z);
+            (Some((bank_z, l2_normalize(&centres_of(&bank_y).0))), c)
+        } else {
+            (None, self.centres())
+        };
+        let mu = l2_normalize(&f_bar); // [N, d]
         let (z_fit, y_fit) = self.view();
         let (z, y) = self.view();
         let (n, d) = (mu.size()[0], mu.size()[1] as usize);
@@ -162,7 +168,7 @@ impl Probe<'_> {
                     "instances": s, "kappa_shared": kappa, "id": instance_id(&post, &truth),
                     "between_fraction": between_fraction(&post, &m, &q),
                 });
-                if variants {
+                if let Some((bank_z, mu_y)) = &bank {
                     let vmf = posterior_per_instance(&q, &m, &kappas[..s as usize]);
                     let bank = bank_z.narrow(0, 0, s);
                     let kappa_kernel = fit_kappa(5, &truth, |k| posterior_kernel(&zf, &bank, k));
