@@ -629,7 +629,6 @@ fn interruptible(control: RunControl) -> Result<RunControl> {
     Ok(control)
 }
 
-/// A run's saved config and its latest checkpoint loaded into a network on the chosen device.
 /// A run's saved config, with its device overridden by `--device`, and that device.
 fn run_config(run: &std::path::Path, device: Option<String>) -> Result<(Config, tch::Device)> {
     let mut cfg =
@@ -641,6 +640,7 @@ fn run_config(run: &std::path::Path, device: Option<String>) -> Result<(Config, 
     Ok((cfg, device))
 }
 
+/// A run's saved config and its latest checkpoint loaded into a network on the chosen device.
 fn load_run(run: &std::path::Path, device: Option<String>) -> Result<(Config, tch::Device, train::Network)> {
     let (cfg, device) = run_config(run, device)?;
     let ckpt = simsiam::checkpoint::latest(run)?.with_context(|| format!("{}: no checkpoint yet", run.display()))?;
