@@ -1,9 +1,11 @@
 // What only a GPU machine needs: c10d's ProcessGroupNCCL (for csrc/c10d.cpp), the CUDA
-// caching allocator's statistics, and CUDA graphs (a training step captured once, replayed).
+// caching allocator's statistics, CUDA graphs (a training step captured once, replayed), and
+// the streams and events that let the next step's augmentation overlap this step.
 // Built as its own shared library, linked against libtorch_cuda.so and libc10_cuda.so, which
 // the simsiam binary does not link so that it runs on CPU-only machines; embedded in the binary
 // and loaded at run time (src/device.rs).
 #define USE_C10D_NCCL 1
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -113,5 +115,87 @@ void ss_cuda_graph_replay(void* graph, char** err) {
 }
 
 void ss_cuda_graph_free(void* graph) { delete static_cast<at::cuda::CUDAGraph*>(graph); }
+
+// Overlap (`src/prefetch.rs`): work queued on a second stream, ordered against the current one
+// with events. Unlike `ss_cuda_stream_enter`, nothing here waits on the host.
+
+/// A stream from the pool of `device`, not made current. Returns it, or null with `*err` set.
+void* ss_cuda_stream_new(int device, char** err) {
+  try {
+    return new c10::cuda::CUDAStream(
+        c10::cuda::getStreamFromPool(/*isHighPriority=*/false, static_cast<c10::DeviceIndex>(device)));
+  } catch (const std::exception& e) {
+    *err = strdup(e.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception choosing a CUDA stream");
+  }
+  return nullptr;
+}
+
+void ss_cuda_stream_free(void* stream) { delete static_cast<c10::cuda::CUDAStream*>(stream); }
+
+/// Makes `stream` current (for this thread) until `ss_cuda_stream_pop`, after making it wait
+/// (on the device, not the host) for the work queued so far on the stream that was current.
+/// Returns the guard to pop, or null with `*err` set.
+void* ss_cuda_stream_push(void* stream, char** err) {
+  try {
+    auto& s = *static_cast<c10::cuda::CUDAStream*>(stream);
+    at::cuda::CUDAEvent before;
+    before.record(c10::cuda::getCurrentCUDAStream(s.device_index()));
+    before.block(s);
+    return new c10::cuda::CUDAStreamGuard(s);
+  } catch (const std::exception& e) {
+    *err = strdup(e.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception switching CUDA streams");
+  }
+  return nullptr;
+}
+
+/// Makes the stream that was current before `ss_cuda_stream_push` current again.
+void ss_cuda_stream_pop(void* guard) { delete static_cast<c10::cuda::CUDAStreamGuard*>(guard); }
+
+/// An event recorded now on the current stream of `device`. Returns it, or null with `*err` set.
+void* ss_cuda_event_record(int device, char** err) {
+  auto* e = new at::cuda::CUDAEvent();
+  try {
+    e->record(c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)));
+    return e;
+  } catch (const std::exception& ex) {
+    *err = strdup(ex.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception recording a CUDA event");
+  }
+  delete e;
+  return nullptr;
+}
+
+/// Makes the current stream of `device` wait (on the device) for `event`.
+void ss_cuda_event_wait(void* event, int device, char** err) {
+  try {
+    static_cast<at::cuda::CUDAEvent*>(event)->block(
+        c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)));
+  } catch (const std::exception& e) {
+    *err = strdup(e.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception waiting for a CUDA event");
+  }
+}
+
+/// Frees an event; work that waits for it still does (CUDA releases it once it completes).
+void ss_cuda_event_free(void* event) { delete static_cast<at::cuda::CUDAEvent*>(event); }
+
+/// Tells the caching allocator that `t`'s memory, made on another stream, is read by the current
+/// stream too, so that it is not handed out again before that stream's queued work is done.
+void ss_cuda_record_stream(at::Tensor* t, char** err) {
+  try {
+    c10::cuda::CUDACachingAllocator::recordStream(t->storage().data_ptr(),
+                                                  c10::cuda::getCurrentCUDAStream(t->device().index()));
+  } catch (const std::exception& e) {
+    *err = strdup(e.what());
+  } catch (...) {
+    *err = strdup("unknown C++ exception recording a tensor's stream");
+  }
+}
 
 }  // extern "C"

@@ -156,7 +156,8 @@ next)
     ;;
 gap)
     # One call of a 15-minute lease (`start gap && wait 570`), issue 3: the GPU tests; the
-    # benchmarks at batch 512 and 1024, eager and with the step as a CUDA graph, each profiled
+    # benchmarks at batch 512 and 1024, eager, with the step as a CUDA graph, with the next
+    # views made on a second stream (`run.prefetch`), and with both, profiled
     # (where every millisecond goes: $R/prof-*/MODE-profile.md); then the accuracy gap to the
     # peer (58.3% kNN at 60 epochs): SimSiam 60 epochs with torchvision's init (the official
     # code's) and with the peer's lightly ResNet init (no zero-init, nn.Conv2d's own conv init),
@@ -169,6 +170,10 @@ gap)
             --mode step,augment,end-to-end --profile $R/prof-$b --profile-steps 3
         job bench-graph-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
             --mode step,end-to-end --set run.cuda_graph=true --profile $R/prof-graph-$b --profile-steps 3
+        job bench-prefetch-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
+            --mode end-to-end --set run.prefetch=true
+        job bench-both-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
+            --mode end-to-end --set run.cuda_graph=true --set run.prefetch=true --profile $R/prof-both-$b --profile-steps 3
     done
     printf '%s\n' gap_torchvision gap_lightly | xargs -P 2 -I{} bash "$0" task {}
     log "all done"

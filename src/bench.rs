@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::graph::Stepper;
 use crate::objective::Objective;
 use crate::optim::Sgd;
+use crate::prefetch::Prefetcher;
 use crate::train::{forward_pairs, step, views, Network, StepTargets};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ pub struct Measurement {
     pub channels_last: bool,
     /// The timed steps were replays of a captured CUDA graph (`run.cuda_graph`).
     pub cuda_graph: bool,
+    /// End to end, each iteration's views were made during the previous step (`run.prefetch`).
+    pub prefetch: bool,
     /// Peak memory over the timed steps: the CUDA caching allocator's peak on a GPU, the
     /// process's peak resident set on the CPU (MiB).
     pub peak_memory_mib: Option<f64>,
@@ -111,12 +114,8 @@ pub fn measure(
     const STORE_BATCHES: i64 = 4;
     let store = Tensor::randint(256, [STORE_BATCHES * b, s, s, 3], (Kind::Uint8, device));
     let order = Tensor::randperm(STORE_BATCHES * b, (Kind::Int64, device));
-    let mut batch_i = 0;
-    let mut next_batch = move || {
-        batch_i = (batch_i + 1) % STORE_BATCHES;
-        store.index_select(0, &order.narrow(0, batch_i * b, b))
-    };
-    let images = next_batch();
+    let batch = |i: usize| store.index_select(0, &order.narrow(0, (i as i64 % STORE_BATCHES) * b, b));
+    let images = batch(0);
     let n = objective.views();
     let fixed = views(&aug, &images, n);
     if mode == Mode::Optimizer {
@@ -125,15 +124,22 @@ pub fn measure(
     }
     // `run.cuda_graph`: the warm-up's first steps are eager, then the step is captured.
     let mut stepper = Stepper::new(cfg.run.cuda_graph, device);
+    // `run.prefetch`: end to end, the next iteration's views are queued before this step.
+    let mut prefetch = Prefetcher::new(cfg.run.prefetch && mode == Mode::EndToEnd, device);
+    let prefetch_on = prefetch.on();
+    let mut iteration = 0;
     // One iteration; true once the steps are replays of a captured graph.
     let mut once = || -> Result<bool> {
         match mode {
             Mode::Step => drop(stepper.step(&net.model, &objective, &mut opt, &fixed, StepTargets::default(), None)?),
             Mode::Augment => drop(views(&aug, &images, n)),
             Mode::EndToEnd => {
+                iteration += 1;
                 let xs = {
                     let _r = crate::profile::range(c"augment");
-                    views(&aug, &next_batch(), n)
+                    let xs = prefetch.take(iteration, || views(&aug, &batch(iteration), n))?;
+                    prefetch.ahead(iteration + 1, || views(&aug, &batch(iteration + 1), n))?;
+                    xs
                 };
                 drop(stepper.step(&net.model, &objective, &mut opt, &xs, StepTargets::default(), None)?)
             }
@@ -190,6 +196,7 @@ pub fn measure(
         precision: net.model.autocast.map(|k| format!("{k:?}").to_lowercase()).unwrap_or_else(|| "fp32".into()),
         channels_last: net.model.channels_last,
         cuda_graph: captured,
+        prefetch: prefetch_on,
         peak_memory_mib,
         profile,
     })

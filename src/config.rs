@@ -46,6 +46,12 @@ pub struct RunConfig {
     /// (no memory bank, EOA, cached or EMA targets, online probe, inverse predictor, LARS);
     /// others run eagerly, with a warning. Off until measured on a GPU (BENCHMARKS.md).
     pub cuda_graph: bool,
+    /// Make the next step's views while this step trains: on a GPU, on a second CUDA stream,
+    /// so the augmentation overlaps the step instead of running before it. The views are the
+    /// same as without it (each step's augmentation has its own seed). Steps whose targets
+    /// draw augmentations too (EOA, k-step alternation) make their views in turn, with a
+    /// warning. Off until measured on a GPU (BENCHMARKS.md).
+    pub prefetch: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,6 +76,7 @@ impl Default for RunConfig {
             precision: Precision::Auto,
             channels_last: true,
             cuda_graph: false,
+            prefetch: false,
         }
     }
 }

@@ -74,6 +74,14 @@ pub struct CudaHelper {
     graph_end: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
     graph_replay: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
     graph_free: unsafe extern "C" fn(graph: *mut c_void),
+    stream_new: unsafe extern "C" fn(device: c_int, err: *mut *mut c_char) -> *mut c_void,
+    stream_free: unsafe extern "C" fn(stream: *mut c_void),
+    stream_push: unsafe extern "C" fn(stream: *mut c_void, err: *mut *mut c_char) -> *mut c_void,
+    stream_pop: unsafe extern "C" fn(guard: *mut c_void),
+    event_record: unsafe extern "C" fn(device: c_int, err: *mut *mut c_char) -> *mut c_void,
+    event_wait: unsafe extern "C" fn(event: *mut c_void, device: c_int, err: *mut *mut c_char),
+    event_free: unsafe extern "C" fn(event: *mut c_void),
+    record_stream: unsafe extern "C" fn(tensor: *mut c_void, err: *mut *mut c_char),
 }
 
 impl CudaHelper {
@@ -115,6 +123,46 @@ impl CudaHelper {
     pub(crate) fn graph_free(&self, graph: RawGraph) {
         unsafe { (self.graph_free)(graph.0) }
     }
+
+    /// A stream of `device`'s pool, not made current (for work that overlaps the current one's).
+    pub(crate) fn stream_new(&self, device: usize) -> std::result::Result<PoolStream, String> {
+        crate::ffi::call(|err| unsafe { (self.stream_new)(device as c_int, err) }).map(PoolStream)
+    }
+
+    pub(crate) fn stream_free(&self, stream: PoolStream) {
+        unsafe { (self.stream_free)(stream.0) }
+    }
+
+    /// Makes `stream` current until [`CudaHelper::stream_pop`], ordered after the work queued
+    /// so far on the stream that was current (a device-side wait: the host does not block).
+    pub(crate) fn stream_push(&self, stream: &PoolStream) -> std::result::Result<StreamGuard, String> {
+        crate::ffi::call(|err| unsafe { (self.stream_push)(stream.0, err) }).map(StreamGuard)
+    }
+
+    pub(crate) fn stream_pop(&self, guard: StreamGuard) {
+        unsafe { (self.stream_pop)(guard.0) }
+    }
+
+    /// An event marking the work queued so far on `device`'s current stream.
+    pub(crate) fn event_record(&self, device: usize) -> std::result::Result<RawEvent, String> {
+        crate::ffi::call(|err| unsafe { (self.event_record)(device as c_int, err) }).map(RawEvent)
+    }
+
+    /// Orders `device`'s current stream after `event` (a device-side wait).
+    pub(crate) fn event_wait(&self, event: &RawEvent, device: usize) -> std::result::Result<(), String> {
+        crate::ffi::call(|err| unsafe { (self.event_wait)(event.0, device as c_int, err) })
+    }
+
+    pub(crate) fn event_free(&self, event: RawEvent) {
+        unsafe { (self.event_free)(event.0) }
+    }
+
+    /// Marks `t`'s memory as read by the current stream too, so the caching allocator does not
+    /// reuse it before that stream's queued work is done (`Tensor.record_stream`).
+    pub(crate) fn record_stream(&self, t: &tch::Tensor) -> std::result::Result<(), String> {
+        // SAFETY: tch tensors are `at::Tensor*`; the C side only reads it.
+        crate::ffi::call(|err| unsafe { (self.record_stream)(t.as_ptr() as *mut c_void, err) })
+    }
 }
 
 /// A CUDA graph the helper made (`csrc/cuda.cpp`), freed with [`CudaHelper::graph_free`].
@@ -122,6 +170,15 @@ pub(crate) struct RawGraph(*mut c_void);
 
 /// A stream made current by [`CudaHelper::stream_enter`], left with [`CudaHelper::stream_exit`].
 pub(crate) struct RawStream(*mut c_void);
+
+/// A pool stream made by [`CudaHelper::stream_new`], freed with [`CudaHelper::stream_free`].
+pub(crate) struct PoolStream(*mut c_void);
+
+/// A pool stream made current by [`CudaHelper::stream_push`], left with [`CudaHelper::stream_pop`].
+pub(crate) struct StreamGuard(*mut c_void);
+
+/// An event made by [`CudaHelper::event_record`], freed with [`CudaHelper::event_free`].
+pub(crate) struct RawEvent(*mut c_void);
 
 /// Loads the CUDA helper once (CUDA must be available); the error says why it cannot be.
 pub fn cuda_helper() -> std::result::Result<&'static CudaHelper, String> {
@@ -180,6 +237,14 @@ fn load_helper() -> std::result::Result<CudaHelper, String> {
             graph_end: cast(sym(c"ss_cuda_graph_end")?),
             graph_replay: cast(sym(c"ss_cuda_graph_replay")?),
             graph_free: cast(sym(c"ss_cuda_graph_free")?),
+            stream_new: cast(sym(c"ss_cuda_stream_new")?),
+            stream_free: cast(sym(c"ss_cuda_stream_free")?),
+            stream_push: cast(sym(c"ss_cuda_stream_push")?),
+            stream_pop: cast(sym(c"ss_cuda_stream_pop")?),
+            event_record: cast(sym(c"ss_cuda_event_record")?),
+            event_wait: cast(sym(c"ss_cuda_event_wait")?),
+            event_free: cast(sym(c"ss_cuda_event_free")?),
+            record_stream: cast(sym(c"ss_cuda_record_stream")?),
         })
     }
 }

@@ -9,12 +9,10 @@ pub enum Error {
     /// A configuration field, preset or flag with a bad value.
     #[error("config: {0}")]
     Config(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file or folder that cannot be read or written. The OS error is part of the message (and
+    /// not a `source`), so that `{:#}` does not print it twice.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("tensor engine: {0}")]
     Torch(#[from] tch::TchError),
     /// The loss became NaN or infinite; the run stopped and the last good checkpoint is kept.
@@ -29,6 +27,9 @@ pub enum Error {
     /// `run.cuda_graph`: the training step could not be captured or replayed.
     #[error("run.cuda_graph: the training step as a CUDA graph: {0}")]
     CudaGraph(String),
+    /// `run.prefetch`: the second stream's views could not be made or handed over.
+    #[error("run.prefetch: {0}")]
+    Prefetch(String),
     /// PyTorch's profiler could not start, stop or write its trace.
     #[error("profiler: {0}")]
     Profiler(String),
@@ -49,6 +50,6 @@ impl Error {
         Error::Config(msg.into())
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), cause: source }
     }
 }

@@ -23,6 +23,7 @@ pub mod monitor;
 pub mod objective;
 pub mod optim;
 pub mod precision;
+pub mod prefetch;
 pub mod profile;
 pub mod report;
 pub mod train;

@@ -675,6 +675,11 @@ fn eval_setup(src: EvalSource) -> Result<EvalSetup> {
 }
 
 fn cmd_knn(src: EvalSource, ks: &[usize], t: f64) -> Result<()> {
+    anyhow::ensure!(
+        !ks.is_empty() && ks.iter().all(|&k| k >= 1),
+        "--k: expected neighbour counts of at least 1, got {ks:?}"
+    );
+    anyhow::ensure!(t.is_finite() && t > 0.0, "--t: expected a positive temperature, got {t}");
     let run = src.run.clone();
     let e = eval_setup(src)?;
     let accs = simsiam::eval::knn::knn_accuracy(&e.net.model, &e.train, &e.test, &e.aug, ks, t);

@@ -797,6 +797,12 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     };
 
     let mut stepper = crate::graph::Stepper::new(cfg.run.cuda_graph, device);
+    // Targets that draw augmentations too must draw them after the step's views, as without it.
+    let draws_more = cfg.objective.target == Target::Eoa || cfg.objective.alternation_k > 1;
+    if cfg.run.prefetch && draws_more && lead {
+        eprintln!("warning: run.prefetch: this run's targets draw augmentations too (EOA or k-step alternation); the views are made in turn");
+    }
+    let mut prefetch = crate::prefetch::Prefetcher::new(cfg.run.prefetch && !draws_more, device);
     while pos.epoch < cfg.run.epochs {
         // The epoch's order on the device once, so a step's batch indices are a slice of it: a
         // host-to-device copy per step would wait for the GPU to finish the step before.
@@ -831,12 +837,20 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 }
             }
             let idx = batch_of(s);
-            let images = train_dev.images.index_select(0, &idx);
+            // The views of this epoch's step j, seeded by its global step.
+            let step_views = |j: usize| {
+                tch::manual_seed(step_seed(cfg.run.seed, pos.global_step + j - s));
+                views(&aug, &train_dev.images.index_select(0, &batch_of(j)), objective.views())
+            };
             let (xs, cached) = match cache.pop_front() {
                 Some((xs, z)) => (xs, Some(z)),
                 None => {
-                    tch::manual_seed(step_seed(cfg.run.seed, pos.global_step));
-                    (views(&aug, &images, objective.views()), None)
+                    let xs = prefetch.take(pos.global_step, || step_views(s))?;
+                    // `run.prefetch`: the next step's views, queued before this step.
+                    if s + 1 < steps_per_epoch {
+                        prefetch.ahead(pos.global_step + 1, || step_views(s + 1))?;
+                    }
+                    (xs, None)
                 }
             };
             // BYOL: the target branch's z from the EMA network (train-mode BN, as BYOL).
@@ -847,8 +861,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             let targets = StepTargets {
                 labels: net.model.online_probe.as_ref().map(|_| train_dev.labels.index_select(0, &idx)),
                 cached,
-                eoa: (cfg.objective.target == Target::Eoa)
-                    .then(|| eoa_target(&net.model, &aug, &images, cfg.objective.eoa_k)),
+                eoa: (cfg.objective.target == Target::Eoa).then(|| {
+                    eoa_target(&net.model, &aug, &train_dev.images.index_select(0, &idx), cfg.objective.eoa_k)
+                }),
                 memory: memory.as_mut().map(|bank| (bank, &idx)),
             };
             let out = stepper.step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;

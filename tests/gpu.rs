@@ -1,5 +1,6 @@
 //! CUDA paths. Each test skips (with a message) when no CUDA device is visible, so CI, which
-//! has no GPU, passes; run them on a GPU machine with `scripts/test.sh --test gpu`.
+//! has no GPU, passes; run them on a GPU machine with `scripts/test.sh --test gpu -- --test-threads 1`
+//! (several set libtorch's global seed, so they must not run at once).
 mod common;
 use simsiam::augment::*;
 use simsiam::config::Config;
@@ -180,5 +181,81 @@ fn cuda_graph_steps_equal_eager_steps() {
     for (a, b) in eager_w.iter().zip(&graph_w) {
         let d = (a - b).abs().max().double_value(&[]);
         assert!(d < 1e-3, "weights differ by {d}");
+    }
+}
+
+/// `run.prefetch` on a GPU: step k + 1's views are made on a second stream while step k runs.
+/// Each must equal the views made in turn from the same seed, read at once on the step's stream:
+/// the views are queued after a long matmul chain, so a take that did not wait for the second
+/// stream would read them half made.
+#[test]
+fn cuda_prefetched_views_equal_views_made_in_turn() {
+    let Some(dev) = cuda() else { return };
+    let cfg = Config::resolve("cifar10", None, &[]).unwrap();
+    let aug = Augmenter::new(&cfg.augment, 32, dev);
+    let store = Tensor::randint(256, [4 * 512, 32, 32, 3], (Kind::Uint8, dev));
+    let slow = Tensor::randn([2048, 2048], (Kind::Float, dev)) / 45.0;
+    let make = |k: usize| {
+        let mut y = slow.shallow_clone();
+        for _ in 0..50 {
+            y = y.matmul(&slow);
+        }
+        tch::manual_seed(k as i64);
+        views(&aug, &store.narrow(0, (k % 4) as i64 * 512, 512), 2)
+    };
+    let want: Vec<Vec<Tensor>> = (0..7).map(make).collect();
+    let mut prefetch = simsiam::prefetch::Prefetcher::new(true, dev);
+    for (k, want) in want.iter().enumerate().take(6) {
+        let xs = prefetch.take(k, || make(k)).unwrap();
+        prefetch.ahead(k + 1, || make(k + 1)).unwrap();
+        for (x, w) in xs.iter().zip(want) {
+            assert!(x.equal(w), "step {k}: the prefetched views differ from those made in turn");
+        }
+    }
+}
+
+/// Training on a GPU with `run.prefetch`, alone and with `run.cuda_graph`, follows the plain
+/// run's loss curve (up to cuDNN's run-to-run differences), across an epoch boundary.
+#[test]
+fn cuda_prefetch_and_graph_training_follow_the_plain_run() {
+    let Some(_) = cuda() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train.bin");
+    common::write_cifar(&train, simsiam::data::CifarKind::Cifar10, 512, 10);
+    let curve = |name: &str, extra: &[&str]| -> Vec<f64> {
+        let run = tmp.path().join(name);
+        let mut sets: Vec<String> = [
+            format!("data.train={:?}", train.display().to_string()),
+            format!("run.out_dir={:?}", run.display().to_string()),
+            "run.device=\"cuda\"".into(),
+            "run.epochs=2".into(),
+            "run.cudnn_benchmark=false".into(),
+            "monitor.log_every=1".into(),
+            "monitor.knn_at_init=false".into(),
+            "monitor.knn_every=0".into(),
+            "data.train_limit=0".into(),
+        ]
+        .into();
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let cfg = Config::resolve("tiny", None, &sets).unwrap();
+        let summary = simsiam::train::train(&cfg, &Default::default()).unwrap();
+        assert_eq!(summary.steps, 2 * (512 / 64));
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v.get("loss").and_then(|l| l.as_f64()))
+            .collect()
+    };
+    let plain = curve("plain", &[]);
+    assert_eq!(plain.len(), 16);
+    for (name, extra) in
+        [("prefetch", &["run.prefetch=true"][..]), ("both", &["run.prefetch=true", "run.cuda_graph=true"])]
+    {
+        let got = curve(name, extra);
+        assert_eq!(got.len(), plain.len(), "{name}");
+        for (s, (a, b)) in plain.iter().zip(&got).enumerate() {
+            assert!((a - b).abs() < 2e-3, "{name}, step {s}: loss {a} plain, {b}");
+        }
     }
 }
