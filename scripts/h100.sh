@@ -3,7 +3,7 @@
 # lease of the GPU machine runs all of them in few calls.
 #
 #   scripts/h100.sh prep             # here (CPU machine): build, then fill .device/ (git-ignored)
-#   scripts/h100.sh start [PLAN]     # there: launches PLAN (`all`, `second`, `next`, `gap`, `blog`) detached
+#   scripts/h100.sh start [PLAN]     # there: launches PLAN (`all`, `second`, `next`, `gap`, `blog`, `exps`) detached
 #                                    #        (setsid); chain `wait` calls with no gap: the
 #                                    #        machine goes back 30 s after a call, and with it
 #                                    #        the detached work
@@ -13,7 +13,7 @@
 #                                    #        the 60-epoch fast run), then phase B (3 workers)
 #
 # Results live in /tmp/res on the GPU machine (kept between calls while the machine is warm).
-# Environment: EPOCHS (experiment epochs, default 3), WORKERS (default 3).
+# Environment: EPOCHS (experiment epochs, default 3), WORKERS (default 3), EXPS (plan `exps`).
 set -u
 cd "$(dirname "$0")/.."
 R=/tmp/res
@@ -123,6 +123,21 @@ second)
         moving-average simple-predictors explicit-eoa bn-placement similarity symmetrisation output-dim \
         batch-size k-step-alternation triplet-extra-gradient simsiam-extra-gradient decorrelation covariance \
         dim-sweep augmentation-removal; do
+        echo "exp_$e"
+    done | xargs -P "$WORKERS" -I{} bash "$0" task {}
+    log "all done"
+    ;;
+exps)
+    # Issue 5 on a lease of its own: only the experiments named in EXPS (space-separated; all
+    # 21 when unset), EPOCHS epochs each, WORKERS at a time. A fresh machine starts empty, so
+    # split the 21 over leases by EXPS rather than relying on `experiment` skipping finished arms.
+    libs
+    mkdir -p $R
+    log "experiments: $WORKERS workers, $EPOCHS epochs"
+    for e in ${EXPS:-stop-gradient predictor siamese-architectures moving-average simple-predictors \
+        dummy-gradients similarity shard-dynamics oracle-predictor bn-placement symmetrisation output-dim \
+        batch-size k-step-alternation triplet-extra-gradient simsiam-extra-gradient decorrelation covariance \
+        dim-sweep augmentation-removal explicit-eoa}; do
         echo "exp_$e"
     done | xargs -P "$WORKERS" -I{} bash "$0" task {}
     log "all done"
