@@ -92,7 +92,8 @@ pub fn embed(model: &SimSiam, store: &ImageStore, aug: &Augmenter, batch: i64) -
     })
 }
 
-/// Writes `backbone.npy`, `projector.npy`, `labels.npy` (int64), `names.txt`, `classes.txt`.
+/// Writes `backbone.npy`, `projector.npy`, `labels.npy` (int64; -1 for unlabelled images),
+/// `names.txt`, `classes.txt` (empty for unlabelled data).
 pub fn write_embeddings(dir: &Path, y: &Tensor, z: &Tensor, store: &ImageStore) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     for (name, t) in [("backbone.npy", y), ("projector.npy", z), ("labels.npy", &store.labels.to_device(Device::Cpu))] {

@@ -608,7 +608,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             f - i
         ),
         (None, Some(f)) => println!("kNN top-1 (k={}, t={}): trained {f:.2}%", cfg.monitor.knn_k, cfg.monitor.knn_t),
-        _ => println!("no test data given (--test-data): kNN monitor skipped"),
+        _ if cfg.data.test.is_none() => println!("no test data given (--test-data): kNN monitor skipped"),
+        _ => println!("kNN monitor off: it needs class folders in both the training and the test data"),
     }
     println!("outputs in {}", cfg.run.out_dir.display());
     Ok(())
@@ -669,8 +670,12 @@ fn eval_setup(src: EvalSource) -> Result<EvalSetup> {
     }
     anyhow::ensure!(cfg.data.test.is_some(), "no test data: pass --test-data PATH");
     let (train_store, test_store) = train::load_data(&cfg)?;
+    let test_store = test_store.expect("checked");
+    for (what, store) in [("the training data (--data)", &train_store), ("the test data (--test-data)", &test_store)] {
+        anyhow::ensure!(store.labelled(), "{what} has no class folders: evaluation needs labelled images");
+    }
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
-    let (train, test) = (train_store.to_device(device), test_store.expect("checked").to_device(device));
+    let (train, test) = (train_store.to_device(device)?, test_store.to_device(device)?);
     Ok(EvalSetup { cfg, net, train, test, aug })
 }
 
@@ -697,7 +702,7 @@ fn cmd_embed(run: PathBuf, data: PathBuf, out: PathBuf, device: Option<String>, 
     };
     let store = simsiam::data::load(&data, cfg.data.format, split, cfg.data.image_size, cfg.data.skip_corrupt)?;
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
-    let (y, z) = simsiam::export::embed(&net.model, &store.to_device(device), &aug, 512);
+    let (y, z) = simsiam::export::embed(&net.model, &store.to_device(device)?, &aug, 512);
     simsiam::export::write_embeddings(&out, &y, &z, &store)?;
     println!(
         "wrote {} embeddings to {}: backbone.npy {:?}, projector.npy {:?}, labels.npy, names.txt, classes.txt",

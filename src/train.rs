@@ -326,7 +326,11 @@ pub fn load_data(cfg: &Config) -> Result<(ImageStore, Option<ImageStore>)> {
     let test = match &d.test {
         Some(p) => Some(
             data::load(p, d.format, Split::Test, d.image_size, d.skip_corrupt)?
-                .subset(d.test_limit, cfg.run.seed.wrapping_add(1)),
+                .subset(d.test_limit, cfg.run.seed.wrapping_add(1))
+                .aligned_to(
+                    &train,
+                    &format!("data.test ({}) against data.train ({})", p.display(), train_path.display()),
+                )?,
         ),
         None => None,
     };
@@ -552,10 +556,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let local_batch = batch / world;
     if lead {
         eprintln!(
-            "data: {} training images{} ({} classes, {}px) loaded in {:.1}s; device {}",
+            "data: {} training images{} ({}, {}px) loaded in {:.1}s; device {}",
             train_store.len(),
             test_store.as_ref().map(|t| format!(", {} test images", t.len())).unwrap_or_default(),
-            train_store.num_classes(),
+            if train_store.labelled() { format!("{} classes", train_store.num_classes()) } else { "unlabelled".into() },
             train_store.image_size(),
             t_load.elapsed().as_secs_f64(),
             crate::device::describe(device)
@@ -565,9 +569,19 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         // Let cuDNN pick the fastest convolution algorithms for these fixed shapes.
         tch::Cuda::cudnn_set_benchmark(cfg.run.cudnn_benchmark);
     }
-    let train_dev = train_store.to_device(device);
-    let test_dev = test_store.as_ref().map(|t| t.to_device(device));
+    let train_dev = train_store.to_device(device)?;
+    let test_dev = test_store.as_ref().map(|t| t.to_device(device)).transpose()?;
 
+    if cfg.monitor.online_probe_lr > 0.0 && !train_store.labelled() {
+        return Err(Error::config(
+            "monitor.online_probe_lr: the online probe needs labelled training data (class folders); set it to 0",
+        ));
+    }
+    // The kNN monitor needs classes on both sides; unlabelled data still gets the others.
+    let knn_on = test_store.as_ref().is_some_and(|t| t.labelled() && train_store.labelled());
+    if test_store.is_some() && !knn_on && lead {
+        eprintln!("note: the kNN monitor is off: it needs class folders in both the training and the held-out data");
+    }
     tch::manual_seed(cfg.run.seed as i64);
     let probe_classes = if cfg.monitor.online_probe_lr > 0.0 { train_store.num_classes() as i64 } else { 0 };
     let mut net = Network::build(cfg, device, probe_classes);
@@ -635,7 +649,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         if lead { Some(MetricsLog::open(&run_dir, control.resume.then_some(pos.global_step))?) } else { None };
 
     let knn = |net: &Network| -> Option<f64> {
-        test_dev.as_ref().map(|test| {
+        test_dev.as_ref().filter(|_| knn_on).map(|test| {
             knn::knn_accuracy(&net.model, &train_dev, test, &aug, &[cfg.monitor.knn_k], cfg.monitor.knn_t)[0]
         })
     };

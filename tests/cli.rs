@@ -121,6 +121,28 @@ fn prefetched_views_give_the_same_loss_curve() {
     assert_eq!(curve("prefetch", &["run.prefetch=true"]), want);
 }
 
+/// Pre-training on unlabelled images (a folder of loose images): the run trains and says the
+/// kNN monitor is off; evaluation, which needs classes, is a clear error.
+#[test]
+fn trains_on_a_folder_of_unlabelled_images() {
+    let (tmp, _, test) = data();
+    let loose = tmp.path().join("loose");
+    std::fs::create_dir_all(&loose).unwrap();
+    for i in 0..64 {
+        common::save_rgb(&loose.join(format!("{i:03}.jpg")), 40, 36, i);
+    }
+    let run = tmp.path().join("u");
+    let mut args = train_args(&loose, &test, &run);
+    args[6] = "1".into(); // --epochs 1
+    let text = ok(bin().args(&args).output().unwrap());
+    assert!(text.contains("unlabelled") && text.contains("kNN monitor off"), "{text}");
+    assert_eq!(losses(&run).len(), 2, "64 images, batch 32");
+    let out = bin().args(["eval", "knn"]).arg(&run).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--data") && err.contains("no class folders"), "{err}");
+}
+
 #[test]
 fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let (tmp, train, test) = data();

@@ -145,3 +145,67 @@ fn missing_path_is_an_error() {
     let e = err_text(Path::new("/nonexistent/cifar"), 32, false);
     assert!(e.contains("/nonexistent/cifar") && e.contains("no such"), "{e}");
 }
+
+/// Unlabelled data for pre-training: a folder or an archive of loose images has no classes
+/// (labels -1); an archive mixing loose images and class folders is an error naming a member.
+#[test]
+fn loose_images_are_unlabelled_and_mixing_them_with_class_folders_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("loose");
+    std::fs::create_dir_all(&root).unwrap();
+    for i in 0..3 {
+        common::save_rgb(&root.join(format!("{i}.png")), 8, 8, i);
+    }
+    let s = load(&root, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!(s.len(), 3);
+    assert!(!s.labelled() && s.classes.is_empty());
+    assert_eq!(Vec::<i64>::try_from(&s.labels).unwrap(), vec![-1; 3]);
+
+    let tar_of = |name: &str, members: &[&str]| {
+        let path = tmp.path().join(name);
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for m in members {
+            b.append_path_with_name(root.join("0.png"), m).unwrap();
+        }
+        b.finish().unwrap();
+        path
+    };
+    let flat = tar_of("flat.tar", &["a.png", "b.png"]);
+    let s = load(&flat, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!((s.len(), s.labelled()), (2, false));
+    let mixed = tar_of("mixed.tar", &["cats/a.png", "b.png"]);
+    let e = err_text(&mixed, 8, false);
+    assert!(e.contains("mixed.tar") && e.contains("\"b.png\"") && e.contains("<class>/<image>"), "{e}");
+    // A folder with neither class folders nor images says what it expected.
+    std::fs::create_dir_all(tmp.path().join("nothing")).unwrap();
+    let e = err_text(&tmp.path().join("nothing"), 8, false);
+    assert!(e.contains("class folders") && e.contains("found neither"), "{e}");
+}
+
+/// Held-out labels are re-indexed by the training data's class names: a test folder lacking a
+/// class keeps each image's class; one with a class the training data lacks is an error.
+#[test]
+fn held_out_labels_follow_the_training_class_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = |name: &str, classes: &[&str]| {
+        let root = tmp.path().join(name);
+        for (i, c) in classes.iter().enumerate() {
+            std::fs::create_dir_all(root.join(c)).unwrap();
+            common::save_rgb(&root.join(c).join("x.png"), 8, 8, i as u64);
+        }
+        load(&root, DataFormat::Auto, Split::Train, 8, false).unwrap()
+    };
+    let train = folder("train", &["ant", "bee", "cat"]);
+    let test = folder("test", &["bee", "cat"]);
+    assert_eq!(Vec::<i64>::try_from(&test.labels).unwrap(), vec![0, 1], "indices of its own two classes");
+    let test = test.aligned_to(&train, "test vs train").unwrap();
+    assert_eq!(test.classes, ["ant", "bee", "cat"]);
+    assert_eq!(
+        Vec::<i64>::try_from(&test.labels).unwrap(),
+        vec![1, 2],
+        "bee and cat, as the training data counts them"
+    );
+    let other = folder("other", &["bee", "dog"]);
+    let e = other.aligned_to(&train, "test vs train").unwrap_err().to_string();
+    assert!(e.contains("test vs train") && e.contains("dog") && !e.contains("bee\""), "{e}");
+}

@@ -1,4 +1,5 @@
-//! tar and tar.gz archives of class folders: members `[prefix/]<class>/<image>`.
+//! tar and tar.gz archives of class folders, members `[prefix/]<class>/<image>`, or of loose
+//! images, every member `<image>` at the top (unlabelled: for pre-training).
 use super::{is_image_name, Encoded};
 use crate::error::{Error, Result};
 use std::io::Read;
@@ -27,13 +28,17 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
             continue;
         }
         let parts: Vec<&str> = member.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
-        if parts.len() < 2 {
+        // A loose image (no class folder) has class "": then every image must be one.
+        let loose = parts.len() < 2;
+        if classes.iter().any(|c: &String| c.is_empty() != loose) {
+            let (this, others) =
+                if loose { ("a loose image", "in class folders") } else { ("in a class folder", "loose") };
             return Err(Error::data(
                 path,
-                format!("member {member:?} is not inside a class folder (expected <class>/<image>)"),
+                format!("member {member:?} is {this} but earlier images are {others}: expected <class>/<image> for every image, or <image> for every image"),
             ));
         }
-        let class = parts[parts.len() - 2].to_string();
+        let class = if loose { String::new() } else { parts[parts.len() - 2].to_string() };
         let mut bytes = Vec::with_capacity(entry.size() as usize);
         entry
             .read_to_end(&mut bytes)
@@ -42,7 +47,11 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
         out.push(Encoded { name: super::source_name(path, &member).display().to_string(), class, bytes });
     }
     if out.is_empty() {
-        return Err(Error::data(path, "archive holds no .jpg, .jpeg or .png images in class folders"));
+        return Err(Error::data(path, "archive holds no .jpg, .jpeg or .png images"));
+    }
+    if classes.contains("") {
+        eprintln!("note: {} holds no class folders: its {} images are unlabelled", path.display(), out.len());
+        return Ok((out, Vec::new()));
     }
     Ok((out, classes.into_iter().collect()))
 }

@@ -1,4 +1,5 @@
-//! A folder of class folders: `root/<class>/<image>.{jpg,jpeg,png}`.
+//! A folder of class folders, `root/<class>/<image>.{jpg,jpeg,png}`, or of loose images,
+//! `root/<image>` (unlabelled: for pre-training).
 use super::{is_image_name, Encoded};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -10,36 +11,24 @@ pub(crate) fn read(root: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
         .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     class_dirs.sort_by_key(|e| e.file_name());
-    if class_dirs.is_empty() {
-        return Err(Error::data(
-            root,
-            "expected a folder of class folders (root/<class>/<image>.jpg), found no sub-folders",
-        ));
-    }
     let mut out = Vec::new();
-    let mut classes = Vec::new();
     let mut ignored = 0usize;
+    if class_dirs.is_empty() {
+        // No class folders: the images themselves, unlabelled.
+        read_images(root, "", &mut out, &mut ignored)?;
+        if out.is_empty() {
+            return Err(Error::data(
+                root,
+                "expected a folder of class folders (root/<class>/<image>.jpg) or of images (root/<image>.jpg), found neither",
+            ));
+        }
+        eprintln!("note: {} holds no class folders: its {} images are unlabelled", root.display(), out.len());
+    }
+    let mut classes = Vec::new();
     for dir in class_dirs {
         let class = dir.file_name().to_string_lossy().to_string();
-        let mut files: Vec<_> = std::fs::read_dir(dir.path())
-            .map_err(|e| Error::io(dir.path(), e))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
         let before = out.len();
-        for f in files {
-            let name = f.file_name().unwrap().to_string_lossy().to_string();
-            if !is_image_name(&name) {
-                if !name.starts_with('.') {
-                    ignored += 1;
-                }
-                continue;
-            }
-            let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
-            out.push(Encoded { name: f.display().to_string(), class: class.clone(), bytes });
-        }
+        read_images(&dir.path(), &class, &mut out, &mut ignored)?;
         if out.len() == before {
             return Err(Error::data(dir.path(), "class folder has no .jpg, .jpeg or .png images"));
         }
@@ -49,4 +38,27 @@ pub(crate) fn read(root: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
         eprintln!("note: ignored {ignored} non-image file(s) under {}", root.display());
     }
     Ok((out, classes))
+}
+
+/// Reads the images directly in `dir` (sorted by name) as `class`; counts other files.
+fn read_images(dir: &Path, class: &str, out: &mut Vec<Encoded>, ignored: &mut usize) -> Result<()> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        if !is_image_name(&name) {
+            if !name.starts_with('.') {
+                *ignored += 1;
+            }
+            continue;
+        }
+        let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
+        out.push(Encoded { name: f.display().to_string(), class: class.to_string(), bytes });
+    }
+    Ok(())
 }
