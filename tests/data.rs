@@ -128,7 +128,7 @@ fn empty_class_folder_is_an_error_naming_it() {
     std::fs::create_dir_all(tmp.path().join("empty_one")).unwrap();
     common::save_rgb(&tmp.path().join("full/a.png"), 8, 8, 1);
     let e = err_text(tmp.path(), 8, false);
-    assert!(e.contains("empty_one") && e.contains("no .jpg"), "{e}");
+    assert!(e.contains("empty_one") && e.contains("no images (.jpg"), "{e}");
 }
 
 #[test]
@@ -208,4 +208,27 @@ fn held_out_labels_follow_the_training_class_names() {
     let other = folder("other", &["bee", "dog"]);
     let e = other.aligned_to(&train, "test vs train").unwrap_err().to_string();
     assert!(e.contains("test vs train") && e.contains("dog") && !e.contains("bee\""), "{e}");
+}
+
+/// WebP, BMP and TIFF files are read as torchvision's `ImageFolder` reads them; pixels of an
+/// exact-size lossless file come back unchanged.
+#[test]
+fn reads_webp_bmp_and_tiff() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(root.join("c")).unwrap();
+    let exact = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8 * 30, y as u8 * 30, 99]));
+    for ext in ["webp", "bmp", "TIFF"] {
+        exact.save(root.join(format!("c/x.{}", ext.to_lowercase()))).unwrap();
+        std::fs::rename(root.join(format!("c/x.{}", ext.to_lowercase())), root.join(format!("c/x.{ext}"))).unwrap();
+    }
+    let s = load(root, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!(s.len(), 3);
+    for i in 0..3 {
+        let img = s.images.i(i);
+        assert_eq!(
+            (img.int64_value(&[2, 5, 0]), img.int64_value(&[2, 5, 1]), img.int64_value(&[2, 5, 2])),
+            (150, 60, 99)
+        );
+    }
 }

@@ -47,7 +47,7 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
         out.push(Encoded { name: super::source_name(path, &member).display().to_string(), class, bytes });
     }
     if out.is_empty() {
-        return Err(Error::data(path, "archive holds no .jpg, .jpeg or .png images"));
+        return Err(Error::data(path, format!("archive holds no images ({})", super::image_kinds())));
     }
     if classes.contains("") {
         eprintln!("note: {} holds no class folders: its {} images are unlabelled", path.display(), out.len());

@@ -1,4 +1,5 @@
-//! Parallel JPEG/PNG decoding to square RGB (resize shorter side, centre crop).
+//! Parallel image decoding (JPEG, PNG, WebP, BMP, TIFF) to square RGB (resize shorter side,
+//! centre crop).
 use super::{assemble, Encoded, ImageStore};
 use crate::error::{Error, Result};
 use image::imageops::FilterType;
@@ -8,7 +9,7 @@ use std::path::Path;
 /// Decodes one encoded image to `size x size x 3` RGB bytes. A JPEG without its end-of-image
 /// marker is reported as truncated (decoders otherwise fill the missing rows silently).
 pub fn decode_to_square(bytes: &[u8], size: usize) -> std::result::Result<Vec<u8>, String> {
-    let format = image::guess_format(bytes).map_err(|e| format!("not a JPEG or PNG image: {e}"))?;
+    let format = image::guess_format(bytes).map_err(|e| format!("not a JPEG, PNG, WebP, BMP or TIFF image: {e}"))?;
     if format == image::ImageFormat::Jpeg {
         let tail = &bytes[bytes.len().saturating_sub(64)..];
         if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {

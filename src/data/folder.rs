@@ -1,4 +1,4 @@
-//! A folder of class folders, `root/<class>/<image>.{jpg,jpeg,png}`, or of loose images,
+//! A folder of class folders, `root/<class>/<image>` (JPEG, PNG, WebP, BMP, TIFF), or of loose images,
 //! `root/<image>` (unlabelled: for pre-training).
 use super::{is_image_name, Encoded};
 use crate::error::{Error, Result};
@@ -30,7 +30,7 @@ pub(crate) fn read(root: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
         let before = out.len();
         read_images(&dir.path(), &class, &mut out, &mut ignored)?;
         if out.len() == before {
-            return Err(Error::data(dir.path(), "class folder has no .jpg, .jpeg or .png images"));
+            return Err(Error::data(dir.path(), format!("class folder has no images ({})", super::image_kinds())));
         }
         classes.push(class);
     }

@@ -132,9 +132,18 @@ pub(crate) struct Encoded {
     pub bytes: Vec<u8>,
 }
 
+/// The image files the folder and archive readers take (torchvision's `ImageFolder` list, less
+/// the netpbm formats), matched case-insensitively.
+pub const IMAGE_EXTENSIONS: [&str; 7] = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"];
+
 pub(crate) fn is_image_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    [".jpg", ".jpeg", ".png"].iter().any(|e| lower.ends_with(e))
+    IMAGE_EXTENSIONS.iter().any(|e| lower.ends_with(e))
+}
+
+/// "no .jpg, .jpeg, ... images" for error messages.
+pub(crate) fn image_kinds() -> String {
+    IMAGE_EXTENSIONS.join(", ")
 }
 
 /// Loads a split from `path`, choosing the reader from `format` (or from the path for `Auto`).
