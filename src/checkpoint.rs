@@ -13,6 +13,10 @@ pub struct Position {
     pub epoch: usize,
     pub step_in_epoch: usize,
     pub global_step: usize,
+    /// How many training images the run draws its batches from (0: not recorded, checkpoints
+    /// before this field): a resume on other data would not continue the same run.
+    #[serde(default)]
+    pub train_images: usize,
 }
 
 pub fn dir(run_dir: &Path) -> PathBuf {
@@ -23,6 +27,15 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+}
+
+/// Replaces `path` with `bytes` atomically: written beside it, synced, then renamed over it, so
+/// a reader (or a crash) sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    write_file(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Saves a checkpoint (and `extra` training state, e.g. a memory bank) and points `latest` at
@@ -53,9 +66,7 @@ pub fn save(
     let final_dir = root.join(&name);
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
-    let latest_tmp = root.join(".latest.tmp");
-    write_file(&latest_tmp, name.as_bytes())?;
-    std::fs::rename(&latest_tmp, root.join("latest")).map_err(|e| Error::io(root.join("latest"), e))?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
     prune(&root, keep)?;
     Ok(final_dir)
 }

@@ -233,8 +233,9 @@ impl ConfigArgs {
 struct TrainArgs {
     #[command(flatten)]
     cfg: ConfigArgs,
-    /// Continue the run in this folder from its latest checkpoint, with its saved config.
-    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "method", "config", "sets", "data", "test_data", "epochs", "batch_size", "out", "seed"])]
+    /// Continue the run in this folder from its latest checkpoint, with its saved config
+    /// (`--data`/`--test-data` may say where the same data is now; `--device` where to run).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "method", "config", "sets", "epochs", "batch_size", "out", "seed"])]
     resume: Option<PathBuf>,
     /// Data-parallel: start N local ranks (c10d; --batch-size is the global batch). Under
     /// torchrun or srun, leave it out: each rank reads RANK, WORLD_SIZE, MASTER_ADDR, ...
@@ -556,6 +557,14 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 cfg.run.device = d.clone();
             }
             cfg.run.out_dir = dir.clone();
+            // The same data, moved (training checks it against the checkpoint, then saves the
+            // new paths in the run's config).
+            if let Some(p) = &a.cfg.over.data {
+                cfg.data.train = Some(p.clone());
+            }
+            if let Some(p) = &a.cfg.over.test_data {
+                cfg.data.test = Some(p.clone());
+            }
             (cfg, true)
         }
         None => (a.cfg.resolve()?, false),

@@ -541,7 +541,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 run_dir.display()
             )));
         }
-        std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| Error::io(&cfg_path, e))?;
+        checkpoint::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
     }
 
     let t_load = Instant::now();
@@ -605,13 +605,30 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
 
     let mut memory = (cfg.objective.target == Target::Memory || cfg.objective.online == Online::Oracle)
         .then(|| MemoryBank::new(train_store.len() as i64, cfg.model.dim, cfg.objective.memory_momentum, device));
-    let mut pos = Position::default();
+    let mut pos = Position { train_images: train_store.len(), ..Position::default() };
     if control.resume {
         let ckpt =
             checkpoint::latest(&run_dir)?.ok_or_else(|| Error::data(&run_dir, "no checkpoint to resume from"))?;
         checkpoint::load_model(&mut net.vs, &ckpt)?;
         opt.load(&ckpt.join("optim.safetensors"))?;
-        pos = checkpoint::load_position(&ckpt)?;
+        let saved = checkpoint::load_position(&ckpt)?;
+        if saved.train_images != 0 && saved.train_images != train_store.len() {
+            return Err(Error::config(format!(
+                "data.train: {} training images now, {} when the run started: a resume needs the same training data",
+                train_store.len(),
+                saved.train_images
+            )));
+        }
+        pos = Position { train_images: train_store.len(), ..saved };
+        // Resumed with the data moved (`--resume RUN --data NEW`): now that it is checked to be
+        // the run's, the saved config follows it, so that later resumes find it too.
+        if lead {
+            let mut saved_cfg = Config::load(&cfg_path)?;
+            if saved_cfg.data.train != cfg.data.train || saved_cfg.data.test != cfg.data.test {
+                (saved_cfg.data.train, saved_cfg.data.test) = (cfg.data.train.clone(), cfg.data.test.clone());
+                checkpoint::write_atomic(&cfg_path, saved_cfg.to_toml().as_bytes())?;
+            }
+        }
         let state = checkpoint::load_extra(&ckpt)?;
         if let Some(e) = net.ema.as_mut() {
             for (n, mut t) in e.vs.variables() {

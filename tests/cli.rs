@@ -143,6 +143,38 @@ fn trains_on_a_folder_of_unlabelled_images() {
     assert!(err.contains("--data") && err.contains("no class folders"), "{err}");
 }
 
+/// `--resume RUN --data NEW`: the same data, moved, is found there and the saved config follows
+/// it; other training data (another number of images) is refused, naming the field.
+#[test]
+fn resume_finds_moved_data_and_refuses_other_data() {
+    let (tmp, train, test) = data();
+    let run = tmp.path().join("r");
+    let mut args = train_args(&train, &test, &run);
+    args[6] = "1".into(); // --epochs 1
+    ok(bin().args(&args).output().unwrap());
+    // One more epoch, as the NaN test does it, with the data somewhere else now.
+    let cfg_path = run.join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("epochs = 1", "epochs = 2");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let moved = tmp.path().join("moved.bin");
+    std::fs::rename(&train, &moved).unwrap();
+    let out = bin().args(["train", "--resume"]).arg(&run).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "the old path is gone");
+    ok(bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&moved).output().unwrap());
+    assert_eq!(losses(&run).len(), 40, "2 epochs x 20 steps");
+    assert!(std::fs::read_to_string(&cfg_path).unwrap().contains("moved.bin"), "the saved config follows the data");
+    // Other data: 320 images instead of 640.
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("epochs = 2", "epochs = 3");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let other = tmp.path().join("other.bin");
+    common::write_cifar(&other, CifarKind::Cifar10, 320, 10);
+    let out = bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&other).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("data.train") && err.contains("320") && err.contains("640"), "{err}");
+    assert!(std::fs::read_to_string(&cfg_path).unwrap().contains("moved.bin"), "a refused resume changes nothing");
+}
+
 #[test]
 fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let (tmp, train, test) = data();
