@@ -316,6 +316,54 @@ fn save_checkpoint(
     checkpoint::save(run_dir, &net.vs, opt, pos, &refs, cfg.run.keep_checkpoints)
 }
 
+/// Resumes from the run's latest checkpoint: weights, optimiser, EMA target and memory bank
+/// state; returns the position to continue from. The training data must be the run's (same
+/// number of images); when it was passed at a new place, the saved config follows it.
+fn restore(
+    cfg: &Config,
+    net: &mut Network,
+    opt: &mut Sgd,
+    memory: &mut Option<MemoryBank>,
+    train_images: usize,
+    lead: bool,
+) -> Result<Position> {
+    let run_dir = &cfg.run.out_dir;
+    let ckpt = checkpoint::latest(run_dir)?.ok_or_else(|| Error::data(run_dir, "no checkpoint to resume from"))?;
+    let saved = checkpoint::load_position(&ckpt)?;
+    if saved.train_images != 0 && saved.train_images != train_images {
+        return Err(Error::config(format!(
+            "data.train: {train_images} training images now, {} when the run started: a resume needs the same training data",
+            saved.train_images
+        )));
+    }
+    checkpoint::load_model(&mut net.vs, &ckpt)?;
+    opt.load(&ckpt.join("optim.safetensors"))?;
+    let state = checkpoint::load_extra(&ckpt)?;
+    if let Some(e) = net.ema.as_mut() {
+        for (n, mut t) in e.vs.variables() {
+            let src = state.get(&format!("ema.{n}")).ok_or_else(|| {
+                Error::data(&ckpt, format!("the EMA target's `{n}` is missing from state.safetensors"))
+            })?;
+            tch::no_grad(|| t.copy_(src));
+        }
+    }
+    if let Some(bank) = memory.as_mut() {
+        let missing = || Error::data(&ckpt, "the memory bank (state.safetensors) is missing");
+        bank.eta = state.get("memory.eta").ok_or_else(missing)?.to_device(bank.eta.device());
+        bank.seen = state.get("memory.seen").ok_or_else(missing)?.to_device(bank.seen.device());
+    }
+    if lead {
+        let cfg_path = run_dir.join("config.toml");
+        let mut saved_cfg = Config::load(&cfg_path)?;
+        if saved_cfg.data.train != cfg.data.train || saved_cfg.data.test != cfg.data.test {
+            (saved_cfg.data.train, saved_cfg.data.test) = (cfg.data.train.clone(), cfg.data.test.clone());
+            checkpoint::write_atomic(&cfg_path, saved_cfg.to_toml().as_bytes())?;
+        }
+        eprintln!("resuming from {} (epoch {}, step {})", ckpt.display(), saved.epoch, saved.global_step);
+    }
+    Ok(Position { train_images, ..saved })
+}
+
 /// Loads the train and (optional) test stores named by the config.
 pub fn load_data(cfg: &Config) -> Result<(ImageStore, Option<ImageStore>)> {
     let d = &cfg.data;
@@ -569,14 +617,14 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         // Let cuDNN pick the fastest convolution algorithms for these fixed shapes.
         tch::Cuda::cudnn_set_benchmark(cfg.run.cudnn_benchmark);
     }
-    let train_dev = train_store.to_device(device)?;
-    let test_dev = test_store.as_ref().map(|t| t.to_device(device)).transpose()?;
-
     if cfg.monitor.online_probe_lr > 0.0 && !train_store.labelled() {
         return Err(Error::config(
             "monitor.online_probe_lr: the online probe needs labelled training data (class folders); set it to 0",
         ));
     }
+    let train_dev = train_store.to_device(device)?;
+    let test_dev = test_store.as_ref().map(|t| t.to_device(device)).transpose()?;
+
     // The kNN monitor needs classes on both sides; unlabelled data still gets the others.
     let knn_on = test_store.as_ref().is_some_and(|t| t.labelled() && train_store.labelled());
     if test_store.is_some() && !knn_on && lead {
@@ -605,48 +653,11 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
 
     let mut memory = (cfg.objective.target == Target::Memory || cfg.objective.online == Online::Oracle)
         .then(|| MemoryBank::new(train_store.len() as i64, cfg.model.dim, cfg.objective.memory_momentum, device));
-    let mut pos = Position { train_images: train_store.len(), ..Position::default() };
-    if control.resume {
-        let ckpt =
-            checkpoint::latest(&run_dir)?.ok_or_else(|| Error::data(&run_dir, "no checkpoint to resume from"))?;
-        checkpoint::load_model(&mut net.vs, &ckpt)?;
-        opt.load(&ckpt.join("optim.safetensors"))?;
-        let saved = checkpoint::load_position(&ckpt)?;
-        if saved.train_images != 0 && saved.train_images != train_store.len() {
-            return Err(Error::config(format!(
-                "data.train: {} training images now, {} when the run started: a resume needs the same training data",
-                train_store.len(),
-                saved.train_images
-            )));
-        }
-        pos = Position { train_images: train_store.len(), ..saved };
-        // Resumed with the data moved (`--resume RUN --data NEW`): now that it is checked to be
-        // the run's, the saved config follows it, so that later resumes find it too.
-        if lead {
-            let mut saved_cfg = Config::load(&cfg_path)?;
-            if saved_cfg.data.train != cfg.data.train || saved_cfg.data.test != cfg.data.test {
-                (saved_cfg.data.train, saved_cfg.data.test) = (cfg.data.train.clone(), cfg.data.test.clone());
-                checkpoint::write_atomic(&cfg_path, saved_cfg.to_toml().as_bytes())?;
-            }
-        }
-        let state = checkpoint::load_extra(&ckpt)?;
-        if let Some(e) = net.ema.as_mut() {
-            for (n, mut t) in e.vs.variables() {
-                let src = state.get(&format!("ema.{n}")).ok_or_else(|| {
-                    Error::data(&ckpt, format!("the EMA target's `{n}` is missing from state.safetensors"))
-                })?;
-                tch::no_grad(|| t.copy_(src));
-            }
-        }
-        if let Some(bank) = memory.as_mut() {
-            let missing = || Error::data(&ckpt, "the memory bank (state.safetensors) is missing");
-            bank.eta = state.get("memory.eta").ok_or_else(missing)?.to_device(device);
-            bank.seen = state.get("memory.seen").ok_or_else(missing)?.to_device(device);
-        }
-        if lead {
-            eprintln!("resuming from {} (epoch {}, step {})", ckpt.display(), pos.epoch, pos.global_step);
-        }
-    }
+    let mut pos = if control.resume {
+        restore(cfg, &mut net, &mut opt, &mut memory, train_store.len(), lead)?
+    } else {
+        Position { train_images: train_store.len(), ..Position::default() }
+    };
     // DDP's start: every rank from rank 0's weights, then gradients averaged in every backward.
     let reducer = match &group {
         Some(g) => {
