@@ -65,6 +65,21 @@ fn ok(out: Output) -> String {
     text
 }
 
+/// A user error: exit code 1 and an `error:` line, not a panic. Returns stderr.
+fn user_error(out: Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!((err.starts_with("error: ") || err.contains("\nerror: ")) && !err.contains("panicked"), "{err}");
+    err
+}
+
+/// [`train_args`] for a 1-epoch run.
+fn one_epoch_args(train: &Path, test: &Path, out: &Path) -> Vec<String> {
+    let mut a = train_args(train, test, out);
+    a[6] = "1".into(); // --epochs 1
+    a
+}
+
 #[test]
 fn interrupted_run_resumes_to_the_same_loss_curve() {
     let (tmp, train, test) = data();
@@ -132,14 +147,11 @@ fn trains_on_a_folder_of_unlabelled_images() {
         common::save_rgb(&loose.join(format!("{i:03}.jpg")), 40, 36, i);
     }
     let run = tmp.path().join("u");
-    let mut args = train_args(&loose, &test, &run);
-    args[6] = "1".into(); // --epochs 1
+    let args = one_epoch_args(&loose, &test, &run);
     let text = ok(bin().args(&args).output().unwrap());
     assert!(text.contains("unlabelled") && text.contains("kNN monitor off"), "{text}");
     assert_eq!(losses(&run).len(), 2, "64 images, batch 32");
-    let out = bin().args(["eval", "knn"]).arg(&run).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = user_error(bin().args(["eval", "knn"]).arg(&run).output().unwrap());
     assert!(err.contains("--data") && err.contains("no class folders"), "{err}");
 }
 
@@ -149,8 +161,7 @@ fn trains_on_a_folder_of_unlabelled_images() {
 fn resume_finds_moved_data_and_refuses_other_data() {
     let (tmp, train, test) = data();
     let run = tmp.path().join("r");
-    let mut args = train_args(&train, &test, &run);
-    args[6] = "1".into(); // --epochs 1
+    let args = one_epoch_args(&train, &test, &run);
     ok(bin().args(&args).output().unwrap());
     // One more epoch, as the NaN test does it, with the data somewhere else now.
     let cfg_path = run.join("config.toml");
@@ -158,8 +169,7 @@ fn resume_finds_moved_data_and_refuses_other_data() {
     std::fs::write(&cfg_path, cfg).unwrap();
     let moved = tmp.path().join("moved.bin");
     std::fs::rename(&train, &moved).unwrap();
-    let out = bin().args(["train", "--resume"]).arg(&run).output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "the old path is gone");
+    user_error(bin().args(["train", "--resume"]).arg(&run).output().unwrap()); // the old path is gone
     ok(bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&moved).output().unwrap());
     assert_eq!(losses(&run).len(), 40, "2 epochs x 20 steps");
     assert!(std::fs::read_to_string(&cfg_path).unwrap().contains("moved.bin"), "the saved config follows the data");
@@ -168,9 +178,7 @@ fn resume_finds_moved_data_and_refuses_other_data() {
     std::fs::write(&cfg_path, cfg).unwrap();
     let other = tmp.path().join("other.bin");
     common::write_cifar(&other, CifarKind::Cifar10, 320, 10);
-    let out = bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&other).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = user_error(bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&other).output().unwrap());
     assert!(err.contains("data.train") && err.contains("320") && err.contains("640"), "{err}");
     assert!(std::fs::read_to_string(&cfg_path).unwrap().contains("moved.bin"), "a refused resume changes nothing");
 }
@@ -179,8 +187,7 @@ fn resume_finds_moved_data_and_refuses_other_data() {
 fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let (tmp, train, test) = data();
     let run = tmp.path().join("nan");
-    let mut args = train_args(&train, &test, &run);
-    args[6] = "1".into(); // --epochs 1
+    let args = one_epoch_args(&train, &test, &run);
     ok(bin().args(&args).output().unwrap());
     let good = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     // Continue for two more epochs with an lr that makes the weights overflow.
@@ -190,9 +197,7 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         .replace("epochs = 1", "epochs = 3")
         .replace("base_lr = 0.3", "base_lr = 1e38");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let out = bin().args(["train", "--resume", run.to_str().unwrap()]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = user_error(bin().args(["train", "--resume", run.to_str().unwrap()]).output().unwrap());
     assert!(err.contains("non-finite loss") && err.contains(good.trim()), "{err}");
     assert_eq!(
         std::fs::read_to_string(run.join("checkpoints/latest")).unwrap(),
@@ -243,26 +248,18 @@ fn bad_flags_are_clear_errors_not_panics() {
     for (extra, want) in cases {
         let mut args = train_args(&train, &test, &run);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let out = bin().args(&args).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
-        assert!(err.starts_with("error: ") || err.contains("\nerror: "), "{err}");
-        assert!(err.contains(want) && !err.contains("panicked"), "{extra:?}: {err}");
+        let err = user_error(bin().args(&args).output().unwrap());
+        assert!(err.contains(want), "{extra:?}: {err}");
     }
     // Commands on a run folder: the file at fault, its OS error said once; bad `--k`, `--t`.
-    let out = bin().args(["eval", "knn"]).arg(tmp.path().join("none")).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = user_error(bin().args(["eval", "knn"]).arg(tmp.path().join("none")).output().unwrap());
     assert!(err.contains("not a run folder") && err.contains("config.toml"), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
-    let mut args = train_args(&train, &test, &run);
-    args[6] = "1".into(); // --epochs 1
+    let args = one_epoch_args(&train, &test, &run);
     ok(bin().args(&args).output().unwrap());
     for (flags, want) in [(&["--k", "0"][..], "--k"), (&["--t", "0"], "--t"), (&["--t=-1"], "--t")] {
-        let out = bin().args(["eval", "knn"]).arg(&run).args(flags).output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
-        assert!(err.contains(want) && !err.contains("panicked"), "{flags:?}: {err}");
+        let err = user_error(bin().args(["eval", "knn"]).arg(&run).args(flags).output().unwrap());
+        assert!(err.contains(want), "{flags:?}: {err}");
     }
 }
 
@@ -362,8 +359,7 @@ fn step_computed_targets_train_end_to_end() {
         ),
     ] {
         let out = tmp.path().join(name);
-        let mut args = train_args(&train, &test, &out);
-        args[6] = "1".into(); // --epochs 1
+        let mut args = one_epoch_args(&train, &test, &out);
         for s in sets {
             args.push("--set".into());
             args.push(s.to_string());
@@ -411,8 +407,7 @@ fn step_computed_targets_train_end_to_end() {
 fn analyse_measures_a_checkpoint() {
     let (tmp, train, test) = data();
     let run = tmp.path().join("a");
-    let mut args = train_args(&train, &test, &run);
-    args[6] = "1".into(); // --epochs 1
+    let args = one_epoch_args(&train, &test, &run);
     ok(bin().args(&args).output().unwrap());
     let text = ok(bin()
         .args(["analyse", "all", run.to_str().unwrap(), "--n", "40", "--k", "3", "--sizes", "10,40"])
