@@ -73,6 +73,14 @@ fn user_error(out: Output) -> String {
     err
 }
 
+/// Edits a finished run's saved config (each `(from, to)` replaced), e.g. for more epochs on
+/// `--resume`.
+fn edit_config(run: &Path, edits: &[(&str, &str)]) {
+    let path = run.join("config.toml");
+    let text = edits.iter().fold(std::fs::read_to_string(&path).unwrap(), |t, (a, b)| t.replace(a, b));
+    std::fs::write(&path, text).unwrap();
+}
+
 /// [`train_args`] for a 1-epoch run.
 fn one_epoch_args(train: &Path, test: &Path, out: &Path) -> Vec<String> {
     let mut a = train_args(train, test, out);
@@ -163,10 +171,9 @@ fn resume_finds_moved_data_and_refuses_other_data() {
     let run = tmp.path().join("r");
     let args = one_epoch_args(&train, &test, &run);
     ok(bin().args(&args).output().unwrap());
-    // One more epoch, as the NaN test does it, with the data somewhere else now.
+    // One more epoch, with the data somewhere else now.
     let cfg_path = run.join("config.toml");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("epochs = 1", "epochs = 2");
-    std::fs::write(&cfg_path, cfg).unwrap();
+    edit_config(&run, &[("epochs = 1", "epochs = 2")]);
     let moved = tmp.path().join("moved.bin");
     std::fs::rename(&train, &moved).unwrap();
     user_error(bin().args(["train", "--resume"]).arg(&run).output().unwrap()); // the old path is gone
@@ -174,8 +181,7 @@ fn resume_finds_moved_data_and_refuses_other_data() {
     assert_eq!(losses(&run).len(), 40, "2 epochs x 20 steps");
     assert!(std::fs::read_to_string(&cfg_path).unwrap().contains("moved.bin"), "the saved config follows the data");
     // Other data: 320 images instead of 640.
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("epochs = 2", "epochs = 3");
-    std::fs::write(&cfg_path, cfg).unwrap();
+    edit_config(&run, &[("epochs = 2", "epochs = 3")]);
     let other = tmp.path().join("other.bin");
     common::write_cifar(&other, CifarKind::Cifar10, 320, 10);
     let err = user_error(bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&other).output().unwrap());
@@ -191,12 +197,7 @@ fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     ok(bin().args(&args).output().unwrap());
     let good = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     // Continue for two more epochs with an lr that makes the weights overflow.
-    let cfg_path = run.join("config.toml");
-    let cfg = std::fs::read_to_string(&cfg_path)
-        .unwrap()
-        .replace("epochs = 1", "epochs = 3")
-        .replace("base_lr = 0.3", "base_lr = 1e38");
-    std::fs::write(&cfg_path, cfg).unwrap();
+    edit_config(&run, &[("epochs = 1", "epochs = 3"), ("base_lr = 0.3", "base_lr = 1e38")]);
     let err = user_error(bin().args(["train", "--resume", run.to_str().unwrap()]).output().unwrap());
     assert!(err.contains("non-finite loss") && err.contains(good.trim()), "{err}");
     assert_eq!(
