@@ -165,6 +165,32 @@ impl CudaHelper {
     }
 }
 
+/// A handle the CUDA helper made, released on drop by the helper call that undoes it
+/// (`graph_free`, `stream_exit`, `stream_pop`, `event_free`, ...).
+pub(crate) struct Owned<R> {
+    raw: Option<R>,
+    release: fn(&CudaHelper, R),
+    pub(crate) helper: &'static CudaHelper,
+}
+
+impl<R> Owned<R> {
+    pub(crate) fn new(raw: R, helper: &'static CudaHelper, release: fn(&CudaHelper, R)) -> Owned<R> {
+        Owned { raw: Some(raw), release, helper }
+    }
+
+    pub(crate) fn get(&self) -> &R {
+        self.raw.as_ref().expect("released only on drop")
+    }
+}
+
+impl<R> Drop for Owned<R> {
+    fn drop(&mut self) {
+        if let Some(r) = self.raw.take() {
+            (self.release)(self.helper, r);
+        }
+    }
+}
+
 /// A CUDA graph the helper made (`csrc/cuda.cpp`), freed with [`CudaHelper::graph_free`].
 pub(crate) struct RawGraph(*mut c_void);
 

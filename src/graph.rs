@@ -11,7 +11,7 @@
 //! other than the default one: while a graph is wanted, all of the loop's work (warm-up,
 //! augmentation, capture, replays, monitors) runs on one such stream, as PyTorch advises
 //! (warm-up on the capture's stream), so no two streams ever share a tensor.
-use crate::device::{CudaHelper, RawGraph, RawStream};
+use crate::device::{CudaHelper, Owned, RawGraph, RawStream};
 use crate::error::{Error, Result};
 use crate::model::SimSiam;
 use crate::objective::Objective;
@@ -24,45 +24,15 @@ use tch::{Device, Kind, Tensor};
 pub const WARMUP_STEPS: usize = 3;
 
 /// A captured graph (`csrc/cuda.cpp`), freed on drop.
-struct Graph {
-    raw: Option<RawGraph>,
-    helper: &'static CudaHelper,
-}
-
-impl Graph {
-    fn raw(&self) -> &RawGraph {
-        self.raw.as_ref().expect("freed only on drop")
-    }
-}
-
-impl Drop for Graph {
-    fn drop(&mut self) {
-        if let Some(g) = self.raw.take() {
-            self.helper.graph_free(g);
-        }
-    }
-}
+type Graph = Owned<RawGraph>;
 
 /// A pool stream current on its device while this lives (`csrc/cuda.cpp`); dropping it waits
 /// for the stream's work and restores the previous stream.
-struct SideStream {
-    raw: Option<RawStream>,
-    helper: &'static CudaHelper,
-}
+type SideStream = Owned<RawStream>;
 
-impl SideStream {
-    fn enter(device: usize) -> std::result::Result<SideStream, String> {
-        let helper = crate::device::cuda_helper()?;
-        Ok(SideStream { raw: Some(helper.stream_enter(device)?), helper })
-    }
-}
-
-impl Drop for SideStream {
-    fn drop(&mut self) {
-        if let Some(s) = self.raw.take() {
-            self.helper.stream_exit(s);
-        }
-    }
+fn enter_side_stream(device: usize) -> std::result::Result<SideStream, String> {
+    let helper = crate::device::cuda_helper()?;
+    Ok(Owned::new(helper.stream_enter(device)?, helper, CudaHelper::stream_exit))
 }
 
 /// One step captured on its own static inputs and outputs.
@@ -93,12 +63,12 @@ impl CapturedStep {
         let device = views[0].device();
         opt.lr_tensors = Some(opt.lrs.iter().map(|&lr| Tensor::full([], lr, (Kind::Float, device))).collect());
         let inputs: Vec<Tensor> = views.iter().map(|v| v.copy()).collect();
-        let graph = Graph { raw: Some(helper.graph_begin().map_err(capture_error)?), helper };
+        let graph = Owned::new(helper.graph_begin().map_err(capture_error)?, helper, CudaHelper::graph_free);
         // A failed op panics in tch; the capture must still be ended, or the stream stays in capture.
         let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             step(model, objective, opt, &inputs, StepTargets::default(), None)
         }));
-        let ended = helper.graph_end(graph.raw()).map_err(capture_error);
+        let ended = helper.graph_end(graph.get()).map_err(capture_error);
         let out = match recorded {
             Ok(out) => out,
             Err(panic) => {
@@ -139,7 +109,7 @@ impl CapturedStep {
                 }
             }
         });
-        self.graph.helper.graph_replay(self.graph.raw()).map_err(capture_error)?;
+        self.graph.helper.graph_replay(self.graph.get()).map_err(capture_error)?;
         let o = &self.out;
         Ok(StepOut {
             loss: o.loss.shallow_clone(),
@@ -177,7 +147,7 @@ impl Stepper {
         };
         match (wanted, device) {
             (false, _) => Stepper { state: State::Eager, stream: None },
-            (true, Device::Cuda(i)) => match SideStream::enter(i) {
+            (true, Device::Cuda(i)) => match enter_side_stream(i) {
                 Ok(s) => Stepper { state: State::WarmingUp(0), stream: Some(s) },
                 Err(e) => eager(format!("no side stream ({e})")),
             },

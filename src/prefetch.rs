@@ -13,7 +13,7 @@
 //! The train loop seeds every step's augmentation from (seed, step), so the views do not depend
 //! on when they are made. On the CPU (no streams) they are made one step early, in the order a
 //! GPU makes them, which lets the CPU tests check that ordering.
-use crate::device::{CudaHelper, PoolStream, RawEvent, StreamGuard};
+use crate::device::{CudaHelper, Owned, PoolStream, RawEvent};
 use crate::error::{Error, Result};
 use tch::{Device, Tensor};
 
@@ -23,57 +23,26 @@ fn prefetch_error(msg: impl std::fmt::Display) -> Error {
 
 /// A second stream of one device, for the views made ahead.
 struct Side {
-    stream: Option<PoolStream>,
+    stream: Owned<PoolStream>,
     device: usize,
-    helper: &'static CudaHelper,
 }
 
 impl Side {
     fn new(device: usize) -> std::result::Result<Side, String> {
         let helper = crate::device::cuda_helper()?;
-        Ok(Side { stream: Some(helper.stream_new(device)?), device, helper })
+        Ok(Side { stream: Owned::new(helper.stream_new(device)?, helper, CudaHelper::stream_free), device })
     }
 
     /// Runs `f` with this stream current, after the work queued so far on the current one;
     /// returns `f`'s result and an event that marks its work done.
-    fn run<T>(&self, f: impl FnOnce() -> T) -> Result<(T, Event)> {
-        struct Current<'a>(&'a Side, Option<StreamGuard>);
-        impl Drop for Current<'_> {
-            // Also on a panic in `f`: the previous stream must be current again.
-            fn drop(&mut self) {
-                if let Some(g) = self.1.take() {
-                    self.0.helper.stream_pop(g);
-                }
-            }
-        }
-        let stream = self.stream.as_ref().expect("freed only on drop");
-        let current = Current(self, Some(self.helper.stream_push(stream).map_err(prefetch_error)?));
+    fn run<T>(&self, f: impl FnOnce() -> T) -> Result<(T, Owned<RawEvent>)> {
+        let h = self.stream.helper;
+        // Popped when dropped, also on a panic in `f`: the previous stream is current again.
+        let current = Owned::new(h.stream_push(self.stream.get()).map_err(prefetch_error)?, h, CudaHelper::stream_pop);
         let out = f();
-        let done = self.helper.event_record(self.device).map_err(prefetch_error)?;
+        let done = h.event_record(self.device).map_err(prefetch_error)?;
         drop(current);
-        Ok((out, Event { raw: Some(done), helper: self.helper }))
-    }
-}
-
-impl Drop for Side {
-    fn drop(&mut self) {
-        if let Some(s) = self.stream.take() {
-            self.helper.stream_free(s);
-        }
-    }
-}
-
-/// An event on the second stream, freed on drop.
-struct Event {
-    raw: Option<RawEvent>,
-    helper: &'static CudaHelper,
-}
-
-impl Drop for Event {
-    fn drop(&mut self) {
-        if let Some(e) = self.raw.take() {
-            self.helper.event_free(e);
-        }
+        Ok((out, Owned::new(done, h, CudaHelper::event_free)))
     }
 }
 
@@ -82,7 +51,7 @@ struct Ahead {
     key: usize,
     views: Vec<Tensor>,
     /// Their work's end on the second stream (GPU only).
-    done: Option<Event>,
+    done: Option<Owned<RawEvent>>,
 }
 
 /// Makes each step's views one step ahead (`run.prefetch`), or, when off, when they are taken.
@@ -123,9 +92,8 @@ impl Prefetcher {
         match self.ahead.take() {
             Some(a) if a.key == key => {
                 if let (Some(side), Some(done)) = (&self.side, &a.done) {
-                    let h = side.helper;
-                    h.event_wait(done.raw.as_ref().expect("freed only on drop"), side.device)
-                        .map_err(prefetch_error)?;
+                    let h = done.helper;
+                    h.event_wait(done.get(), side.device).map_err(prefetch_error)?;
                     for v in &a.views {
                         h.record_stream(v).map_err(prefetch_error)?;
                     }
