@@ -195,11 +195,35 @@ pub struct Outcome {
     pub arms: Vec<ArmResult>,
     /// (ordering, held?)
     pub orders: Vec<(String, Option<bool>)>,
+    /// Over the finished arms; the claim is judged only once `pending` is empty.
     pub held: bool,
+    /// Arms not trained yet (`--arms` chose others).
+    #[serde(default)]
+    pub pending: Vec<String>,
 }
 
-/// Trains (or resumes, or skips) every arm, then writes the report. Returns the outcome.
-pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl) -> Result<Outcome> {
+impl Outcome {
+    /// "held", "did not hold", or "pending (N arms to train)".
+    pub fn verdict(&self) -> String {
+        match (self.pending.len(), self.held) {
+            (0, true) => "held".into(),
+            (0, false) => "did not hold".into(),
+            (n, _) => format!("is not judged yet ({n} arm(s) to train: {})", self.pending.join(", ")),
+        }
+    }
+}
+
+/// Trains (or resumes, or skips when finished) every arm, or only the arms named in `only`
+/// (the others wait for a later call), then writes the report. Returns the outcome.
+pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl, only: &[String]) -> Result<Outcome> {
+    if let Some(bad) = only.iter().find(|n| !exp.arms.iter().any(|a| &a.name == *n)) {
+        let names: Vec<&str> = exp.arms.iter().map(|a| a.name.as_str()).collect();
+        return Err(Error::config(format!(
+            "--arms: experiment {} has no arm {bad:?} (its arms: {})",
+            exp.name,
+            names.join(", ")
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Every arm's config first, so that an override no arm can take (e.g. `--epochs` at or
     // below an arm's warm-up) fails before any training, not after the earlier arms.
@@ -207,7 +231,13 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl)
         exp.arm_config(arm, out, extra)?;
     }
     let mut arms = Vec::new();
+    let mut pending = Vec::new();
     for arm in &exp.arms {
+        let finished = exp.arm_config(arm, out, extra)?.run.out_dir.join("summary.json").is_file();
+        if !finished && !only.is_empty() && !only.contains(&arm.name) {
+            pending.push(arm.name.clone());
+            continue;
+        }
         let mut extra = extra.to_vec();
         if let Some(prev) = &arm.start_from {
             let ckpt = checkpoint::latest(&out.join(prev))?.ok_or_else(|| {
@@ -270,6 +300,7 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl)
         arms,
         orders,
         held,
+        pending,
     };
     write_report(exp, out, &outcome)?;
     Ok(outcome)
@@ -334,7 +365,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
         md_plots.push_str(&format!("![{}](plots/{}.png)\n", f.title, f.stem));
     }
     let mut md = String::new();
-    let verdict_line = if outcome.held { "**held**" } else { "**did not hold**" };
+    let verdict_line = format!("**{}**", outcome.verdict());
     let _ = writeln!(
         md,
         "# {}\n\n**Claim.** {}\n\n**Source.** {}\n\n**Paper.** {}\n\n**Here:** the claim {verdict_line}.\n",
@@ -442,7 +473,11 @@ pub fn summarise(root: &Path) -> Result<String> {
             o.source.replace('|', "/"),
             o.paper.replace('|', "/"),
             ours.join("; "),
-            if o.held { "**agree**" } else { "**disagree**" }
+            match (o.pending.is_empty(), o.held) {
+                (false, _) => "pending",
+                (true, true) => "**agree**",
+                (true, false) => "**disagree**",
+            }
         );
     }
     Ok(md)

@@ -36,6 +36,10 @@ enum Cmd {
         /// Output folder (default runs/experiments/NAME); arms already finished there are skipped.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Train only these arms now (comma-separated); the report covers every finished arm
+        /// and judges the claim once all have run.
+        #[arg(long, value_delimiter = ',', value_name = "ARM,...")]
+        arms: Vec<String>,
         #[command(flatten)]
         over: Overrides,
     },
@@ -150,8 +154,8 @@ struct Overrides {
     /// Override any field: `--set optim.base_lr=0.05 --set model.arch=resnet34`.
     #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
     sets: Vec<String>,
-    /// Training data (= data.train): a .tar/.tar.gz of class folders, a folder of class folders,
-    /// or CIFAR binary batches.
+    /// Training data (= data.train): a .tar/.tar.gz of class folders (or of loose images:
+    /// unlabelled), a folder of either, or CIFAR binary batches.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Held-out data for the kNN monitor (= data.test).
@@ -490,18 +494,13 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Experiment { name, out, over, .. } => {
+        Cmd::Experiment { name, out, arms, over, .. } => {
             let exp = simsiam::experiment::Experiment::find(name.as_deref().expect("clap requires it"))?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(&exp.name));
             let control =
                 interruptible(RunControl { progress: std::io::stderr().is_terminal(), ..Default::default() })?;
-            let o = simsiam::experiment::run(&exp, &out, &over.to_sets(), &control)?;
-            println!(
-                "{}: the claim {}; report: {}",
-                exp.name,
-                if o.held { "held" } else { "did not hold" },
-                out.join("report.md").display()
-            );
+            let o = simsiam::experiment::run(&exp, &out, &over.to_sets(), &control, &arms)?;
+            println!("{}: the claim {}; report: {}", exp.name, o.verdict(), out.join("report.md").display());
             Ok(())
         }
         Cmd::Hypotheses { runs, experiments, out } => {

@@ -296,8 +296,18 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
         }
         a
     };
+    // One arm first (`--arms`): reported, the claim not judged until the other has run.
+    let first = ok(bin().args(args(&out)).args(["--arms", "simsiam"]).output().unwrap());
+    assert!(first.contains("not judged yet (1 arm(s) to train: no-stop-grad)"), "{first}");
+    assert!(!out.join("no-stop-grad/summary.json").exists());
+    let table = ok(bin().args(["experiment", "--summary", tmp.path().to_str().unwrap()]).output().unwrap());
+    assert!(table.contains("| pending |"), "{table}");
+    let err = user_error(bin().args(args(&out)).args(["--arms", "nope"]).output().unwrap());
+    assert!(err.contains("--arms") && err.contains("\"nope\"") && err.contains("no-stop-grad"), "{err}");
+    // Then the rest: the finished arm is skipped, the claim judged.
     let text = ok(bin().args(args(&out)).output().unwrap());
-    assert!(text.contains("stop-gradient: the claim"), "{text}");
+    assert_eq!(text.matches("finished earlier, skipped").count(), 1, "{text}");
+    assert!(text.contains("stop-gradient: the claim ") && !text.contains("not judged"), "{text}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| simsiam | Healthy |") || md.contains("| simsiam | Healthy | "), "{md}");
     assert!(md.contains("| no-stop-grad | Collapsed |"), "{md}");
