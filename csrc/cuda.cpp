@@ -44,39 +44,8 @@ void ss_cuda_reset_peak(int device) {
   c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
 }
 
-/// A stream from the pool made current on its device (capture needs a stream other than the
-/// default one, and the warm-up before it, the capture and every replay share it).
-struct SsStream {
-  c10::cuda::CUDAStreamGuard guard;
-  explicit SsStream(c10::cuda::CUDAStream s) : guard(s) {}
-};
-
-/// Waits for all queued work, then makes a pool stream `device`'s current one (for this
-/// thread) until `ss_cuda_stream_exit`. Returns it, or null with `*err` set.
-void* ss_cuda_stream_enter(int device, char** err) {
-  try {
-    c10::cuda::device_synchronize();
-    return new SsStream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, static_cast<c10::DeviceIndex>(device)));
-  } catch (const std::exception& e) {
-    *err = strdup(e.what());
-  } catch (...) {
-    *err = strdup("unknown C++ exception choosing a CUDA stream");
-  }
-  return nullptr;
-}
-
-/// Waits for the stream's work, then restores the stream that was current before.
-void ss_cuda_stream_exit(void* stream) {
-  auto* s = static_cast<SsStream*>(stream);
-  try {
-    s->guard.current_stream().synchronize();
-  } catch (...) {
-  }
-  delete s;
-}
-
 /// Starts capturing the current stream's work (not the default stream: see
-/// `ss_cuda_stream_enter`) into a new graph: until `ss_cuda_graph_end`, kernels are recorded,
+/// `ss_cuda_stream_push`) into a new graph: until `ss_cuda_graph_end`, kernels are recorded,
 /// not run. Returns the graph, or null with `*err` set.
 void* ss_cuda_graph_begin(char** err) {
   auto* g = new at::cuda::CUDAGraph();
@@ -116,8 +85,9 @@ void ss_cuda_graph_replay(void* graph, char** err) {
 
 void ss_cuda_graph_free(void* graph) { delete static_cast<at::cuda::CUDAGraph*>(graph); }
 
-// Overlap (`src/prefetch.rs`): work queued on a second stream, ordered against the current one
-// with events. Unlike `ss_cuda_stream_enter`, nothing here waits on the host.
+// Streams other than the default one: the CUDA graph's (`src/graph.rs`, capture needs one) and
+// the prefetched views' (`src/prefetch.rs`), ordered against each other with events; nothing
+// here waits on the host.
 
 /// A stream from the pool of `device`, not made current. Returns it, or null with `*err` set.
 void* ss_cuda_stream_new(int device, char** err) {

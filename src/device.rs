@@ -68,8 +68,6 @@ pub struct CudaHelper {
     pub nccl_new: crate::dist::NcclFactory,
     peak_allocated: unsafe extern "C" fn(device: c_int) -> i64,
     reset_peak: unsafe extern "C" fn(device: c_int),
-    stream_enter: unsafe extern "C" fn(device: c_int, err: *mut *mut c_char) -> *mut c_void,
-    stream_exit: unsafe extern "C" fn(stream: *mut c_void),
     graph_begin: unsafe extern "C" fn(err: *mut *mut c_char) -> *mut c_void,
     graph_end: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
     graph_replay: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
@@ -92,17 +90,6 @@ impl CudaHelper {
 
     pub fn reset_peak(&self, device: usize) {
         unsafe { (self.reset_peak)(device as c_int) }
-    }
-
-    /// Waits for all queued work and makes a stream other than the default one current on
-    /// `device` (for this thread) until [`CudaHelper::stream_exit`].
-    pub(crate) fn stream_enter(&self, device: usize) -> std::result::Result<RawStream, String> {
-        crate::ffi::call(|err| unsafe { (self.stream_enter)(device as c_int, err) }).map(RawStream)
-    }
-
-    /// Waits for the stream's work and makes the previous stream current again.
-    pub(crate) fn stream_exit(&self, stream: RawStream) {
-        unsafe { (self.stream_exit)(stream.0) }
     }
 
     /// Starts capturing the current (non-default) stream's work into a new CUDA graph.
@@ -166,7 +153,7 @@ impl CudaHelper {
 }
 
 /// A handle the CUDA helper made, released on drop by the helper call that undoes it
-/// (`graph_free`, `stream_exit`, `stream_pop`, `event_free`, ...).
+/// (`graph_free`, `stream_free`, `stream_pop`, `event_free`).
 pub(crate) struct Owned<R> {
     raw: Option<R>,
     release: fn(&CudaHelper, R),
@@ -193,9 +180,6 @@ impl<R> Drop for Owned<R> {
 
 /// A CUDA graph the helper made (`csrc/cuda.cpp`), freed with [`CudaHelper::graph_free`].
 pub(crate) struct RawGraph(*mut c_void);
-
-/// A stream made current by [`CudaHelper::stream_enter`], left with [`CudaHelper::stream_exit`].
-pub(crate) struct RawStream(*mut c_void);
 
 /// A pool stream made by [`CudaHelper::stream_new`], freed with [`CudaHelper::stream_free`].
 pub(crate) struct PoolStream(*mut c_void);
@@ -257,8 +241,6 @@ fn load_helper() -> std::result::Result<CudaHelper, String> {
             nccl_new: cast(sym(c"ss_c10d_nccl_new")?),
             peak_allocated: cast(sym(c"ss_cuda_peak_allocated")?),
             reset_peak: cast(sym(c"ss_cuda_reset_peak")?),
-            stream_enter: cast(sym(c"ss_cuda_stream_enter")?),
-            stream_exit: cast(sym(c"ss_cuda_stream_exit")?),
             graph_begin: cast(sym(c"ss_cuda_graph_begin")?),
             graph_end: cast(sym(c"ss_cuda_graph_end")?),
             graph_replay: cast(sym(c"ss_cuda_graph_replay")?),

@@ -227,14 +227,15 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Every arm's config first, so that an override no arm can take (e.g. `--epochs` at or
     // below an arm's warm-up) fails before any training, not after the earlier arms.
-    for arm in &exp.arms {
-        exp.arm_config(arm, out, extra)?;
-    }
+    let summaries: Vec<PathBuf> = exp
+        .arms
+        .iter()
+        .map(|arm| Ok(exp.arm_config(arm, out, extra)?.run.out_dir.join("summary.json")))
+        .collect::<Result<_>>()?;
     let mut arms = Vec::new();
     let mut pending = Vec::new();
-    for arm in &exp.arms {
-        let finished = exp.arm_config(arm, out, extra)?.run.out_dir.join("summary.json").is_file();
-        if !finished && !only.is_empty() && !only.contains(&arm.name) {
+    for (arm, summary_path) in exp.arms.iter().zip(&summaries) {
+        if !summary_path.is_file() && !only.is_empty() && !only.contains(&arm.name) {
             pending.push(arm.name.clone());
             continue;
         }
@@ -252,14 +253,12 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
             ));
         }
         let cfg = exp.arm_config(arm, out, &extra)?;
-        let dir = cfg.run.out_dir.clone();
-        let summary_path = dir.join("summary.json");
         let summary: Summary = if summary_path.is_file() {
             eprintln!("[{}] {}: finished earlier, skipped", exp.name, arm.name);
-            let text = std::fs::read_to_string(&summary_path).map_err(|e| Error::io(&summary_path, e))?;
-            serde_json::from_str(&text).map_err(|e| Error::data(&summary_path, format!("not a run summary: {e}")))?
+            let text = std::fs::read_to_string(summary_path).map_err(|e| Error::io(summary_path, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::data(summary_path, format!("not a run summary: {e}")))?
         } else {
-            let resume = checkpoint::latest(&dir)?.is_some();
+            let resume = checkpoint::latest(&cfg.run.out_dir)?.is_some();
             eprintln!("[{}] {}: {}", exp.name, arm.name, if resume { "resuming" } else { "training" });
             train::train(&cfg, &RunControl { resume, ..control.clone() })?
         };

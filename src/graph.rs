@@ -8,10 +8,10 @@
 //! replay) and every scalar argument, which is why the optimiser reads its lr from a device
 //! tensor ([`Sgd::lr_tensors`]) and why steps with per-step inputs from outside (a memory bank,
 //! EOA or cached targets, labels, a gradient all-reduce) run eagerly. Capture needs a stream
-//! other than the default one: while a graph is wanted, all of the loop's work (warm-up,
-//! augmentation, capture, replays, monitors) runs on one such stream, as PyTorch advises
-//! (warm-up on the capture's stream), so no two streams ever share a tensor.
-use crate::device::{CudaHelper, Owned, RawGraph, RawStream};
+//! other than the default one: while a graph is wanted, the loop's work (warm-up, capture,
+//! replays, monitors, and the augmentation unless `run.prefetch` moves it to a stream of its
+//! own) runs on one such stream, as PyTorch advises (warm-up on the capture's stream).
+use crate::device::{CudaHelper, Owned, PoolStream, RawGraph, StreamGuard};
 use crate::error::{Error, Result};
 use crate::model::SimSiam;
 use crate::objective::Objective;
@@ -26,13 +26,35 @@ pub const WARMUP_STEPS: usize = 3;
 /// A captured graph (`csrc/cuda.cpp`), freed on drop.
 type Graph = Owned<RawGraph>;
 
-/// A pool stream current on its device while this lives (`csrc/cuda.cpp`); dropping it waits
-/// for the stream's work and restores the previous stream.
-type SideStream = Owned<RawStream>;
+/// A pool stream current on its device while this lives, ordered after the work queued so
+/// far on the stream that was current; dropped, that stream is current again and ordered after
+/// this one's work (device-side waits both ways, as PyTorch's `wait_stream`).
+struct SideStream {
+    /// Declared first: popped before the stream is released.
+    current: Option<Owned<StreamGuard>>,
+    stream: Owned<PoolStream>,
+    device: usize,
+}
 
-fn enter_side_stream(device: usize) -> std::result::Result<SideStream, String> {
-    let helper = crate::device::cuda_helper()?;
-    Ok(Owned::new(helper.stream_enter(device)?, helper, CudaHelper::stream_exit))
+impl SideStream {
+    fn enter(device: usize) -> std::result::Result<SideStream, String> {
+        let h = crate::device::cuda_helper()?;
+        let stream = Owned::new(h.stream_new(device)?, h, CudaHelper::stream_free);
+        let current = Owned::new(h.stream_push(stream.get())?, h, CudaHelper::stream_pop);
+        Ok(SideStream { current: Some(current), stream, device })
+    }
+}
+
+impl Drop for SideStream {
+    fn drop(&mut self) {
+        let h = self.stream.helper;
+        // Recorded while this stream is still current: the end of its work.
+        let done = h.event_record(self.device).map(|e| Owned::new(e, h, CudaHelper::event_free));
+        drop(self.current.take());
+        if let Err(e) = done.and_then(|e| h.event_wait(e.get(), self.device)) {
+            eprintln!("warning: run.cuda_graph: the default stream could not wait for the graph's stream ({e})");
+        }
+    }
 }
 
 /// One step captured on its own static inputs and outputs.
@@ -147,7 +169,7 @@ impl Stepper {
         };
         match (wanted, device) {
             (false, _) => Stepper { state: State::Eager, stream: None },
-            (true, Device::Cuda(i)) => match enter_side_stream(i) {
+            (true, Device::Cuda(i)) => match SideStream::enter(i) {
                 Ok(s) => Stepper { state: State::WarmingUp(0), stream: Some(s) },
                 Err(e) => eager(format!("no side stream ({e})")),
             },

@@ -131,14 +131,14 @@ pub fn centres(
     batch: i64,
 ) -> (Tensor, Tensor) {
     tch::no_grad(|| {
-        // Batch by batch, keeping only the means: the bank of every view is K times larger.
-        let mut parts = Vec::new();
+        // Batch by batch, keeping only the centres: the bank of every view is K times larger.
+        let (mut f_bars, mut rs) = (Vec::new(), Vec::new());
         views_by_batch(model, images, aug, k, train_bn, batch, |z, _| {
-            parts.push(z.mean_dim(&[1i64][..], false, Kind::Float))
+            let (f_bar, r) = centres_of(&z);
+            f_bars.push(f_bar);
+            rs.push(r);
         });
-        let f_bar = Tensor::cat(&parts, 0);
-        let r = f_bar.norm_scalaropt_dim(2.0, &[1i64][..], false);
-        (f_bar, r)
+        (Tensor::cat(&f_bars, 0), Tensor::cat(&rs, 0))
     })
 }
 

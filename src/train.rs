@@ -866,31 +866,31 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 let first = j * batch + rank * local_batch;
                 order.narrow(0, first as i64, local_batch as i64)
             };
+            // `n` views of this epoch's step j (j >= s), seeded by its global step.
+            let step_views = |j: usize, n: usize| {
+                tch::manual_seed(step_seed(cfg.run.seed, pos.global_step + j - s));
+                views(&aug, &train_dev.images.index_select(0, &batch_of(j)), n)
+            };
             let k = cfg.objective.alternation_k;
             if k > 1 && cache.is_empty() {
                 // Alternation, step 1 (eta^t <- F_theta^t(T'(x))): the views of the next k batches
                 // of this epoch and their projections with the current weights.
                 for j in s..(s + k).min(steps_per_epoch) {
-                    tch::manual_seed(step_seed(cfg.run.seed, pos.global_step + (j - s)));
-                    let xs = views(&aug, &train_dev.images.index_select(0, &batch_of(j)), 2);
+                    let xs = step_views(j, 2);
                     let bn = cfg.objective.alternation_bn_train;
                     let z = tch::no_grad(|| [net.model.encode(&xs[0], bn), net.model.encode(&xs[1], bn)]);
                     cache.push_back((xs, z));
                 }
             }
             let idx = batch_of(s);
-            // The views of this epoch's step j, seeded by its global step.
-            let step_views = |j: usize| {
-                tch::manual_seed(step_seed(cfg.run.seed, pos.global_step + j - s));
-                views(&aug, &train_dev.images.index_select(0, &batch_of(j)), objective.views())
-            };
+            let n_views = objective.views();
             let (xs, cached) = match cache.pop_front() {
                 Some((xs, z)) => (xs, Some(z)),
                 None => {
-                    let xs = prefetch.take(pos.global_step, || step_views(s))?;
+                    let xs = prefetch.take(pos.global_step, || step_views(s, n_views))?;
                     // `run.prefetch`: the next step's views, queued before this step.
                     if s + 1 < steps_per_epoch {
-                        prefetch.ahead(pos.global_step + 1, || step_views(s + 1))?;
+                        prefetch.ahead(pos.global_step + 1, || step_views(s + 1, n_views))?;
                     }
                     (xs, None)
                 }
