@@ -5,6 +5,7 @@
 // the simsiam binary does not link so that it runs on CPU-only machines; embedded in the binary
 // and loaded at run time (src/device.rs).
 #define USE_C10D_NCCL 1
+#include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -42,6 +43,15 @@ int64_t ss_cuda_peak_allocated(int device) {
 
 void ss_cuda_reset_peak(int device) {
   c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+}
+
+/// The device's total memory in bytes (`cudaDeviceProp::totalGlobalMem`), or -1 on error.
+int64_t ss_cuda_total_memory(int device) {
+  try {
+    return static_cast<int64_t>(at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(device))->totalGlobalMem);
+  } catch (...) {
+    return -1;
+  }
 }
 
 /// Starts capturing the current stream's work (not the default stream: see

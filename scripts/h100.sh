@@ -191,6 +191,12 @@ gap)
             --mode end-to-end --set run.cuda_graph=true --set run.prefetch=true --profile $R/prof-both-$b --profile-steps 3
     done
     printf '%s\n' gap_torchvision gap_lightly | xargs -P 2 -I{} bash "$0" task {}
+    # Last, alone again: what a host store (`data.store = "host"`: each batch gathered on the
+    # host and copied from pinned memory) costs end to end, beside the device store's figure.
+    for b in 512 1024; do
+        job bench-host-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
+            --mode end-to-end --set 'data.store="host"'
+    done
     log "all done"
     ;;
 blog)

@@ -307,6 +307,12 @@ impl Augmenter {
         }
     }
 
+    /// The device the views are made on (an input elsewhere, e.g. a host store's batch, is
+    /// copied there first).
+    pub fn device(&self) -> Device {
+        self.mean.device()
+    }
+
     /// One augmented view per image: uint8 `[B,H,W,3]` -> normalised float `[B,3,S,S]`.
     pub fn view(&self, images_u8: &Tensor) -> Tensor {
         self.views(images_u8, 1).swap_remove(0)
@@ -318,8 +324,9 @@ impl Augmenter {
     /// what one view costs.
     pub fn views(&self, images_u8: &Tensor, n: usize) -> Vec<Tensor> {
         let (b, _, _, _) = images_u8.size4().expect("[B,H,W,3]");
-        let many = if n == 1 { images_u8.shallow_clone() } else { images_u8.repeat([n as i64, 1, 1, 1]) };
-        self.augment(&many, self.draw(b, n as i64, images_u8.device())).chunk(n as i64, 0)
+        let images_u8 = images_u8.to_device(self.device());
+        let many = if n == 1 { images_u8 } else { images_u8.repeat([n as i64, 1, 1, 1]) };
+        self.augment(&many, self.draw(b, n as i64, self.device())).chunk(n as i64, 0)
     }
 
     /// The augmentation of a batch whose random parameters come from `draw`.
@@ -366,7 +373,7 @@ impl Augmenter {
 
     /// The evaluation view: no augmentation, only scaling and normalisation.
     pub fn eval_view(&self, images_u8: &Tensor) -> Tensor {
-        normalize(&to_float(images_u8), &self.mean, &self.std)
+        normalize(&to_float(&images_u8.to_device(self.device())), &self.mean, &self.std)
     }
 }
 

@@ -1,9 +1,10 @@
 //! `simsiam bench`: throughput of the training step alone (views already on the device), of
-//! the augmentation alone, and end to end (uint8 store on the device -> the batch's rows -> two
-//! views -> step, as training runs it), after warm-up.
+//! the augmentation alone, and end to end (uint8 store, placed by `data.store` -> the batch's
+//! rows on the device -> two views -> step, as training runs it), after warm-up.
 //! Benchmarks live here, not in the test suite.
 use crate::augment::Augmenter;
 use crate::config::Config;
+use crate::data::ImageStore;
 use crate::error::{Error, Result};
 use crate::graph::Stepper;
 use crate::objective::Objective;
@@ -46,6 +47,8 @@ pub struct Measurement {
     pub cuda_graph: bool,
     /// End to end, each iteration's views were made during the previous step (`run.prefetch`).
     pub prefetch: bool,
+    /// Where the uint8 store was (`data.store`): `device`, or `host` (each batch copied over).
+    pub store: String,
     /// Peak memory over the timed steps: the CUDA caching allocator's peak on a GPU, the
     /// process's peak resident set on the CPU (MiB).
     pub peak_memory_mib: Option<f64>,
@@ -109,12 +112,21 @@ pub fn measure(
     let mut opt = Sgd::new(net.params(cfg), 2, cfg.optim.momentum, cfg.optim.weight_decay);
     opt.fused = cfg.optim.fused;
     opt.lrs = vec![cfg.optim.init_lr(); 2];
-    // A device-resident store of four batches, read as training reads it: a slice of the
-    // epoch's order on the device, then a gather of those rows.
+    // A store of four batches, placed and read as training places and reads it (`data.store`):
+    // a slice of the epoch's order where the store lives, then a gather of those rows (and for
+    // a host store, the copy from pinned memory).
     const STORE_BATCHES: i64 = 4;
-    let store = Tensor::randint(256, [STORE_BATCHES * b, s, s, 3], (Kind::Uint8, device));
-    let order = Tensor::randperm(STORE_BATCHES * b, (Kind::Int64, device));
-    let batch = |i: usize| store.index_select(0, &order.narrow(0, (i as i64 % STORE_BATCHES) * b, b));
+    let rows = STORE_BATCHES * b;
+    let store = ImageStore {
+        images: Tensor::randint(256, [rows, s, s, 3], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::zeros([rows], (Kind::Int64, Device::Cpu)),
+        classes: Vec::new(),
+        names: vec![String::new(); rows as usize],
+        skipped: 0,
+    }
+    .place(device, cfg.data.store)?;
+    let order = Tensor::randperm(rows, (Kind::Int64, store.images.device()));
+    let batch = |i: usize| store.gather(&order.narrow(0, (i as i64 % STORE_BATCHES) * b, b), device);
     let images = batch(0);
     let n = objective.views();
     let fixed = views(&aug, &images, n);
@@ -197,6 +209,7 @@ pub fn measure(
         channels_last: net.model.channels_last,
         cuda_graph: captured,
         prefetch: prefetch_on,
+        store: if store.on_host_for(device) { "host" } else { "device" }.into(),
         peak_memory_mib,
         profile,
     })

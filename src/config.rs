@@ -93,6 +93,20 @@ pub enum DataFormat {
     Tar,
 }
 
+/// Where the decoded training images live while a run reads them (`data.store`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StorePlace {
+    /// On the device when the store takes at most a quarter of the GPU's memory (the rest is
+    /// the model's), else in host memory. On the CPU the two are the same memory.
+    Auto,
+    /// All of it on the device: each step's batch is a gather there, with no copies.
+    Device,
+    /// In host memory: each batch is gathered on the host and copied to the device from pinned
+    /// memory, queued on the stream (for stores larger than the GPU, e.g. ImageNet at 224 px).
+    Host,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
@@ -109,6 +123,8 @@ pub struct DataConfig {
     pub test_limit: usize,
     /// Skip unreadable images (and report how many) instead of stopping.
     pub skip_corrupt: bool,
+    /// Where the decoded images live while training and evaluating: `auto`, `device`, `host`.
+    pub store: StorePlace,
 }
 
 impl Default for DataConfig {
@@ -121,6 +137,7 @@ impl Default for DataConfig {
             train_limit: 0,
             test_limit: 0,
             skip_corrupt: false,
+            store: StorePlace::Auto,
         }
     }
 }

@@ -68,6 +68,7 @@ pub struct CudaHelper {
     pub nccl_new: crate::dist::NcclFactory,
     peak_allocated: unsafe extern "C" fn(device: c_int) -> i64,
     reset_peak: unsafe extern "C" fn(device: c_int),
+    total_memory: unsafe extern "C" fn(device: c_int) -> i64,
     graph_begin: unsafe extern "C" fn(err: *mut *mut c_char) -> *mut c_void,
     graph_end: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
     graph_replay: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
@@ -90,6 +91,12 @@ impl CudaHelper {
 
     pub fn reset_peak(&self, device: usize) {
         unsafe { (self.reset_peak)(device as c_int) }
+    }
+
+    /// The GPU's total memory in bytes, if CUDA can say.
+    pub fn total_memory(&self, device: usize) -> Option<u64> {
+        let bytes = unsafe { (self.total_memory)(device as c_int) };
+        (bytes > 0).then_some(bytes as u64)
     }
 
     /// Starts capturing the current (non-default) stream's work into a new CUDA graph.
@@ -241,6 +248,7 @@ fn load_helper() -> std::result::Result<CudaHelper, String> {
             nccl_new: cast(sym(c"ss_c10d_nccl_new")?),
             peak_allocated: cast(sym(c"ss_cuda_peak_allocated")?),
             reset_peak: cast(sym(c"ss_cuda_reset_peak")?),
+            total_memory: cast(sym(c"ss_cuda_total_memory")?),
             graph_begin: cast(sym(c"ss_cuda_graph_begin")?),
             graph_end: cast(sym(c"ss_cuda_graph_end")?),
             graph_replay: cast(sym(c"ss_cuda_graph_replay")?),

@@ -234,6 +234,8 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         .collect::<Result<_>>()?;
     let mut arms = Vec::new();
     let mut pending = Vec::new();
+    // The arms read the same images: decode them once.
+    let data = Some(control.data.clone().unwrap_or_default());
     for (arm, summary_path) in exp.arms.iter().zip(&summaries) {
         if !summary_path.is_file() && !only.is_empty() && !only.contains(&arm.name) {
             pending.push(arm.name.clone());
@@ -260,7 +262,7 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         } else {
             let resume = checkpoint::latest(&cfg.run.out_dir)?.is_some();
             eprintln!("[{}] {}: {}", exp.name, arm.name, if resume { "resuming" } else { "training" });
-            train::train(&cfg, &RunControl { resume, ..control.clone() })?
+            train::train(&cfg, &RunControl { resume, data: data.clone(), ..control.clone() })?
         };
         let loss_min = crate::objective::Objective::new(&cfg.objective).minimum();
         // In P, sqrt(d)·collapse_std is estimated from m_o: sum_j var_j = 1 - m_o^2.

@@ -25,6 +25,7 @@ pub mod optim;
 pub mod precision;
 pub mod prefetch;
 pub mod profile;
+pub mod progress;
 pub mod report;
 pub mod train;
 

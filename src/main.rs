@@ -683,7 +683,7 @@ fn eval_setup(src: EvalSource) -> Result<EvalSetup> {
         anyhow::ensure!(store.labelled(), "{what} has no class folders: evaluation needs labelled images");
     }
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
-    let (train, test) = (train_store.to_device(device)?, test_store.to_device(device)?);
+    let (train, test) = (train_store.place(device, cfg.data.store)?, test_store.place(device, cfg.data.store)?);
     Ok(EvalSetup { cfg, net, train, test, aug })
 }
 
@@ -710,7 +710,7 @@ fn cmd_embed(run: PathBuf, data: PathBuf, out: PathBuf, device: Option<String>, 
     };
     let store = simsiam::data::load(&data, cfg.data.format, split, cfg.data.image_size, cfg.data.skip_corrupt)?;
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
-    let (y, z) = simsiam::export::embed(&net.model, &store.to_device(device)?, &aug, 512);
+    let (y, z) = simsiam::export::embed(&net.model, &store.place(device, cfg.data.store)?, &aug, 512);
     simsiam::export::write_embeddings(&out, &y, &z, &store)?;
     println!(
         "wrote {} embeddings to {}: backbone.npy {:?}, projector.npy {:?}, labels.npy, names.txt, classes.txt",

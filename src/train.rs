@@ -13,7 +13,7 @@ use crate::model::{SiameseOutput, SimSiam, INVERSE_PREDICTOR, ONLINE_PROBE, PRED
 use crate::monitor::l2_normalize;
 use crate::objective::{External, MemoryBank, Objective};
 use crate::optim::{cosine_lr, Param, Sgd};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -509,6 +509,48 @@ pub struct RunControl {
     pub resume: bool,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// Decoded data shared by the runs of this process (an experiment's arms), if any.
+    pub data: Option<Arc<DataCache>>,
+}
+
+/// The last decoded train and test stores of a process that trains several runs (an
+/// experiment's arms): a run whose `[data]` fields and seed (which picks the `*_limit`
+/// subsets) equal the last load's reuses its stores instead of decoding the images again.
+#[derive(Default)]
+pub struct DataCache {
+    last: std::sync::Mutex<Option<CachedData>>,
+    decodes: std::sync::atomic::AtomicUsize,
+}
+
+struct CachedData {
+    data: crate::config::DataConfig,
+    seed: u64,
+    train: ImageStore,
+    test: Option<ImageStore>,
+}
+
+impl DataCache {
+    /// `load_data(cfg)`, or the stores of the last call if it had the same data fields and seed.
+    pub fn load(&self, cfg: &Config) -> Result<(ImageStore, Option<ImageStore>)> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = last.as_ref().filter(|c| c.data == cfg.data && c.seed == cfg.run.seed) {
+            return Ok((c.train.shallow_clone(), c.test.as_ref().map(ImageStore::shallow_clone)));
+        }
+        let (train, test) = load_data(cfg)?;
+        self.decodes.fetch_add(1, Ordering::SeqCst);
+        *last = Some(CachedData {
+            data: cfg.data.clone(),
+            seed: cfg.run.seed,
+            train: train.shallow_clone(),
+            test: test.as_ref().map(ImageStore::shallow_clone),
+        });
+        Ok((train, test))
+    }
+
+    /// How many times the data was decoded (not reused).
+    pub fn decodes(&self) -> usize {
+        self.decodes.load(Ordering::SeqCst)
+    }
 }
 
 /// Joins the data-parallel job this process is a rank of (the torchrun environment), if any:
@@ -593,7 +635,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     }
 
     let t_load = Instant::now();
-    let (train_store, test_store) = load_data(cfg)?;
+    let (train_store, test_store) = match &control.data {
+        Some(cache) => cache.load(cfg)?,
+        None => load_data(cfg)?,
+    };
     let batch = cfg.optim.batch_size;
     if train_store.len() < batch {
         return Err(Error::config(format!(
@@ -622,8 +667,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             "monitor.online_probe_lr: the online probe needs labelled training data (class folders); set it to 0",
         ));
     }
-    let train_dev = train_store.to_device(device)?;
-    let test_dev = test_store.as_ref().map(|t| t.to_device(device)).transpose()?;
+    let train_dev = train_store.place(device, cfg.data.store)?;
+    let test_dev = test_store.as_ref().map(|t| t.place(device, cfg.data.store)).transpose()?;
 
     // The kNN monitor needs classes on both sides; unlabelled data still gets the others.
     let knn_on = test_store.as_ref().is_some_and(|t| t.labelled() && train_store.labelled());
@@ -698,7 +743,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     // (or of the training split without one).
     let geometry_images = {
         let src = test_dev.as_ref().unwrap_or(&train_dev);
-        src.images.narrow(0, 0, (cfg.monitor.geometry_samples as i64).min(src.len() as i64))
+        src.images.narrow(0, 0, (cfg.monitor.geometry_samples as i64).min(src.len() as i64)).to_device(device)
     };
     // The epoch monitors: kNN top-1 on the test split and the geometry of the fixed subset.
     let evaluate = |net: &Network, log: &mut MetricsLog, pos: Position| -> Result<Option<f64>> {
@@ -715,7 +760,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             let n = cfg.monitor.instances_n.min(src.len());
             let probe = crate::analyse::Probe {
                 model: &net.model,
-                images: src.images.narrow(0, 0, n as i64),
+                images: src.images.narrow(0, 0, n as i64).to_device(device),
                 aug: &aug,
                 aug_cfg: &cfg.augment,
                 image_size: cfg.data.image_size,
@@ -743,11 +788,11 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let n = train_dev.len();
     let steps_per_epoch = n / batch; // drop_last, as the official DataLoader
     let total_steps = steps_per_epoch * cfg.run.epochs;
-    let pb = if control.progress && lead { ProgressBar::new(total_steps as u64) } else { ProgressBar::hidden() };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("template"),
-    );
+    let pb = if control.progress && lead {
+        crate::progress::bar(total_steps as u64, "steps")
+    } else {
+        ProgressBar::hidden()
+    };
     pb.set_position(pos.global_step as u64);
 
     let init_lr = cfg.optim.init_lr();
@@ -847,8 +892,11 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let mut prefetch = crate::prefetch::Prefetcher::new(cfg.run.prefetch && !draws_more, device);
     while pos.epoch < cfg.run.epochs {
         // The epoch's order on the device once, so a step's batch indices are a slice of it: a
-        // host-to-device copy per step would wait for the GPU to finish the step before.
-        let order = Tensor::from_slice(&epoch_order(n, cfg.run.seed, pos.epoch)).to_device(device);
+        // host-to-device copy per step would wait for the GPU to finish the step before. A
+        // host store (`data.store`) gathers its images with a host copy of the order.
+        let order_host = Tensor::from_slice(&epoch_order(n, cfg.run.seed, pos.epoch));
+        let order = order_host.to_device(device);
+        let store_order = if train_dev.on_host_for(device) { &order_host } else { &order };
         let lr_at = |t: f64| cosine_lr(init_lr, t, cfg.run.epochs, cfg.optim.warmup_epochs);
         while pos.step_in_epoch < steps_per_epoch {
             let s = pos.step_in_epoch;
@@ -862,14 +910,17 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             opt.lrs[1] = if cfg.optim.fix_pred_lr { init_lr } else { lr };
 
             // This rank's share of global batch j (rank r takes the r-th slice of every batch).
-            let batch_of = |j: usize| {
+            let slice_of = |order: &Tensor, j: usize| {
                 let first = j * batch + rank * local_batch;
                 order.narrow(0, first as i64, local_batch as i64)
             };
+            let batch_of = |j: usize| slice_of(&order, j);
+            // The images of that share on the device, wherever the store lives.
+            let images_of = |j: usize| train_dev.gather(&slice_of(store_order, j), device);
             // `n` views of this epoch's step j (j >= s), seeded by its global step.
             let step_views = |j: usize, n: usize| {
                 tch::manual_seed(step_seed(cfg.run.seed, pos.global_step + j - s));
-                views(&aug, &train_dev.images.index_select(0, &batch_of(j)), n)
+                views(&aug, &images_of(j), n)
             };
             let k = cfg.objective.alternation_k;
             if k > 1 && cache.is_empty() {
@@ -903,9 +954,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             let targets = StepTargets {
                 labels: net.model.online_probe.as_ref().map(|_| train_dev.labels.index_select(0, &idx)),
                 cached,
-                eoa: (cfg.objective.target == Target::Eoa).then(|| {
-                    eoa_target(&net.model, &aug, &train_dev.images.index_select(0, &idx), cfg.objective.eoa_k)
-                }),
+                eoa: (cfg.objective.target == Target::Eoa)
+                    .then(|| eoa_target(&net.model, &aug, &images_of(s), cfg.objective.eoa_k)),
                 memory: memory.as_mut().map(|bank| (bank, &idx)),
             };
             let out = stepper.step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;

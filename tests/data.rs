@@ -111,14 +111,50 @@ fn truncated_jpeg_is_an_error_naming_the_file_or_skipped_on_request() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     std::fs::create_dir_all(root.join("c")).unwrap();
-    common::save_rgb(&root.join("c/good.jpg"), 32, 32, 1);
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    common::save_rgb(&root.join("c/a_good.png"), 8, 8, 1);
     common::save_rgb(&root.join("c/bad.jpg"), 32, 32, 2);
+    common::save_rgb(&root.join("d/z_good.png"), 8, 8, 3);
     let bytes = std::fs::read(root.join("c/bad.jpg")).unwrap();
     std::fs::write(root.join("c/bad.jpg"), &bytes[..bytes.len() / 2]).unwrap();
-    let e = err_text(root, 32, false);
+    let e = err_text(root, 8, false);
     assert!(e.contains("bad.jpg") && e.contains("truncated"), "{e}");
-    let s = load(root, DataFormat::Auto, Split::Train, 32, true).unwrap();
-    assert_eq!((s.len(), s.skipped), (1, 1));
+    let s = load(root, DataFormat::Auto, Split::Train, 8, true).unwrap();
+    assert_eq!((s.len(), s.skipped), (2, 1));
+    // The readable images keep their own pixels, names and labels (the rows after the
+    // skipped one move up).
+    assert!(s.names[0].ends_with("a_good.png") && s.names[1].ends_with("z_good.png"), "{:?}", s.names);
+    assert_eq!(Vec::<i64>::try_from(&s.labels).unwrap(), vec![0, 1]);
+    for (row, seed) in [(0, 1), (1, 3)] {
+        let want = tch::Tensor::from_slice(&common::bytes(8 * 8 * 3, seed)).view([8, 8, 3]);
+        assert!(s.images.i(row).equal(&want), "row {row}");
+    }
+    // All unreadable: an error, not an empty store.
+    std::fs::remove_file(root.join("c/a_good.png")).unwrap();
+    std::fs::remove_file(root.join("d/z_good.png")).unwrap();
+    std::fs::remove_dir(root.join("d")).unwrap();
+    let e = err_text(root, 8, true);
+    assert!(e.contains("no readable images"), "{e}");
+}
+
+/// `data.store`: on the CPU the host and the device are one memory, so every placement keeps
+/// the store as it is, and a gather is the rows asked for.
+#[test]
+fn a_placed_store_gathers_the_rows_asked_for() {
+    use simsiam::config::StorePlace;
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        common::save_rgb(&tmp.path().join(format!("img{i}.png")), 8, 8, 10 + i);
+    }
+    let s = load(tmp.path(), DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!(s.bytes(), 5 * 8 * 8 * 3);
+    let idx = tch::Tensor::from_slice(&[4i64, 0, 2]);
+    for place in [StorePlace::Auto, StorePlace::Device, StorePlace::Host] {
+        let p = s.place(tch::Device::Cpu, place).unwrap();
+        assert!(!p.on_host_for(tch::Device::Cpu));
+        assert!(p.gather(&idx, tch::Device::Cpu).equal(&s.images.index_select(0, &idx)), "{place:?}");
+        assert_eq!(p.names, s.names);
+    }
 }
 
 #[test]
@@ -231,4 +267,43 @@ fn reads_webp_bmp_and_tiff() {
             (150, 60, 99)
         );
     }
+}
+
+/// An experiment's arms share one decode (`train::DataCache`): a second run with the same data
+/// fields and seed reuses the stores and trains exactly as a run that decoded its own; a change
+/// to a data field decodes again.
+#[test]
+fn runs_sharing_a_data_cache_decode_once_and_train_the_same() {
+    use simsiam::config::Config;
+    use simsiam::train::{train, DataCache, RunControl};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("train.bin");
+    common::write_cifar(&data, CifarKind::Cifar10, 256, 10);
+    let cfg = |name: &str, extra: &[&str]| {
+        let mut sets: Vec<String> = [
+            format!("data.train={:?}", data.display().to_string()),
+            format!("run.out_dir={:?}", tmp.path().join(name).display().to_string()),
+            "run.device=\"cpu\"".into(),
+            "run.epochs=1".into(),
+            "model.width=4".into(),
+            "model.dim=32".into(),
+            "model.proj_hidden=32".into(),
+            "model.pred_hidden=8".into(),
+            "monitor.knn_at_init=false".into(),
+            "data.train_limit=0".into(),
+        ]
+        .into();
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        Config::resolve("tiny", None, &sets).unwrap()
+    };
+    let cache = std::sync::Arc::new(DataCache::default());
+    let shared = RunControl { data: Some(cache.clone()), ..Default::default() };
+    let first = train(&cfg("a", &[]), &shared).unwrap();
+    let second = train(&cfg("b", &[]), &shared).unwrap();
+    assert_eq!(cache.decodes(), 1);
+    let alone = train(&cfg("c", &[]), &RunControl::default()).unwrap();
+    assert_eq!((first.final_loss, second.final_loss), (alone.final_loss, alone.final_loss));
+    let fewer = train(&cfg("d", &["data.train_limit=128"]), &shared).unwrap();
+    assert_eq!(cache.decodes(), 2);
+    assert_eq!(fewer.steps, 128 / 64);
 }

@@ -214,48 +214,97 @@ fn cuda_prefetched_views_equal_views_made_in_turn() {
     }
 }
 
-/// Training on a GPU with `run.prefetch`, alone and with `run.cuda_graph`, follows the plain
-/// run's loss curve (up to cuDNN's run-to-run differences), across an epoch boundary.
-#[test]
-fn cuda_prefetch_and_graph_training_follow_the_plain_run() {
-    let Some(_) = cuda() else { return };
+/// The per-step losses of a 2-epoch `tiny` run on the GPU on 512 CIFAR-style images written
+/// to `dir`, with `extra` overrides (cuDNN autotuning off, so runs differ only by cuDNN's
+/// nondeterminism).
+fn gpu_loss_curve(dir: &std::path::Path, name: &str, extra: &[&str]) -> Vec<f64> {
+    let train = dir.join("train.bin");
+    if !train.exists() {
+        common::write_cifar(&train, simsiam::data::CifarKind::Cifar10, 512, 10);
+    }
+    let run = dir.join(name);
+    let mut sets: Vec<String> = [
+        format!("data.train={:?}", train.display().to_string()),
+        format!("run.out_dir={:?}", run.display().to_string()),
+        "run.device=\"cuda\"".into(),
+        "run.epochs=2".into(),
+        "run.cudnn_benchmark=false".into(),
+        "monitor.log_every=1".into(),
+        "monitor.knn_at_init=false".into(),
+        "monitor.knn_every=0".into(),
+        "data.train_limit=0".into(),
+    ]
+    .into();
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let cfg = Config::resolve("tiny", None, &sets).unwrap();
+    let summary = simsiam::train::train(&cfg, &Default::default()).unwrap();
+    assert_eq!(summary.steps, 2 * (512 / 64));
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v.get("loss").and_then(|l| l.as_f64()))
+        .collect()
+}
+
+/// Each of `runs` (a name and its overrides) follows the plain run's loss curve at every step.
+fn assert_curves_follow_the_plain_run(runs: &[(&str, &[&str])]) {
     let tmp = tempfile::tempdir().unwrap();
-    let train = tmp.path().join("train.bin");
-    common::write_cifar(&train, simsiam::data::CifarKind::Cifar10, 512, 10);
-    let curve = |name: &str, extra: &[&str]| -> Vec<f64> {
-        let run = tmp.path().join(name);
-        let mut sets: Vec<String> = [
-            format!("data.train={:?}", train.display().to_string()),
-            format!("run.out_dir={:?}", run.display().to_string()),
-            "run.device=\"cuda\"".into(),
-            "run.epochs=2".into(),
-            "run.cudnn_benchmark=false".into(),
-            "monitor.log_every=1".into(),
-            "monitor.knn_at_init=false".into(),
-            "monitor.knn_every=0".into(),
-            "data.train_limit=0".into(),
-        ]
-        .into();
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        let cfg = Config::resolve("tiny", None, &sets).unwrap();
-        let summary = simsiam::train::train(&cfg, &Default::default()).unwrap();
-        assert_eq!(summary.steps, 2 * (512 / 64));
-        std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter_map(|v| v.get("loss").and_then(|l| l.as_f64()))
-            .collect()
-    };
-    let plain = curve("plain", &[]);
+    let plain = gpu_loss_curve(tmp.path(), "plain", &[]);
     assert_eq!(plain.len(), 16);
-    for (name, extra) in
-        [("prefetch", &["run.prefetch=true"][..]), ("both", &["run.prefetch=true", "run.cuda_graph=true"])]
-    {
-        let got = curve(name, extra);
+    for (name, extra) in runs {
+        let got = gpu_loss_curve(tmp.path(), name, extra);
         assert_eq!(got.len(), plain.len(), "{name}");
         for (s, (a, b)) in plain.iter().zip(&got).enumerate() {
             assert!((a - b).abs() < 2e-3, "{name}, step {s}: loss {a} plain, {b}");
         }
     }
+}
+
+/// Training on a GPU with `run.prefetch`, alone and with `run.cuda_graph`, follows the plain
+/// run's loss curve (up to cuDNN's run-to-run differences), across an epoch boundary.
+#[test]
+fn cuda_prefetch_and_graph_training_follow_the_plain_run() {
+    let Some(_) = cuda() else { return };
+    assert_curves_follow_the_plain_run(&[
+        ("prefetch", &["run.prefetch=true"]),
+        ("both", &["run.prefetch=true", "run.cuda_graph=true"]),
+    ]);
+}
+
+/// `data.store = "host"`: the images stay in host memory, each batch gathered there and copied
+/// over from pinned memory on the current stream. Its batches are the device store's, bit for
+/// bit (also when the copy is queued behind a long matmul chain), and training from it, alone
+/// and with `run.prefetch` (the copy then queued on the second stream), follows the device
+/// store's loss curve.
+#[test]
+fn cuda_host_store_gathers_and_trains_as_the_device_store() {
+    use simsiam::config::StorePlace;
+    let Some(dev) = cuda() else { return };
+    let store = simsiam::data::ImageStore {
+        images: Tensor::randint(256, [2048, 32, 32, 3], (Kind::Uint8, Device::Cpu)),
+        labels: Tensor::zeros([2048], (Kind::Int64, Device::Cpu)),
+        classes: Vec::new(),
+        names: vec![String::new(); 2048],
+        skipped: 0,
+    };
+    let on_gpu = store.place(dev, StorePlace::Device).unwrap();
+    let on_host = store.place(dev, StorePlace::Host).unwrap();
+    assert!(!on_gpu.on_host_for(dev) && on_host.on_host_for(dev));
+    assert_eq!(on_host.labels.device(), dev);
+    let slow = Tensor::randn([2048, 2048], (Kind::Float, dev)) / 45.0;
+    for k in 0..4i64 {
+        let order = Tensor::randperm(2048, (Kind::Int64, Device::Cpu)).narrow(0, 0, 512);
+        let mut y = slow.shallow_clone();
+        for _ in 0..50 {
+            y = y.matmul(&slow);
+        }
+        let got = on_host.gather(&order, dev);
+        assert_eq!(got.device(), dev);
+        assert!(got.equal(&on_gpu.gather(&order.to_device(dev), dev)), "batch {k}");
+    }
+    assert_curves_follow_the_plain_run(&[
+        ("host", &["data.store=\"host\""]),
+        ("host-prefetch", &["data.store=\"host\"", "run.prefetch=true"]),
+    ]);
 }

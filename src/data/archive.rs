@@ -1,6 +1,6 @@
 //! tar and tar.gz archives of class folders, members `[prefix/]<class>/<image>`, or of loose
 //! images, every member `<image>` at the top (unlabelled: for pre-training).
-use super::{is_image_name, Encoded};
+use super::{is_image_name, Bytes, Encoded};
 use crate::error::{Error, Result};
 use std::io::Read;
 use std::path::Path;
@@ -44,7 +44,11 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
             .read_to_end(&mut bytes)
             .map_err(|e| Error::data(super::source_name(path, &member), format!("cannot read member: {e}")))?;
         classes.insert(class.clone());
-        out.push(Encoded { name: super::source_name(path, &member).display().to_string(), class, bytes });
+        out.push(Encoded {
+            name: super::source_name(path, &member).display().to_string(),
+            class,
+            bytes: Bytes::Loaded(bytes),
+        });
     }
     if out.is_empty() {
         return Err(Error::data(path, format!("archive holds no images ({})", super::image_kinds())));

@@ -1,10 +1,11 @@
 //! Parallel image decoding (JPEG, PNG, WebP, BMP, TIFF) to square RGB (resize shorter side,
 //! centre crop).
-use super::{assemble, Encoded, ImageStore};
+use super::{Bytes, Encoded, ImageStore};
 use crate::error::{Error, Result};
 use image::imageops::FilterType;
 use rayon::prelude::*;
 use std::path::Path;
+use tch::{Device, Kind, Tensor};
 
 /// Decodes one encoded image to `size x size x 3` RGB bytes. A JPEG without its end-of-image
 /// marker is reported as truncated (decoders otherwise fill the missing rows silently).
@@ -38,32 +39,65 @@ pub fn decode_to_square(bytes: &[u8], size: usize) -> std::result::Result<Vec<u8
     Ok(crop.into_raw())
 }
 
-/// Decodes all images in parallel. An unreadable image is an error naming it, unless
-/// `skip_corrupt`, in which case it is counted and reported.
+/// Decodes all images in parallel, each straight into its row of one `[N, size, size, 3]`
+/// uint8 tensor. An image's encoded bytes are dropped once it is decoded (a folder's files are
+/// read by the decoding threads), and a row's memory is only touched when its image is written,
+/// so loading needs about the larger of the store and the encoded bytes, not both. An
+/// unreadable image is an error naming it, unless `skip_corrupt`, in which case it is counted,
+/// reported and left out.
 pub(crate) fn decode_all(
     items: (Vec<Encoded>, Vec<String>),
     size: usize,
     skip_corrupt: bool,
     source: &Path,
 ) -> Result<ImageStore> {
-    let (encoded, classes) = items;
-    let results: Vec<_> = encoded
+    let (encoded, mut classes) = items;
+    if encoded.is_empty() {
+        return Err(Error::data(source, "no images found"));
+    }
+    classes.sort();
+    classes.dedup();
+    let (n, row) = (encoded.len(), size * size * 3);
+    let (meta, bytes): (Vec<(String, String)>, Vec<Bytes>) =
+        encoded.into_iter().map(|e| ((e.name, e.class), e.bytes)).unzip();
+    let images = Tensor::f_empty([n as i64, size as i64, size as i64, 3], (Kind::Uint8, Device::Cpu)).map_err(|e| {
+        let gib = (n * row) as f64 / (1u64 << 30) as f64;
+        let first = e.to_string().lines().next().unwrap_or_default().to_string();
+        Error::data(
+            source,
+            format!("the decoded store ({n} images at {size} px, {gib:.2} GiB) does not fit in host memory: {first}; lower data.image_size"),
+        )
+    })?;
+    // The address as an integer, so that the decoding closures can share it.
+    let base = images.data_ptr() as usize;
+    let pb = crate::progress::bar(n as u64, "images decoded");
+    let failures: Vec<Option<String>> = bytes
         .into_par_iter()
-        .map(|e| match decode_to_square(&e.bytes, size) {
-            Ok(px) => Ok((e.name, e.class, px)),
-            Err(msg) => Err((e.name, msg)),
+        .enumerate()
+        .map(|(i, b)| {
+            let decoded = decode_to_square(&b.read()?, size);
+            drop(b);
+            pb.inc(1);
+            Ok(match decoded {
+                Ok(px) => {
+                    assert_eq!(px.len(), row, "decode_to_square gives size x size x 3 bytes");
+                    // SAFETY: `images` is a fresh, contiguous uint8 CPU tensor of `n * row` bytes
+                    // that nothing else reads while the images are decoded, and each image i
+                    // writes only its own row, bytes `i * row .. (i + 1) * row`.
+                    unsafe { std::ptr::copy_nonoverlapping(px.as_ptr(), (base + i * row) as *mut u8, row) };
+                    None
+                }
+                Err(msg) => Some(msg),
+            })
         })
-        .collect();
-    let mut ok = Vec::with_capacity(results.len());
-    let mut skipped = 0;
-    for r in results {
-        match r {
-            Ok(x) => ok.push(x),
-            Err((name, msg)) if skip_corrupt => {
-                eprintln!("warning: skipping {name}: {msg}");
-                skipped += 1;
-            }
-            Err((name, msg)) => {
+        .collect::<Result<_>>()?;
+    pb.finish_and_clear();
+    let mut keep = Vec::with_capacity(n);
+    for (i, ((name, _), failure)) in meta.iter().zip(&failures).enumerate() {
+        match failure {
+            None => keep.push(i as i64),
+            Some(msg) if skip_corrupt => eprintln!("warning: skipping {name}: {msg}"),
+            Some(msg) => {
                 return Err(Error::data(
                     name,
                     format!("{msg} (pass --set data.skip_corrupt=true to skip unreadable images)"),
@@ -71,8 +105,31 @@ pub(crate) fn decode_all(
             }
         }
     }
-    if skipped > 0 {
-        eprintln!("warning: skipped {skipped} unreadable image(s) in {}", source.display());
+    let skipped = n - keep.len();
+    if keep.is_empty() {
+        return Err(Error::data(source, format!("no readable images: all {n} were skipped")));
     }
-    assemble(ok, classes, size, skipped, source)
+    // The rows of skipped images were never written: only the kept rows are read.
+    let images = if skipped > 0 {
+        eprintln!("warning: skipped {skipped} unreadable image(s) in {}", source.display());
+        images.index_select(0, &Tensor::from_slice(&keep))
+    } else {
+        images
+    };
+    let kept = keep.iter().map(|&i| &meta[i as usize]);
+    // Class indices follow the sorted class names, as torchvision's `ImageFolder`; no classes: -1.
+    let labels: Vec<i64> = kept
+        .clone()
+        .map(
+            |(_, class)| {
+                if classes.is_empty() {
+                    -1
+                } else {
+                    classes.binary_search(class).expect("class listed") as i64
+                }
+            },
+        )
+        .collect();
+    let names = kept.map(|(name, _)| name.clone()).collect();
+    Ok(ImageStore { images, labels: Tensor::from_slice(&labels), classes, names, skipped })
 }

@@ -1,6 +1,6 @@
 //! A folder of class folders, `root/<class>/<image>` (JPEG, PNG, WebP, BMP, TIFF), or of loose images,
 //! `root/<image>` (unlabelled: for pre-training).
-use super::{is_image_name, Encoded};
+use super::{is_image_name, Bytes, Encoded};
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -57,8 +57,7 @@ fn read_images(dir: &Path, class: &str, out: &mut Vec<Encoded>, ignored: &mut us
             }
             continue;
         }
-        let bytes = std::fs::read(&f).map_err(|e| Error::io(&f, e))?;
-        out.push(Encoded { name: f.display().to_string(), class: class.to_string(), bytes });
+        out.push(Encoded { name: f.display().to_string(), class: class.to_string(), bytes: Bytes::File(f) });
     }
     Ok(())
 }

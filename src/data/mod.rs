@@ -10,7 +10,7 @@ mod folder;
 pub use cifar::{write_cifar_batch, CifarKind};
 pub use decode::decode_to_square;
 
-use crate::config::DataFormat;
+use crate::config::{DataFormat, StorePlace};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -97,36 +97,122 @@ impl ImageStore {
         }
     }
 
+    /// The store's size in bytes (`N x S x S x 3`).
+    pub fn bytes(&self) -> u64 {
+        self.images.numel() as u64
+    }
+
     /// Moves the store to a device (images stay uint8: 4x less memory and transfer than f32).
     /// The whole store lives there, `N x S x S x 3` bytes: 147 MiB for CIFAR-10's 50k images at
     /// 32 px, but 180 GiB for ImageNet's 1.28M at 224 px; when it does not fit, the error says
     /// how large it is and what to change.
     pub fn to_device(&self, device: Device) -> Result<ImageStore> {
         let too_big = |e: tch::TchError| {
-            let gib = self.images.numel() as f64 / (1u64 << 30) as f64;
             let first = e.to_string().lines().next().unwrap_or_default().to_string();
             Error::config(format!(
-                "the image store ({} images at {} px, {gib:.2} GiB) does not fit on {device:?}: {first}; \
-                 lower data.image_size or data.train_limit",
+                "the image store ({} images at {} px, {:.2} GiB) does not fit on {device:?}: {first}; \
+                 set data.store = \"host\" to keep it in host memory, or lower data.image_size or data.train_limit",
                 self.len(),
-                self.image_size()
+                self.image_size(),
+                gib(self.bytes())
             ))
         };
         Ok(ImageStore {
             images: self.images.f_to_device(device).map_err(too_big)?,
             labels: self.labels.f_to_device(device).map_err(too_big)?,
+            ..self.clone_meta()
+        })
+    }
+
+    /// The store placed for a run on `device` (`data.store`): all of it on the device, or the
+    /// images in host memory (the labels, 8 bytes an image, on the device either way). `Auto`
+    /// keeps it on a GPU when it takes at most a quarter of the GPU's memory.
+    pub fn place(&self, device: Device, place: StorePlace) -> Result<ImageStore> {
+        let host = match (place, device) {
+            (_, Device::Cpu) | (StorePlace::Device, _) => false,
+            (StorePlace::Host, _) => true,
+            (StorePlace::Auto, Device::Cuda(i)) => {
+                let total = crate::device::cuda_helper().ok().and_then(|h| h.total_memory(i));
+                let host = total.is_some_and(|t| self.bytes() > t / 4);
+                if let (true, Some(t)) = (host, total) {
+                    eprintln!(
+                        "note: the image store ({:.2} GiB) is over a quarter of cuda:{i}'s {:.1} GiB: it stays in \
+                         host memory and each batch is copied over (data.store = \"device\" puts it on the GPU)",
+                        gib(self.bytes()),
+                        gib(t)
+                    );
+                }
+                host
+            }
+            (StorePlace::Auto, _) => false,
+        };
+        if !host {
+            return self.to_device(device);
+        }
+        let labels = self.labels.f_to_device(device).map_err(|e| Error::config(format!("the labels: {e}")))?;
+        Ok(ImageStore { images: self.images.shallow_clone(), labels, ..self.clone_meta() })
+    }
+
+    /// Whether the images are somewhere other than `device` (a host store, `data.store`).
+    pub fn on_host_for(&self, device: Device) -> bool {
+        self.images.device() != device
+    }
+
+    /// The images of rows `idx` (`[B]` int64, on the store's device) on `device`: a gather
+    /// where the store lives, then, for a host store, a copy from pinned memory that is queued
+    /// on the current stream while the host goes on (the pinned block is not reused before
+    /// the copy is done: PyTorch's caching host allocator records the copy's stream).
+    /// `[B, S, S, 3]` uint8.
+    pub fn gather(&self, idx: &Tensor, device: Device) -> Tensor {
+        let rows = self.images.index_select(0, idx);
+        if rows.device() == device {
+            return rows;
+        }
+        rows.pin_memory(device).to_device_(device, Kind::Uint8, true, false)
+    }
+
+    /// Another handle on the same images and labels (no copy).
+    pub fn shallow_clone(&self) -> ImageStore {
+        ImageStore { images: self.images.shallow_clone(), labels: self.labels.shallow_clone(), ..self.clone_meta() }
+    }
+
+    /// Everything but the tensors, for a store built from this one's tensors.
+    fn clone_meta(&self) -> ImageStore {
+        ImageStore {
+            images: Tensor::new(),
+            labels: Tensor::new(),
             classes: self.classes.clone(),
             names: self.names.clone(),
             skipped: self.skipped,
-        })
+        }
     }
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
 }
 
 /// One undecoded image: where it came from, its class, its encoded bytes.
 pub(crate) struct Encoded {
     pub name: String,
     pub class: String,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
+}
+
+/// An image's encoded bytes: read already (an archive member), or a file to read when it is
+/// decoded (so a folder's encoded images are never all in memory at once).
+pub(crate) enum Bytes {
+    Loaded(Vec<u8>),
+    File(PathBuf),
+}
+
+impl Bytes {
+    fn read(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
+        match self {
+            Bytes::Loaded(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            Bytes::File(p) => std::fs::read(p).map(std::borrow::Cow::Owned).map_err(|e| Error::io(p, e)),
+        }
+    }
 }
 
 /// The image files the folder and archive readers take (torchvision's `ImageFolder` list, less
@@ -188,33 +274,6 @@ fn detect(path: &Path) -> Result<DataFormat> {
         return Ok(DataFormat::Cifar100);
     }
     Ok(DataFormat::Folder)
-}
-
-/// Assembles decoded images (each `size x size x 3`) into a store; class indices follow the
-/// sorted class names, as torchvision's `ImageFolder` does. No classes: unlabelled (-1).
-pub(crate) fn assemble(
-    items: Vec<(String, String, Vec<u8>)>,
-    mut classes: Vec<String>,
-    size: usize,
-    skipped: usize,
-    source: &Path,
-) -> Result<ImageStore> {
-    if items.is_empty() {
-        return Err(Error::data(source, "no images found"));
-    }
-    classes.sort();
-    classes.dedup();
-    let n = items.len();
-    let mut pixels = Vec::with_capacity(n * size * size * 3);
-    let mut labels = Vec::with_capacity(n);
-    let mut names = Vec::with_capacity(n);
-    for (name, class, px) in items {
-        labels.push(if classes.is_empty() { -1 } else { classes.binary_search(&class).expect("class listed") as i64 });
-        pixels.extend_from_slice(&px);
-        names.push(name);
-    }
-    let images = Tensor::from_slice(&pixels).view([n as i64, size as i64, size as i64, 3]);
-    Ok(ImageStore { images, labels: Tensor::from_slice(&labels).to_kind(Kind::Int64), classes, names, skipped })
 }
 
 pub(crate) fn source_name(base: &Path, inner: &str) -> PathBuf {

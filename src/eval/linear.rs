@@ -111,7 +111,8 @@ pub fn topk_accuracy(logits: &Tensor, labels: &Tensor) -> (f64, f64) {
 fn features(model: &SimSiam, images: &Tensor, aug: &Augmenter, augment: bool) -> Tensor {
     tch::no_grad(|| {
         let x = if augment {
-            crate::augment::normalize(&random_crop_flip(&to_float(images), 4), aug.mean(), aug.std())
+            let images = images.to_device(aug.device());
+            crate::augment::normalize(&random_crop_flip(&to_float(&images), 4), aug.mean(), aug.std())
         } else {
             aug.eval_view(images)
         };
@@ -149,7 +150,9 @@ fn fit(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut last_loss = Tensor::zeros([], (Kind::Float, device));
     tch::manual_seed(cfg.seed as i64);
+    let pb = crate::progress::bar(cfg.epochs as u64, "probe epochs");
     for epoch in 0..cfg.epochs {
+        pb.inc(1);
         head.opt.lrs[0] = cosine_lr(cfg.lr, epoch as f64, cfg.epochs, 0);
         let mut order: Vec<i64> = (0..n as i64).collect();
         order.shuffle(&mut rng);
@@ -157,11 +160,16 @@ fn fit(
             let idx = Tensor::from_slice(chunk).to_device(device);
             let x = match &train {
                 Source::Features(f) => f.index_select(0, &idx),
-                Source::Images { model, images, aug } => features(model, &images.index_select(0, &idx), aug, true),
+                Source::Images { model, images, aug } => {
+                    // A host store (`data.store`) gathers with a host copy of the indices.
+                    let rows = images.index_select(0, &Tensor::from_slice(chunk).to_device(images.device()));
+                    features(model, &rows, aug, true)
+                }
             };
             last_loss = head.step(&x, &train_y.index_select(0, &idx));
         }
     }
+    pb.finish_and_clear();
     let logits = tch::no_grad(|| head.forward(test_x, false));
     let (top1, top5) = topk_accuracy(&logits, test_y);
     ProbeResult { top1, top5, train_loss: last_loss.double_value(&[]), config: cfg.clone() }
