@@ -125,6 +125,9 @@ pub struct DataConfig {
     pub skip_corrupt: bool,
     /// Where the decoded images live while training and evaluating: `auto`, `device`, `host`.
     pub store: StorePlace,
+    /// A folder for decoded archives and image folders: the first load writes the store there
+    /// (one raw file and a header), later loads map it into memory instead of decoding.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for DataConfig {
@@ -138,6 +141,7 @@ impl Default for DataConfig {
             test_limit: 0,
             skip_corrupt: false,
             store: StorePlace::Auto,
+            cache_dir: None,
         }
     }
 }

@@ -154,8 +154,9 @@ struct Overrides {
     /// Override any field: `--set optim.base_lr=0.05 --set model.arch=resnet34`.
     #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
     sets: Vec<String>,
-    /// Training data (= data.train): a .tar/.tar.gz of class folders (or of loose images:
-    /// unlabelled), a folder of either, or CIFAR binary batches.
+    /// Training data (= data.train): a .tar/.tar.gz of class folders or of per-class .tar files
+    /// (or of loose images: unlabelled), a folder of class folders or of loose images, or CIFAR
+    /// binary batches.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Held-out data for the kNN monitor (= data.test).
@@ -371,13 +372,7 @@ fn run() -> Result<()> {
             anyhow::ensure!(k >= 2 && n >= 10, "--k must be at least 2 and --n at least 10");
             let (cfg, device) = run_config(&run, device)?;
             let path = data.or_else(|| cfg.data.test.clone()).context("no data: pass --data PATH")?;
-            let store = simsiam::data::load(
-                &path,
-                cfg.data.format,
-                simsiam::data::Split::Test,
-                cfg.data.image_size,
-                cfg.data.skip_corrupt,
-            )?;
+            let store = simsiam::data::open(&path, simsiam::data::Split::Test, &cfg.data)?;
             anyhow::ensure!(store.len() >= 10, "{}: at least 10 images needed", path.display());
             let images = store.images.narrow(0, 0, n.min(store.len()) as i64).to_device(device);
             let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
@@ -708,7 +703,7 @@ fn cmd_embed(run: PathBuf, data: PathBuf, out: PathBuf, device: Option<String>, 
         SplitArg::Train => simsiam::data::Split::Train,
         SplitArg::Test => simsiam::data::Split::Test,
     };
-    let store = simsiam::data::load(&data, cfg.data.format, split, cfg.data.image_size, cfg.data.skip_corrupt)?;
+    let store = simsiam::data::open(&data, split, &cfg.data)?;
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let (y, z) = simsiam::export::embed(&net.model, &store.place(device, cfg.data.store)?, &aug, 512);
     simsiam::export::write_embeddings(&out, &y, &z, &store)?;

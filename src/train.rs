@@ -369,17 +369,12 @@ pub fn load_data(cfg: &Config) -> Result<(ImageStore, Option<ImageStore>)> {
     let d = &cfg.data;
     let train_path =
         d.train.as_ref().ok_or_else(|| Error::config("data.train: no training data given (pass --data PATH)"))?;
-    let train = data::load(train_path, d.format, Split::Train, d.image_size, d.skip_corrupt)?
-        .subset(d.train_limit, cfg.run.seed);
+    let train = data::open(train_path, Split::Train, d)?.subset(d.train_limit, cfg.run.seed);
     let test = match &d.test {
-        Some(p) => Some(
-            data::load(p, d.format, Split::Test, d.image_size, d.skip_corrupt)?
-                .subset(d.test_limit, cfg.run.seed.wrapping_add(1))
-                .aligned_to(
-                    &train,
-                    &format!("data.test ({}) against data.train ({})", p.display(), train_path.display()),
-                )?,
-        ),
+        Some(p) => Some(data::open(p, Split::Test, d)?.subset(d.test_limit, cfg.run.seed.wrapping_add(1)).aligned_to(
+            &train,
+            &format!("data.test ({}) against data.train ({})", p.display(), train_path.display()),
+        )?),
         None => None,
     };
     Ok((train, test))
@@ -510,26 +505,26 @@ pub struct RunControl {
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
     /// Decoded data shared by the runs of this process (an experiment's arms), if any.
-    pub data: Option<Arc<DataCache>>,
+    pub data: Option<Arc<SharedStores>>,
 }
 
 /// The last decoded train and test stores of a process that trains several runs (an
 /// experiment's arms): a run whose `[data]` fields and seed (which picks the `*_limit`
 /// subsets) equal the last load's reuses its stores instead of decoding the images again.
 #[derive(Default)]
-pub struct DataCache {
-    last: std::sync::Mutex<Option<CachedData>>,
+pub struct SharedStores {
+    last: std::sync::Mutex<Option<LastLoad>>,
     decodes: std::sync::atomic::AtomicUsize,
 }
 
-struct CachedData {
+struct LastLoad {
     data: crate::config::DataConfig,
     seed: u64,
     train: ImageStore,
     test: Option<ImageStore>,
 }
 
-impl DataCache {
+impl SharedStores {
     /// `load_data(cfg)`, or the stores of the last call if it had the same data fields and seed.
     pub fn load(&self, cfg: &Config) -> Result<(ImageStore, Option<ImageStore>)> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
@@ -538,7 +533,7 @@ impl DataCache {
         }
         let (train, test) = load_data(cfg)?;
         self.decodes.fetch_add(1, Ordering::SeqCst);
-        *last = Some(CachedData {
+        *last = Some(LastLoad {
             data: cfg.data.clone(),
             seed: cfg.run.seed,
             train: train.shallow_clone(),

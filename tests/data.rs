@@ -157,6 +157,43 @@ fn a_placed_store_gathers_the_rows_asked_for() {
     }
 }
 
+/// An archive of per-class archives (ImageNet's `ILSVRC2012_img_train.tar`: `<wnid>.tar`, each
+/// of that class's loose images) reads as the folder it unpacks to, pixel for pixel; loose
+/// images beside the inner archives are an error naming the member.
+#[test]
+fn reads_an_archive_of_per_class_archives_as_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("folder");
+    let outer = tmp.path().join("train.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&outer).unwrap());
+    for (c, n) in [("n01", 2u64), ("n02", 3)] {
+        std::fs::create_dir_all(folder.join(c)).unwrap();
+        let inner = tmp.path().join(format!("{c}.tar"));
+        let mut ib = tar::Builder::new(std::fs::File::create(&inner).unwrap());
+        for i in 0..n {
+            let img = folder.join(format!("{c}/{c}_{i}.png"));
+            common::save_rgb(&img, 8 + i as u32, 8, 10 * n + i);
+            ib.append_path_with_name(&img, format!("{c}_{i}.png")).unwrap();
+        }
+        ib.into_inner().unwrap();
+        b.append_path_with_name(&inner, format!("{c}.tar")).unwrap();
+    }
+    b.into_inner().unwrap();
+    let s = load(&outer, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    let f = load(&folder, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!(s.classes, ["n01", "n02"]);
+    assert_eq!(Vec::<i64>::try_from(&s.labels).unwrap(), vec![0, 0, 1, 1, 1]);
+    assert!(s.images.equal(&f.images), "the archive's pixels differ from the folder's");
+    assert!(s.names[2].ends_with("train.tar:n02.tar/n02_0.png"), "{:?}", s.names);
+    // A loose image beside the per-class archives.
+    let mut b = tar::Builder::new(std::fs::File::create(&outer).unwrap());
+    b.append_path_with_name(tmp.path().join("n01.tar"), "n01.tar").unwrap();
+    b.append_path_with_name(folder.join("n02/n02_0.png"), "stray.png").unwrap();
+    b.into_inner().unwrap();
+    let e = err_text(&outer, 8, false);
+    assert!(e.contains("stray.png") && e.contains("loose"), "{e}");
+}
+
 #[test]
 fn empty_class_folder_is_an_error_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -269,13 +306,13 @@ fn reads_webp_bmp_and_tiff() {
     }
 }
 
-/// An experiment's arms share one decode (`train::DataCache`): a second run with the same data
+/// An experiment's arms share one decode (`train::SharedStores`): a second run with the same data
 /// fields and seed reuses the stores and trains exactly as a run that decoded its own; a change
 /// to a data field decodes again.
 #[test]
-fn runs_sharing_a_data_cache_decode_once_and_train_the_same() {
+fn runs_sharing_stores_decode_once_and_train_the_same() {
     use simsiam::config::Config;
-    use simsiam::train::{train, DataCache, RunControl};
+    use simsiam::train::{train, RunControl, SharedStores};
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("train.bin");
     common::write_cifar(&data, CifarKind::Cifar10, 256, 10);
@@ -296,7 +333,7 @@ fn runs_sharing_a_data_cache_decode_once_and_train_the_same() {
         sets.extend(extra.iter().map(|s| s.to_string()));
         Config::resolve("tiny", None, &sets).unwrap()
     };
-    let cache = std::sync::Arc::new(DataCache::default());
+    let cache = std::sync::Arc::new(SharedStores::default());
     let shared = RunControl { data: Some(cache.clone()), ..Default::default() };
     let first = train(&cfg("a", &[]), &shared).unwrap();
     let second = train(&cfg("b", &[]), &shared).unwrap();
@@ -306,4 +343,66 @@ fn runs_sharing_a_data_cache_decode_once_and_train_the_same() {
     let fewer = train(&cfg("d", &["data.train_limit=128"]), &shared).unwrap();
     assert_eq!(cache.decodes(), 2);
     assert_eq!(fewer.steps, 128 / 64);
+}
+
+/// `data.cache_dir`: the first load decodes into the cache, later loads map the cached pixels
+/// (shown by a byte changed in the cache file coming back), a change to the source makes a
+/// new entry, a damaged entry is decoded again, and stores with skipped images cache their
+/// readable rows.
+#[test]
+fn the_disk_cache_maps_decoded_stores_and_follows_changes_to_the_source() {
+    use simsiam::config::DataConfig;
+    use simsiam::data::open;
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, cache) = (tmp.path().join("images"), tmp.path().join("cache"));
+    for (class, seed) in [("a", 1), ("a", 2), ("b", 3)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        common::save_rgb(&root.join(format!("{class}/{seed}.png")), 8, 8, seed);
+    }
+    let d = DataConfig { image_size: 8, cache_dir: Some(cache.clone()), ..Default::default() };
+    let plain = load(&root, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    let first = open(&root, Split::Train, &d).unwrap();
+    let same = |s: &simsiam::data::ImageStore, want: &simsiam::data::ImageStore| {
+        assert!(s.images.equal(&want.images));
+        assert!(s.labels.equal(&want.labels));
+        assert_eq!((&s.names, &s.classes, s.skipped), (&want.names, &want.classes, want.skipped));
+    };
+    same(&first, &plain);
+    let files = |ext: &str| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(ext))
+            .collect();
+        v.sort();
+        v
+    };
+    let pixels = files(".u8");
+    assert_eq!((pixels.len(), files(".json").len()), (1, 1));
+    assert_eq!(std::fs::metadata(&pixels[0]).unwrap().len(), 3 * 8 * 8 * 3);
+    // The second load reads the cache: a byte changed there comes back.
+    let mut raw = std::fs::read(&pixels[0]).unwrap();
+    raw[0] = raw[0].wrapping_add(1);
+    std::fs::write(&pixels[0], &raw).unwrap();
+    let second = open(&root, Split::Train, &d).unwrap();
+    assert_eq!(second.images.int64_value(&[0, 0, 0, 0]), (raw[0]) as i64);
+    assert_eq!(second.names, plain.names);
+    // A damaged entry (pixels cut short) is decoded again, and repaired.
+    std::fs::write(&pixels[0], &raw[..100]).unwrap();
+    same(&open(&root, Split::Train, &d).unwrap(), &plain);
+    same(&open(&root, Split::Train, &d).unwrap(), &plain);
+    // A new image in a class folder is a new source: decoded, with the new image.
+    common::save_rgb(&root.join("b/4.png"), 8, 8, 4);
+    let grown = open(&root, Split::Train, &d).unwrap();
+    assert_eq!(grown.len(), 4);
+    same(&grown, &load(&root, DataFormat::Auto, Split::Train, 8, false).unwrap());
+    assert_eq!(files(".u8").len(), 2);
+    // Skipped images: the readable rows are what is cached, and read back.
+    std::fs::write(root.join("a/bad.png"), b"not a png").unwrap();
+    let d = DataConfig { skip_corrupt: true, ..d };
+    let skipping = open(&root, Split::Train, &d).unwrap();
+    assert_eq!((skipping.len(), skipping.skipped), (4, 1));
+    same(&skipping, &load(&root, DataFormat::Auto, Split::Train, 8, true).unwrap());
+    same(&open(&root, Split::Train, &d).unwrap(), &skipping);
+    assert!(files(".tmp").is_empty(), "no temporary files left");
 }

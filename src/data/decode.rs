@@ -44,12 +44,14 @@ pub fn decode_to_square(bytes: &[u8], size: usize) -> std::result::Result<Vec<u8
 /// read by the decoding threads), and a row's memory is only touched when its image is written,
 /// so loading needs about the larger of the store and the encoded bytes, not both. An
 /// unreadable image is an error naming it, unless `skip_corrupt`, in which case it is counted,
-/// reported and left out.
+/// reported and left out. With `file`, the rows are that file's pages (a shared mapping made
+/// to the store's size: the disk cache), so a store larger than memory can be decoded.
 pub(crate) fn decode_all(
     items: (Vec<Encoded>, Vec<String>),
     size: usize,
     skip_corrupt: bool,
     source: &Path,
+    file: Option<&Path>,
 ) -> Result<ImageStore> {
     let (encoded, mut classes) = items;
     if encoded.is_empty() {
@@ -60,14 +62,24 @@ pub(crate) fn decode_all(
     let (n, row) = (encoded.len(), size * size * 3);
     let (meta, bytes): (Vec<(String, String)>, Vec<Bytes>) =
         encoded.into_iter().map(|e| ((e.name, e.class), e.bytes)).unzip();
-    let images = Tensor::f_empty([n as i64, size as i64, size as i64, 3], (Kind::Uint8, Device::Cpu)).map_err(|e| {
-        let gib = (n * row) as f64 / (1u64 << 30) as f64;
-        let first = e.to_string().lines().next().unwrap_or_default().to_string();
-        Error::data(
-            source,
-            format!("the decoded store ({n} images at {size} px, {gib:.2} GiB) does not fit in host memory: {first}; lower data.image_size"),
-        )
-    })?;
+    let shape = [n as i64, size as i64, size as i64, 3];
+    let gib = (n * row) as f64 / (1u64 << 30) as f64;
+    let first_line = |e: tch::TchError| e.to_string().lines().next().unwrap_or_default().to_string();
+    let images = match file {
+        None => Tensor::f_empty(shape, (Kind::Uint8, Device::Cpu)).map_err(|e| {
+            Error::data(
+                source,
+                format!(
+                    "the decoded store ({n} images at {size} px, {gib:.2} GiB) does not fit in host memory: {}; \
+                     lower data.image_size, or set data.cache_dir to decode it into a file",
+                    first_line(e)
+                ),
+            )
+        })?,
+        Some(f) => Tensor::f_from_file(&f.to_string_lossy(), true, (n * row) as i64, (Kind::Uint8, Device::Cpu))
+            .map_err(|e| Error::data(f, format!("cannot map a {gib:.2} GiB store file: {}", first_line(e))))?
+            .view(shape),
+    };
     // The address as an integer, so that the decoding closures can share it.
     let base = images.data_ptr() as usize;
     let pb = crate::progress::bar(n as u64, "images decoded");

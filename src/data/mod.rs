@@ -3,6 +3,7 @@
 //! reader decodes once, in parallel, into one uint8 `N x H x W x 3` store with labels and class
 //! names; training moves the store to its device.
 mod archive;
+mod cache;
 mod cifar;
 mod decode;
 mod folder;
@@ -10,7 +11,7 @@ mod folder;
 pub use cifar::{write_cifar_batch, CifarKind};
 pub use decode::decode_to_square;
 
-use crate::config::{DataFormat, StorePlace};
+use crate::config::{DataConfig, DataFormat, StorePlace};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -249,9 +250,25 @@ pub fn load(
             let kind = if format == DataFormat::Cifar10 { CifarKind::Cifar10 } else { CifarKind::Cifar100 };
             cifar::load(path, kind, split, image_size)
         }
-        DataFormat::Tar => decode::decode_all(archive::read(path)?, image_size, skip_corrupt, path),
-        DataFormat::Folder => decode::decode_all(folder::read(path)?, image_size, skip_corrupt, path),
+        DataFormat::Tar => decode::decode_all(archive::read(path)?, image_size, skip_corrupt, path, None),
+        DataFormat::Folder => decode::decode_all(folder::read(path)?, image_size, skip_corrupt, path, None),
         DataFormat::Auto => unreachable!("detect never returns Auto"),
+    }
+}
+
+/// Loads a split as the config's `[data]` fields say: [`load`], through the disk cache of
+/// `data.cache_dir` (when set) for archives and image folders, whose decoding is the slow part.
+pub fn open(path: &Path, split: Split, d: &DataConfig) -> Result<ImageStore> {
+    if !path.exists() {
+        return Err(Error::data(path, "no such file or folder"));
+    }
+    let format = match d.format {
+        DataFormat::Auto => detect(path)?,
+        f => f,
+    };
+    match (&d.cache_dir, format) {
+        (Some(dir), DataFormat::Tar | DataFormat::Folder) => cache::load(path, format, d, dir),
+        _ => load(path, format, split, d.image_size, d.skip_corrupt),
     }
 }
 

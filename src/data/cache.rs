@@ -1,0 +1,143 @@
+//! The disk cache of decoded stores (`data.cache_dir`). Decoding an archive or a folder of
+//! images is the slow part of a load (minutes for ImageNet); the first load decodes straight
+//! into `DIR/<key>.u8`, the raw `N x S x S x 3` pixels, and writes `DIR/<key>.json` (names,
+//! labels, classes, and the key) last, so a header exists only beside complete pixels. Later
+//! loads map the pixels file into memory (read-only, private: the file is never changed) and
+//! the pages are read from disk as batches touch them.
+//!
+//! The key is the source's absolute path, its fingerprint (a file's size and modification
+//! time; for a folder, the count, total size and latest modification time of everything two
+//! levels down, where `<class>/<image>` lives) and the decoding options: any change to the
+//! images, the image size or `skip_corrupt` makes another key, so an entry is never stale.
+use super::{archive, decode, folder, ImageStore};
+use crate::config::{DataConfig, DataFormat};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+use tch::{Device, Kind, Tensor};
+
+/// Bumped when the files' layout changes.
+const VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    key: String,
+    images: usize,
+    image_size: usize,
+    classes: Vec<String>,
+    names: Vec<String>,
+    labels: Vec<i64>,
+    skipped: usize,
+}
+
+/// The store of the archive or folder `path` (`format` is `Tar` or `Folder`), from the cache
+/// in `dir` when it holds this key, else decoded into it.
+pub(crate) fn load(path: &Path, format: DataFormat, d: &DataConfig, dir: &Path) -> Result<ImageStore> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let key = key(path, format, d)?;
+    let stem: String = Sha256::digest(key.as_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let pixels = dir.join(format!("{stem}.u8"));
+    let header = dir.join(format!("{stem}.json"));
+    match read(&key, &pixels, &header) {
+        Ok(Some(store)) => {
+            eprintln!("data: {} read from the cache ({})", path.display(), pixels.display());
+            return Ok(store);
+        }
+        Ok(None) => {}
+        Err(why) => eprintln!(
+            "note: the cached store {} of {} is unusable ({why}); decoding again",
+            pixels.display(),
+            path.display()
+        ),
+    }
+    // Decoded into a file of this process's own, renamed into place when complete, so that
+    // processes decoding the same source at once (an experiment's parallel workers) never
+    // read each other's half-written rows.
+    let tmp = dir.join(format!("{stem}.u8.{}.tmp", std::process::id()));
+    let items = match format {
+        DataFormat::Tar => archive::read(path)?,
+        _ => folder::read(path)?,
+    };
+    let store = decode::decode_all(items, d.image_size, d.skip_corrupt, path, Some(&tmp))?;
+    if store.skipped > 0 {
+        // The file holds a row for every image, the unreadable ones unwritten: keep the others.
+        let bytes = Vec::<u8>::try_from(store.images.flatten(0, -1))
+            .map_err(|e| Error::data(path, format!("cannot read the decoded store back: {e}")))?;
+        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &pixels).map_err(|e| Error::io(&pixels, e))?;
+    let h = Header {
+        key,
+        images: store.len(),
+        image_size: d.image_size,
+        classes: store.classes.clone(),
+        names: store.names.clone(),
+        labels: Vec::<i64>::try_from(&store.labels).expect("int64 labels"),
+        skipped: store.skipped,
+    };
+    crate::checkpoint::write_atomic(&header, serde_json::to_string(&h).expect("json").as_bytes())?;
+    eprintln!("data: {} decoded into the cache ({})", path.display(), pixels.display());
+    Ok(store)
+}
+
+/// The cached store of `key`: None when there is none, an error saying why one is unusable.
+fn read(key: &str, pixels: &Path, header: &Path) -> std::result::Result<Option<ImageStore>, String> {
+    if !header.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(header).map_err(|e| format!("{}: {e}", header.display()))?;
+    let h: Header = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", header.display()))?;
+    if h.key != key {
+        return Err(format!("{} was written for another source: {}", header.display(), h.key));
+    }
+    let row = h.image_size * h.image_size * 3;
+    let want = (h.images * row) as u64;
+    let have = std::fs::metadata(pixels).map_err(|e| format!("{}: {e}", pixels.display()))?.len();
+    if have != want || h.names.len() != h.images || h.labels.len() != h.images {
+        return Err(format!("{have} bytes of pixels for {} images of {want} bytes", h.images));
+    }
+    let shape = [h.images as i64, h.image_size as i64, h.image_size as i64, 3];
+    let images = Tensor::f_from_file(&pixels.to_string_lossy(), false, want as i64, (Kind::Uint8, Device::Cpu))
+        .map_err(|e| format!("cannot map {}: {e}", pixels.display()))?
+        .view(shape);
+    Ok(Some(ImageStore {
+        images,
+        labels: Tensor::from_slice(&h.labels),
+        classes: h.classes,
+        names: h.names,
+        skipped: h.skipped,
+    }))
+}
+
+/// What a cached store was made from (see the module's doc).
+fn key(path: &Path, format: DataFormat, d: &DataConfig) -> Result<String> {
+    let abs = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    let (count, bytes, latest) = fingerprint(&abs, 2)?;
+    Ok(format!(
+        "simsiam store v{VERSION} | {} | {count} entries, {bytes} bytes, latest change {latest} ns | {format:?} | \
+         {} px | skip_corrupt {}",
+        abs.display(),
+        d.image_size,
+        d.skip_corrupt
+    ))
+}
+
+/// (entries, bytes, latest modification in ns since the epoch) of `p` and what lies up to
+/// `depth` levels below it.
+fn fingerprint(p: &Path, depth: usize) -> Result<(u64, u64, u128)> {
+    let m = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
+    let changed = m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+    let mut acc = (1, if m.is_file() { m.len() } else { 0 }, changed);
+    if m.is_dir() && depth > 0 {
+        let entries: Vec<PathBuf> =
+            std::fs::read_dir(p).map_err(|e| Error::io(p, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        for e in entries {
+            let (c, b, t) = fingerprint(&e, depth - 1)?;
+            acc = (acc.0 + c, acc.1 + b, acc.2.max(t));
+        }
+    }
+    Ok(acc)
+}
