@@ -106,6 +106,15 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "test")]
         split: SplitArg,
     },
+    /// Check a dataset before a run: load `--data` as training would (through `data.cache_dir`
+    /// when set, which this also fills) and print what it holds, one JSON line.
+    Data {
+        #[command(flatten)]
+        cfg: ConfigArgs,
+        /// Which split of a CIFAR binary folder to read.
+        #[arg(long, value_enum, default_value = "train")]
+        split: SplitArg,
+    },
     /// Write the backbone as safetensors in torchvision's resnet layout.
     Export {
         /// The run folder.
@@ -268,6 +277,15 @@ enum AnalyseWhat {
 enum SplitArg {
     Train,
     Test,
+}
+
+impl From<SplitArg> for simsiam::data::Split {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::Train => simsiam::data::Split::Train,
+            SplitArg::Test => simsiam::data::Split::Test,
+        }
+    }
 }
 
 /// Which run, and optionally which data, an evaluation reads.
@@ -466,6 +484,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Embed { run, data, out, device, split } => cmd_embed(run, data, out, device, split),
+        Cmd::Data { cfg, split } => cmd_data(&cfg.resolve()?, split),
         Cmd::Export { run, out } => {
             let (cfg, _, net) = load_run(&run, Some("cpu".into()))?;
             let n = simsiam::export::export_torchvision(&net.vs, &out)?;
@@ -697,13 +716,39 @@ fn cmd_knn(src: EvalSource, ks: &[usize], t: f64) -> Result<()> {
     Ok(())
 }
 
+fn cmd_data(cfg: &Config, split: SplitArg) -> Result<()> {
+    let path = cfg.data.train.as_ref().context("no data: pass --data PATH")?;
+    let t = std::time::Instant::now();
+    let store = simsiam::data::open(path, split.into(), &cfg.data)?;
+    let seconds = t.elapsed().as_secs_f64();
+    let counts = Vec::<i64>::try_from(store.labels.clamp_min(0).bincount(None::<tch::Tensor>, 0))?;
+    let per_class: serde_json::Map<String, serde_json::Value> = store
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.clone(), counts.get(i).copied().unwrap_or(0).into()))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "data": path.display().to_string(),
+            "images": store.len(),
+            "skipped": store.skipped,
+            "image_size": store.image_size(),
+            "store_mib": store.bytes() as f64 / (1u64 << 20) as f64,
+            "labelled": store.labelled(),
+            "classes": store.num_classes(),
+            "per_class": per_class,
+            "cache_dir": cfg.data.cache_dir.as_ref().map(|d| d.display().to_string()),
+            "seconds": seconds,
+        })
+    );
+    Ok(())
+}
+
 fn cmd_embed(run: PathBuf, data: PathBuf, out: PathBuf, device: Option<String>, split: SplitArg) -> Result<()> {
     let (cfg, device, net) = load_run(&run, device)?;
-    let split = match split {
-        SplitArg::Train => simsiam::data::Split::Train,
-        SplitArg::Test => simsiam::data::Split::Test,
-    };
-    let store = simsiam::data::open(&data, split, &cfg.data)?;
+    let store = simsiam::data::open(&data, split.into(), &cfg.data)?;
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let (y, z) = simsiam::export::embed(&net.model, &store.place(device, cfg.data.store)?, &aug, 512);
     simsiam::export::write_embeddings(&out, &y, &z, &store)?;

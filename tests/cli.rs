@@ -163,6 +163,40 @@ fn trains_on_a_folder_of_unlabelled_images() {
     assert!(err.contains("--data") && err.contains("no class folders"), "{err}");
 }
 
+/// `simsiam data`: what a dataset holds, as a run would load it (one JSON line); with
+/// `data.cache_dir` it fills the cache, and the next load reads it; a bad path is a clear error.
+#[test]
+fn data_describes_a_dataset_and_fills_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    for (class, n) in [("cats", 3), ("dogs", 2)] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..n {
+            common::save_rgb(&root.join(format!("{class}/{i}.png")), 20, 16, i);
+        }
+    }
+    let cache = tmp.path().join("cache");
+    let run = |extra: &[&str]| -> (serde_json::Value, String) {
+        let mut c = bin();
+        c.args(["data", "--data", root.to_str().unwrap(), "--set", "data.image_size=16"]).args(extra);
+        let text = ok(c.output().unwrap());
+        let line = text.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line: {text}"));
+        (serde_json::from_str(line).unwrap(), text)
+    };
+    let (v, _) = run(&[]);
+    assert_eq!((v["images"].as_u64(), v["classes"].as_u64(), v["image_size"].as_u64()), (Some(5), Some(2), Some(16)));
+    assert_eq!(v["per_class"], serde_json::json!({"cats": 3, "dogs": 2}));
+    assert_eq!(v["store_mib"].as_f64(), Some(5.0 * 16.0 * 16.0 * 3.0 / 1048576.0));
+    let set = format!("data.cache_dir={:?}", cache.display().to_string());
+    let (first, text) = run(&["--set", &set]);
+    assert!(text.contains("decoded into the cache"), "{text}");
+    let (again, text) = run(&["--set", &set]);
+    assert!(text.contains("read from the cache"), "{text}");
+    assert_eq!((&first["per_class"], &again["images"]), (&v["per_class"], &v["images"]));
+    let err = user_error(bin().args(["data", "--data", "/nonexistent/images"]).output().unwrap());
+    assert!(err.contains("/nonexistent/images") && err.contains("no such"), "{err}");
+}
+
 /// `--resume RUN --data NEW`: the same data, moved, is found there and the saved config follows
 /// it; other training data (another number of images) is refused, naming the field.
 #[test]

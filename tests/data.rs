@@ -399,6 +399,9 @@ fn the_disk_cache_maps_decoded_stores_and_follows_changes_to_the_source() {
     assert_eq!(files(".u8").len(), 2);
     // Skipped images: the readable rows are what is cached, and read back.
     std::fs::write(root.join("a/bad.png"), b"not a png").unwrap();
+    let e = open(&root, Split::Train, &d).unwrap_err().to_string();
+    assert!(e.contains("bad.png"), "{e}");
+    assert!(files(".tmp").is_empty(), "a failed decode leaves no temporary file");
     let d = DataConfig { skip_corrupt: true, ..d };
     let skipping = open(&root, Split::Train, &d).unwrap();
     assert_eq!((skipping.len(), skipping.skipped), (4, 1));

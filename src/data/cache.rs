@@ -56,19 +56,13 @@ pub(crate) fn load(path: &Path, format: DataFormat, d: &DataConfig, dir: &Path) 
     // processes decoding the same source at once (an experiment's parallel workers) never
     // read each other's half-written rows.
     let tmp = dir.join(format!("{stem}.u8.{}.tmp", std::process::id()));
-    let items = match format {
-        DataFormat::Tar => archive::read(path)?,
-        _ => folder::read(path)?,
-    };
-    let store = decode::decode_all(items, d.image_size, d.skip_corrupt, path, Some(&tmp))?;
-    if store.skipped > 0 {
-        // The file holds a row for every image, the unreadable ones unwritten: keep the others.
-        let bytes = Vec::<u8>::try_from(store.images.flatten(0, -1))
-            .map_err(|e| Error::data(path, format!("cannot read the decoded store back: {e}")))?;
-        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &pixels).map_err(|e| Error::io(&pixels, e))?;
+    let decoded = decode_into(path, format, d, &tmp).and_then(|store| {
+        std::fs::rename(&tmp, &pixels).map_err(|e| Error::io(&pixels, e))?;
+        Ok(store)
+    });
+    let store = decoded.inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
     let h = Header {
         key,
         images: store.len(),
@@ -80,6 +74,23 @@ pub(crate) fn load(path: &Path, format: DataFormat, d: &DataConfig, dir: &Path) 
     };
     crate::checkpoint::write_atomic(&header, serde_json::to_string(&h).expect("json").as_bytes())?;
     eprintln!("data: {} decoded into the cache ({})", path.display(), pixels.display());
+    Ok(store)
+}
+
+/// Decodes the archive or folder `path` into the file `tmp`, complete and on disk on return.
+fn decode_into(path: &Path, format: DataFormat, d: &DataConfig, tmp: &Path) -> Result<ImageStore> {
+    let items = match format {
+        DataFormat::Tar => archive::read(path)?,
+        _ => folder::read(path)?,
+    };
+    let store = decode::decode_all(items, d.image_size, d.skip_corrupt, path, Some(tmp))?;
+    if store.skipped > 0 {
+        // The file holds a row for every image, the unreadable ones unwritten: keep the others.
+        let bytes = Vec::<u8>::try_from(store.images.flatten(0, -1))
+            .map_err(|e| Error::data(path, format!("cannot read the decoded store back: {e}")))?;
+        std::fs::write(tmp, bytes).map_err(|e| Error::io(tmp, e))?;
+    }
+    std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(tmp, e))?;
     Ok(store)
 }
 
