@@ -30,10 +30,12 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Replaces `path` with `bytes` atomically: written beside it, synced, then renamed over it, so
-/// a reader (or a crash) sees the old file or the new one, never half of one.
+/// a reader (or a crash) sees the old file or the new one, never half of one. The temporary
+/// file is this process's own, so processes writing the same file at once (an experiment's
+/// workers filling one `data.cache_dir`) do not write into each other's.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     write_file(&tmp, bytes)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

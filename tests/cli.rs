@@ -193,6 +193,29 @@ fn data_describes_a_dataset_and_fills_the_cache() {
     let (again, text) = run(&["--set", &set]);
     assert!(text.contains("read from the cache"), "{text}");
     assert_eq!((&first["per_class"], &again["images"]), (&v["per_class"], &v["images"]));
+    // Processes filling one cache at once (an experiment's parallel workers) all succeed and
+    // leave one complete entry, no temporary files.
+    let shared = tmp.path().join("shared-cache");
+    let set = format!("data.cache_dir={:?}", shared.display().to_string());
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            bin()
+                .args(["data", "--data", root.to_str().unwrap(), "--set", "data.image_size=16", "--set", &set])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let text = ok(c.wait_with_output().unwrap());
+        assert!(text.contains("\"images\":5"), "{text}");
+    }
+    let mut left: Vec<String> =
+        std::fs::read_dir(&shared).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left[0].ends_with(".json") && left[1].ends_with(".u8"), "{left:?}");
     let err = user_error(bin().args(["data", "--data", "/nonexistent/images"]).output().unwrap());
     assert!(err.contains("/nonexistent/images") && err.contains("no such"), "{err}");
 }
