@@ -9,7 +9,7 @@
 //! time; for a folder, the count, total size and latest modification time of everything two
 //! levels down, where `<class>/<image>` lives) and the decoding options: any change to the
 //! images, the image size or `skip_corrupt` makes another key, so an entry is never stale.
-use super::{archive, decode, folder, ImageStore};
+use super::{decode, ImageStore};
 use crate::config::{DataConfig, DataFormat};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -79,11 +79,7 @@ pub(crate) fn load(path: &Path, format: DataFormat, d: &DataConfig, dir: &Path) 
 
 /// Decodes the archive or folder `path` into the file `tmp`, complete and on disk on return.
 fn decode_into(path: &Path, format: DataFormat, d: &DataConfig, tmp: &Path) -> Result<ImageStore> {
-    let items = match format {
-        DataFormat::Tar => archive::read(path)?,
-        _ => folder::read(path)?,
-    };
-    let store = decode::decode_all(items, d.image_size, d.skip_corrupt, path, Some(tmp))?;
+    let store = decode::decode_all(super::encoded(path, format)?, d.image_size, d.skip_corrupt, path, Some(tmp))?;
     if store.skipped > 0 {
         // The file holds a row for every image, the unreadable ones unwritten: keep the others.
         let bytes = Vec::<u8>::try_from(store.images.flatten(0, -1))

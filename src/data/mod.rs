@@ -230,7 +230,8 @@ pub(crate) fn image_kinds() -> String {
     IMAGE_EXTENSIONS.join(", ")
 }
 
-/// Loads a split from `path`, choosing the reader from `format` (or from the path for `Auto`).
+/// Loads a split from `path`, choosing the reader from `format` (or from the path for `Auto`);
+/// [`open`] with these decoding options and no disk cache.
 pub fn load(
     path: &Path,
     format: DataFormat,
@@ -238,26 +239,12 @@ pub fn load(
     image_size: usize,
     skip_corrupt: bool,
 ) -> Result<ImageStore> {
-    if !path.exists() {
-        return Err(Error::data(path, "no such file or folder"));
-    }
-    let format = match format {
-        DataFormat::Auto => detect(path)?,
-        f => f,
-    };
-    match format {
-        DataFormat::Cifar10 | DataFormat::Cifar100 => {
-            let kind = if format == DataFormat::Cifar10 { CifarKind::Cifar10 } else { CifarKind::Cifar100 };
-            cifar::load(path, kind, split, image_size)
-        }
-        DataFormat::Tar => decode::decode_all(archive::read(path)?, image_size, skip_corrupt, path, None),
-        DataFormat::Folder => decode::decode_all(folder::read(path)?, image_size, skip_corrupt, path, None),
-        DataFormat::Auto => unreachable!("detect never returns Auto"),
-    }
+    open(path, split, &DataConfig { format, image_size, skip_corrupt, ..Default::default() })
 }
 
-/// Loads a split as the config's `[data]` fields say: [`load`], through the disk cache of
-/// `data.cache_dir` (when set) for archives and image folders, whose decoding is the slow part.
+/// Loads a split as the config's `[data]` fields say, choosing the reader from `data.format`
+/// (or from the path), through the disk cache of `data.cache_dir` (when set) for archives and
+/// image folders, whose decoding is the slow part.
 pub fn open(path: &Path, split: Split, d: &DataConfig) -> Result<ImageStore> {
     if !path.exists() {
         return Err(Error::data(path, "no such file or folder"));
@@ -266,9 +253,22 @@ pub fn open(path: &Path, split: Split, d: &DataConfig) -> Result<ImageStore> {
         DataFormat::Auto => detect(path)?,
         f => f,
     };
-    match (&d.cache_dir, format) {
-        (Some(dir), DataFormat::Tar | DataFormat::Folder) => cache::load(path, format, d, dir),
-        _ => load(path, format, split, d.image_size, d.skip_corrupt),
+    match (format, &d.cache_dir) {
+        (DataFormat::Cifar10 | DataFormat::Cifar100, _) => {
+            let kind = if format == DataFormat::Cifar10 { CifarKind::Cifar10 } else { CifarKind::Cifar100 };
+            cifar::load(path, kind, split, d.image_size)
+        }
+        (_, Some(dir)) => cache::load(path, format, d, dir),
+        (_, None) => decode::decode_all(encoded(path, format)?, d.image_size, d.skip_corrupt, path, None),
+    }
+}
+
+/// The undecoded images and the class names of an archive (`Tar`) or a folder (`Folder`).
+fn encoded(path: &Path, format: DataFormat) -> Result<(Vec<Encoded>, Vec<String>)> {
+    match format {
+        DataFormat::Tar => archive::read(path),
+        DataFormat::Folder => folder::read(path),
+        other => unreachable!("{other:?} is read without decoding"),
     }
 }
 

@@ -161,8 +161,9 @@ fn fit(
             let x = match &train {
                 Source::Features(f) => f.index_select(0, &idx),
                 Source::Images { model, images, aug } => {
-                    // A host store (`data.store`) gathers with a host copy of the indices.
-                    let rows = images.index_select(0, &Tensor::from_slice(chunk).to_device(images.device()));
+                    // A host store (`data.store`) gathers with the indices on the host.
+                    let at = if images.device() == device { idx.shallow_clone() } else { Tensor::from_slice(chunk) };
+                    let rows = images.index_select(0, &at);
                     features(model, &rows, aug, true)
                 }
             };
