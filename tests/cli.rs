@@ -176,10 +176,13 @@ fn data_describes_a_dataset_and_fills_the_cache() {
         }
     }
     let cache = tmp.path().join("cache");
-    let run = |extra: &[&str]| -> (serde_json::Value, String) {
+    let command = |extra: &[&str]| {
         let mut c = bin();
         c.args(["data", "--data", root.to_str().unwrap(), "--set", "data.image_size=16"]).args(extra);
-        let text = ok(c.output().unwrap());
+        c
+    };
+    let run = |extra: &[&str]| -> (serde_json::Value, String) {
+        let text = ok(command(extra).output().unwrap());
         let line = text.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON line: {text}"));
         (serde_json::from_str(line).unwrap(), text)
     };
@@ -199,8 +202,7 @@ fn data_describes_a_dataset_and_fills_the_cache() {
     let set = format!("data.cache_dir={:?}", shared.display().to_string());
     let children: Vec<_> = (0..4)
         .map(|_| {
-            bin()
-                .args(["data", "--data", root.to_str().unwrap(), "--set", "data.image_size=16", "--set", &set])
+            command(&["--set", &set])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
