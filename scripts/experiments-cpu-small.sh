@@ -2,8 +2,11 @@
 # Every experiment whose arms differ in objective or architecture, at CPU scale: ResNet-18 at
 # width 8, d = 128, 1,024 CIFAR-10 training images, batch 64, 12 epochs, base lr 1.0. This shows
 # the collapse behaviour of each arm in minutes; it is not the paper's setting (for that, run
-# `simsiam experiment NAME` on a GPU with the defaults). output-dim, batch-size and dim-sweep are left out:
-# their arms differ in exactly what these overrides fix.
+# `simsiam experiment NAME` on a GPU with the defaults). The experiments whose arms differ in
+# what these overrides fix keep their own values of it: output-dim and dim-sweep their d (and the
+# predictor's d/4 hidden width; the projector's hidden width stays 2048, as in SimSiam App. B),
+# batch-size its batch (on 4,096 images, so that batch 1024 still takes 4 steps an epoch).
+# With no names it runs every experiment but these three; name them to run them.
 # Reports go to docs/results/cpu-small/<name>/ (report.md, outcome.json, plots/*.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,10 +18,17 @@ names=("$@")
   dummy-gradients triplet-extra-gradient simsiam-extra-gradient simple-predictors covariance moving-average explicit-eoa \
   decorrelation k-step-alternation oracle-predictor shard-dynamics augmentation-removal)
 for name in "${names[@]}"; do
+  batch=(--batch-size 64)
+  dims=(--set model.dim=128 --set model.proj_hidden=128 --set model.pred_hidden=32)
+  images=1024
+  case $name in
+  output-dim | dim-sweep) dims=() ;;
+  batch-size) batch=() images=4096 ;;
+  esac
   ./target/release/simsiam experiment "$name" --out "runs/cpu-small/$name" --device cpu \
-    --data "$data/train.tar.gz" --test-data "$data/test.tar.gz" --epochs 12 --batch-size 64 \
-    --set model.width=8 --set model.dim=128 --set model.proj_hidden=128 --set model.pred_hidden=32 \
-    --set data.train_limit=1024 --set data.test_limit=1000 --set optim.base_lr=1.0 \
+    --data "$data/train.tar.gz" --test-data "$data/test.tar.gz" --epochs 12 "${batch[@]}" \
+    --set model.width=8 "${dims[@]}" ${SIMSIAM_THREADS:+--set run.threads=$SIMSIAM_THREADS} \
+    --set data.train_limit=$images --set data.test_limit=1000 --set optim.base_lr=1.0 \
     --set monitor.knn_every=6 --set monitor.knn_k=20 --set monitor.log_every=16 --set monitor.geometry_samples=512
   dest="docs/results/cpu-small/$name"
   mkdir -p "$dest/plots"

@@ -170,30 +170,32 @@ next)
     log "all done"
     ;;
 gap)
-    # One call of a 15-minute lease (`start gap && wait 570`), issue 3: the GPU tests; the
-    # benchmarks at batch 512 and 1024, eager, with the step as a CUDA graph, with the next
-    # views made on a second stream (`run.prefetch`), and with both, profiled
-    # (where every millisecond goes: $R/prof-*/MODE-profile.md); then the accuracy gap to the
-    # peer (58.3% kNN at 60 epochs): SimSiam 60 epochs with torchvision's init (the official
-    # code's) and with the peer's lightly ResNet init (no zero-init, nn.Conv2d's own conv init),
-    # both at once (shared GPU: no timings from them).
+    # One call of a 15-minute lease (`start gap && wait 570`), issue 3, most needed first so that
+    # the call's end cuts only the least needed: the GPU tests; the benchmarks at batch 512 and
+    # 1024, eager and with both speed options (the step as a CUDA graph, the next views made on a
+    # second stream), profiled (where every millisecond goes: $R/prof-*/MODE-profile.md); the
+    # accuracy gap to the peer (58.3% kNN at 60 epochs): SimSiam 60 epochs with torchvision's
+    # init (the official code's) and with the peer's lightly ResNet init (no zero-init,
+    # nn.Conv2d's own conv init), both at once (shared GPU: no timings from them), compared;
+    # then each speed option alone and the host store.
     libs
     mkdir -p $R
     job gpu-tests 120 .device/gpu-tests --test-threads 1
     for b in 512 1024; do
         job bench-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
             --mode step,augment,end-to-end --profile $R/prof-$b --profile-steps 3
-        job bench-graph-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
-            --mode step,end-to-end --set run.cuda_graph=true --profile $R/prof-graph-$b --profile-steps 3
-        job bench-prefetch-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
-            --mode end-to-end --set run.prefetch=true
         job bench-both-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
-            --mode end-to-end --set run.cuda_graph=true --set run.prefetch=true --profile $R/prof-both-$b --profile-steps 3
+            --mode step,end-to-end --set run.cuda_graph=true --set run.prefetch=true --profile $R/prof-both-$b --profile-steps 3
     done
     printf '%s\n' gap_torchvision gap_lightly | xargs -P 2 -I{} bash "$0" task {}
-    # Last, alone again: what a host store (`data.store = "host"`: each batch gathered on the
-    # host and copied from pinned memory) costs end to end, beside the device store's figure.
+    job gap-compare 30 $B report torchvision=$R/gap-torchvision lightly=$R/gap-lightly --out $R/gap-compare
     for b in 512 1024; do
+        job bench-graph-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
+            --mode end-to-end --set run.cuda_graph=true
+        job bench-prefetch-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
+            --mode end-to-end --set run.prefetch=true
+        # What a host store (`data.store = "host"`: each batch gathered on the host and copied
+        # from pinned memory) costs end to end, beside the device store's figure.
         job bench-host-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
             --mode end-to-end --set 'data.store="host"'
     done

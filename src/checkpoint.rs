@@ -125,6 +125,25 @@ pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(d))
 }
 
+/// A run's checkpoint by name: `latest`, or one of its `step-*` folders (the newest
+/// `run.keep_checkpoints` are kept). An error names the folders there are.
+pub fn named(run_dir: &Path, name: &str) -> Result<PathBuf> {
+    if name == "latest" {
+        return latest(run_dir)?.ok_or_else(|| Error::data(run_dir, "no checkpoint yet"));
+    }
+    let c = dir(run_dir).join(name);
+    if c.join("model.safetensors").is_file() && !name.contains('/') {
+        return Ok(c);
+    }
+    let kept: Vec<String> =
+        all(run_dir)?.iter().filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
+    Err(Error::config(format!(
+        "--checkpoint: {name:?} is not a checkpoint of {} (expected latest or one of: {})",
+        run_dir.display(),
+        if kept.is_empty() { "none yet".to_string() } else { kept.join(", ") }
+    )))
+}
+
 pub fn load_position(ckpt: &Path) -> Result<Position> {
     let p = ckpt.join("position.json");
     let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;

@@ -5,8 +5,9 @@
 use crate::checkpoint;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::eval::linear::{self, ProbeConfig, ProbeResult};
 use crate::monitor::{verdict, CollapseVerdict};
-use crate::report::{html_escape, read_lines, render, series, Figure};
+use crate::report::{markdown_page, overlays, read_lines, render_all};
 use crate::train::{self, RunControl, Summary};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -82,6 +83,10 @@ pub struct Experiment {
     /// points).
     #[serde(default)]
     pub order: Vec<String>,
+    /// A linear probe of every arm's final backbone, with this recipe (`[linear]`; also
+    /// `simsiam experiment --linear`). None: kNN only.
+    #[serde(default)]
+    pub linear: Option<ProbeConfig>,
     #[serde(rename = "arm")]
     pub arms: Vec<Arm>,
 }
@@ -129,6 +134,13 @@ impl Experiment {
                         a.name
                     )));
                 }
+            }
+        }
+        if let Some(pc) = &e.linear {
+            if pc.epochs == 0 || pc.batch_size == 0 || pc.lr.is_nan() || pc.lr <= 0.0 {
+                return Err(Error::config(format!(
+                    "experiment {origin}: [linear]: epochs, batch_size and lr must be positive"
+                )));
             }
         }
         for o in &e.order {
@@ -183,6 +195,9 @@ pub struct ArmResult {
     pub verdict: CollapseVerdict,
     pub agrees: bool,
     pub summary: Summary,
+    /// The linear probe, when the experiment asks for one.
+    #[serde(default)]
+    pub linear: Option<ProbeResult>,
 }
 
 /// The whole experiment's outcome.
@@ -200,6 +215,10 @@ pub struct Outcome {
     /// Arms not trained yet (`--arms` chose others).
     #[serde(default)]
     pub pending: Vec<String>,
+    /// The command that wrote this outcome (the last of the invocations an experiment's arms
+    /// may have taken; each arm's `config.toml` holds its resolved settings).
+    #[serde(default)]
+    pub command: Option<String>,
 }
 
 impl Outcome {
@@ -235,7 +254,7 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
     let mut arms = Vec::new();
     let mut pending = Vec::new();
     // The arms read the same images: decode them once.
-    let data = Some(control.data.clone().unwrap_or_default());
+    let stores = control.data.clone().unwrap_or_default();
     for (arm, summary_path) in exp.arms.iter().zip(&summaries) {
         if !summary_path.is_file() && !only.is_empty() && !only.contains(&arm.name) {
             pending.push(arm.name.clone());
@@ -262,7 +281,7 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         } else {
             let resume = checkpoint::latest(&cfg.run.out_dir)?.is_some();
             eprintln!("[{}] {}: {}", exp.name, arm.name, if resume { "resuming" } else { "training" });
-            train::train(&cfg, &RunControl { resume, data: data.clone(), ..control.clone() })?
+            train::train(&cfg, &RunControl { resume, data: Some(stores.clone()), ..control.clone() })?
         };
         let loss_min = crate::objective::Objective::new(&cfg.objective).minimum();
         // In P, sqrt(d)·collapse_std is estimated from m_o: sum_j var_j = 1 - m_o^2.
@@ -271,12 +290,17 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
             Space::P => (1.0 - summary.tail.m_o_p.powi(2)).max(0.0).sqrt(),
         };
         let v = verdict(summary.tail.loss, loss_min, spread);
+        let linear = match &exp.linear {
+            Some(pc) => Some(arm_probe(&exp.name, &arm.name, &cfg, pc, &stores)?),
+            None => None,
+        };
         arms.push(ArmResult {
             name: arm.name.clone(),
             expect: arm.expect,
             verdict: v,
             agrees: arm.expect.admits(v),
             summary,
+            linear,
         });
     }
     let knn_of = |n: &str| arms.iter().find(|a| a.name == n).and_then(|a| a.summary.knn_final);
@@ -302,9 +326,40 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         orders,
         held,
         pending,
+        command: control.command.clone(),
     };
     write_report(exp, out, &outcome)?;
     Ok(outcome)
+}
+
+/// The linear probe of a finished arm's backbone (`<arm>/linear_probe.json`, as `simsiam eval
+/// linear` writes it): read back when it was made with this recipe, else made now on the arm's
+/// training and test data.
+fn arm_probe(exp: &str, arm: &str, cfg: &Config, pc: &ProbeConfig, data: &train::SharedStores) -> Result<ProbeResult> {
+    let run = &cfg.run.out_dir;
+    let path = run.join("linear_probe.json");
+    let pc = ProbeConfig { seed: cfg.run.seed, ..pc.clone() };
+    if let Some(done) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<ProbeResult>(&t).ok())
+        .filter(|r| r.config == pc)
+    {
+        eprintln!("[{exp}] {arm}: linear probe finished earlier ({:.2}%)", done.top1);
+        return Ok(done);
+    }
+    let (train_store, test_store) = data.load(cfg)?;
+    let test_store = test_store
+        .filter(|t| t.labelled() && train_store.labelled())
+        .ok_or_else(|| Error::config(format!(
+            "experiment {exp}, arm {arm}: --linear / [linear]: the linear probe needs class folders in both the training data and the test data (data.test, --test-data)"
+        )))?;
+    let (_, device, net) = train::load_run(run, None)?;
+    let (train, test) = (train_store.place(device, cfg.data.store)?, test_store.place(device, cfg.data.store)?);
+    let aug = crate::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+    eprintln!("[{exp}] {arm}: linear probe ({} epochs)", pc.epochs);
+    let r = linear::probe(&net.model, &train, &test, &aug, &pc);
+    checkpoint::write_atomic(&path, format!("{}\n", serde_json::to_string(&r).expect("json")).as_bytes())?;
+    Ok(r)
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
@@ -319,52 +374,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     for a in &outcome.arms {
         per_arm.push((a.name.clone(), read_lines(&out.join(&a.name).join("metrics.jsonl"))?));
     }
-    let overlay = |stem, title, x_label, kind: Option<&str>, x: &str, y: &[&str]| Figure {
-        stem,
-        title,
-        x_label,
-        series: per_arm
-            .iter()
-            .map(|(n, rows)| {
-                let rows: Vec<&serde_json::Value> = rows
-                    .iter()
-                    .filter(|r| match kind {
-                        None => r.get("event").is_none(),
-                        Some(k) => r["event"] == k,
-                    })
-                    .collect();
-                series(&rows, x, y, n)
-            })
-            .collect(),
-    };
-    let figures = [
-        overlay("loss", "Training loss", "step", None, "step", &["loss"]),
-        overlay(
-            "collapse_std",
-            "sqrt(d) x collapse_std (1 = spread, 0 = collapsed)",
-            "step",
-            None,
-            "step",
-            &["collapse_std_scaled"],
-        ),
-        overlay("knn", "kNN top-1 (%)", "epoch", Some("knn"), "epoch", &["knn_top1"]),
-        overlay("m_o_z", "m_o of Z (1 = collapsed)", "step", None, "step", &["m_o_z"]),
-        overlay("m_o_p", "m_o of P (1 = collapsed)", "step", None, "step", &["m_o_p"]),
-        overlay(
-            "corr_offdiag",
-            "Mean |off-diagonal correlation| of Z (eval subset)",
-            "epoch",
-            Some("geometry"),
-            "epoch",
-            &["geometry", "z_off_diagonal", "corr_abs"],
-        ),
-    ];
-    let mut svgs = String::new();
-    let mut md_plots = String::new();
-    for f in figures.iter().filter(|f| f.series.iter().any(|(_, p)| !p.is_empty())) {
-        svgs.push_str(&format!("<figure>{}</figure>\n", render(&plots, f)?));
-        md_plots.push_str(&format!("![{}](plots/{}.png)\n", f.title, f.stem));
-    }
+    let (svgs, md_plots) = render_all(&plots, &overlays(&per_arm))?;
     let mut md = String::new();
     let verdict_line = format!("**{}**", outcome.verdict());
     let _ = writeln!(
@@ -372,12 +382,17 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
         "# {}\n\n**Claim.** {}\n\n**Source.** {}\n\n**Paper.** {}\n\n**Here:** the claim {verdict_line}.\n",
         exp.name, exp.claim, exp.source, exp.paper
     );
-    let _ = writeln!(md, "| arm | expected | verdict | agrees | loss | sqrt(d)·collapse_std | m_o (Z) | m_r (Z) | m_o (P) | kNN top-1 |\n|---|---|---|---|---|---|---|---|---|---|");
+    if let Some(c) = &outcome.command {
+        let _ = writeln!(md, "**Command** (each arm's resolved config is its `config.toml`):\n\n```\n{c}\n```\n");
+    }
+    let probed = outcome.arms.iter().any(|a| a.linear.is_some());
+    let (probe_head, probe_rule) = if probed { (" linear top-1 |", "---|") } else { ("", "") };
+    let _ = writeln!(md, "| arm | expected | verdict | agrees | loss | sqrt(d)·collapse_std | m_o (Z) | m_r (Z) | m_o (P) | kNN top-1 |{probe_head}\n|---|---|---|---|---|---|---|---|---|---|{probe_rule}");
     for a in &outcome.arms {
         let t = &a.summary.tail;
         let _ = writeln!(
             md,
-            "| {} | {:?} | {:?} | {} | {:+.4} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+            "| {} | {:?} | {:?} | {} | {:+.4} | {:.3} | {:.3} | {:.3} | {:.3} | {} |{}",
             a.name,
             a.expect,
             a.verdict,
@@ -387,7 +402,18 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
             t.m_o_z,
             t.m_r_z,
             t.m_o_p,
-            fmt_opt(a.summary.knn_final)
+            fmt_opt(a.summary.knn_final),
+            if probed { format!(" {} |", fmt_opt(a.linear.as_ref().map(|r| r.top1))) } else { String::new() }
+        );
+    }
+    if let (true, Some(pc)) = (probed, &exp.linear) {
+        let _ = writeln!(
+            md,
+            "\nLinear top-1: a linear classifier on the frozen backbone (eval-mode BN), {} epochs, batch {}, lr {}, {}.",
+            pc.epochs,
+            pc.batch_size,
+            pc.lr,
+            if pc.augment { "crop + flip" } else { "features computed once" }
         );
     }
     let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps. Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std < 0.5 (m_o > 0.87); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse).");
@@ -408,13 +434,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     let _ = writeln!(md, "\n{md_plots}");
     let md_path = out.join("report.md");
     std::fs::write(&md_path, &md).map_err(|e| Error::io(&md_path, e))?;
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;max-width:1680px;margin:1em auto;padding:0 1em}}\
-.plots{{display:grid;grid-template-columns:repeat(auto-fill,minmax(800px,1fr));gap:12px}}figure{{margin:0;border:1px solid #ddd}}figure svg{{width:100%;height:auto}}\
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 10px}}</style></head><body><pre style=\"white-space:pre-wrap;font-family:sans-serif\">{md}</pre><div class=\"plots\">{svgs}</div></body></html>\n",
-        t = html_escape(&exp.name),
-        md = html_escape(md.split("![").next().unwrap_or(&md))
-    );
+    let html = markdown_page(&exp.name, &md, &svgs);
     let html_path = out.join("report.html");
     std::fs::write(&html_path, html).map_err(|e| Error::io(&html_path, e))?;
     let o_path = out.join("outcome.json");

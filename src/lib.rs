@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;

@@ -40,6 +40,13 @@ enum Cmd {
         /// and judges the claim once all have run.
         #[arg(long, value_delimiter = ',', value_name = "ARM,...")]
         arms: Vec<String>,
+        /// Also a linear probe of every arm (the experiment's `[linear]` recipe, else `eval
+        /// linear`'s defaults); kept in each arm's linear_probe.json, added to the report.
+        #[arg(long)]
+        linear: bool,
+        /// The linear probe's epochs (implies --linear).
+        #[arg(long, value_name = "N")]
+        linear_epochs: Option<usize>,
         #[command(flatten)]
         over: Overrides,
     },
@@ -105,6 +112,9 @@ enum Cmd {
         /// Which split of a CIFAR binary folder to read.
         #[arg(long, value_enum, default_value = "test")]
         split: SplitArg,
+        /// Which checkpoint: `latest` or a `step-*` folder of the run's checkpoints/.
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
     },
     /// Check a dataset before a run: load `--data` as training would (through `data.cache_dir`
     /// when set, which this also fills) and print what it holds, one JSON line.
@@ -122,11 +132,20 @@ enum Cmd {
         /// Output file (.safetensors).
         #[arg(long)]
         out: PathBuf,
+        /// Which checkpoint: `latest` or a `step-*` folder of the run's checkpoints/.
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
     },
-    /// Render a run's plots (PNG, SVG) and its HTML report.
+    /// Render a run's plots (PNG, SVG) and its HTML report; or, given several runs and `--out`,
+    /// compare them: what each reached, the config fields in which they differ, the curves overlaid.
     Report {
-        /// The run folder.
-        run: PathBuf,
+        /// The run folder; to compare, several, each `PATH` or `LABEL=PATH` (a run folder, or a
+        /// .jsonl file of metrics lines such as the PyTorch reference script's).
+        #[arg(required = true)]
+        runs: Vec<String>,
+        /// Where the comparison goes (report.md, report.html, plots/); needed with several runs.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Time the training step, the augmentation and the whole pipeline; one JSON line each.
     Bench {
@@ -301,11 +320,14 @@ struct EvalSource {
     /// Use this test data instead of the run's.
     #[arg(long)]
     test_data: Option<PathBuf>,
+    /// Which checkpoint: `latest` or a `step-*` folder of the run's checkpoints/.
+    #[arg(long, default_value = "latest")]
+    checkpoint: String,
 }
 
 #[derive(Subcommand)]
 enum EvalCmd {
-    /// Linear probe on the frozen backbone of a run's latest checkpoint: top-1 and top-5.
+    /// Linear probe on the frozen backbone of a run's checkpoint (`--checkpoint`, the latest by default): top-1 and top-5.
     Linear {
         #[command(flatten)]
         src: EvalSource,
@@ -329,7 +351,7 @@ enum EvalCmd {
         #[arg(long)]
         lars: bool,
     },
-    /// Weighted kNN top-1 of a run's latest checkpoint (backbone features).
+    /// Weighted kNN top-1 of a run's checkpoint (`--checkpoint`, the latest by default; backbone features).
     Knn {
         #[command(flatten)]
         src: EvalSource,
@@ -367,7 +389,7 @@ fn run() -> Result<()> {
                 epochs > 0 && batch_size > 0 && lr > 0.0,
                 "--epochs, --batch-size and --lr must be positive"
             );
-            let run = src.run.clone();
+            let (run, ckpt) = (src.run.clone(), src.checkpoint.clone());
             let e = eval_setup(src)?;
             let pc = simsiam::eval::linear::ProbeConfig {
                 epochs,
@@ -381,14 +403,17 @@ fn run() -> Result<()> {
                 ..Default::default()
             };
             let r = simsiam::eval::linear::probe(&e.net.model, &e.train, &e.test, &e.aug, &pc);
-            let line = serde_json::to_string(&r)?;
-            std::fs::write(run.join("linear_probe.json"), format!("{line}\n")).context("writing linear_probe.json")?;
+            let mut line = serde_json::to_value(&r)?;
+            line["checkpoint"] = ckpt.clone().into();
+            // The latest weights' probe is the run's (an experiment reads it); others beside it.
+            let file = if ckpt == "latest" { "linear_probe.json".into() } else { format!("linear_probe-{ckpt}.json") };
+            std::fs::write(run.join(&file), format!("{line}\n")).with_context(|| format!("writing {file}"))?;
             println!("{line}");
             Ok(())
         }
         Cmd::Analyse { what, run, data, n, k, train_bn, sizes, checkpoint, device } => {
             anyhow::ensure!(k >= 2 && n >= 10, "--k must be at least 2 and --n at least 10");
-            let (cfg, device) = run_config(&run, device)?;
+            let (cfg, device) = train::run_config(&run, device)?;
             let path = data.or_else(|| cfg.data.test.clone()).context("no data: pass --data PATH")?;
             let store = simsiam::data::open(&path, simsiam::data::Split::Test, &cfg.data)?;
             anyhow::ensure!(store.len() >= 10, "{}: at least 10 images needed", path.display());
@@ -400,8 +425,7 @@ fn run() -> Result<()> {
             let sub = |name: &str| run.join("analysis").join(format!("{name}{mode}"));
             let targets: Vec<(Option<PathBuf>, PathBuf)> = match checkpoint.as_str() {
                 "latest" => {
-                    let c = simsiam::checkpoint::latest(&run)?
-                        .with_context(|| format!("{}: no checkpoint yet", run.display()))?;
+                    let c = simsiam::checkpoint::named(&run, "latest")?;
                     vec![(Some(c), if train_bn { sub("latest") } else { run.join("analysis") })]
                 }
                 "init" => vec![(None, sub("init"))],
@@ -412,16 +436,7 @@ fn run() -> Result<()> {
                         .map(|c| (Some(c.clone()), sub(&c.file_name().expect("name").to_string_lossy())))
                         .collect()
                 }
-                name => {
-                    let c = simsiam::checkpoint::dir(&run).join(name);
-                    anyhow::ensure!(
-                        c.join("model.safetensors").is_file(),
-                        "--checkpoint: {} is not a checkpoint folder (expected latest, init, all or a step-* folder under {})",
-                        c.display(),
-                        simsiam::checkpoint::dir(&run).display()
-                    );
-                    vec![(Some(c), sub(name))]
-                }
+                name => vec![(Some(simsiam::checkpoint::named(&run, name)?), sub(name))],
             };
             for (ckpt, dir) in targets {
                 // The same seed as training: `init` rebuilds the run's own initial weights.
@@ -483,10 +498,12 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Embed { run, data, out, device, split } => cmd_embed(run, data, out, device, split),
+        Cmd::Embed { run, data, out, device, split, checkpoint } => {
+            cmd_embed(run, data, out, device, split, &checkpoint)
+        }
         Cmd::Data { cfg, split } => cmd_data(&cfg.resolve()?, split),
-        Cmd::Export { run, out } => {
-            let (cfg, _, net) = load_run(&run, Some("cpu".into()))?;
+        Cmd::Export { run, out, checkpoint } => {
+            let (cfg, _, net) = train::load_run_at(&run, &checkpoint, Some("cpu".into()))?;
             let n = simsiam::export::export_torchvision(&net.vs, &out)?;
             println!("wrote {} ({n} tensors, torchvision resnet layout)", out.display());
             if cfg.model.width != 64 {
@@ -508,11 +525,21 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Experiment { name, out, arms, over, .. } => {
-            let exp = simsiam::experiment::Experiment::find(name.as_deref().expect("clap requires it"))?;
+        Cmd::Experiment { name, out, arms, linear, linear_epochs, over, .. } => {
+            let mut exp = simsiam::experiment::Experiment::find(name.as_deref().expect("clap requires it"))?;
+            if linear || linear_epochs.is_some() {
+                let pc = exp.linear.get_or_insert_with(Default::default);
+                if let Some(n) = linear_epochs {
+                    anyhow::ensure!(n > 0, "--linear-epochs: expected a positive number of epochs, got 0");
+                    pc.epochs = n;
+                }
+            }
             let out = out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(&exp.name));
-            let control =
-                interruptible(RunControl { progress: std::io::stderr().is_terminal(), ..Default::default() })?;
+            let control = interruptible(RunControl {
+                progress: std::io::stderr().is_terminal(),
+                command: Some(command_line()),
+                ..Default::default()
+            })?;
             let o = simsiam::experiment::run(&exp, &out, &over.to_sets(), &control, &arms)?;
             println!("{}: the claim {}; report: {}", exp.name, o.verdict(), out.join("report.md").display());
             Ok(())
@@ -530,13 +557,20 @@ fn run() -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let inputs = simsiam::hypotheses::Inputs::load(&runs, experiments.as_deref())?;
-            let command =
-                std::iter::once("simsiam".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
-            println!("wrote {}", simsiam::hypotheses::write(&inputs, &out, &command)?.display());
+            println!("wrote {}", simsiam::hypotheses::write(&inputs, &out, &command_line())?.display());
             Ok(())
         }
-        Cmd::Report { run } => {
-            println!("wrote {}", simsiam::report::write_report(&run)?.display());
+        Cmd::Report { runs, out } => {
+            let written = match (runs.as_slice(), out) {
+                ([run], None) => simsiam::report::write_report(std::path::Path::new(run))?,
+                (_, Some(out)) => {
+                    let runs =
+                        runs.iter().map(|r| simsiam::compare::Compared::load(r)).collect::<Result<Vec<_>, _>>()?;
+                    simsiam::compare::write(&runs, &out)?
+                }
+                (_, None) => anyhow::bail!("report: --out DIR is needed to compare several runs"),
+            };
+            println!("wrote {}", written.display());
             Ok(())
         }
         Cmd::Bench { cfg, mode, warmup, steps, profile, profile_steps } => {
@@ -559,6 +593,18 @@ fn run() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// This invocation as `simsiam ARGS...`, each argument quoted where a shell would need it.
+fn command_line() -> String {
+    let quote = |a: String| {
+        if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', "'\\''"))
+        }
+    };
+    std::iter::once("simsiam".to_string()).chain(std::env::args().skip(1).map(quote)).collect::<Vec<_>>().join(" ")
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
@@ -652,26 +698,6 @@ fn interruptible(control: RunControl) -> Result<RunControl> {
     Ok(control)
 }
 
-/// A run's saved config, with its device overridden by `--device`, and that device.
-fn run_config(run: &std::path::Path, device: Option<String>) -> Result<(Config, tch::Device)> {
-    let mut cfg =
-        Config::load(&run.join("config.toml")).with_context(|| format!("{}: not a run folder", run.display()))?;
-    if let Some(d) = device {
-        cfg.run.device = d;
-    }
-    let device = simsiam::device::parse_device(&cfg.run.device)?;
-    Ok((cfg, device))
-}
-
-/// A run's saved config and its latest checkpoint loaded into a network on the chosen device.
-fn load_run(run: &std::path::Path, device: Option<String>) -> Result<(Config, tch::Device, train::Network)> {
-    let (cfg, device) = run_config(run, device)?;
-    let ckpt = simsiam::checkpoint::latest(run)?.with_context(|| format!("{}: no checkpoint yet", run.display()))?;
-    let mut net = train::Network::new(&cfg, device);
-    simsiam::checkpoint::load_model(&mut net.vs, &ckpt)?;
-    Ok((cfg, device, net))
-}
-
 /// What `eval` needs: a run's network, its train and test stores on the device (with optional
 /// data overrides), and the evaluation transform.
 struct EvalSetup {
@@ -683,7 +709,7 @@ struct EvalSetup {
 }
 
 fn eval_setup(src: EvalSource) -> Result<EvalSetup> {
-    let (mut cfg, device, net) = load_run(&src.run, src.device)?;
+    let (mut cfg, device, net) = train::load_run_at(&src.run, &src.checkpoint, src.device)?;
     if src.data.is_some() {
         cfg.data.train = src.data;
     }
@@ -707,11 +733,12 @@ fn cmd_knn(src: EvalSource, ks: &[usize], t: f64) -> Result<()> {
         "--k: expected neighbour counts of at least 1, got {ks:?}"
     );
     anyhow::ensure!(t.is_finite() && t > 0.0, "--t: expected a positive temperature, got {t}");
-    let run = src.run.clone();
+    let (run, ckpt) = (src.run.clone(), src.checkpoint.clone());
     let e = eval_setup(src)?;
     let accs = simsiam::eval::knn::knn_accuracy(&e.net.model, &e.train, &e.test, &e.aug, ks, t);
     for (k, acc) in ks.iter().zip(accs) {
-        println!("{}", serde_json::json!({"run": run.display().to_string(), "k": k, "t": t, "knn_top1": acc}));
+        let run = run.display().to_string();
+        println!("{}", serde_json::json!({"run": run, "checkpoint": ckpt, "k": k, "t": t, "knn_top1": acc}));
     }
     Ok(())
 }
@@ -746,8 +773,15 @@ fn cmd_data(cfg: &Config, split: SplitArg) -> Result<()> {
     Ok(())
 }
 
-fn cmd_embed(run: PathBuf, data: PathBuf, out: PathBuf, device: Option<String>, split: SplitArg) -> Result<()> {
-    let (cfg, device, net) = load_run(&run, device)?;
+fn cmd_embed(
+    run: PathBuf,
+    data: PathBuf,
+    out: PathBuf,
+    device: Option<String>,
+    split: SplitArg,
+    checkpoint: &str,
+) -> Result<()> {
+    let (cfg, device, net) = train::load_run_at(&run, checkpoint, device)?;
     let store = simsiam::data::open(&data, split.into(), &cfg.data)?;
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let (y, z) = simsiam::export::embed(&net.model, &store.place(device, cfg.data.store)?, &aug, 512);

@@ -121,6 +121,83 @@ pub(crate) fn series(rows: &[&Value], x: &str, y: &[&str], name: &str) -> Series
     (name.to_string(), pts)
 }
 
+/// Several runs' metrics lines (`metrics.jsonl`), each under its label.
+pub(crate) type Runs = [(String, Vec<Value>)];
+
+/// One figure with a line per run: `y` (a path into each line) against `x`, over the per-step
+/// lines (`event = None`) or over the lines of one event (`"knn"`, `"geometry"`).
+pub(crate) fn overlay(
+    runs: &Runs,
+    (stem, title, x_label): (&'static str, &'static str, &'static str),
+    event: Option<&str>,
+    x: &str,
+    y: &[&str],
+) -> Figure {
+    let series = runs
+        .iter()
+        .map(|(name, rows)| {
+            let rows: Vec<&Value> = rows
+                .iter()
+                .filter(|r| match event {
+                    None => r.get("event").is_none(),
+                    Some(k) => r["event"] == k,
+                })
+                .collect();
+            series(&rows, x, y, name)
+        })
+        .collect();
+    Figure { stem, title, x_label, series }
+}
+
+/// The figures that set runs side by side (an experiment's arms, `simsiam report A B ...`):
+/// the loss, the spread, kNN, Zhang et al.'s m_o of Z and P, the off-diagonal correlation of Z
+/// and the lr. Figures without any point are for the caller to leave out.
+pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
+    vec![
+        overlay(runs, ("loss", "Training loss", "step"), None, "step", &["loss"]),
+        overlay(
+            runs,
+            ("collapse_std", "sqrt(d) x collapse_std (1 = spread, 0 = collapsed)", "step"),
+            None,
+            "step",
+            &["collapse_std_scaled"],
+        ),
+        overlay(runs, ("knn", "kNN top-1 (%)", "epoch"), Some("knn"), "epoch", &["knn_top1"]),
+        overlay(runs, ("m_o_z", "m_o of Z (1 = collapsed)", "step"), None, "step", &["m_o_z"]),
+        overlay(runs, ("m_o_p", "m_o of P (1 = collapsed)", "step"), None, "step", &["m_o_p"]),
+        overlay(
+            runs,
+            ("corr_offdiag", "Mean |off-diagonal correlation| of Z (eval subset)", "epoch"),
+            Some("geometry"),
+            "epoch",
+            &["geometry", "z_off_diagonal", "corr_abs"],
+        ),
+        overlay(runs, ("lr", "Learning rate (encoder)", "step"), None, "step", &["lr"]),
+    ]
+}
+
+/// Renders the figures that have points into `dir`: (their SVGs as `<figure>`s, their PNGs as
+/// markdown image lines, `dir` named `plots/` beside the markdown).
+pub(crate) fn render_all(dir: &Path, figures: &[Figure]) -> Result<(String, String)> {
+    let (mut svgs, mut md) = (String::new(), String::new());
+    for f in figures.iter().filter(|f| f.series.iter().any(|(_, p)| !p.is_empty())) {
+        svgs.push_str(&format!("<figure>{}</figure>\n", render(dir, f)?));
+        md.push_str(&format!("![{}](plots/{}.png)\n", f.title, f.stem));
+    }
+    Ok((svgs, md))
+}
+
+/// One HTML page of a markdown report: its text up to the first image, then the SVG figures.
+pub(crate) fn markdown_page(title: &str, md: &str, svgs: &str) -> String {
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{t}</title><style>body{{font-family:sans-serif;max-width:1680px;margin:1em auto;padding:0 1em}}\
+.plots{{display:grid;grid-template-columns:repeat(auto-fill,minmax(800px,1fr));gap:12px}}figure{{margin:0;border:1px solid #ddd}}figure svg{{width:100%;height:auto}}\
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 10px}}</style></head><body><pre style=\"white-space:pre-wrap;font-family:sans-serif\">{md}</pre><div class=\"plots\">{svgs}</div></body></html>\n",
+        t = html_escape(title),
+        md = html_escape(md.split("![").next().unwrap_or(md))
+    )
+}
+
 pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }

@@ -35,6 +35,9 @@ fn train_args(train: &Path, test: &Path, out: &Path) -> Vec<String> {
         test.display().to_string(),
         "--out".into(),
         out.display().to_string(),
+        // Not the default seed, so that a run repeated from its saved config shows the seed saved.
+        "--seed".into(),
+        "7".into(),
     ]);
     for s in common::SMALL_MODEL.iter().chain(&[
         "data.test_limit=0",
@@ -105,6 +108,12 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     // Geometry monitor lines at initialisation and each epoch.
     let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.matches("\"event\":\"geometry\"").count(), 4);
+
+    // The saved config alone (with its seed) repeats the run step for step.
+    let again = tmp.path().join("again");
+    let cfg = full.join("config.toml");
+    ok(bin().args(["train", "--config", cfg.to_str().unwrap(), "--out", again.to_str().unwrap()]).output().unwrap());
+    assert_eq!(losses(&again), want, "a run from its saved config.toml");
 
     // Same run, Ctrl-C (SIGINT) once a few steps are logged, then --resume.
     let part = tmp.path().join("part");
@@ -363,9 +372,16 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     assert!(table.contains("| pending |"), "{table}");
     let err = user_error(bin().args(args(&out)).args(["--arms", "nope"]).output().unwrap());
     assert!(err.contains("--arms") && err.contains("\"nope\"") && err.contains("no-stop-grad"), "{err}");
-    // Then the rest: the finished arm is skipped, the claim judged.
-    let text = ok(bin().args(args(&out)).output().unwrap());
+    // Then the rest, with a linear probe of every arm: the finished arm is skipped (its probe
+    // made now), the claim judged.
+    let linear = ["--linear-epochs", "1"];
+    let text = ok(bin().args(args(&out)).args(linear).output().unwrap());
     assert_eq!(text.matches("finished earlier, skipped").count(), 1, "{text}");
+    assert_eq!(text.matches("linear probe (1 epochs)").count(), 2, "{text}");
+    let probe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("simsiam/linear_probe.json")).unwrap()).unwrap();
+    let top1 = probe["top1"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&top1) && probe["config"]["epochs"] == 1, "{probe}");
     assert!(text.contains("stop-gradient: the claim ") && !text.contains("not judged"), "{text}");
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| simsiam | Healthy |") || md.contains("| simsiam | Healthy | "), "{md}");
@@ -382,15 +398,61 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     }
     // The arm's saved config carries the experiment's override.
     assert!(std::fs::read_to_string(out.join("no-stop-grad/config.toml")).unwrap().contains("stop_grad = false"));
-    // Running again skips both finished arms.
-    let again = ok(bin().args(args(&out)).output().unwrap());
+    assert!(md.contains("| kNN top-1 | linear top-1 |") && md.contains(&format!(" {top1:.2} |")), "{md}");
+    // The report says which command wrote it, quoted as a shell needs it.
+    assert!(md.contains("simsiam experiment stop-gradient --device cpu") && md.contains("--linear-epochs 1"), "{md}");
+    // Running again skips both finished arms and their probes; another recipe probes again.
+    let again = ok(bin().args(args(&out)).args(linear).output().unwrap());
     assert_eq!(again.matches("finished earlier, skipped").count(), 2, "{again}");
+    assert_eq!(again.matches("linear probe finished earlier").count(), 2, "{again}");
+    let other = ok(bin().args(args(&out)).args(["--linear-epochs", "2", "--arms", "simsiam"]).output().unwrap());
+    assert_eq!(other.matches("linear probe (2 epochs)").count(), 2, "{other}");
     // The summary table over experiment folders.
     let table = ok(bin().args(["experiment", "--summary", tmp.path().to_str().unwrap()]).output().unwrap());
     assert!(
         table.contains("| [stop-gradient](exp/report.md) |") && table.contains("SimSiam (Chen & He 2021), §4.1"),
         "{table}"
     );
+    // The two arms compared with each other and with a bare metrics file (the PyTorch reference
+    // script's format: step lines and kNN events): what each reached, where the configs differ.
+    let reference = tmp.path().join("ref.jsonl");
+    std::fs::write(
+        &reference,
+        "{\"step\": 0, \"loss\": -0.1, \"collapse_std\": 0.02}\n{\"step\": 1, \"loss\": -0.3, \"collapse_std\": 0.02}\n\
+         {\"event\": \"knn\", \"step\": 2, \"epoch\": 1, \"knn_top1\": 31.0}\n",
+    )
+    .unwrap();
+    let cmp = tmp.path().join("cmp");
+    let arm = |a: &str| out.join(a).display().to_string();
+    ok(bin()
+        .args(["report", &format!("sg={}", arm("simsiam")), &arm("no-stop-grad"), reference.to_str().unwrap()])
+        .args(["--out", cmp.to_str().unwrap()])
+        .output()
+        .unwrap());
+    let md = std::fs::read_to_string(cmp.join("report.md")).unwrap();
+    let row = |label: &str| md.lines().find(|l| l.starts_with(&format!("| {label} |"))).unwrap_or_default().to_string();
+    // The same verdicts as the experiment's (both arms are NotConverged after these 40 steps).
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("outcome.json")).unwrap()).unwrap();
+    let verdict_of = |a: &str| {
+        let arm = outcome["arms"].as_array().unwrap().iter().find(|x| x["name"] == a).unwrap();
+        let v: simsiam::monitor::CollapseVerdict = serde_json::from_value(arm["verdict"].clone()).unwrap();
+        format!("| {v:?} |")
+    };
+    assert!(row("sg").contains(&verdict_of("simsiam")), "{md}");
+    assert!(row("no-stop-grad").contains(&verdict_of("no-stop-grad")), "{md}");
+    assert!(row("ref").contains("| 2 |") && row("ref").contains("| 31.00 (1) |"), "steps and kNN of the file: {md}");
+    assert!(md.contains("| `objective.stop_grad` | `true` | `false` | `–` |"), "the differing field: {md}");
+    assert!(!md.contains("run.out_dir") && !md.contains("`model.dim`"), "only the fields that differ: {md}");
+    for f in ["report.html", "plots/loss.png", "plots/knn.svg"] {
+        assert!(cmp.join(f).is_file(), "{f}");
+    }
+    let err = user_error(bin().args(["report", &arm("simsiam"), &arm("no-stop-grad")]).output().unwrap());
+    assert!(err.contains("--out"), "{err}");
+    let err = user_error(
+        bin().args(["report", &arm("simsiam"), tmp.path().to_str().unwrap(), "--out"]).arg(&cmp).output().unwrap(),
+    );
+    assert!(err.contains("not a run") && err.contains("metrics.jsonl"), "{err}");
     // --list names every shipped experiment.
     let list = ok(bin().args(["experiment", "--list"]).output().unwrap());
     for name in [
@@ -562,6 +624,31 @@ fn analyse_every_checkpoint_and_the_initialisation_then_judge_the_hypotheses() {
     }
     let o = bin().args(["hypotheses", "--run", &format!("simsiam={r}"), "--out", "x"]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("simclr=RUN_DIR"));
+
+    // eval, embed and export take any kept checkpoint; the latest by default.
+    let first = kept[0].file_name().unwrap().to_str().unwrap().to_string();
+    let knn = ok(bin().args(["eval", "knn", r, "--k", "20", "--checkpoint", &first]).output().unwrap());
+    assert!(knn.contains(&format!("\"checkpoint\":\"{first}\"")), "{knn}");
+    let export = |ckpt: &str| {
+        let f = tmp.path().join(format!("{ckpt}.safetensors"));
+        ok(bin().args(["export", r, "--checkpoint", ckpt, "--out"]).arg(&f).output().unwrap());
+        std::fs::read(f).unwrap()
+    };
+    let (early, latest) = (export(&first), export("latest"));
+    assert_ne!(early, latest, "the first epoch's weights are not the last's");
+    assert_eq!(latest, export(kept[2].file_name().unwrap().to_str().unwrap()), "latest = the newest kept");
+    let embed = |ckpt: &str| {
+        let dir = tmp.path().join(format!("emb-{ckpt}"));
+        ok(bin()
+            .args(["embed", r, "--data", test.to_str().unwrap(), "--checkpoint", ckpt, "--out"])
+            .arg(&dir)
+            .output()
+            .unwrap());
+        std::fs::read(dir.join("backbone.npy")).unwrap()
+    };
+    assert_ne!(embed(&first), embed("latest"));
+    let err = user_error(bin().args(["eval", "knn", r, "--checkpoint", "step-7"]).output().unwrap());
+    assert!(err.contains("--checkpoint") && err.contains(&first), "names the kept checkpoints: {err}");
 }
 
 /// An override that one arm cannot take stops the experiment before any arm trains.

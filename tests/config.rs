@@ -99,3 +99,20 @@ fn every_shipped_experiment_parses_and_every_arm_resolves() {
         }
     }
 }
+
+/// An experiment's `[linear]` recipe: fields left out keep `eval linear`'s defaults; a bad value
+/// or an unknown field is an error naming it.
+#[test]
+fn an_experiments_linear_probe_recipe_is_checked() {
+    use simsiam::experiment::Experiment;
+    let base = "name = \"x\"\nclaim = \"c\"\nsource = \"s\"\npaper = \"p\"\n";
+    let arm = "[[arm]]\nname = \"a\"\nexpect = \"healthy\"\n";
+    let e = Experiment::parse(&format!("{base}[linear]\nepochs = 10\naugment = false\n{arm}"), "x").unwrap();
+    let pc = e.linear.unwrap();
+    assert_eq!((pc.epochs, pc.augment, pc.batch_size, pc.lr), (10, false, 256, 30.0));
+    assert!(Experiment::parse(&format!("{base}{arm}"), "x").unwrap().linear.is_none());
+    let err = Experiment::parse(&format!("{base}[linear]\nepochs = 0\n{arm}"), "x").unwrap_err().to_string();
+    assert!(err.contains("[linear]") && err.contains("epochs"), "{err}");
+    let err = Experiment::parse(&format!("{base}[linear]\nepoch = 3\n{arm}"), "x").unwrap_err().to_string();
+    assert!(err.contains("epoch"), "{err}");
+}

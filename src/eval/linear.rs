@@ -8,11 +8,14 @@ use crate::augment::{random_crop_flip, to_float, Augmenter};
 use crate::data::ImageStore;
 use crate::model::SimSiam;
 use crate::optim::{cosine_lr, Param, Sgd};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
-#[derive(Debug, Clone, Serialize)]
+/// The probe's recipe; also an experiment's `[linear]` table (fields left out keep these
+/// defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProbeConfig {
     pub epochs: usize,
     pub batch_size: usize,
@@ -44,7 +47,7 @@ impl Default for ProbeConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbeResult {
     pub top1: f64,
     pub top5: f64,

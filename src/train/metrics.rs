@@ -1,0 +1,167 @@
+//! What a run writes about itself: `metrics.jsonl` (per-step values flushed in batches), and
+//! the summary with the tail means the verdicts read.
+use crate::error::{Error, Result};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// What a finished run reports.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub epochs: usize,
+    pub steps: usize,
+    pub final_loss: f64,
+    pub collapse_std: f64,
+    pub collapse_std_scaled: f64,
+    pub knn_init: Option<f64>,
+    pub knn_final: Option<f64>,
+    /// Means over the last 10% of steps (at least one) of the per-step monitors: `loss`,
+    /// `collapse_std_scaled`, `m_o_z`, `m_r_z`, `m_o_p`, `m_r_p`.
+    pub tail: Tail,
+    pub train_seconds: f64,
+    pub images_per_s: f64,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Tail {
+    pub loss: f64,
+    pub collapse_std_scaled: f64,
+    pub m_o_z: f64,
+    pub m_r_z: f64,
+    pub m_o_p: f64,
+    pub m_r_p: f64,
+}
+
+/// Means of the step monitors over the last 10% of the steps logged in `metrics.jsonl`.
+pub fn tail_means(run_dir: &Path) -> Result<Tail> {
+    let rows = crate::report::read_lines(&run_dir.join("metrics.jsonl"))?;
+    let steps: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("loss").is_some()).collect();
+    Ok(tail_of(&steps))
+}
+
+/// Means of the step monitors over the last 10% (at least one) of these step lines; a monitor
+/// missing from them reads 0.
+pub fn tail_of(steps: &[&serde_json::Value]) -> Tail {
+    let n = (steps.len() / 10).max(1).min(steps.len());
+    let tail = &steps[steps.len() - n..];
+    let mean = |k: &str| tail.iter().filter_map(|r| r[k].as_f64()).sum::<f64>() / n.max(1) as f64;
+    Tail {
+        loss: mean("loss"),
+        collapse_std_scaled: mean("collapse_std_scaled"),
+        m_o_z: mean("m_o_z"),
+        m_r_z: mean("m_r_z"),
+        m_o_p: mean("m_o_p"),
+        m_r_p: mean("m_r_p"),
+    }
+}
+
+/// Per-step values kept on the device until the next flush (one host sync per flush).
+pub(super) struct Pending {
+    pub(super) epoch: usize,
+    pub(super) step: usize,
+    pub(super) lr: f64,
+    /// See [`STEP_STATS`].
+    pub(super) stats: Tensor,
+}
+
+pub(super) struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// Opens `metrics.jsonl`; on resume drops lines past the checkpoint's step, so the file
+    /// holds exactly one line per step taken by the weights being trained.
+    pub(super) fn open(run_dir: &Path, keep_below_step: Option<usize>) -> Result<MetricsLog> {
+        let path = run_dir.join("metrics.jsonl");
+        if let Some(limit) = keep_below_step {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| (s as usize) < limit)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
+        }
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsLog { file, path })
+    }
+    pub(super) fn write(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// The per-step metrics between flushes and where they go: rank 0's `metrics.jsonl` (`file`);
+/// the other ranks keep only their loss, to check it.
+pub(super) struct StepLog {
+    pub(super) file: Option<MetricsLog>,
+    pending: Vec<Pending>,
+    /// The global batch, for images/s.
+    batch: usize,
+    /// sqrt(d), for `collapse_std_scaled`.
+    sqrt_d: f64,
+    since: Instant,
+}
+
+impl StepLog {
+    pub(super) fn new(file: Option<MetricsLog>, batch: usize, dim: i64) -> StepLog {
+        StepLog { file, pending: Vec::new(), batch, sqrt_d: (dim as f64).sqrt(), since: Instant::now() }
+    }
+
+    pub(super) fn push(&mut self, p: Pending) {
+        self.pending.push(p);
+    }
+
+    /// Steps waiting for the next flush.
+    pub(super) fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Fetches the pending step metrics (one host sync for all of them), stops at a non-finite
+    /// loss (naming the last good checkpoint), writes one line per step; the summary's final
+    /// values follow the last one.
+    pub(super) fn flush(&mut self, summary: &mut Summary, last_ckpt: &str) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let stats = Tensor::stack(&self.pending.iter().map(|p| p.stats.shallow_clone()).collect::<Vec<_>>(), 0);
+        let rows = Vec::<Vec<f64>>::try_from(stats.to_kind(Kind::Double).to_device(Device::Cpu)).expect("f64 rows");
+        let ips = (self.pending.len() * self.batch) as f64 / self.since.elapsed().as_secs_f64();
+        self.since = Instant::now();
+        let pending = std::mem::take(&mut self.pending);
+        for (p, row) in pending.iter().zip(&rows) {
+            let loss = row[0];
+            if !loss.is_finite() {
+                return Err(Error::NonFinite {
+                    epoch: p.epoch,
+                    step: p.step,
+                    value: loss,
+                    checkpoint: last_ckpt.to_string(),
+                });
+            }
+            // Only rank 0 logs; the other ranks' rows hold just the loss.
+            let Some(file) = self.file.as_mut() else { continue };
+            let mut line = json!({"epoch": p.epoch, "step": p.step, "lr": p.lr, "images_per_s": ips, "collapse_std_scaled": row[1] * self.sqrt_d});
+            for (name, v) in super::STEP_STATS.iter().zip(row) {
+                line[*name] = json!(v);
+            }
+            file.write(line)?;
+        }
+        if self.file.is_some() {
+            let last = rows.last().expect("non-empty");
+            summary.final_loss = last[0];
+            summary.collapse_std = last[1];
+            summary.collapse_std_scaled = last[1] * self.sqrt_d;
+        }
+        Ok(())
+    }
+}

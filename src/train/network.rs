@@ -1,0 +1,99 @@
+//! The network a run trains: the model with its variables, BYOL's EMA target, the optimiser's
+//! parameter groups.
+use crate::config::{Config, Target};
+use crate::model::{SimSiam, INVERSE_PREDICTOR, ONLINE_PROBE, PREDICTOR};
+use crate::optim::Param;
+use tch::{nn, Device, Tensor};
+
+/// A model with its variables, built from a config on a device.
+pub struct Network {
+    pub vs: nn::VarStore,
+    pub model: SimSiam,
+    /// BYOL's target network: an exponential moving average of the online weights.
+    pub ema: Option<Ema>,
+}
+
+/// The EMA target network (BYOL): same architecture, frozen, updated after every step.
+pub struct Ema {
+    pub vs: nn::VarStore,
+    pub model: SimSiam,
+    /// (EMA tensor, online tensor) for every trainable online parameter.
+    pairs: Vec<(Tensor, Tensor)>,
+}
+
+impl Ema {
+    /// `xi <- tau xi + (1 - tau) theta` for every parameter.
+    pub fn update(&mut self, tau: f64) {
+        tch::no_grad(|| {
+            for (e, o) in &mut self.pairs {
+                let _ = e.g_mul_scalar_(tau).g_add_(&(&*o * (1.0 - tau)));
+            }
+        });
+    }
+
+    /// BYOL's schedule: `1 - (1 - tau_base)(cos(pi k / K) + 1) / 2`, from tau_base to 1.
+    pub fn momentum(tau_base: f64, step: usize, total: usize) -> f64 {
+        let frac = step as f64 / total.max(1) as f64;
+        1.0 - (1.0 - tau_base) * ((std::f64::consts::PI * frac).cos() + 1.0) / 2.0
+    }
+}
+
+impl Network {
+    pub fn new(cfg: &Config, device: Device) -> Network {
+        Network::build(cfg, device, 0)
+    }
+
+    /// With an online linear probe over `probe_classes` classes (0 = none). The speed options
+    /// (`run.precision`, `run.channels_last`) apply to both networks.
+    pub fn build(cfg: &Config, device: Device, probe_classes: i64) -> Network {
+        let fast = |model: &mut SimSiam, vs: &nn::VarStore| {
+            model.autocast = crate::precision::autocast_kind(cfg.run.precision, device);
+            model.channels_last = cfg.run.channels_last && device.is_cuda();
+            if model.channels_last {
+                crate::precision::vars_to_channels_last(vs);
+            }
+        };
+        let vs = nn::VarStore::new(device);
+        let mut model = SimSiam::new(&vs.root(), &cfg.model, cfg.objective.target == Target::Inverse, probe_classes);
+        fast(&mut model, &vs);
+        let ema = cfg.model.ema_target.then(|| {
+            let mut evs = nn::VarStore::new(device);
+            let mut emodel = SimSiam::new(&evs.root(), &cfg.model, false, 0);
+            evs.copy(&vs).expect("same architecture");
+            fast(&mut emodel, &evs);
+            evs.freeze();
+            let online = vs.variables();
+            let mut names: Vec<String> =
+                online.iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n.clone()).collect();
+            names.sort();
+            let theirs = evs.variables();
+            // Parameters the target has (not the online probe's nor h_inv's).
+            let pairs = names
+                .iter()
+                .filter_map(|n| theirs.get(n).map(|t| (t.shallow_clone(), online[n].shallow_clone())))
+                .collect();
+            Ema { vs: evs, model: emodel, pairs }
+        });
+        Network { vs, model, ema }
+    }
+
+    /// Trainable parameters by name (sorted, so the order is stable), in three groups:
+    /// 0 = encoder, 1 = predictor (kept at a constant lr with `fix_pred_lr`), 2 = online probe.
+    pub fn params(&self, cfg: &Config) -> Vec<Param> {
+        let mut named: Vec<(String, Tensor)> =
+            self.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named
+            .into_iter()
+            .filter(|(n, _)| cfg.model.pred_trainable || !n.starts_with(PREDICTOR))
+            .map(|(name, tensor)| {
+                let group = if name.starts_with(ONLINE_PROBE) {
+                    2
+                } else {
+                    usize::from(name.starts_with(PREDICTOR) || name.starts_with(INVERSE_PREDICTOR))
+                };
+                Param { name, tensor, group }
+            })
+            .collect()
+    }
+}

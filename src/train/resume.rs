@@ -1,0 +1,112 @@
+//! Checkpoints of a run's whole training state and the exact resume from them.
+use super::{Ema, Network};
+use crate::checkpoint::{self, Position};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::objective::MemoryBank;
+use crate::optim::Sgd;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+/// Training state beyond weights and optimiser, for the checkpoint: the memory bank, the EMA
+/// target network.
+fn extra_state(memory: &Option<MemoryBank>, ema: &Option<Ema>) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    if let Some(b) = memory {
+        out.push(("memory.eta".to_string(), b.eta.shallow_clone()));
+        out.push(("memory.seen".to_string(), b.seen.shallow_clone()));
+    }
+    if let Some(e) = ema {
+        out.extend(e.vs.variables().into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
+    }
+    out
+}
+
+pub(super) fn save_checkpoint(
+    cfg: &Config,
+    run_dir: &Path,
+    net: &Network,
+    opt: &Sgd,
+    pos: Position,
+    memory: &Option<MemoryBank>,
+) -> Result<PathBuf> {
+    let extra = extra_state(memory, &net.ema);
+    let refs: Vec<(&str, &Tensor)> = extra.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    checkpoint::save(run_dir, &net.vs, opt, pos, &refs, cfg.run.keep_checkpoints)
+}
+
+/// Resumes from the run's latest checkpoint: weights, optimiser, EMA target and memory bank
+/// state; returns the position to continue from. The training data must be the run's (same
+/// number of images); when it was passed at a new place, the saved config follows it.
+pub(super) fn restore(
+    cfg: &Config,
+    net: &mut Network,
+    opt: &mut Sgd,
+    memory: &mut Option<MemoryBank>,
+    train_images: usize,
+    lead: bool,
+) -> Result<Position> {
+    let run_dir = &cfg.run.out_dir;
+    let ckpt = checkpoint::latest(run_dir)?.ok_or_else(|| Error::data(run_dir, "no checkpoint to resume from"))?;
+    let saved = checkpoint::load_position(&ckpt)?;
+    if saved.train_images != 0 && saved.train_images != train_images {
+        return Err(Error::config(format!(
+            "data.train: {train_images} training images now, {} when the run started: a resume needs the same training data",
+            saved.train_images
+        )));
+    }
+    checkpoint::load_model(&mut net.vs, &ckpt)?;
+    opt.load(&ckpt.join("optim.safetensors"))?;
+    let state = checkpoint::load_extra(&ckpt)?;
+    if let Some(e) = net.ema.as_mut() {
+        for (n, mut t) in e.vs.variables() {
+            let src = state.get(&format!("ema.{n}")).ok_or_else(|| {
+                Error::data(&ckpt, format!("the EMA target's `{n}` is missing from state.safetensors"))
+            })?;
+            tch::no_grad(|| t.copy_(src));
+        }
+    }
+    if let Some(bank) = memory.as_mut() {
+        let missing = || Error::data(&ckpt, "the memory bank (state.safetensors) is missing");
+        bank.eta = state.get("memory.eta").ok_or_else(missing)?.to_device(bank.eta.device());
+        bank.seen = state.get("memory.seen").ok_or_else(missing)?.to_device(bank.seen.device());
+    }
+    if lead {
+        let cfg_path = run_dir.join("config.toml");
+        let mut saved_cfg = Config::load(&cfg_path)?;
+        if saved_cfg.data.train != cfg.data.train || saved_cfg.data.test != cfg.data.test {
+            (saved_cfg.data.train, saved_cfg.data.test) = (cfg.data.train.clone(), cfg.data.test.clone());
+            checkpoint::write_atomic(&cfg_path, saved_cfg.to_toml().as_bytes())?;
+        }
+        eprintln!("resuming from {} (epoch {}, step {})", ckpt.display(), saved.epoch, saved.global_step);
+    }
+    Ok(Position { train_images, ..saved })
+}
+
+/// A run's saved config, with its device replaced by `device` when given, and that device.
+pub fn run_config(run: &Path, device: Option<String>) -> Result<(Config, tch::Device)> {
+    let mut cfg = Config::load(&run.join("config.toml")).map_err(|e| match e {
+        Error::Io { .. } => Error::data(run, format!("not a run folder ({e})")),
+        e => e,
+    })?;
+    if let Some(d) = device {
+        cfg.run.device = d;
+    }
+    let device = crate::device::parse_device(&cfg.run.device)?;
+    Ok((cfg, device))
+}
+
+/// A run's saved config and the network of its latest checkpoint, on the run's device (or
+/// `device`).
+pub fn load_run(run: &Path, device: Option<String>) -> Result<(Config, tch::Device, Network)> {
+    load_run_at(run, "latest", device)
+}
+
+/// [`load_run`] with the weights of the checkpoint named `checkpoint` ([`checkpoint::named`]).
+pub fn load_run_at(run: &Path, checkpoint: &str, device: Option<String>) -> Result<(Config, tch::Device, Network)> {
+    let (cfg, device) = run_config(run, device)?;
+    let ckpt = checkpoint::named(run, checkpoint)?;
+    let mut net = Network::new(&cfg, device);
+    checkpoint::load_model(&mut net.vs, &ckpt)?;
+    Ok((cfg, device, net))
+}
