@@ -1,5 +1,6 @@
-// The optimiser's update as PyTorch's fused multi-tensor kernels, which tch does not bind:
-// `_fused_sgd_` (the kernel behind `torch.optim.SGD(fused=True)`) and `_foreach_zero_`. On a GPU
+// The optimiser's update as PyTorch's fused multi-tensor kernel, which tch does not bind:
+// `_fused_sgd_` (the kernel behind `torch.optim.SGD(fused=True)`); and gradients set to none
+// (what tch's `zero_grad` cannot do: it zeroes them). On a GPU
 // the per-parameter form costs about six kernel launches per parameter tensor and step (ResNet-18
 // with its heads has some 75 tensors); these cost a handful.
 #include <ATen/ATen.h>
@@ -41,16 +42,9 @@ void ss_fused_sgd(at::Tensor** params, at::Tensor** grads, at::Tensor** bufs, in
   }
 }
 
-/// Zeroes `n` tensors (the gradients) with one multi-tensor kernel per device and dtype.
-/// On failure `*err` is a `malloc`ed message.
-void ss_foreach_zero(at::Tensor** ts, int n, char** err) {
-  try {
-    at::_foreach_zero_(list(ts, n));
-  } catch (const std::exception& e) {
-    *err = strdup(e.what());
-  } catch (...) {
-    *err = strdup("unknown C++ exception in _foreach_zero_");
-  }
+/// Makes the `.grad` of each of `n` tensors undefined (`zero_grad(set_to_none=True)`).
+void ss_grads_to_none(at::Tensor** ts, int n) {
+  for (int i = 0; i < n; ++i) ts[i]->mutable_grad().reset();
 }
 
 }  // extern "C"

@@ -27,7 +27,8 @@ pub enum Mode {
     EndToEnd,
     /// Part of `step`: the forward pass and the loss (autograd recording, no backward).
     Forward,
-    /// Part of `step`: zeroing the gradients and the SGD update (gradients from one step).
+    /// Part of `step`: the SGD update (on the gradients of one step; dropping them before the
+    /// next backward costs nothing: `Sgd::zero_grad`).
     Optimizer,
 }
 
@@ -156,10 +157,8 @@ pub fn measure(
                 drop(stepper.step(&net.model, &objective, &mut opt, &xs, StepTargets::default(), None)?)
             }
             Mode::Forward => drop(objective.loss(&forward_pairs(&net.model, &fixed), &Default::default())),
-            Mode::Optimizer => {
-                opt.zero_grad();
-                opt.step()
-            }
+            // The update alone, on the gradients the warm-up left (zero_grad would drop them).
+            Mode::Optimizer => opt.step(),
         }
         Ok(stepper.captured())
     };

@@ -51,20 +51,15 @@ impl Sgd {
         }
     }
 
+    /// Drops every gradient, as PyTorch's `zero_grad()` (its default `set_to_none=True`): the
+    /// next backward writes each gradient afresh instead of adding it to a zeroed buffer, which
+    /// saves a zeroing pass and one add per parameter tensor and step. A parameter the loss does
+    /// not reach then has no gradient and is not updated (no weight decay, no momentum), as in
+    /// PyTorch. In a captured CUDA graph this is host-side only: the backward recorded after it
+    /// writes the graph's own gradient tensors.
     pub fn zero_grad(&mut self) {
-        let grads: Vec<Tensor> = self.params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect();
-        if grads.is_empty() {
-            return;
-        }
-        if self.fused {
-            match tch::no_grad(|| fused::foreach_zero(&grads)) {
-                Ok(()) => return,
-                Err(e) => self.fused_failed(&e),
-            }
-        }
-        for mut g in grads {
-            let _ = g.zero_();
-        }
+        let ts: Vec<&Tensor> = self.params.iter().map(|p| &p.tensor).collect();
+        fused::grads_to_none(&ts);
     }
 
     /// `d = g + wd * w; buf = m * buf + d (buf = d at first); w -= lr * buf`.
@@ -206,7 +201,7 @@ mod fused {
             first: c_int,
             err: *mut *mut c_char,
         );
-        fn ss_foreach_zero(ts: *const *mut c_void, n: c_int, err: *mut *mut c_char);
+        fn ss_grads_to_none(ts: *const *mut c_void, n: c_int);
     }
 
     fn ptrs(ts: &[Tensor]) -> Vec<*mut c_void> {
@@ -247,9 +242,10 @@ mod fused {
         .map_err(first_line)
     }
 
-    pub fn foreach_zero(ts: &[Tensor]) -> Result<(), String> {
-        let p = ptrs(ts);
-        // SAFETY: live `at::Tensor*`s borrowed for the call.
-        crate::ffi::call(|err| unsafe { ss_foreach_zero(p.as_ptr(), p.len() as c_int, err) }).map_err(first_line)
+    /// Makes each tensor's `.grad` undefined.
+    pub fn grads_to_none(ts: &[&Tensor]) {
+        let p: Vec<*mut c_void> = ts.iter().map(|t| t.as_ptr() as *mut c_void).collect();
+        // SAFETY: live `at::Tensor*`s borrowed for the call; it cannot fail.
+        unsafe { ss_grads_to_none(p.as_ptr(), p.len() as c_int) }
     }
 }
