@@ -628,8 +628,12 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
         None => (a.cfg.resolve()?, false),
     };
-    let control =
-        interruptible(RunControl { resume, progress: std::io::stderr().is_terminal(), ..Default::default() })?;
+    let control = interruptible(RunControl {
+        resume,
+        progress: std::io::stderr().is_terminal(),
+        command: Some(command_line()),
+        ..Default::default()
+    })?;
     if let Some(n) = a.nproc.filter(|_| std::env::var_os("WORLD_SIZE").is_none()) {
         // The launcher: the same command line for every rank, without --nproc.
         let mut args: Vec<String> = Vec::new();

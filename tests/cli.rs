@@ -124,6 +124,11 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     let done = losses(&part).len();
     assert!(done < 60, "interrupted before the end ({done} steps)");
     ok(bin().args(["train", "--resume", part.to_str().unwrap()]).output().unwrap());
+    // Every invocation that trained the run, in order.
+    let commands = std::fs::read_to_string(part.join("commands.txt")).unwrap();
+    let lines: Vec<&str> = commands.lines().collect();
+    assert!(lines.len() == 2 && lines[0].starts_with("simsiam train --preset tiny"), "{commands}");
+    assert_eq!(lines[1], format!("simsiam train --resume {}", part.display()), "{commands}");
     let got = losses(&part);
     assert_eq!(got.len(), want.len());
     for ((s1, a), (s2, b)) in want.iter().zip(&got) {

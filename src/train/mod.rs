@@ -69,7 +69,8 @@ pub struct RunControl {
     pub progress: bool,
     /// Decoded data shared by the runs of this process (an experiment's arms), if any.
     pub data: Option<Arc<SharedStores>>,
-    /// This invocation's command line, for the reports that say how they were made.
+    /// This invocation's command line: appended to the run's `commands.txt`, and named by the
+    /// reports that say how they were made.
     pub command: Option<String>,
 }
 
@@ -152,6 +153,16 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             )));
         }
         checkpoint::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
+    }
+    if let (Some(command), true) = (&control.command, lead) {
+        // Every invocation that trained this run, in order (a start, then its resumes).
+        let path = run_dir.join("commands.txt");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{command}\n").as_bytes()))
+            .map_err(|e| Error::io(&path, e))?;
     }
 
     let t_load = Instant::now();
