@@ -127,6 +127,16 @@ pub fn write(runs: &[Compared], out: &Path) -> Result<PathBuf> {
     if runs.len() < 2 {
         return Err(Error::config("report: comparing needs at least two runs"));
     }
+    for (i, r) in runs.iter().enumerate() {
+        if let Some(other) = runs[..i].iter().find(|o| o.label == r.label) {
+            return Err(Error::config(format!(
+                "report: {} and {} are both labelled {:?}; name them apart with LABEL=PATH",
+                other.source.display(),
+                r.source.display(),
+                r.label
+            )));
+        }
+    }
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
     let per_run: Vec<(String, Vec<Value>)> = runs.iter().map(|r| (r.label.clone(), r.rows.clone())).collect();

@@ -455,6 +455,14 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     let err = user_error(bin().args(["report", &arm("simsiam"), &arm("no-stop-grad")]).output().unwrap());
     assert!(err.contains("--out"), "{err}");
     let err = user_error(
+        bin()
+            .args(["report", &arm("simsiam"), &format!("simsiam={}", arm("no-stop-grad")), "--out"])
+            .arg(&cmp)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("both labelled \"simsiam\"") && err.contains("LABEL=PATH"), "{err}");
+    let err = user_error(
         bin().args(["report", &arm("simsiam"), tmp.path().to_str().unwrap(), "--out"]).arg(&cmp).output().unwrap(),
     );
     assert!(err.contains("not a run") && err.contains("metrics.jsonl"), "{err}");
