@@ -683,6 +683,17 @@ fn parse_value(raw: &str) -> toml::Value {
 }
 
 /// Applies one `section.field=value` override.
+/// Whether `table` sets `field` (a path such as `optim.base_lr` or `augment.crop_scale[0]`).
+fn holds(table: &toml::Table, field: &str) -> bool {
+    let mut parts = field.split('.').map(|p| p.split('[').next().unwrap_or(p));
+    let Some(first) = parts.next() else { return false };
+    let mut cur = table.get(first);
+    for p in parts {
+        cur = cur.and_then(|v| v.as_table()).and_then(|t| t.get(p));
+    }
+    cur.is_some()
+}
+
 pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
     let (key, raw) =
         spec.split_once('=').ok_or_else(|| Error::config(format!("--set {spec:?}: expected section.field=value")))?;
@@ -713,27 +724,47 @@ impl Config {
     pub fn resolve_method(preset: &str, method: &str, file: Option<&Path>, overrides: &[String]) -> Result<Config> {
         let mut table = parse_table(preset_text(preset)?, &format!("preset {preset}"))?;
         merge(&mut table, parse_table(method_text(method)?, &format!("method {method}"))?);
-        if let Some(f) = file {
-            let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
-            merge(&mut table, parse_table(&text, &f.display().to_string())?);
-        }
+        let file_table = match file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+                let t = parse_table(&text, &f.display().to_string())?;
+                merge(&mut table, t.clone());
+                Some((f, t))
+            }
+            None => None,
+        };
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        Self::from_table(table, preset)
+        // A bad field is blamed on what set it last: a flag, the file, or the preset.
+        let origin = |field: &str| {
+            let sets = |key: &str| {
+                let key = key.trim();
+                field == key || field.strip_prefix(key).is_some_and(|rest| rest.starts_with(['.', '[']))
+            };
+            if let Some(o) = overrides.iter().rev().find(|o| o.split_once('=').is_some_and(|(k, _)| sets(k))) {
+                return format!("--set {o}");
+            }
+            match &file_table {
+                Some((f, t)) if holds(t, field) => f.display().to_string(),
+                _ => format!("preset {preset}"),
+            }
+        };
+        Self::from_table(table, origin)
     }
 
     /// Reads a saved config (a run's `config.toml`).
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let table = parse_table(&text, &path.display().to_string())?;
-        Self::from_table(table, &path.display().to_string())
+        Self::from_table(table, |_| path.display().to_string())
     }
 
-    fn from_table(table: toml::Table, origin: &str) -> Result<Config> {
+    /// Deserialises and validates; `origin` names the source of a field that fails.
+    fn from_table(table: toml::Table, origin: impl Fn(&str) -> String) -> Result<Config> {
         let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
-            Error::config(format!("{origin}: field `{path}`: {}", e.into_inner()))
+            Error::config(format!("{}: field `{path}`: {}", origin(&path), e.into_inner()))
         })?;
         cfg.validate()?;
         Ok(cfg)

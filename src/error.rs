@@ -38,6 +38,9 @@ pub enum Error {
         "interrupted at epoch {epoch}, step {step}; checkpoint saved, continue with `simsiam train --resume {dir}`"
     )]
     Interrupted { epoch: usize, step: usize, dir: String },
+    /// The stop a run was asked for (`--until-epoch`): not a failure.
+    #[error("stopped after epoch {epoch} of {epochs} as asked; checkpoint saved, continue with `simsiam train --resume {dir}`")]
+    Paused { epoch: usize, epochs: usize, dir: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

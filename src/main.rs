@@ -274,6 +274,10 @@ struct TrainArgs {
     /// torchrun or srun, leave it out: each rank reads RANK, WORLD_SIZE, MASTER_ADDR, ...
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     nproc: Option<u32>,
+    /// Stop once N epochs are done, with a checkpoint, and exit 0: a first look at a long
+    /// schedule (the lr still follows run.epochs); `--resume` continues it, exactly.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    until_epoch: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -632,6 +636,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         resume,
         progress: std::io::stderr().is_terminal(),
         command: Some(command_line()),
+        until_epoch: a.until_epoch.map(|n| n as usize),
         ..Default::default()
     })?;
     if let Some(n) = a.nproc.filter(|_| std::env::var_os("WORLD_SIZE").is_none()) {
@@ -659,11 +664,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     // Under a launcher, only rank 0 reports.
     if std::env::var("RANK").is_ok_and(|r| r != "0") {
-        train::train(&cfg, &control)?;
-        return Ok(());
+        return paused_is_done(train::train(&cfg, &control).map(|_| ()));
     }
     eprintln!("run folder: {}", cfg.run.out_dir.display());
-    let s = train::train(&cfg, &control)?;
+    let s = match train::train(&cfg, &control) {
+        Err(e @ simsiam::Error::Paused { .. }) => return paused_is_done(Err(e)),
+        r => r?,
+    };
     println!(
         "trained {} epochs ({} steps) in {:.1}s, {:.0} images/s on {}",
         s.epochs, s.steps, s.train_seconds, s.images_per_s, s.device
@@ -689,6 +696,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 /// Installs the Ctrl-C handler: the first interrupt asks the run to checkpoint and stop, a
 /// second exits at once.
+/// `--until-epoch`: the requested stop is a success (exit 0), said on stderr.
+fn paused_is_done(r: simsiam::Result<()>) -> Result<()> {
+    match r {
+        Err(e @ simsiam::Error::Paused { .. }) => {
+            eprintln!("{e}");
+            Ok(())
+        }
+        r => Ok(r?),
+    }
+}
+
 fn interruptible(control: RunControl) -> Result<RunControl> {
     let flag = control.interrupt.clone();
     ctrlc::set_handler(move || {

@@ -129,12 +129,39 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     let lines: Vec<&str> = commands.lines().collect();
     assert!(lines.len() == 2 && lines[0].starts_with("simsiam train --preset tiny"), "{commands}");
     assert_eq!(lines[1], format!("simsiam train --resume {}", part.display()), "{commands}");
-    let got = losses(&part);
-    assert_eq!(got.len(), want.len());
-    for ((s1, a), (s2, b)) in want.iter().zip(&got) {
-        assert_eq!(s1, s2);
-        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "step {s1}: {a} vs {b} (interrupted after {done})");
+    let same_curve = |run: &Path, what: &str| {
+        let got = losses(run);
+        assert_eq!(got.len(), want.len(), "{what}");
+        for ((s1, a), (s2, b)) in want.iter().zip(&got) {
+            assert_eq!(s1, s2);
+            assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "step {s1}: {a} vs {b} ({what})");
+        }
+    };
+    same_curve(&part, &format!("interrupted after {done}"));
+
+    // `--until-epoch`: a clean stop with a checkpoint of its own (none falls there with
+    // checkpoint_every 5), exit 0; a resume past it continues the same schedule.
+    let short = tmp.path().join("short");
+    let mut args = train_args(&train, &test, &short);
+    args.extend(["--set".into(), "run.checkpoint_every=5".into(), "--until-epoch".into(), "1".into()]);
+    let text = ok(bin().args(&args).output().unwrap());
+    assert!(text.contains("stopped after epoch 1 of 3") && text.contains("--resume"), "{text}");
+    assert_eq!(losses(&short).len(), 20);
+    assert!(!short.join("summary.json").exists(), "a paused run is not finished");
+    let resume = |until: Option<&str>| {
+        let mut c = bin();
+        c.args(["train", "--resume", short.to_str().unwrap()]);
+        c.args(until.map(|u| vec!["--until-epoch", u]).unwrap_or_default());
+        ok(c.output().unwrap())
+    };
+    for _ in 0..2 {
+        // The second time it is already there: it stops at once, with nothing trained.
+        assert!(resume(Some("2")).contains("stopped after epoch 2 of 3"));
+        assert_eq!(losses(&short).len(), 40);
     }
+    resume(None);
+    same_curve(&short, "paused after epochs 1 and 2");
+    assert!(short.join("summary.json").is_file());
 }
 
 /// `run.prefetch` makes each step's views one step early (on a GPU, on a second stream): the

@@ -57,8 +57,24 @@ fn unknown_key_is_an_error_naming_it() {
     std::fs::write(&f, "[run]\nepochz = 3\n").unwrap();
     let e = Config::resolve("tiny", Some(&f), &[]).unwrap_err().to_string();
     assert!(e.contains("epochz") && e.contains("run"), "{e}");
+    assert!(e.contains(&format!("{}: field `run.epochz`", f.display())), "the file is named: {e}");
     let e = Config::resolve("cifar11", None, &[]).unwrap_err().to_string();
     assert!(e.contains("cifar11") && e.contains("cifar10"), "{e}");
+}
+
+/// A mistyped value is blamed on what set it last: the flag, else the file, not the preset.
+#[test]
+fn a_bad_value_names_the_flag_or_file_that_set_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("my.toml");
+    std::fs::write(&f, "[optim]\nbase_lr = \"fast\"\n[augment]\ncrop_scale = [0.2, \"x\"]\n").unwrap();
+    let e = Config::resolve("tiny", Some(&f), &[]).unwrap_err().to_string();
+    assert!(e.contains(&format!("{}: field `", f.display())), "{e}");
+    let sets = ["optim.base_lr=0.1".to_string(), "augment.crop_scale=[0.2, 1.0]".into(), "run.seed=x".into()];
+    let e = Config::resolve("tiny", Some(&f), &sets).unwrap_err().to_string();
+    assert!(e.contains("--set run.seed=x: field `run.seed`"), "{e}");
+    let e = Config::resolve("tiny", Some(&f), &sets[..1]).unwrap_err().to_string();
+    assert!(e.contains(&format!("{}: field `augment.crop_scale", f.display())), "the file's field: {e}");
 }
 
 #[test]

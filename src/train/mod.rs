@@ -72,6 +72,9 @@ pub struct RunControl {
     /// This invocation's command line: appended to the run's `commands.txt`, and named by the
     /// reports that say how they were made.
     pub command: Option<String>,
+    /// Stop once this many epochs are done, with a checkpoint there ([`Error::Paused`]): the
+    /// rest of the schedule (the lr follows `run.epochs`) is left to a resume.
+    pub until_epoch: Option<usize>,
 }
 
 /// Joins the data-parallel job this process is a rank of (the torchrun environment), if any:
@@ -288,6 +291,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let mut cache: std::collections::VecDeque<(Vec<Tensor>, [Tensor; 2])> = Default::default();
     let mut last_ckpt =
         checkpoint::latest(&run_dir)?.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
+    // The global step of the newest checkpoint (a resume starts at one).
+    let mut saved_at = control.resume.then_some(pos.global_step);
     let mut last_knn: Option<f64> = summary.knn_init;
     let t_train = Instant::now();
     let mut images_done = 0usize;
@@ -327,6 +332,14 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     }
     let mut prefetch = crate::prefetch::Prefetcher::new(cfg.run.prefetch && !draws_more, device);
     while pos.epoch < cfg.run.epochs {
+        if control.until_epoch.is_some_and(|u| pos.epoch >= u) {
+            pb.finish_and_clear();
+            if lead && saved_at != Some(pos.global_step) {
+                save_checkpoint(cfg, &run_dir, &net, &opt, pos, &memory)?;
+            }
+            let dir = run_dir.display().to_string();
+            return Err(Error::Paused { epoch: pos.epoch, epochs: cfg.run.epochs, dir });
+        }
         // The epoch's order on the device once, so a step's batch indices are a slice of it: a
         // host-to-device copy per step would wait for the GPU to finish the step before. A
         // host store (`data.store`) gathers its images with a host copy of the order.
@@ -453,6 +466,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         }
         if lead && (pos.epoch % cfg.run.checkpoint_every == 0 || last) {
             last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, pos, &memory)?.display().to_string();
+            saved_at = Some(pos.global_step);
         }
     }
     pb.finish_and_clear();
