@@ -22,6 +22,8 @@ pub struct Compared {
     pub config: Option<Config>,
     /// `summary.json`, once the run has finished.
     pub summary: Option<Summary>,
+    /// The repeats this run is one of (`LABEL=A,B,...`, e.g. seeds): their common label.
+    pub group: Option<String>,
 }
 
 impl Compared {
@@ -38,7 +40,7 @@ impl Compared {
         });
         if path.is_file() {
             let rows = read_lines(&path)?;
-            return Ok(Compared { label, source: path, rows, config: None, summary: None });
+            return Ok(Compared { label, source: path, rows, config: None, summary: None, group: None });
         }
         let metrics = path.join("metrics.jsonl");
         if !metrics.is_file() {
@@ -57,7 +59,26 @@ impl Compared {
         } else {
             None
         };
-        Ok(Compared { label, source: path, rows, config, summary })
+        Ok(Compared { label, source: path, rows, config, summary, group: None })
+    }
+
+    /// One argument of `simsiam report`: as [`Compared::load`], or `LABEL=PATH,PATH,...`,
+    /// repeats of one setting (seeds), labelled `LABEL#1`, `LABEL#2`, ... and summarised
+    /// together (mean ± sd) besides.
+    pub fn load_arg(arg: &str) -> Result<Vec<Compared>> {
+        match arg.split_once('=') {
+            Some((label, paths)) if !Path::new(arg).exists() && !label.is_empty() && paths.contains(',') => paths
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut c = Compared::load(&format!("{label}#{}={p}", i + 1))?;
+                    c.group = Some(label.to_string());
+                    Ok(c)
+                })
+                .collect(),
+            _ => Ok(vec![Compared::load(arg)?]),
+        }
     }
 
     /// The kNN events: (epoch, top-1).
@@ -121,6 +142,134 @@ fn cell(v: Option<f64>, digits: usize) -> String {
     }
 }
 
+/// What one run reached: its tail means (over the last 10% of logged steps), verdict and kNN.
+struct Reached {
+    steps: usize,
+    loss: Option<f64>,
+    spread: Option<f64>,
+    m_o_z: Option<f64>,
+    verdict: Option<crate::monitor::CollapseVerdict>,
+    /// (epoch, top-1) of each kNN event.
+    knn: Vec<(f64, f64)>,
+}
+
+impl Reached {
+    fn of(r: &Compared) -> Reached {
+        let steps: Vec<&Value> =
+            r.rows.iter().filter(|v| v.get("event").is_none() && v.get("loss").is_some()).collect();
+        let tail = tail_of(&steps);
+        let logs = |k: &str| !steps.is_empty() && steps.iter().any(|v| v.get(k).is_some());
+        let spread = Some(tail.collapse_std_scaled).filter(|_| logs("collapse_std_scaled"));
+        let verdict = match (&r.config, spread) {
+            (Some(cfg), Some(s)) => {
+                Some(verdict(tail.loss, crate::objective::Objective::new(&cfg.objective).minimum(), s))
+            }
+            _ => None,
+        };
+        Reached {
+            steps: steps.len(),
+            loss: Some(tail.loss).filter(|_| !steps.is_empty()),
+            spread,
+            m_o_z: Some(tail.m_o_z).filter(|_| logs("m_o_z")),
+            verdict,
+            knn: r.knn(),
+        }
+    }
+}
+
+/// Mean and sample standard deviation of the values present; `None` if there are none.
+fn mean_sd(xs: &[Option<f64>]) -> Option<(f64, f64, usize)> {
+    let xs: Vec<f64> = xs.iter().flatten().copied().filter(|x| x.is_finite()).collect();
+    let n = xs.len();
+    if n == 0 {
+        return None;
+    }
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let var = if n > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+    Some((mean, var.sqrt(), n))
+}
+
+fn mean_sd_cell(m: Option<(f64, f64, usize)>, digits: usize) -> String {
+    match m {
+        Some((mean, _, 1)) => format!("{mean:.digits$} (1)"),
+        Some((mean, sd, n)) => format!("{mean:.digits$} ± {sd:.digits$} ({n})"),
+        None => "–".into(),
+    }
+}
+
+/// The groups of repeats (`LABEL=A,B,...`) summarised: their tail means and verdicts, then kNN
+/// by epoch as mean ± sd (runs), and each group's difference from the first group with its
+/// standard error (sqrt(s1²/n1 + s2²/n2)). `None` without groups.
+fn repeats(runs: &[Compared], reached: &[Reached]) -> Option<String> {
+    let mut groups: Vec<(&str, Vec<&Reached>)> = Vec::new();
+    for (r, got) in runs.iter().zip(reached) {
+        let Some(g) = r.group.as_deref() else { continue };
+        match groups.iter_mut().find(|(name, _)| *name == g) {
+            Some((_, members)) => members.push(got),
+            None => groups.push((g, vec![got])),
+        }
+    }
+    if groups.is_empty() {
+        return None;
+    }
+    let mut md = String::from("\n## Repeats (mean ± sd over each group's runs; the count in brackets)\n\n| group | runs | loss | sqrt(d)·collapse_std | m_o (Z) | verdicts |\n|---|---|---|---|---|---|\n");
+    for (name, members) in &groups {
+        let col = |f: fn(&Reached) -> Option<f64>, digits| {
+            mean_sd_cell(mean_sd(&members.iter().map(|m| f(m)).collect::<Vec<_>>()), digits)
+        };
+        let mut verdicts: BTreeMap<String, usize> = BTreeMap::new();
+        for v in members.iter().filter_map(|m| m.verdict) {
+            *verdicts.entry(format!("{v:?}")).or_default() += 1;
+        }
+        let verdicts: Vec<String> = verdicts.iter().map(|(v, n)| format!("{n} {v}")).collect();
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} |",
+            members.len(),
+            col(|m| m.loss, 4),
+            col(|m| m.spread, 3),
+            col(|m| m.m_o_z, 3),
+            if verdicts.is_empty() { "–".into() } else { verdicts.join(", ") }
+        );
+    }
+    let epochs: std::collections::BTreeSet<u64> =
+        groups.iter().flat_map(|(_, ms)| ms.iter().flat_map(|m| m.knn.iter().map(|(e, _)| e.to_bits()))).collect();
+    if epochs.is_empty() {
+        return Some(md);
+    }
+    let (first, rest) = (&groups[0], &groups[1..]);
+    let _ = writeln!(
+        md,
+        "\nkNN top-1 (%) by epoch:\n\n| epoch | {} |{}\n|---|{}{}",
+        groups.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" | "),
+        rest.iter().map(|(n, _)| format!(" {n} − {} (se) |", first.0)).collect::<String>(),
+        "---|".repeat(groups.len()),
+        "---|".repeat(rest.len())
+    );
+    let mut by_epoch: Vec<f64> = epochs.into_iter().map(f64::from_bits).collect();
+    by_epoch.sort_by(f64::total_cmp);
+    for e in by_epoch {
+        let at = |ms: &[&Reached]| {
+            mean_sd(&ms.iter().map(|m| m.knn.iter().find(|(x, _)| *x == e).map(|&(_, a)| a)).collect::<Vec<_>>())
+        };
+        let stats: Vec<Option<(f64, f64, usize)>> = groups.iter().map(|(_, ms)| at(ms)).collect();
+        let cells: Vec<String> = stats.iter().map(|&m| mean_sd_cell(m, 2)).collect();
+        let diffs: String = stats[1..]
+            .iter()
+            .map(|m| match (stats[0], m) {
+                (Some((m1, s1, n1)), Some((m2, s2, n2))) if n1 > 1 && *n2 > 1 => {
+                    let se = (s1 * s1 / n1 as f64 + s2 * s2 / *n2 as f64).sqrt();
+                    format!(" {:+.2} ({se:.2}) |", m2 - m1)
+                }
+                (Some((m1, ..)), Some((m2, ..))) => format!(" {:+.2} |", m2 - m1),
+                _ => " – |".into(),
+            })
+            .collect();
+        let _ = writeln!(md, "| {e} | {} |{diffs}", cells.join(" | "));
+    }
+    Some(md)
+}
+
 /// Writes `out/report.md`, `out/report.html` and `out/plots/*.png|svg`; returns the markdown's
 /// path.
 pub fn write(runs: &[Compared], out: &Path) -> Result<PathBuf> {
@@ -142,43 +291,33 @@ pub fn write(runs: &[Compared], out: &Path) -> Result<PathBuf> {
     let per_run: Vec<(String, Vec<Value>)> = runs.iter().map(|r| (r.label.clone(), r.rows.clone())).collect();
     let (svgs, md_plots) = render_all(&plots, &overlays(&per_run))?;
 
+    let reached: Vec<Reached> = runs.iter().map(Reached::of).collect();
     let mut md = String::from("# Runs compared\n\n| run | source | steps | loss | sqrt(d)·collapse_std | m_o (Z) | verdict | kNN at init | last kNN (epoch) | best kNN (epoch) | images/s | training s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for r in runs {
-        let steps: Vec<&Value> =
-            r.rows.iter().filter(|v| v.get("event").is_none() && v.get("loss").is_some()).collect();
-        let tail = tail_of(&steps);
-        let spread =
-            Some(tail.collapse_std_scaled).filter(|_| steps.iter().any(|v| v.get("collapse_std_scaled").is_some()));
-        let judged = match (&r.config, spread) {
-            (Some(cfg), Some(s)) if !steps.is_empty() => {
-                let min = crate::objective::Objective::new(&cfg.objective).minimum();
-                format!("{:?}", verdict(tail.loss, min, s))
-            }
-            _ => "–".into(),
-        };
-        let knn = r.knn();
-        let init = knn.iter().find(|(e, _)| *e == 0.0).map(|&(_, a)| a);
-        let last = knn.last().map(|&(e, a)| format!("{a:.2} ({e})")).unwrap_or_else(|| "–".into());
-        let best = knn
-            .iter()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|&(e, a)| format!("{a:.2} ({e})"))
-            .unwrap_or_else(|| "–".into());
+    for (r, got) in runs.iter().zip(&reached) {
+        let init = got.knn.iter().find(|(e, _)| *e == 0.0).map(|&(_, a)| a);
+        let at = |k: Option<&(f64, f64)>| k.map(|&(e, a)| format!("{a:.2} ({e})")).unwrap_or_else(|| "–".into());
+        let best = got.knn.iter().max_by(|a, b| a.1.total_cmp(&b.1));
         let _ = writeln!(
             md,
-            "| {} | `{}` | {} | {} | {} | {} | {judged} | {} | {last} | {best} | {} | {} |",
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.label,
             r.source.display(),
-            steps.len(),
-            cell(Some(tail.loss).filter(|_| !steps.is_empty()), 4),
-            cell(spread, 3),
-            cell(Some(tail.m_o_z).filter(|_| steps.iter().any(|v| v.get("m_o_z").is_some())), 3),
+            got.steps,
+            cell(got.loss, 4),
+            cell(got.spread, 3),
+            cell(got.m_o_z, 3),
+            got.verdict.map(|v| format!("{v:?}")).unwrap_or_else(|| "–".into()),
             cell(init, 2),
+            at(got.knn.last()),
+            at(best),
             cell(r.summary.as_ref().map(|s| s.images_per_s), 0),
             cell(r.summary.as_ref().map(|s| s.train_seconds), 0),
         );
     }
     let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std and m_o are means over each run's last 10% of logged steps; the verdict applies `monitor::verdict` to them (collapsed: loss within 0.1 of its minimum and sqrt(d)·collapse_std < 0.5); images/s and training time are from `summary.json` (finished runs).");
+    if let Some(table) = repeats(runs, &reached) {
+        md.push_str(&table);
+    }
     let diff = differing_fields(runs);
     let with_config = runs.iter().filter(|r| r.config.is_some()).count();
     if with_config >= 2 {
@@ -205,4 +344,44 @@ pub fn write(runs: &[Compared], out: &Path) -> Result<PathBuf> {
     let html_path = out.join("report.html");
     std::fs::write(&html_path, html).map_err(|e| Error::io(&html_path, e))?;
     Ok(md_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bare metrics-file run in group `g` with kNN `knn` at epochs 0 and 2, and steps of loss `loss`.
+    fn run(g: &str, i: usize, loss: f64, knn: [f64; 2]) -> Compared {
+        let mut rows: Vec<Value> =
+            (0..10).map(|s| serde_json::json!({"step": s, "loss": loss, "collapse_std_scaled": 0.9})).collect();
+        for (e, a) in [0.0, 2.0].into_iter().zip(knn) {
+            rows.push(serde_json::json!({"event": "knn", "epoch": e, "knn_top1": a}));
+        }
+        let label = format!("{g}#{i}");
+        Compared { label, source: PathBuf::from("x"), rows, config: None, summary: None, group: Some(g.into()) }
+    }
+
+    #[test]
+    fn repeats_are_summarised_as_mean_sd_and_differences_with_their_se() {
+        let runs = [
+            run("a", 1, -0.5, [30.0, 30.0]),
+            run("a", 2, -0.7, [30.0, 32.0]),
+            run("b", 1, -0.6, [29.0, 33.0]),
+            run("b", 2, -0.6, [29.0, 37.0]),
+        ];
+        let reached: Vec<Reached> = runs.iter().map(Reached::of).collect();
+        let md = repeats(&runs, &reached).unwrap();
+        // a: loss -0.6 ± sqrt(0.02) = 0.1414; kNN at 2: 31 ± sqrt(2); b: 35 ± sqrt(8);
+        // b − a = +4 with se sqrt(2/2 + 8/2) = sqrt(5) = 2.236.
+        assert!(md.contains("| a | 2 | -0.6000 ± 0.1414 (2) | 0.900 ± 0.000 (2) | – | – |"), "{md}");
+        assert!(md.contains("| epoch | a | b | b − a (se) |"), "{md}");
+        assert!(md.contains("| 2 | 31.00 ± 1.41 (2) | 35.00 ± 2.83 (2) | +4.00 (2.24) |"), "{md}");
+        assert!(md.contains("| 0 | 30.00 ± 0.00 (2) | 29.00 ± 0.00 (2) | -1.00 (0.00) |"), "{md}");
+        let single = [run("a", 1, -0.5, [30.0, 30.0])];
+        let md = repeats(&single, &[Reached::of(&single[0])]).unwrap();
+        assert!(md.contains("| 2 | 30.00 (1) |"), "one run: no sd: {md}");
+        let mut lone = run("a", 1, -0.5, [30.0, 30.0]);
+        lone.group = None;
+        assert!(repeats(std::slice::from_ref(&lone), &[Reached::of(&lone)]).is_none());
+    }
 }

@@ -140,7 +140,8 @@ enum Cmd {
     /// compare them: what each reached, the config fields in which they differ, the curves overlaid.
     Report {
         /// The run folder; to compare, several, each `PATH` or `LABEL=PATH` (a run folder, or a
-        /// .jsonl file of metrics lines such as the PyTorch reference script's).
+        /// .jsonl file of metrics lines such as the PyTorch reference script's), or
+        /// `LABEL=PATH,PATH,...`: repeats of one setting (seeds), also summarised as mean ± sd.
         #[arg(required = true)]
         runs: Vec<String>,
         /// Where the comparison goes (report.md, report.html, plots/); needed with several runs.
@@ -568,8 +569,11 @@ fn run() -> Result<()> {
             let written = match (runs.as_slice(), out) {
                 ([run], None) => simsiam::report::write_report(std::path::Path::new(run))?,
                 (_, Some(out)) => {
-                    let runs =
-                        runs.iter().map(|r| simsiam::compare::Compared::load(r)).collect::<Result<Vec<_>, _>>()?;
+                    let mut loaded = Vec::new();
+                    for r in &runs {
+                        loaded.extend(simsiam::compare::Compared::load_arg(r)?);
+                    }
+                    let runs = loaded;
                     simsiam::compare::write(&runs, &out)?
                 }
                 (_, None) => anyhow::bail!("report: --out DIR is needed to compare several runs"),
@@ -664,11 +668,19 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     // Under a launcher, only rank 0 reports.
     if std::env::var("RANK").is_ok_and(|r| r != "0") {
-        return paused_is_done(train::train(&cfg, &control).map(|_| ()));
+        // `--until-epoch`: rank 0 says so.
+        return match train::train(&cfg, &control) {
+            Ok(_) | Err(simsiam::Error::Paused { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
     }
     eprintln!("run folder: {}", cfg.run.out_dir.display());
     let s = match train::train(&cfg, &control) {
-        Err(e @ simsiam::Error::Paused { .. }) => return paused_is_done(Err(e)),
+        Err(e @ simsiam::Error::Paused { .. }) => {
+            // The requested stop is a success (exit 0).
+            eprintln!("{e}");
+            return Ok(());
+        }
         r => r?,
     };
     println!(
@@ -696,17 +708,6 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 /// Installs the Ctrl-C handler: the first interrupt asks the run to checkpoint and stop, a
 /// second exits at once.
-/// `--until-epoch`: the requested stop is a success (exit 0), said on stderr.
-fn paused_is_done(r: simsiam::Result<()>) -> Result<()> {
-    match r {
-        Err(e @ simsiam::Error::Paused { .. }) => {
-            eprintln!("{e}");
-            Ok(())
-        }
-        r => Ok(r?),
-    }
-}
-
 fn interruptible(control: RunControl) -> Result<RunControl> {
     let flag = control.interrupt.clone();
     ctrlc::set_handler(move || {

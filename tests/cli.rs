@@ -479,6 +479,16 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     for f in ["report.html", "plots/loss.png", "plots/knn.svg"] {
         assert!(cmp.join(f).is_file(), "{f}");
     }
+    // `LABEL=A,B`: repeats, each run listed and the group summarised.
+    let reps = tmp.path().join("reps");
+    ok(bin()
+        .args(["report", &format!("g={},{}", arm("simsiam"), arm("no-stop-grad")), reference.to_str().unwrap()])
+        .args(["--out", reps.to_str().unwrap()])
+        .output()
+        .unwrap());
+    let md = std::fs::read_to_string(reps.join("report.md")).unwrap();
+    assert!(md.contains("| g#1 | `") && md.contains("| g#2 | `") && md.contains("## Repeats"), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| g | 2 | ") && l.contains(" ± ")), "{md}");
     let err = user_error(bin().args(["report", &arm("simsiam"), &arm("no-stop-grad")]).output().unwrap());
     assert!(err.contains("--out"), "{err}");
     let err = user_error(
