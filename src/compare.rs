@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::monitor::verdict;
-use crate::report::{markdown_page, overlays, read_lines, render_all};
+use crate::report::{markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
 use crate::train::{tail_of, Summary};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -174,26 +174,6 @@ impl Reached {
             verdict,
             knn: r.knn(),
         }
-    }
-}
-
-/// Mean and sample standard deviation of the values present; `None` if there are none.
-fn mean_sd(xs: &[Option<f64>]) -> Option<(f64, f64, usize)> {
-    let xs: Vec<f64> = xs.iter().flatten().copied().filter(|x| x.is_finite()).collect();
-    let n = xs.len();
-    if n == 0 {
-        return None;
-    }
-    let mean = xs.iter().sum::<f64>() / n as f64;
-    let var = if n > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
-    Some((mean, var.sqrt(), n))
-}
-
-fn mean_sd_cell(m: Option<(f64, f64, usize)>, digits: usize) -> String {
-    match m {
-        Some((mean, _, 1)) => format!("{mean:.digits$} (1)"),
-        Some((mean, sd, n)) => format!("{mean:.digits$} ± {sd:.digits$} ({n})"),
-        None => "–".into(),
     }
 }
 

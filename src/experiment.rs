@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::linear::{self, ProbeConfig, ProbeResult};
 use crate::monitor::{verdict, CollapseVerdict};
-use crate::report::{markdown_page, overlays, read_lines, render_all};
+use crate::report::{markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
 use crate::train::{self, RunControl, Summary};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -87,6 +87,11 @@ pub struct Experiment {
     /// `simsiam experiment --linear`). None: kNN only.
     #[serde(default)]
     pub linear: Option<ProbeConfig>,
+    /// Train every arm once per seed (`<arm>/seed-<s>/`; also `simsiam experiment --seeds`):
+    /// verdicts per seed, kNN and the orderings on the means, with their spread. Empty: once,
+    /// with the config's seed, in `<arm>/`.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
     #[serde(rename = "arm")]
     pub arms: Vec<Arm>,
 }
@@ -143,6 +148,7 @@ impl Experiment {
                 )));
             }
         }
+        e.check_seeds(&format!("experiment {origin}: seeds"))?;
         for o in &e.order {
             parse_order(o).ok_or_else(|| {
                 Error::config(format!("experiment {origin}: order {o:?}: expected \"arm > arm\" or \"arm >= arm\""))
@@ -168,13 +174,48 @@ impl Experiment {
         )))
     }
 
+    /// Each seed at most once; `what` names where they were given.
+    pub fn check_seeds(&self, what: &str) -> Result<()> {
+        match self.seeds.iter().enumerate().find(|(i, s)| self.seeds[..*i].contains(s)) {
+            Some((_, s)) => Err(Error::config(format!("{what}: seed {s} is listed twice"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The runs of each arm: one per seed in `seeds`, or one (`None`) with the config's seed.
+    pub fn runs(&self) -> Vec<Option<u64>> {
+        if self.seeds.is_empty() {
+            vec![None]
+        } else {
+            self.seeds.iter().map(|&s| Some(s)).collect()
+        }
+    }
+
     /// The resolved config of an arm: preset, experiment overrides, arm overrides, then the
     /// caller's overrides (data paths, epochs, device, ...), with the arm's own run folder.
     pub fn arm_config(&self, arm: &Arm, out: &Path, extra: &[String]) -> Result<Config> {
+        self.arm_run_config(arm, out, extra, None)
+    }
+
+    /// [`Experiment::arm_config`] for one of the arm's runs: with a seed, that seed and the
+    /// folder `<arm>/seed-<seed>`.
+    pub fn arm_run_config(&self, arm: &Arm, out: &Path, extra: &[String], seed: Option<u64>) -> Result<Config> {
         let mut sets: Vec<String> = self.set.iter().chain(&arm.set).chain(extra).cloned().collect();
-        sets.push(format!("run.out_dir={}", toml::Value::String(out.join(&arm.name).display().to_string())));
+        if let Some(s) = seed {
+            sets.push(format!("run.seed={s}"));
+        }
+        let dir = run_dir(out, &arm.name, seed);
+        sets.push(format!("run.out_dir={}", toml::Value::String(dir.display().to_string())));
         Config::resolve(&self.preset, None, &sets)
             .map_err(|e| Error::config(format!("experiment {}, arm {}: {e}", self.name, arm.name)))
+    }
+}
+
+/// The folder of one run of an arm: `<out>/<arm>`, or `<out>/<arm>/seed-<seed>`.
+pub fn run_dir(out: &Path, arm: &str, seed: Option<u64>) -> PathBuf {
+    match seed {
+        Some(s) => out.join(arm).join(format!("seed-{s}")),
+        None => out.join(arm),
     }
 }
 
@@ -187,10 +228,13 @@ fn parse_order(o: &str) -> Option<(String, bool, String)> {
     Some((a.trim().to_string(), strict, b.trim().to_string()))
 }
 
-/// One arm's outcome.
+/// One arm's outcome (of one of its seeds, when the experiment has several).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArmResult {
     pub name: String,
+    /// The seed of this run, when the experiment trains each arm with several.
+    #[serde(default)]
+    pub seed: Option<u64>,
     pub expect: Expect,
     pub verdict: CollapseVerdict,
     pub agrees: bool,
@@ -244,28 +288,35 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         )));
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    // Every arm's config first, so that an override no arm can take (e.g. `--epochs` at or
+    // Every run's config first, so that an override no arm can take (e.g. `--epochs` at or
     // below an arm's warm-up) fails before any training, not after the earlier arms.
-    let summaries: Vec<PathBuf> = exp
-        .arms
-        .iter()
-        .map(|arm| Ok(exp.arm_config(arm, out, extra)?.run.out_dir.join("summary.json")))
-        .collect::<Result<_>>()?;
+    let mut planned: Vec<(&Arm, Option<u64>, PathBuf)> = Vec::new();
+    for arm in &exp.arms {
+        for seed in exp.runs() {
+            planned.push((arm, seed, exp.arm_run_config(arm, out, extra, seed)?.run.out_dir.join("summary.json")));
+        }
+    }
     let mut arms = Vec::new();
-    let mut pending = Vec::new();
+    let mut pending: Vec<String> = Vec::new();
     // The arms read the same images: decode them once.
     let stores = control.data.clone().unwrap_or_default();
-    for (arm, summary_path) in exp.arms.iter().zip(&summaries) {
+    for (arm, seed, summary_path) in planned {
+        let label = match seed {
+            Some(s) => format!("{} (seed {s})", arm.name),
+            None => arm.name.clone(),
+        };
         if !summary_path.is_file() && !only.is_empty() && !only.contains(&arm.name) {
-            pending.push(arm.name.clone());
+            if !pending.contains(&arm.name) {
+                pending.push(arm.name.clone());
+            }
             continue;
         }
         let mut extra = extra.to_vec();
         if let Some(prev) = &arm.start_from {
-            let ckpt = checkpoint::latest(&out.join(prev))?.ok_or_else(|| {
+            let ckpt = checkpoint::latest(&run_dir(out, prev, seed))?.ok_or_else(|| {
                 Error::config(format!(
-                    "experiment {}: arm {} starts from arm {prev}, which has no checkpoint (is it listed before?)",
-                    exp.name, arm.name
+                    "experiment {}: arm {label} starts from arm {prev}, which has no checkpoint (is it listed before?)",
+                    exp.name
                 ))
             })?;
             extra.push(format!(
@@ -273,14 +324,14 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
                 toml::Value::String(ckpt.join("model.safetensors").display().to_string())
             ));
         }
-        let cfg = exp.arm_config(arm, out, &extra)?;
+        let cfg = exp.arm_run_config(arm, out, &extra, seed)?;
         let summary: Summary = if summary_path.is_file() {
-            eprintln!("[{}] {}: finished earlier, skipped", exp.name, arm.name);
-            let text = std::fs::read_to_string(summary_path).map_err(|e| Error::io(summary_path, e))?;
-            serde_json::from_str(&text).map_err(|e| Error::data(summary_path, format!("not a run summary: {e}")))?
+            eprintln!("[{}] {label}: finished earlier, skipped", exp.name);
+            let text = std::fs::read_to_string(&summary_path).map_err(|e| Error::io(&summary_path, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::data(&summary_path, format!("not a run summary: {e}")))?
         } else {
             let resume = checkpoint::latest(&cfg.run.out_dir)?.is_some();
-            eprintln!("[{}] {}: {}", exp.name, arm.name, if resume { "resuming" } else { "training" });
+            eprintln!("[{}] {label}: {}", exp.name, if resume { "resuming" } else { "training" });
             train::train(&cfg, &RunControl { resume, data: Some(stores.clone()), ..control.clone() })?
         };
         let loss_min = crate::objective::Objective::new(&cfg.objective).minimum();
@@ -291,11 +342,12 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         };
         let v = verdict(summary.tail.loss, loss_min, spread);
         let linear = match &exp.linear {
-            Some(pc) => Some(arm_probe(&exp.name, &arm.name, &cfg, pc, &stores)?),
+            Some(pc) => Some(arm_probe(&exp.name, &label, &cfg, pc, &stores)?),
             None => None,
         };
         arms.push(ArmResult {
             name: arm.name.clone(),
+            seed,
             expect: arm.expect,
             verdict: v,
             agrees: arm.expect.admits(v),
@@ -303,7 +355,8 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
             linear,
         });
     }
-    let knn_of = |n: &str| arms.iter().find(|a| a.name == n).and_then(|a| a.summary.knn_final);
+    // With seeds, an ordering compares the arms' mean kNN.
+    let knn_of = |n: &str| knn_stats(&arms, n).map(|(mean, ..)| mean);
     let orders: Vec<(String, Option<bool>)> = exp
         .order
         .iter()
@@ -362,6 +415,19 @@ fn arm_probe(exp: &str, arm: &str, cfg: &Config, pc: &ProbeConfig, data: &train:
     Ok(r)
 }
 
+/// An arm's final kNN over its runs (seeds): mean, sample sd, count.
+fn knn_stats(arms: &[ArmResult], name: &str) -> Option<(f64, f64, usize)> {
+    mean_sd(&arms.iter().filter(|a| a.name == name).map(|a| a.summary.knn_final).collect::<Vec<_>>())
+}
+
+/// An arm's label in tables and plots: its name, with the seed when there are several.
+fn label(a: &ArmResult) -> String {
+    match a.seed {
+        Some(s) => format!("{} (seed {s})", a.name),
+        None => a.name.clone(),
+    }
+}
+
 fn fmt_opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into())
 }
@@ -372,7 +438,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
     let mut per_arm = Vec::new();
     for a in &outcome.arms {
-        per_arm.push((a.name.clone(), read_lines(&out.join(&a.name).join("metrics.jsonl"))?));
+        per_arm.push((label(a), read_lines(&run_dir(out, &a.name, a.seed).join("metrics.jsonl"))?));
     }
     let (svgs, md_plots) = render_all(&plots, &overlays(&per_arm))?;
     let mut md = String::new();
@@ -393,7 +459,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
         let _ = writeln!(
             md,
             "| {} | {:?} | {:?} | {} | {:+.4} | {:.3} | {:.3} | {:.3} | {:.3} | {} |{}",
-            a.name,
+            label(a),
             a.expect,
             a.verdict,
             if a.agrees { "yes" } else { "**no**" },
@@ -416,19 +482,59 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
             if pc.augment { "crop + flip" } else { "features computed once" }
         );
     }
-    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps. Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std < 0.5 (m_o > 0.87); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse).");
-    if !outcome.orders.is_empty() {
-        let _ = writeln!(md, "\n| kNN ordering | held |\n|---|---|");
-        for (o, h) in &outcome.orders {
+    let seeded = outcome.arms.iter().any(|a| a.seed.is_some());
+    if seeded {
+        let _ = writeln!(md, "\n**Over seeds** (mean ± sd, the number of runs in brackets; the arm agrees when every seed does):\n\n| arm | seeds | verdicts | agrees | loss | sqrt(d)·collapse_std | kNN top-1 |{probe_head}\n|---|---|---|---|---|---|---|{probe_rule}");
+        let mut names: Vec<&str> = Vec::new();
+        for a in &outcome.arms {
+            if !names.contains(&a.name.as_str()) {
+                names.push(&a.name);
+            }
+        }
+        for name in names {
+            let runs: Vec<&ArmResult> = outcome.arms.iter().filter(|a| a.name == name).collect();
+            let stat = |f: &dyn Fn(&ArmResult) -> Option<f64>, digits| {
+                mean_sd_cell(mean_sd(&runs.iter().map(|a| f(a)).collect::<Vec<_>>()), digits)
+            };
+            let seeds: Vec<String> = runs.iter().filter_map(|a| a.seed.map(|s| s.to_string())).collect();
+            let verdicts: Vec<String> = runs.iter().map(|a| format!("{:?}", a.verdict)).collect();
             let _ = writeln!(
                 md,
-                "| {o} | {} |",
-                match h {
-                    Some(true) => "yes",
-                    Some(false) => "**no**",
-                    None => "– (no kNN)",
-                }
+                "| {name} | {} | {} | {} | {} | {} | {} |{}",
+                seeds.join(", "),
+                verdicts.join(", "),
+                if runs.iter().all(|a| a.agrees) { "yes" } else { "**no**" },
+                stat(&|a| Some(a.summary.tail.loss), 4),
+                stat(&|a| Some(a.summary.tail.collapse_std_scaled), 3),
+                stat(&|a| a.summary.knn_final, 2),
+                if probed { format!(" {} |", stat(&|a| a.linear.as_ref().map(|r| r.top1), 2)) } else { String::new() }
             );
+        }
+    }
+    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps. Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std < 0.5 (m_o > 0.87); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse).");
+    if !outcome.orders.is_empty() {
+        let (head, rule) = if seeded { (" difference of the means (se) |", "---|") } else { ("", "") };
+        let _ = writeln!(md, "\n| kNN ordering | held |{head}\n|---|---|{rule}");
+        for (o, h) in &outcome.orders {
+            let held = match h {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "– (no kNN)",
+            };
+            // Seeds: the left arm's mean minus the right's, with the standard error of that
+            // difference, sqrt(s1²/n1 + s2²/n2).
+            let diff = match (seeded, parse_order(o)) {
+                (true, Some((a, _, b))) => match (knn_stats(&outcome.arms, &a), knn_stats(&outcome.arms, &b)) {
+                    (Some((m1, s1, n1)), Some((m2, s2, n2))) if n1 > 1 && n2 > 1 => {
+                        let se = (s1 * s1 / n1 as f64 + s2 * s2 / n2 as f64).sqrt();
+                        format!(" {:+.2} ({se:.2}) |", m1 - m2)
+                    }
+                    (Some((m1, ..)), Some((m2, ..))) => format!(" {:+.2} |", m1 - m2),
+                    _ => " – |".into(),
+                },
+                _ => String::new(),
+            };
+            let _ = writeln!(md, "| {o} | {held} |{diff}");
         }
     }
     let _ = writeln!(md, "\n{md_plots}");
@@ -468,7 +574,7 @@ pub fn summarise(root: &Path) -> Result<String> {
             .map(|a| {
                 format!(
                     "{}: {:?}{}, {}",
-                    a.name,
+                    label(a),
                     a.verdict,
                     if a.agrees { "" } else { " (expected otherwise)" },
                     fmt_opt(a.summary.knn_final)

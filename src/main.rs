@@ -47,6 +47,10 @@ enum Cmd {
         /// The linear probe's epochs (implies --linear).
         #[arg(long, value_name = "N")]
         linear_epochs: Option<usize>,
+        /// Train every arm once per seed (comma-separated; in ARM/seed-S): verdicts per seed,
+        /// kNN and orderings on the means, with their spread (the experiment's `seeds`).
+        #[arg(long, value_delimiter = ',', value_name = "S,...")]
+        seeds: Vec<u64>,
         #[command(flatten)]
         over: Overrides,
     },
@@ -530,8 +534,12 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Experiment { name, out, arms, linear, linear_epochs, over, .. } => {
+        Cmd::Experiment { name, out, arms, linear, linear_epochs, seeds, over, .. } => {
             let mut exp = simsiam::experiment::Experiment::find(name.as_deref().expect("clap requires it"))?;
+            if !seeds.is_empty() {
+                exp.seeds = seeds;
+                exp.check_seeds("--seeds")?;
+            }
             if linear || linear_epochs.is_some() {
                 let pc = exp.linear.get_or_insert_with(Default::default);
                 if let Some(n) = linear_epochs {

@@ -107,6 +107,26 @@ pub(crate) fn render(dir: &Path, fig: &Figure) -> Result<String> {
     Ok(svg)
 }
 
+/// Mean and sample standard deviation of the values present; `None` if there are none.
+pub(crate) fn mean_sd(xs: &[Option<f64>]) -> Option<(f64, f64, usize)> {
+    let xs: Vec<f64> = xs.iter().flatten().copied().filter(|x| x.is_finite()).collect();
+    let n = xs.len();
+    if n == 0 {
+        return None;
+    }
+    let mean = xs.iter().sum::<f64>() / n as f64;
+    let var = if n > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+    Some((mean, var.sqrt(), n))
+}
+
+pub(crate) fn mean_sd_cell(m: Option<(f64, f64, usize)>, digits: usize) -> String {
+    match m {
+        Some((mean, _, 1)) => format!("{mean:.digits$} (1)"),
+        Some((mean, sd, n)) => format!("{mean:.digits$} ± {sd:.digits$} ({n})"),
+        None => "–".into(),
+    }
+}
+
 pub(crate) fn read_lines(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()

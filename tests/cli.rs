@@ -364,6 +364,54 @@ fn bad_flags_are_clear_errors_not_panics() {
     }
 }
 
+/// `--seeds`: every arm once per seed, in `ARM/seed-S`; the report gives each run, then the
+/// means with their spread, and judges the ordering on the means.
+#[test]
+fn experiment_with_seeds_trains_every_arm_per_seed_and_orders_the_means() {
+    let (tmp, train, test) = data();
+    let file = tmp.path().join("sym.toml");
+    std::fs::write(
+        &file,
+        "name = \"sym\"\nclaim = \"c\"\nsource = \"s\"\npaper = \"p\"\npreset = \"tiny\"\norder = [\"sym >= asym\"]\n\
+         [[arm]]\nname = \"sym\"\nexpect = \"any\"\n\
+         [[arm]]\nname = \"asym\"\nset = [\"objective.symmetry=\\\"asymmetric\\\"\"]\nexpect = \"any\"\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("exp");
+    let mut args: Vec<String> = ["experiment", file.to_str().unwrap(), "--device", "cpu", "--epochs", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--batch-size", "32", "--seeds", "3,4", "--out"].map(String::from));
+    args.push(out.display().to_string());
+    args.extend(["--data".into(), train.display().to_string(), "--test-data".into(), test.display().to_string()]);
+    for s in common::SMALL_MODEL.iter().chain(&["monitor.knn_k=20"]) {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let text = ok(bin().args(&args).output().unwrap());
+    assert_eq!(text.matches("): training").count(), 4, "{text}");
+    let knn = |arm: &str, seed: u64| {
+        let run = out.join(arm).join(format!("seed-{seed}"));
+        assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains(&format!("seed = {seed}\n")));
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        s["knn_final"].as_f64().unwrap()
+    };
+    let (a, b) = ((knn("sym", 3) + knn("sym", 4)) / 2.0, (knn("asym", 3) + knn("asym", 4)) / 2.0);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| sym (seed 3) | Any |") && md.contains("| asym (seed 4) | Any |"), "{md}");
+    assert!(md.contains("**Over seeds**") && md.lines().any(|l| l.starts_with("| sym | 3, 4 | ")), "{md}");
+    let order = md.lines().find(|l| l.starts_with("| sym >= asym |")).unwrap_or_default();
+    let held = if a >= b - 0.5 { "yes" } else { "**no**" };
+    assert!(order.starts_with(&format!("| sym >= asym | {held} | {:+.2} (", a - b)), "means {a} {b}: {md}");
+    // Again: all four runs are finished; a seed given twice is an error.
+    let again = ok(bin().args(&args).output().unwrap());
+    assert_eq!(again.matches("finished earlier, skipped").count(), 4, "{again}");
+    let twice: Vec<String> = args.iter().map(|a| if a == "3,4" { "3,3".into() } else { a.clone() }).collect();
+    let err = user_error(bin().args(&twice).output().unwrap());
+    assert!(err.contains("--seeds: seed 3 is listed twice"), "{err}");
+}
+
 #[test]
 fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     let (tmp, train, test) = data();
