@@ -177,20 +177,21 @@ impl Reached {
     }
 }
 
-/// The groups of repeats (`LABEL=A,B,...`) summarised: their tail means and verdicts, then kNN
-/// by epoch as mean ± sd (runs), and each group's difference from the first group with its
-/// standard error (sqrt(s1²/n1 + s2²/n2)). `None` without groups.
+/// The groups of repeats (`LABEL=A,B,...`) summarised, each other run as a group of one (a
+/// reference, say): their tail means and verdicts, then kNN by epoch as mean ± sd (runs), and
+/// each group's difference from the first group with its standard error
+/// (sqrt(s1²/n1 + s2²/n2), where both have repeats). `None` without groups.
 fn repeats(runs: &[Compared], reached: &[Reached]) -> Option<String> {
+    if runs.iter().all(|r| r.group.is_none()) {
+        return None;
+    }
     let mut groups: Vec<(&str, Vec<&Reached>)> = Vec::new();
     for (r, got) in runs.iter().zip(reached) {
-        let Some(g) = r.group.as_deref() else { continue };
+        let g = r.group.as_deref().unwrap_or(&r.label);
         match groups.iter_mut().find(|(name, _)| *name == g) {
             Some((_, members)) => members.push(got),
             None => groups.push((g, vec![got])),
         }
-    }
-    if groups.is_empty() {
-        return None;
     }
     let mut md = String::from("\n## Repeats (mean ± sd over each group's runs; the count in brackets)\n\n| group | runs | loss | sqrt(d)·collapse_std | m_o (Z) | verdicts |\n|---|---|---|---|---|---|\n");
     for (name, members) in &groups {
@@ -363,5 +364,11 @@ mod tests {
         let mut lone = run("a", 1, -0.5, [30.0, 30.0]);
         lone.group = None;
         assert!(repeats(std::slice::from_ref(&lone), &[Reached::of(&lone)]).is_none());
+        // Beside a group, an ungrouped run (a reference) is a group of one, under its label.
+        let mixed = [run("a", 1, -0.5, [30.0, 30.0]), run("a", 2, -0.7, [30.0, 32.0]), lone];
+        let reached: Vec<Reached> = mixed.iter().map(Reached::of).collect();
+        let md = repeats(&mixed, &reached).unwrap();
+        assert!(md.contains("| epoch | a | a#1 | a#1 − a (se) |"), "{md}");
+        assert!(md.contains("| 2 | 31.00 ± 1.41 (2) | 30.00 (1) | -1.00 |"), "{md}");
     }
 }
