@@ -301,10 +301,7 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
     // The arms read the same images: decode them once.
     let stores = control.data.clone().unwrap_or_default();
     for (arm, seed, summary_path) in planned {
-        let label = match seed {
-            Some(s) => format!("{} (seed {s})", arm.name),
-            None => arm.name.clone(),
-        };
+        let label = run_label(&arm.name, seed);
         if !summary_path.is_file() && !only.is_empty() && !only.contains(&arm.name) {
             if !pending.contains(&arm.name) {
                 pending.push(arm.name.clone());
@@ -420,12 +417,17 @@ fn knn_stats(arms: &[ArmResult], name: &str) -> Option<(f64, f64, usize)> {
     mean_sd(&arms.iter().filter(|a| a.name == name).map(|a| a.summary.knn_final).collect::<Vec<_>>())
 }
 
-/// An arm's label in tables and plots: its name, with the seed when there are several.
-fn label(a: &ArmResult) -> String {
-    match a.seed {
-        Some(s) => format!("{} (seed {s})", a.name),
-        None => a.name.clone(),
+/// A run's label in messages, tables and plots: the arm's name, with the seed when there are
+/// several.
+fn run_label(arm: &str, seed: Option<u64>) -> String {
+    match seed {
+        Some(s) => format!("{arm} (seed {s})"),
+        None => arm.to_string(),
     }
+}
+
+fn label(a: &ArmResult) -> String {
+    run_label(&a.name, a.seed)
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
