@@ -62,7 +62,10 @@ pub fn infonce_loss(z1: &Tensor, z2: &Tensor, t: f64) -> Tensor {
     let logits = (z.matmul(&z.tr()) / t).masked_fill(&eye, f64::NEG_INFINITY);
     // The positive of row i is row i + B (mod 2B).
     let positives = Tensor::arange(n, (tch::Kind::Int64, z.device())).g_add_scalar(b).remainder(n);
-    logits.cross_entropy_for_logits(&positives)
+    // tch's `cross_entropy_for_logits` takes the log-softmax in f32 whatever the input; keep
+    // f64 inputs in f64 (the hand-checked tests), everything else in f32 as before.
+    let kind = if logits.kind() == tch::Kind::Double { tch::Kind::Double } else { tch::Kind::Float };
+    logits.log_softmax(-1, kind).nll_loss(&positives)
 }
 
 /// The `memory` target (SimSiam §5.2): a per-image moving average of normalised projections,
