@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::monitor::verdict;
-use crate::report::{markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
+use crate::report::{difference_cell, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
 use crate::train::{tail_of, Summary};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -235,17 +235,7 @@ fn repeats(runs: &[Compared], reached: &[Reached]) -> Option<String> {
         };
         let stats: Vec<Option<(f64, f64, usize)>> = groups.iter().map(|(_, ms)| at(ms)).collect();
         let cells: Vec<String> = stats.iter().map(|&m| mean_sd_cell(m, 2)).collect();
-        let diffs: String = stats[1..]
-            .iter()
-            .map(|m| match (stats[0], m) {
-                (Some((m1, s1, n1)), Some((m2, s2, n2))) if n1 > 1 && *n2 > 1 => {
-                    let se = (s1 * s1 / n1 as f64 + s2 * s2 / *n2 as f64).sqrt();
-                    format!(" {:+.2} ({se:.2}) |", m2 - m1)
-                }
-                (Some((m1, ..)), Some((m2, ..))) => format!(" {:+.2} |", m2 - m1),
-                _ => " – |".into(),
-            })
-            .collect();
+        let diffs: String = stats[1..].iter().map(|&m| format!(" {} |", difference_cell(m, stats[0]))).collect();
         let _ = writeln!(md, "| {e} | {} |{diffs}", cells.join(" | "));
     }
     Some(md)

@@ -682,7 +682,6 @@ fn parse_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
-/// Applies one `section.field=value` override.
 /// Whether `table` sets `field` (a path such as `optim.base_lr` or `augment.crop_scale[0]`).
 fn holds(table: &toml::Table, field: &str) -> bool {
     let mut parts = field.split('.').map(|p| p.split('[').next().unwrap_or(p));
@@ -694,6 +693,7 @@ fn holds(table: &toml::Table, field: &str) -> bool {
     cur.is_some()
 }
 
+/// Applies one `section.field=value` override.
 pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
     let (key, raw) =
         spec.split_once('=').ok_or_else(|| Error::config(format!("--set {spec:?}: expected section.field=value")))?;

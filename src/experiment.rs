@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::linear::{self, ProbeConfig, ProbeResult};
 use crate::monitor::{verdict, CollapseVerdict};
-use crate::report::{markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
+use crate::report::{difference_cell, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
 use crate::train::{self, RunControl, Summary};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -523,17 +523,11 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
                 Some(false) => "**no**",
                 None => "– (no kNN)",
             };
-            // Seeds: the left arm's mean minus the right's, with the standard error of that
-            // difference, sqrt(s1²/n1 + s2²/n2).
+            // Seeds: the left arm's mean minus the right's, with its standard error.
             let diff = match (seeded, parse_order(o)) {
-                (true, Some((a, _, b))) => match (knn_stats(&outcome.arms, &a), knn_stats(&outcome.arms, &b)) {
-                    (Some((m1, s1, n1)), Some((m2, s2, n2))) if n1 > 1 && n2 > 1 => {
-                        let se = (s1 * s1 / n1 as f64 + s2 * s2 / n2 as f64).sqrt();
-                        format!(" {:+.2} ({se:.2}) |", m1 - m2)
-                    }
-                    (Some((m1, ..)), Some((m2, ..))) => format!(" {:+.2} |", m1 - m2),
-                    _ => " – |".into(),
-                },
+                (true, Some((a, _, b))) => {
+                    format!(" {} |", difference_cell(knn_stats(&outcome.arms, &a), knn_stats(&outcome.arms, &b)))
+                }
                 _ => String::new(),
             };
             let _ = writeln!(md, "| {o} | {held} |{diff}");

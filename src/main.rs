@@ -280,7 +280,7 @@ struct TrainArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     nproc: Option<u32>,
     /// Stop once N epochs are done, with a checkpoint, and exit 0: a first look at a long
-    /// schedule (the lr still follows run.epochs); `--resume` continues it, exactly.
+    /// schedule (the lr still follows run.epochs); `--resume` continues it where it stopped.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     until_epoch: Option<u64>,
 }
@@ -581,8 +581,7 @@ fn run() -> Result<()> {
                     for r in &runs {
                         loaded.extend(simsiam::compare::Compared::load_arg(r)?);
                     }
-                    let runs = loaded;
-                    simsiam::compare::write(&runs, &out)?
+                    simsiam::compare::write(&loaded, &out)?
                 }
                 (_, None) => anyhow::bail!("report: --out DIR is needed to compare several runs"),
             };

@@ -119,11 +119,25 @@ pub(crate) fn mean_sd(xs: &[Option<f64>]) -> Option<(f64, f64, usize)> {
     Some((mean, var.sqrt(), n))
 }
 
+/// A [`mean_sd`] as a table cell: `mean ± sd (n)`, or `mean (1)`.
 pub(crate) fn mean_sd_cell(m: Option<(f64, f64, usize)>, digits: usize) -> String {
     match m {
         Some((mean, _, 1)) => format!("{mean:.digits$} (1)"),
         Some((mean, sd, n)) => format!("{mean:.digits$} ± {sd:.digits$} ({n})"),
         None => "–".into(),
+    }
+}
+
+/// The difference of two [`mean_sd`]s, `a - b`, as a table cell: with its standard error
+/// sqrt(s_a²/n_a + s_b²/n_b) in brackets where both have repeats; `–` where either is missing.
+pub(crate) fn difference_cell(a: Option<(f64, f64, usize)>, b: Option<(f64, f64, usize)>) -> String {
+    match (a, b) {
+        (Some((m1, s1, n1)), Some((m2, s2, n2))) if n1 > 1 && n2 > 1 => {
+            let se = (s1 * s1 / n1 as f64 + s2 * s2 / n2 as f64).sqrt();
+            format!("{:+.2} ({se:.2})", m1 - m2)
+        }
+        (Some((m1, ..)), Some((m2, ..))) => format!("{:+.2}", m1 - m2),
+        _ => "–".into(),
     }
 }
 
