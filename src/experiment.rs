@@ -417,6 +417,40 @@ fn knn_stats(arms: &[ArmResult], name: &str) -> Option<(f64, f64, usize)> {
     mean_sd(&arms.iter().filter(|a| a.name == name).map(|a| a.summary.knn_final).collect::<Vec<_>>())
 }
 
+/// Each arm's runs, in the order the arms first appear: one run per arm without seeds, one per
+/// seed with them.
+fn runs_by_arm(arms: &[ArmResult]) -> Vec<(&str, Vec<&ArmResult>)> {
+    let mut groups: Vec<(&str, Vec<&ArmResult>)> = Vec::new();
+    for a in arms {
+        match groups.iter_mut().find(|(name, _)| *name == a.name) {
+            Some((_, runs)) => runs.push(a),
+            None => groups.push((&a.name, vec![a])),
+        }
+    }
+    groups
+}
+
+/// One arm in the summary table: `name: verdict, kNN` for one run; over seeds the verdicts
+/// (`Healthy ×3` when they agree) and kNN as mean ± sd.
+fn summary_cell(name: &str, runs: &[&ArmResult]) -> String {
+    let disagree = runs.iter().filter(|a| !a.agrees).count();
+    let expected = match (disagree, runs.len()) {
+        (0, _) => String::new(),
+        (_, 1) => " (expected otherwise)".into(),
+        (k, n) => format!(" (expected otherwise in {k} of {n})"),
+    };
+    if let [one] = runs {
+        return format!("{}: {:?}{expected}, {}", label(one), one.verdict, fmt_opt(one.summary.knn_final));
+    }
+    let verdicts = if runs.iter().all(|a| a.verdict == runs[0].verdict) {
+        format!("{:?} ×{}", runs[0].verdict, runs.len())
+    } else {
+        runs.iter().map(|a| format!("{:?}", a.verdict)).collect::<Vec<_>>().join(", ")
+    };
+    let knn = mean_sd(&runs.iter().map(|a| a.summary.knn_final).collect::<Vec<_>>());
+    format!("{name}: {verdicts}{expected}, {}", mean_sd_cell(knn, 2))
+}
+
 /// A run's label in messages, tables and plots: the arm's name, with the seed when there are
 /// several.
 fn run_label(arm: &str, seed: Option<u64>) -> String {
@@ -487,14 +521,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     let seeded = outcome.arms.iter().any(|a| a.seed.is_some());
     if seeded {
         let _ = writeln!(md, "\n**Over seeds** (mean ± sd, the number of runs in brackets; the arm agrees when every seed does):\n\n| arm | seeds | verdicts | agrees | loss | sqrt(d)·collapse_std | kNN top-1 |{probe_head}\n|---|---|---|---|---|---|---|{probe_rule}");
-        let mut names: Vec<&str> = Vec::new();
-        for a in &outcome.arms {
-            if !names.contains(&a.name.as_str()) {
-                names.push(&a.name);
-            }
-        }
-        for name in names {
-            let runs: Vec<&ArmResult> = outcome.arms.iter().filter(|a| a.name == name).collect();
+        for (name, runs) in runs_by_arm(&outcome.arms) {
             let stat = |f: &dyn Fn(&ArmResult) -> Option<f64>, digits| {
                 mean_sd_cell(mean_sd(&runs.iter().map(|a| f(a)).collect::<Vec<_>>()), digits)
             };
@@ -545,7 +572,9 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
 }
 
 /// The summary table over many experiments' `outcome.json` (one folder each under `root`):
-/// claim, source, the paper's outcome, ours (arm verdicts), agree or not. Markdown.
+/// claim, source, the paper's outcome, ours (each arm's verdict and kNN; over seeds, each arm
+/// once with its verdicts and kNN mean ± sd, and each ordering's difference of the means with
+/// its standard error), agree or not. Markdown.
 pub fn summarise(root: &Path) -> Result<String> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| Error::io(root, e))?
@@ -564,27 +593,23 @@ pub fn summarise(root: &Path) -> Result<String> {
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
         let o: Outcome =
             serde_json::from_str(&text).map_err(|e| Error::data(&p, format!("not an experiment outcome: {e}")))?;
-        let ours: Vec<String> = o
-            .arms
+        let seeded = o.arms.iter().any(|a| a.seed.is_some());
+        let ours: Vec<String> = runs_by_arm(&o.arms)
             .iter()
-            .map(|a| {
-                format!(
-                    "{}: {:?}{}, {}",
-                    label(a),
-                    a.verdict,
-                    if a.agrees { "" } else { " (expected otherwise)" },
-                    fmt_opt(a.summary.knn_final)
-                )
-            })
+            .map(|(name, runs)| summary_cell(name, runs))
             .chain(o.orders.iter().map(|(ord, h)| {
-                format!(
-                    "kNN {ord}: {}",
-                    match h {
-                        Some(true) => "yes",
-                        Some(false) => "no",
-                        None => "–",
+                let held = match h {
+                    Some(true) => "yes",
+                    Some(false) => "no",
+                    None => "–",
+                };
+                match (seeded, parse_order(ord)) {
+                    (true, Some((a, _, b))) => {
+                        let d = difference_cell(knn_stats(&o.arms, &a), knn_stats(&o.arms, &b));
+                        format!("kNN {ord}: {held}, {d}")
                     }
-                )
+                    _ => format!("kNN {ord}: {held}"),
+                }
             }))
             .collect();
         let link = d.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();

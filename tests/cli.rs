@@ -398,12 +398,20 @@ fn experiment_with_seeds_trains_every_arm_per_seed_and_orders_the_means() {
         s["knn_final"].as_f64().unwrap()
     };
     let (a, b) = ((knn("sym", 3) + knn("sym", 4)) / 2.0, (knn("asym", 3) + knn("asym", 4)) / 2.0);
+    // The sample sd of two values is their distance over sqrt(2).
+    let sd_sym = (knn("sym", 3) - knn("sym", 4)).abs() / 2f64.sqrt();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| sym (seed 3) | Any |") && md.contains("| asym (seed 4) | Any |"), "{md}");
     assert!(md.contains("**Over seeds**") && md.lines().any(|l| l.starts_with("| sym | 3, 4 | ")), "{md}");
     let order = md.lines().find(|l| l.starts_with("| sym >= asym |")).unwrap_or_default();
     let held = if a >= b - 0.5 { "yes" } else { "**no**" };
     assert!(order.starts_with(&format!("| sym >= asym | {held} | {:+.2} (", a - b)), "means {a} {b}: {md}");
+    // The summary over experiment folders gives each arm once: its verdicts and kNN mean ± sd.
+    let table = ok(bin().args(["experiment", "--summary", tmp.path().to_str().unwrap()]).output().unwrap());
+    let row = table.lines().find(|l| l.starts_with("| [sym](exp/report.md) |")).unwrap_or_default();
+    assert!(!row.contains("seed 3") && row.contains(&format!(", {a:.2} ± {sd_sym:.2} (2); asym: ")), "{table}");
+    let held = held.trim_matches('*');
+    assert!(row.contains(&format!("kNN sym >= asym: {held}, {:+.2} (", a - b)), "{table}");
     // Again: all four runs are finished; a seed given twice is an error.
     let again = ok(bin().args(&args).output().unwrap());
     assert_eq!(again.matches("finished earlier, skipped").count(), 4, "{again}");
