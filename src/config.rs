@@ -32,7 +32,7 @@ pub struct RunConfig {
     /// How many of the newest checkpoints to keep (0: all of them, e.g. to analyse the
     /// representation at several epochs with `simsiam analyse --checkpoint`).
     pub keep_checkpoints: usize,
-    /// CPU threads for libtorch (0: libtorch's default, the physical cores). A CPU run repeats
+    /// CPU threads for libtorch (0: libtorch's default for the machine). A CPU run repeats
     /// bit for bit only at the same count: its kernels sum in an order that depends on it.
     pub threads: usize,
     /// On CUDA, let cuDNN autotune convolution algorithms (fast; not bit-reproducible).

@@ -417,6 +417,16 @@ fn knn_stats(arms: &[ArmResult], name: &str) -> Option<(f64, f64, usize)> {
     mean_sd(&arms.iter().filter(|a| a.name == name).map(|a| a.summary.knn_final).collect::<Vec<_>>())
 }
 
+/// Over seeds, an ordering's `left - right` difference of the arms' kNN means with its standard
+/// error ([`difference_cell`]); `None` for unseeded outcomes (one run per arm: no spread).
+fn order_difference(arms: &[ArmResult], order: &str) -> Option<String> {
+    if !arms.iter().any(|a| a.seed.is_some()) {
+        return None;
+    }
+    let (a, _, b) = parse_order(order)?;
+    Some(difference_cell(knn_stats(arms, &a), knn_stats(arms, &b)))
+}
+
 /// Each arm's runs, in the order the arms first appear: one run per arm without seeds, one per
 /// seed with them.
 fn runs_by_arm(arms: &[ArmResult]) -> Vec<(&str, Vec<&ArmResult>)> {
@@ -550,12 +560,9 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
                 Some(false) => "**no**",
                 None => "– (no kNN)",
             };
-            // Seeds: the left arm's mean minus the right's, with its standard error.
-            let diff = match (seeded, parse_order(o)) {
-                (true, Some((a, _, b))) => {
-                    format!(" {} |", difference_cell(knn_stats(&outcome.arms, &a), knn_stats(&outcome.arms, &b)))
-                }
-                _ => String::new(),
+            let diff = match (seeded, order_difference(&outcome.arms, o)) {
+                (true, d) => format!(" {} |", d.unwrap_or_else(|| "–".into())),
+                (false, _) => String::new(),
             };
             let _ = writeln!(md, "| {o} | {held} |{diff}");
         }
@@ -593,7 +600,6 @@ pub fn summarise(root: &Path) -> Result<String> {
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
         let o: Outcome =
             serde_json::from_str(&text).map_err(|e| Error::data(&p, format!("not an experiment outcome: {e}")))?;
-        let seeded = o.arms.iter().any(|a| a.seed.is_some());
         let ours: Vec<String> = runs_by_arm(&o.arms)
             .iter()
             .map(|(name, runs)| summary_cell(name, runs))
@@ -603,12 +609,9 @@ pub fn summarise(root: &Path) -> Result<String> {
                     Some(false) => "no",
                     None => "–",
                 };
-                match (seeded, parse_order(ord)) {
-                    (true, Some((a, _, b))) => {
-                        let d = difference_cell(knn_stats(&o.arms, &a), knn_stats(&o.arms, &b));
-                        format!("kNN {ord}: {held}, {d}")
-                    }
-                    _ => format!("kNN {ord}: {held}"),
+                match order_difference(&o.arms, ord) {
+                    Some(d) => format!("kNN {ord}: {held}, {d}"),
+                    None => format!("kNN {ord}: {held}"),
                 }
             }))
             .collect();
