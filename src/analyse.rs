@@ -333,6 +333,7 @@ pub fn plots(dir: &std::path::Path, out: &serde_json::Map<String, Value>) -> cra
             })
             .collect();
         figs.push(Figure {
+            log_y: false,
             stem: "dimension",
             title: "B4: cumulative explained variance",
             x_label: "components",
@@ -344,6 +345,7 @@ pub fn plots(dir: &std::path::Path, out: &serde_json::Map<String, Value>) -> cra
             rows.iter().filter_map(|r| Some((r["instances"].as_f64()?, r["id"][key].as_f64()?))).collect()
         };
         figs.push(Figure {
+            log_y: false,
             stem: "instances",
             title: "B2: instance identification from one view",
             x_label: "instances N",

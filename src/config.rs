@@ -585,6 +585,10 @@ pub struct MonitorConfig {
     /// Images of the fixed subset on which the geometry monitor (effective rank, RankMe, PCA
     /// dimensions, off-diagonal covariance) runs at each kNN epoch.
     pub geometry_samples: usize,
+    /// After each flush of the per-step metrics, log how far the last step moved the weights:
+    /// per stage (`stem`, `layer1`..`layer4`, `projector`, `predictor`) and for the whole
+    /// backbone, `|w|` and the relative update `|Δw|/|w|` (a `"weights"` line).
+    pub weights: bool,
 }
 
 impl Default for MonitorConfig {
@@ -600,6 +604,7 @@ impl Default for MonitorConfig {
             instances_n: 1000,
             instances_k: 8,
             geometry_samples: 2048,
+            weights: true,
         }
     }
 }

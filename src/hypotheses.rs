@@ -452,7 +452,13 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
         figure(
             &mut md,
             &plots,
-            Figure { stem: "b1-cos-h-hstar", title: "B1: cos(h, h*) over training", x_label: "epoch", series: hstar },
+            Figure {
+                log_y: false,
+                stem: "b1-cos-h-hstar",
+                title: "B1: cos(h, h*) over training",
+                x_label: "epoch",
+                series: hstar,
+            },
         )?;
     }
 
@@ -486,6 +492,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
         &mut md,
         &plots,
         Figure {
+            log_y: false,
             stem: "b2-id-vs-n",
             title: "B2: instance-ID top-1 (%) against N",
             x_label: "instances N",
@@ -521,6 +528,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
             &mut md,
             &plots,
             Figure {
+                log_y: false,
                 stem: "b6-id-over-training",
                 title: "B6: instance-ID top-1 (%) during training",
                 x_label: "epoch",
@@ -563,6 +571,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
         &mut md,
         &plots,
         Figure {
+            log_y: false,
             stem: "b3-pairwise",
             title: "B3: pairwise centre similarity mu.mu' (fraction of pairs)",
             x_label: "mu.mu'",
@@ -579,7 +588,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
     ] {
         let series = dyn_series(key);
         if !series.is_empty() {
-            figure(&mut md, &plots, Figure { stem, title, x_label: "epoch", series })?;
+            figure(&mut md, &plots, Figure { log_y: false, stem, title, x_label: "epoch", series })?;
         }
     }
 
@@ -627,6 +636,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
         &mut md,
         &plots,
         Figure {
+            log_y: false,
             stem: "b4-centres-cumulative",
             title: "B4: cumulative explained variance of the centres",
             x_label: "components",

@@ -147,6 +147,30 @@ impl Sgd {
         });
     }
 
+    /// How far the last step moved each weight matrix or kernel (`dim >= 2`): the names, and as
+    /// one `[n, 2]` tensor on the parameters' device, `|w|` and `|Δw| = lr·|buf|` (SGD moves w
+    /// by exactly `lr·buf`, weight decay, momentum and LARS's scaling included). Under the
+    /// BatchNorm that follows most of these weights the loss does not depend on `|w|`, so what
+    /// a step does to the function is `|Δw|/|w|`, which falls as `lr/|w|²`: the initial scale
+    /// sets the pace of learning until weight decay has shrunk the norms. Parameters that the
+    /// last step did not update (no gradient, or no step yet) are left out: `None` if that is
+    /// all of them.
+    pub fn update_norms(&self) -> Option<(Vec<&str>, Tensor)> {
+        let (names, rows): (Vec<&str>, Vec<Tensor>) = tch::no_grad(|| {
+            self.params
+                .iter()
+                .zip(&self.bufs)
+                .filter_map(|(p, b)| {
+                    let b = b.as_ref().filter(|_| p.tensor.dim() >= 2 && p.tensor.grad().defined())?;
+                    let w = p.tensor.norm();
+                    let step = b.norm() * self.lrs[p.group];
+                    Some((p.name.as_str(), Tensor::stack(&[w, step], 0)))
+                })
+                .unzip()
+        });
+        (!rows.is_empty()).then(|| (names, Tensor::stack(&rows, 0)))
+    }
+
     pub fn save(&self, path: &Path) -> Result<()> {
         let named: Vec<(String, Tensor)> = self
             .params

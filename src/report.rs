@@ -9,21 +9,26 @@ use std::path::{Path, PathBuf};
 /// One plotted line: a name and its (x, y) points.
 pub(crate) type Series = (String, Vec<(f64, f64)>);
 
-/// A figure: file stem, title, x-axis label, lines.
+/// A figure: file stem, title, x-axis label, lines, and whether the y axis is logarithmic.
 pub(crate) struct Figure {
     pub stem: &'static str,
     pub title: &'static str,
     pub x_label: &'static str,
     pub series: Vec<Series>,
+    /// A logarithmic y axis (for values over orders of magnitude; points <= 0 are left out).
+    pub log_y: bool,
 }
 
-const COLOURS: [RGBColor; 6] = [
+const COLOURS: [RGBColor; 9] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(255, 127, 14),
     RGBColor(0, 0, 0),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
 ];
 
 fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
@@ -62,7 +67,14 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
     register_font();
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(e)?;
-    let (x0, x1, y0, y1) = bounds(&fig.series);
+    // A log axis is log10(y) on a linear one, its ticks labelled as powers of ten; log10 of a
+    // value <= 0 is not finite, so such points are left out as missing ones are.
+    let shown: Vec<Series> = if fig.log_y {
+        fig.series.iter().map(|(n, p)| (n.clone(), p.iter().map(|&(x, y)| (x, y.log10())).collect())).collect()
+    } else {
+        fig.series.clone()
+    };
+    let (x0, x1, y0, y1) = bounds(&shown);
     let mut chart = ChartBuilder::on(&root)
         .caption(fig.title, ("sans-serif", 20))
         .margin(12)
@@ -70,8 +82,14 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
         .y_label_area_size(64)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(e)?;
-    chart.configure_mesh().x_desc(fig.x_label).light_line_style(RGBColor(235, 235, 235)).draw().map_err(e)?;
-    for (i, (name, pts)) in fig.series.iter().enumerate() {
+    let power_of_ten = |v: &f64| format!("{:.1e}", 10f64.powf(*v));
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(fig.x_label).light_line_style(RGBColor(235, 235, 235));
+    if fig.log_y {
+        mesh.y_label_formatter(&power_of_ten);
+    }
+    mesh.draw().map_err(e)?;
+    for (i, (name, pts)) in shown.iter().enumerate() {
         let c = COLOURS[i % COLOURS.len()];
         let line =
             LineSeries::new(pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), c.stroke_width(2));
@@ -82,7 +100,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
         };
         drawn.label(name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
-    if fig.series.len() > 1 {
+    if shown.len() > 1 {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
@@ -180,7 +198,7 @@ pub(crate) fn overlay(
             series(&rows, x, y, name)
         })
         .collect();
-    Figure { stem, title, x_label, series }
+    Figure { log_y: false, stem, title, x_label, series }
 }
 
 /// The figures that set runs side by side (an experiment's arms, `simsiam report A B ...`):
@@ -206,8 +224,43 @@ pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
             "epoch",
             &["geometry", "z_off_diagonal", "corr_abs"],
         ),
+        Figure {
+            log_y: true,
+            ..overlay(
+                runs,
+                ("update_backbone", "Relative update |Δw|/|w| of the backbone's weights per step", "step"),
+                Some("weights"),
+                "step",
+                &["update", "backbone"],
+            )
+        },
+        overlay(
+            runs,
+            ("norm_backbone", "Norm |w| of the backbone's weights", "step"),
+            Some("weights"),
+            "step",
+            &["norm", "backbone"],
+        ),
         overlay(runs, ("lr", "Learning rate (encoder)", "step"), None, "step", &["lr"]),
     ]
+}
+
+/// The stages of the `"weights"` lines (`monitor.weights`), in the order of their first line;
+/// the whole-backbone aggregate last.
+fn weight_stages(lines: &[&Value]) -> Vec<String> {
+    let mut keys: Vec<String> = lines
+        .first()
+        .and_then(|l| l["norm"].as_object())
+        .map(|m| m.keys().filter(|k| *k != "backbone").cloned().collect())
+        .unwrap_or_default();
+    // Backbone stages in network order, then the heads.
+    keys.sort_by_key(|k| (!(k == "stem" || k.starts_with("layer")), k != "stem", k.clone()));
+    keys
+}
+
+/// One line per stage of the `"weights"` lines: `what` is `"update"` or `"norm"`.
+fn per_stage(lines: &[&Value], what: &str) -> Vec<Series> {
+    weight_stages(lines).iter().map(|k| series(lines, "step", &[what, k], k)).collect()
 }
 
 /// Renders the figures that have points into `dir`: (their SVGs as `<figure>`s, their PNGs as
@@ -243,26 +296,31 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
     let knn: Vec<&Value> = rows.iter().filter(|r| r["event"] == "knn").collect();
     let geo: Vec<&Value> = rows.iter().filter(|r| r["event"] == "geometry").collect();
     let inst: Vec<&Value> = rows.iter().filter(|r| r["event"] == "instances").collect();
+    let weights: Vec<&Value> = rows.iter().filter(|r| r["event"] == "weights").collect();
     let figures = [
         Figure {
+            log_y: false,
             stem: "loss",
             title: "Training loss (minimum -1)",
             x_label: "step",
             series: vec![series(&steps, "step", &["loss"], "loss")],
         },
         Figure {
+            log_y: false,
             stem: "knn",
             title: "kNN top-1 (%)",
             x_label: "epoch",
             series: vec![series(&knn, "epoch", &["knn_top1"], "kNN top-1")],
         },
         Figure {
+            log_y: false,
             stem: "collapse_std",
             title: "collapse_std x sqrt(d) (1 = spread, 0 = collapsed)",
             x_label: "step",
             series: vec![series(&steps, "step", &["collapse_std_scaled"], "sqrt(d) collapse_std")],
         },
         Figure {
+            log_y: false,
             stem: "centre_residual",
             title: "Zhang et al.: m_o and m_r of Z and P",
             x_label: "step",
@@ -274,6 +332,7 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
             ],
         },
         Figure {
+            log_y: false,
             stem: "effective_rank",
             title: "Effective rank (eval subset)",
             x_label: "epoch",
@@ -283,6 +342,7 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
             ],
         },
         Figure {
+            log_y: false,
             stem: "instances",
             title: "Instance identification (B6): top-1 (%) and 100 x between-fraction",
             x_label: "epoch",
@@ -292,12 +352,28 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
             }],
         },
         Figure {
+            log_y: true,
+            stem: "weights_update",
+            title: "Relative update |Δw|/|w| per step, by stage",
+            x_label: "step",
+            series: per_stage(&weights, "update"),
+        },
+        Figure {
+            log_y: false,
+            stem: "weights_norm",
+            title: "Weight norm |w|, by stage",
+            x_label: "step",
+            series: per_stage(&weights, "norm"),
+        },
+        Figure {
+            log_y: false,
             stem: "lr",
             title: "Learning rate (encoder)",
             x_label: "step",
             series: vec![series(&steps, "step", &["lr"], "lr")],
         },
         Figure {
+            log_y: false,
             stem: "throughput",
             title: "Throughput (images/s, two views each)",
             x_label: "step",

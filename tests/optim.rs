@@ -33,3 +33,52 @@ fn fused_sgd_matches_the_hand_computed_update() {
 fn fused_sgd_equals_the_per_parameter_update() {
     common::fused_sgd_equals_per_parameter(Device::Cpu);
 }
+
+/// The `weights` monitor after one step, by hand. Loss `sum_i c_i |w_i|² / 2` (gradient
+/// `c_i w_i`), wd 0.1, so the first step's buffer is `(c_i + 0.1) w_i` and it moves `w_i` by
+/// `lr (c_i + 0.1) |w_i|` to `(1 - lr (c_i + 0.1)) w_i`. Encoder lr 0.2, predictor lr 0.1:
+/// - stem `[3, 4]`, c 1: moved 0.2 · 1.1 · 5 = 1.1, now 0.78 · 5 = 3.9;
+/// - layer1 `[[1, 0], [0, 0]]`, c 1: moved 0.22, now 0.78; and `[[0, 2]]`, c 3: moved
+///   0.2 · 3.1 · 2 = 1.24, now 0.38 · 2 = 0.76; its BN gamma (1-d) is not a weight matrix;
+/// - predictor `[[1], [1]]`, c 1: moved 0.1 · 1.1 · √2, now 0.89 · √2;
+/// - the projector's weight has no gradient (not in the loss): no `projector` entry.
+#[test]
+fn weights_event_reports_norms_and_relative_updates() {
+    let m = |rows: &[&[f32]]| Tensor::from_slice2(rows).set_requires_grad(true);
+    let ws = [
+        ("backbone.conv1.weight", m(&[&[3.0, 4.0]]), 0, 1.0),
+        ("backbone.layer1.0.bn1.weight", Tensor::from_slice(&[1.0f32, 1.0]).set_requires_grad(true), 0, 1.0),
+        ("backbone.layer1.0.conv1.weight", m(&[&[1.0, 0.0], &[0.0, 0.0]]), 0, 1.0),
+        ("backbone.layer1.1.conv2.weight", m(&[&[0.0, 2.0]]), 0, 3.0),
+        ("predictor.0.linear.weight", m(&[&[1.0], &[1.0]]), 1, 1.0),
+        ("projector.0.linear.weight", m(&[&[2.0]]), 0, 1.0),
+    ];
+    let params = ws.iter().map(|(n, t, g, _)| Param { name: n.to_string(), tensor: t.shallow_clone(), group: *g });
+    let mut opt = Sgd::new(params.collect(), 2, 0.9, 0.1);
+    opt.lrs = vec![0.2, 0.1];
+    assert!(simsiam::train::weights_event(&opt, 0, 0).is_none(), "no line before the first update");
+    opt.zero_grad();
+    let loss: Tensor = ws[..5].iter().map(|(_, t, _, c)| t.square().sum(Kind::Float) * (*c / 2.0)).sum();
+    loss.backward();
+    opt.step();
+    let v = simsiam::train::weights_event(&opt, 3, 7).expect("a line after a step");
+    assert_eq!((v["event"].as_str(), v["epoch"].as_u64(), v["step"].as_u64()), (Some("weights"), Some(3), Some(7)));
+    let mut keys: Vec<&String> = v["norm"].as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["backbone", "layer1", "predictor", "stem"]);
+    let layer1 = (0.78f64.powi(2) + 0.76f64.powi(2)).sqrt();
+    let backbone = (3.9f64.powi(2) + layer1.powi(2)).sqrt();
+    let want = [
+        ("stem", 3.9, 1.1 / 3.9),
+        ("layer1", layer1, (0.22f64.powi(2) + 1.24f64.powi(2)).sqrt() / layer1),
+        ("predictor", 0.89 * 2f64.sqrt(), 0.11 / 0.89),
+        ("backbone", backbone, (1.1f64.powi(2) + 0.22f64.powi(2) + 1.24f64.powi(2)).sqrt() / backbone),
+    ];
+    for (k, norm, update) in want {
+        let (n, u) = (v["norm"][k].as_f64().unwrap(), v["update"][k].as_f64().unwrap());
+        assert!(
+            (n - norm).abs() < 1e-5 && (u - update).abs() < 1e-5,
+            "{k}: |w| {n} (want {norm}), update {u} (want {update})"
+        );
+    }
+}

@@ -165,3 +165,47 @@ impl StepLog {
         Ok(())
     }
 }
+
+/// The part of the network a parameter belongs to, for the `weights` monitor: the backbone's
+/// `stem` and `layer1`..`layer4`, else the head's name (`projector`, `predictor`, ...).
+fn stage(name: &str) -> &str {
+    let mut parts = name.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("backbone"), Some(layer)) if layer.starts_with("layer") => layer,
+        (Some("backbone"), _) => "stem",
+        (Some(head), _) => head,
+        (None, _) => name,
+    }
+}
+
+/// The `weights` line (`monitor.weights`): per stage, and for the whole backbone, the weights'
+/// norm `|w|` (root of the summed squares of its kernels and matrices) and the last step's
+/// relative update `|Δw|/|w|` (see [`Sgd::update_norms`]). Why: under BatchNorm the relative
+/// update, not the lr alone, is how fast a layer learns, and it depends on the initial scale
+/// of the weights (`model.conv_init`, `model.zero_init_residual`) and on the width. `None`
+/// before any update. One host sync.
+pub fn weights_event(opt: &crate::optim::Sgd, epoch: usize, step: usize) -> Option<serde_json::Value> {
+    let (names, norms) = opt.update_norms()?;
+    let rows = Vec::<Vec<f64>>::try_from(norms.to_kind(Kind::Double).to_device(Device::Cpu)).expect("[n, 2] norms");
+    // Per stage, in the parameters' order: (sum of |w|², sum of |Δw|²).
+    fn add<'a>(sums: &mut Vec<(&'a str, f64, f64)>, key: &'a str, w: f64, dw: f64) {
+        match sums.iter_mut().find(|(k, ..)| *k == key) {
+            Some(s) => (s.1, s.2) = (s.1 + w * w, s.2 + dw * dw),
+            None => sums.push((key, w * w, dw * dw)),
+        }
+    }
+    let mut sums = Vec::new();
+    for (&name, row) in names.iter().zip(&rows) {
+        add(&mut sums, stage(name), row[0], row[1]);
+        if name.starts_with(crate::model::BACKBONE) {
+            add(&mut sums, "backbone", row[0], row[1]);
+        }
+    }
+    let mut norm = serde_json::Map::new();
+    let mut update = serde_json::Map::new();
+    for (key, w2, dw2) in sums {
+        norm.insert(key.to_string(), json!(w2.sqrt()));
+        update.insert(key.to_string(), json!(if w2 > 0.0 { (dw2 / w2).sqrt() } else { f64::NAN }));
+    }
+    Some(json!({"event": "weights", "epoch": epoch, "step": step, "lr": opt.lrs[0], "norm": norm, "update": update}))
+}

@@ -8,7 +8,7 @@ mod resume;
 mod step;
 mod stores;
 
-pub use metrics::{tail_means, tail_of, Summary, Tail};
+pub use metrics::{tail_means, tail_of, weights_event, Summary, Tail};
 pub use network::{Ema, Network};
 pub use resume::{load_run, load_run_at, run_config};
 pub use step::{eoa_target, forward_pairs, step, step_stats, views, StepOut, StepTargets, STEP_STATS};
@@ -299,8 +299,21 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
 
     // Flushes the metrics; in a job, also agrees with the other ranks whether to stop (Ctrl-C, or
     // a non-finite loss, on any rank), so that every rank leaves at the same step. Ok(true): stop.
-    let sync_point = |log: &mut StepLog, summary: &mut Summary, last_ckpt: &str| -> Result<bool> {
+    let sync_point = |log: &mut StepLog,
+                      summary: &mut Summary,
+                      last_ckpt: &str,
+                      opt: &Sgd,
+                      pos: Position|
+     -> Result<bool> {
+        let had_steps = log.pending() > 0;
         let flushed = log.flush(summary, last_ckpt);
+        // `monitor.weights`: after the lines of the steps just flushed, how far the last one
+        // moved each stage's weights (rank 0's file only).
+        if let (Some(file), true, true) = (log.file.as_mut(), had_steps && flushed.is_ok(), cfg.monitor.weights) {
+            if let Some(line) = metrics::weights_event(opt, pos.epoch, pos.global_step.saturating_sub(1)) {
+                file.write(line)?;
+            }
+        }
         let interrupt = control.interrupt.load(Ordering::SeqCst);
         let Some(g) = &group else { return flushed.map(|_| interrupt) };
         let any = g.any(&[interrupt, flushed.is_err()])?;
@@ -422,7 +435,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             let due = log.pending() >= cfg.monitor.log_every;
             // Alone, a run checks for Ctrl-C after every step; ranks agree at flush points.
             let stop = if due || (group.is_none() && control.interrupt.load(Ordering::SeqCst)) {
-                sync_point(&mut log, &mut summary, &last_ckpt)?
+                sync_point(&mut log, &mut summary, &last_ckpt, &opt, pos)?
             } else {
                 false
             };
@@ -439,7 +452,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 return interrupted(&net, &opt, pos, &memory);
             }
         }
-        if sync_point(&mut log, &mut summary, &last_ckpt)? {
+        if sync_point(&mut log, &mut summary, &last_ckpt, &opt, pos)? {
             return interrupted(&net, &opt, pos, &memory);
         }
         pos.epoch += 1;
