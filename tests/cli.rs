@@ -62,6 +62,17 @@ fn losses(run: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// The steps of a run's `"weights"` lines, in file order.
+fn weights_steps(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "weights")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
 fn ok(out: Output) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
@@ -108,6 +119,16 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     // Geometry monitor lines at initialisation and each epoch.
     let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.matches("\"event\":\"geometry\"").count(), 4);
+    // `monitor.weights`: after every flush (here every step) each stage's |w| and relative
+    // update, plotted in the report.
+    assert_eq!(weights_steps(&full), (0..60).collect::<Vec<u64>>());
+    let last: serde_json::Value =
+        serde_json::from_str(metrics.lines().rfind(|l| l.contains("\"event\":\"weights\"")).unwrap()).unwrap();
+    for stage in ["stem", "layer1", "layer4", "backbone", "projector", "predictor"] {
+        let (n, u) = (last["norm"][stage].as_f64().unwrap(), last["update"][stage].as_f64().unwrap());
+        assert!(n > 0.0 && u > 0.0 && u < 1.0, "{stage}: |w| {n}, |Δw|/|w| {u}");
+    }
+    assert!(full.join("report/weights_update.png").is_file() && full.join("report/weights_norm.svg").is_file());
 
     // The saved config alone (with its seed) repeats the run step for step.
     let again = tmp.path().join("again");
@@ -138,6 +159,7 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
         }
     };
     same_curve(&part, &format!("interrupted after {done}"));
+    assert_eq!(weights_steps(&part), (0..60).collect::<Vec<u64>>(), "one weights line per step across the resume");
 
     // `--until-epoch`: a clean stop with a checkpoint of its own (none falls there with
     // checkpoint_every 5), exit 0; a resume past it continues the same schedule.
