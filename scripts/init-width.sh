@@ -4,7 +4,9 @@
 # STEPS steps (batch 512, lr 0.06, wd 5e-4, d 2048; an epoch of 512 x STEPS images of a
 # 60-epoch schedule, so the lr is the recipe's first-epoch 0.06) and logs the `weights` line
 # (|w| and |Δw|/|w| per stage) after every step. Then one CSV row per run: each stage's
-# relative update, the mean over steps 2..STEPS (the first step has no momentum yet).
+# relative update, the mean over steps 6-10 (the same steps at every width; the momentum
+# buffer is still filling then: 1 - 0.9^10 = 65% of its steady size at step 10), and at the
+# last step.
 #
 #   scripts/init-width.sh                       # widths 8 16 32 (20 steps), 64 (10 steps)
 #   WIDTHS="8 16" STEPS=10 scripts/init-width.sh
@@ -39,20 +41,44 @@ for w in $WIDTHS; do
             --set monitor.knn_at_init=false ${INIT[$init]} --out "$out" 2>&1 | grep -v '^\s*$' | tail -n 2
     done
 done
-# One row per run: width, init, steps, then per stage the mean relative update over steps 2..n.
+# One row per run: width, init, steps; per stage the mean relative update over steps 6-10; the
+# backbone's update at the last step and its norm at the first and last; and, from the last
+# checkpoint, the mean |gamma| of each residual branch's last BatchNorm per stage (0 at the
+# start with zero_init_residual: the branch is switched off until it grows).
 python3 - "$ROOT" <<'PY'
-import json, pathlib, sys
+import json, pathlib, struct, sys
 root = pathlib.Path(sys.argv[1])
 stages = ["stem", "layer1", "layer2", "layer3", "layer4", "backbone", "projector", "predictor"]
-print("width,init,steps," + ",".join(f"update_{s}" for s in stages) + ",norm_backbone_0")
+layers = ["layer1", "layer2", "layer3", "layer4"]
+
+def f32_tensors(path):
+    """The F32 tensors of a safetensors file (8-byte header size, JSON header, data)."""
+    b = path.read_bytes()
+    n = struct.unpack("<Q", b[:8])[0]
+    head = json.loads(b[8 : 8 + n])
+    out = {}
+    for k, v in head.items():
+        if k != "__metadata__" and v["dtype"] == "F32":
+            s, e = v["data_offsets"]
+            out[k] = struct.unpack(f"<{(e - s) // 4}f", b[8 + n + s : 8 + n + e])
+    return out
+
+print("width,init,steps," + ",".join(f"update_{s}" for s in stages)
+      + ",update_backbone_last,norm_backbone_first,norm_backbone_last," + ",".join(f"gamma_res_{l}" for l in layers))
 runs = sorted(root.glob("w*-*"), key=lambda p: (int(p.name[1:].split("-")[0]), p.name))
 for run in runs:
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     ws = [l for l in lines if l.get("event") == "weights"]
-    if not ws:
+    ckpt = sorted((run / "checkpoints").glob("step-*/model.safetensors"))
+    if len(ws) < 10 or not ckpt:
         continue
-    later = ws[1:] or ws
-    mean = lambda s: sum(l["update"][s] for l in later) / len(later)
+    mean = lambda s: sum(l["update"][s] for l in ws[5:10]) / 5
+    t = f32_tensors(ckpt[-1])
+    def gamma(layer):
+        gs = [abs(x) for k, v in t.items() if k.startswith(f"backbone.{layer}.") and k.endswith("bn2.weight") for x in v]
+        return sum(gs) / len(gs)
     w, init = run.name[1:].split("-", 1)
-    print(f"{w},{init},{len(ws)}," + ",".join(f"{mean(s):.3e}" for s in stages) + f",{ws[0]['norm']['backbone']:.2f}")
+    print(f"{w},{init},{len(ws)}," + ",".join(f"{mean(s):.3e}" for s in stages)
+          + f",{ws[-1]['update']['backbone']:.3e},{ws[0]['norm']['backbone']:.2f},{ws[-1]['norm']['backbone']:.2f},"
+          + ",".join(f"{gamma(l):.2e}" for l in layers))
 PY

@@ -245,12 +245,12 @@ pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
     ]
 }
 
-/// The stages of the `"weights"` lines (`monitor.weights`), in the order of their first line;
-/// the whole-backbone aggregate last.
-fn weight_stages(lines: &[&Value]) -> Vec<String> {
+/// The stages in the `what` maps of the `"weights"` lines (`monitor.weights`), the backbone's
+/// in network order, then the heads; the whole-backbone aggregate left out.
+fn weight_stages(lines: &[&Value], what: &str) -> Vec<String> {
     let mut keys: Vec<String> = lines
         .first()
-        .and_then(|l| l["norm"].as_object())
+        .and_then(|l| l[what].as_object())
         .map(|m| m.keys().filter(|k| *k != "backbone").cloned().collect())
         .unwrap_or_default();
     // Backbone stages in network order, then the heads.
@@ -258,9 +258,9 @@ fn weight_stages(lines: &[&Value]) -> Vec<String> {
     keys
 }
 
-/// One line per stage of the `"weights"` lines: `what` is `"update"` or `"norm"`.
+/// One line per stage of the `"weights"` lines: `what` is `"update"`, `"norm"` or `"branch_gain"`.
 fn per_stage(lines: &[&Value], what: &str) -> Vec<Series> {
-    weight_stages(lines).iter().map(|k| series(lines, "step", &[what, k], k)).collect()
+    weight_stages(lines, what).iter().map(|k| series(lines, "step", &[what, k], k)).collect()
 }
 
 /// Renders the figures that have points into `dir`: (their SVGs as `<figure>`s, their PNGs as
@@ -357,6 +357,13 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
             title: "Relative update |Δw|/|w| per step, by stage",
             x_label: "step",
             series: per_stage(&weights, "update"),
+        },
+        Figure {
+            log_y: true,
+            stem: "branch_gain",
+            title: "Residual branch gain: mean |gamma| of each block's last BN, by stage",
+            x_label: "step",
+            series: per_stage(&weights, "branch_gain"),
         },
         Figure {
             log_y: false,

@@ -128,7 +128,14 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
         let (n, u) = (last["norm"][stage].as_f64().unwrap(), last["update"][stage].as_f64().unwrap());
         assert!(n > 0.0 && u > 0.0 && u < 1.0, "{stage}: |w| {n}, |Δw|/|w| {u}");
     }
-    assert!(full.join("report/weights_update.png").is_file() && full.join("report/weights_norm.svg").is_file());
+    // The residual branches' gains: grown from 0 (zero_init_residual) in every stage.
+    for stage in ["layer1", "layer2", "layer3", "layer4"] {
+        let g = last["branch_gain"][stage].as_f64().unwrap();
+        assert!(g > 0.0 && g < 1.0, "{stage}: branch gain {g}");
+    }
+    for f in ["weights_update.png", "weights_norm.svg", "branch_gain.png"] {
+        assert!(full.join("report").join(f).is_file(), "{f}");
+    }
 
     // The saved config alone (with its seed) repeats the run step for step.
     let again = tmp.path().join("again");

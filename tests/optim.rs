@@ -41,7 +41,8 @@ fn fused_sgd_equals_the_per_parameter_update() {
 /// - layer1 `[[1, 0], [0, 0]]`, c 1: moved 0.22, now 0.78; and `[[0, 2]]`, c 3: moved
 ///   0.2 · 3.1 · 2 = 1.24, now 0.38 · 2 = 0.76; its BN gamma (1-d) is not a weight matrix;
 /// - predictor `[[1], [1]]`, c 1: moved 0.1 · 1.1 · √2, now 0.89 · √2;
-/// - the projector's weight has no gradient (not in the loss): no `projector` entry.
+/// - the projector's weight has no gradient (not in the loss): no `projector` entry;
+/// - layer1's residual branch gain is the mean |gamma| of its block's last BN, `bn2`.
 #[test]
 fn weights_event_reports_norms_and_relative_updates() {
     let m = |rows: &[&[f32]]| Tensor::from_slice2(rows).set_requires_grad(true);
@@ -52,6 +53,8 @@ fn weights_event_reports_norms_and_relative_updates() {
         ("backbone.layer1.1.conv2.weight", m(&[&[0.0, 2.0]]), 0, 3.0),
         ("predictor.0.linear.weight", m(&[&[1.0], &[1.0]]), 1, 1.0),
         ("projector.0.linear.weight", m(&[&[2.0]]), 0, 1.0),
+        // Block 0's last BN (bn2 after bn1), not in the loss: its gain is the mean |gamma|, 0.375.
+        ("backbone.layer1.0.bn2.weight", Tensor::from_slice(&[0.5f32, -0.25]).set_requires_grad(true), 0, 1.0),
     ];
     let params = ws.iter().map(|(n, t, g, _)| Param { name: n.to_string(), tensor: t.shallow_clone(), group: *g });
     let mut opt = Sgd::new(params.collect(), 2, 0.9, 0.1);
@@ -81,4 +84,7 @@ fn weights_event_reports_norms_and_relative_updates() {
             "{k}: |w| {n} (want {norm}), update {u} (want {update})"
         );
     }
+    let gains = v["branch_gain"].as_object().unwrap();
+    assert_eq!(gains.len(), 1, "{gains:?}");
+    assert!((gains["layer1"].as_f64().unwrap() - 0.375).abs() < 1e-7, "{gains:?}");
 }

@@ -1,6 +1,7 @@
 //! What a run writes about itself: `metrics.jsonl` (per-step values flushed in batches), and
 //! the summary with the tail means the verdicts read.
 use crate::error::{Error, Result};
+use crate::optim::Sgd;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -180,11 +181,12 @@ fn stage(name: &str) -> &str {
 
 /// The `weights` line (`monitor.weights`): per stage, and for the whole backbone, the weights'
 /// norm `|w|` (root of the summed squares of its kernels and matrices) and the last step's
-/// relative update `|Δw|/|w|` (see [`Sgd::update_norms`]). Why: under BatchNorm the relative
+/// relative update `|Δw|/|w|` (see [`Sgd::update_norms`]); per backbone stage, the residual
+/// branches' gain (see [`branch_gains`]). Why: under BatchNorm the relative
 /// update, not the lr alone, is how fast a layer learns, and it depends on the initial scale
 /// of the weights (`model.conv_init`, `model.zero_init_residual`) and on the width. `None`
 /// before any update. One host sync.
-pub fn weights_event(opt: &crate::optim::Sgd, epoch: usize, step: usize) -> Option<serde_json::Value> {
+pub fn weights_event(opt: &Sgd, epoch: usize, step: usize) -> Option<serde_json::Value> {
     let (names, norms) = opt.update_norms()?;
     let rows = Vec::<Vec<f64>>::try_from(norms.to_kind(Kind::Double).to_device(Device::Cpu)).expect("[n, 2] norms");
     // Per stage, in the parameters' order: (sum of |w|², sum of |Δw|²).
@@ -207,5 +209,54 @@ pub fn weights_event(opt: &crate::optim::Sgd, epoch: usize, step: usize) -> Opti
         norm.insert(key.to_string(), json!(w2.sqrt()));
         update.insert(key.to_string(), json!(if w2 > 0.0 { (dw2 / w2).sqrt() } else { f64::NAN }));
     }
-    Some(json!({"event": "weights", "epoch": epoch, "step": step, "lr": opt.lrs[0], "norm": norm, "update": update}))
+    let gain: serde_json::Map<String, serde_json::Value> =
+        branch_gains(opt).into_iter().map(|(stage, g)| (stage.to_string(), json!(g))).collect();
+    Some(json!({
+        "event": "weights", "epoch": epoch, "step": step, "lr": opt.lrs[0], "norm": norm, "update": update,
+        "branch_gain": gain,
+    }))
+}
+
+/// Per backbone stage, the mean |gamma| over the channels of each residual branch's last
+/// BatchNorm (`bn2` of a basic block, `bn3` of a bottleneck): the branch's gain. With
+/// `model.zero_init_residual` it starts at 0, every block is the identity and its convolutions
+/// get no gradient until the gain has grown.
+fn branch_gains(opt: &Sgd) -> Vec<(&str, f64)> {
+    // `backbone.layerN.i.bnK.weight` -> (stage, block, K)
+    fn parse(name: &str) -> Option<(&str, &str, u32)> {
+        let p: Vec<&str> = name.split('.').collect();
+        match p[..] {
+            ["backbone", layer, block, bn, "weight"] if layer.starts_with("layer") => {
+                Some((layer, block, bn.strip_prefix("bn")?.parse().ok()?))
+            }
+            _ => None,
+        }
+    }
+    // The last BN of each block, in the parameters' order.
+    let mut last: Vec<(&str, &str, u32, &Tensor)> = Vec::new();
+    for p in &opt.params {
+        let Some((stage, block, k)) = parse(&p.name) else { continue };
+        match last.iter_mut().find(|(s, b, ..)| *s == stage && *b == block) {
+            Some(e) if e.2 < k => (e.2, e.3) = (k, &p.tensor),
+            Some(_) => {}
+            None => last.push((stage, block, k, &p.tensor)),
+        }
+    }
+    let mut stages: Vec<&str> = last.iter().map(|e| e.0).collect();
+    stages.dedup();
+    if stages.is_empty() {
+        return Vec::new();
+    }
+    let means: Vec<Tensor> = tch::no_grad(|| {
+        stages
+            .iter()
+            .map(|st| {
+                let gs: Vec<&Tensor> = last.iter().filter(|e| e.0 == *st).map(|e| e.3).collect();
+                Tensor::cat(&gs, 0).abs().mean(Kind::Float)
+            })
+            .collect()
+    });
+    let values = Vec::<f64>::try_from(Tensor::stack(&means, 0).to_kind(Kind::Double).to_device(Device::Cpu))
+        .expect("one gain per stage");
+    stages.into_iter().zip(values).collect()
 }
