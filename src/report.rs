@@ -202,8 +202,9 @@ pub(crate) fn overlay(
 }
 
 /// The figures that set runs side by side (an experiment's arms, `simsiam report A B ...`):
-/// the loss, the spread, kNN, Zhang et al.'s m_o of Z and P, the off-diagonal correlation of Z
-/// and the lr. Figures without any point are for the caller to leave out.
+/// the loss, the spread, kNN, Zhang et al.'s m_o of Z and P, the off-diagonal correlation of Z,
+/// the backbone's relative update, weight norm and residual branch gain, and the lr. Figures
+/// without any point are for the caller to leave out.
 pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
     vec![
         overlay(runs, ("loss", "Training loss", "step"), None, "step", &["loss"]),
@@ -241,6 +242,16 @@ pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
             "step",
             &["norm", "backbone"],
         ),
+        Figure {
+            log_y: true,
+            ..overlay(
+                runs,
+                ("branch_gain", "Residual branch gain: mean |gamma| of the blocks' last BN", "step"),
+                Some("weights"),
+                "step",
+                &["branch_gain", "backbone"],
+            )
+        },
         overlay(runs, ("lr", "Learning rate (encoder)", "step"), None, "step", &["lr"]),
     ]
 }

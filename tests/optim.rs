@@ -85,6 +85,8 @@ fn weights_event_reports_norms_and_relative_updates() {
         );
     }
     let gains = v["branch_gain"].as_object().unwrap();
-    assert_eq!(gains.len(), 1, "{gains:?}");
-    assert!((gains["layer1"].as_f64().unwrap() - 0.375).abs() < 1e-7, "{gains:?}");
+    assert_eq!(gains.len(), 2, "{gains:?}");
+    for k in ["layer1", "backbone"] {
+        assert!((gains[k].as_f64().unwrap() - 0.375).abs() < 1e-7, "{k}: {gains:?}");
+    }
 }

@@ -217,8 +217,9 @@ pub fn weights_event(opt: &Sgd, epoch: usize, step: usize) -> Option<serde_json:
     }))
 }
 
-/// Per backbone stage, the mean |gamma| over the channels of each residual branch's last
-/// BatchNorm (`bn2` of a basic block, `bn3` of a bottleneck): the branch's gain. With
+/// Per backbone stage, and over the whole backbone, the mean |gamma| over the channels of each
+/// residual branch's last BatchNorm (`bn2` of a basic block, `bn3` of a bottleneck): the
+/// branches' gain. With
 /// `model.zero_init_residual` it starts at 0, every block is the identity and its convolutions
 /// get no gradient until the gain has grown.
 fn branch_gains(opt: &Sgd) -> Vec<(&str, f64)> {
@@ -247,11 +248,13 @@ fn branch_gains(opt: &Sgd) -> Vec<(&str, f64)> {
     if stages.is_empty() {
         return Vec::new();
     }
+    // Each stage's, then the whole backbone's.
+    stages.push("backbone");
     let means: Vec<Tensor> = tch::no_grad(|| {
         stages
             .iter()
             .map(|st| {
-                let gs: Vec<&Tensor> = last.iter().filter(|e| e.0 == *st).map(|e| e.3).collect();
+                let gs: Vec<&Tensor> = last.iter().filter(|e| e.0 == *st || *st == "backbone").map(|e| e.3).collect();
                 Tensor::cat(&gs, 0).abs().mean(Kind::Float)
             })
             .collect()
