@@ -8,10 +8,16 @@
 # buffer is still filling then: 1 - 0.9^10 = 65% of its steady size at step 10), and at the
 # last step.
 #
+# Then (LONG_WIDTHS, default "8 16") the default init alone for the recipe's first LONG_EPOCHS
+# epochs (3: 291 steps of the full copy), one thread each, side by side, and their `weights`
+# lines every 10 steps as a CSV: do the residual branches (zero-initialised) wake up, and
+# does the width still slow them?
+#
 #   scripts/init-width.sh                       # widths 8 16 32 (20 steps), 64 (10 steps)
-#   WIDTHS="8 16" STEPS=10 scripts/init-width.sh
-# Environment: ROOT (default runs/init-width), D (the CIFAR-10 folder), WIDTHS, STEPS,
-# STEPS_64 (steps at width 64, where a step takes about a minute on a 2-core CPU).
+#   WIDTHS="8 16" STEPS=10 LONG_WIDTHS= scripts/init-width.sh
+# Environment: ROOT (default runs/init-width), ROOT_LONG (default runs/init-width-long), D (the
+# CIFAR-10 folder), WIDTHS, STEPS, STEPS_64 (steps at width 64, where a step takes about a
+# minute on a 2-core CPU), LONG_WIDTHS, LONG_EPOCHS. Finished runs are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -19,6 +25,9 @@ cargo build --release --quiet
 B=target/release/simsiam
 D=${D:-../shared/data/cifar10-jpeg}
 ROOT=${ROOT:-runs/init-width}
+ROOT_LONG=${ROOT_LONG:-runs/init-width-long}
+LONG_WIDTHS=${LONG_WIDTHS-8 16}
+LONG_EPOCHS=${LONG_EPOCHS:-3}
 WIDTHS=${WIDTHS:-8 16 32 64}
 STEPS=${STEPS:-20}
 STEPS_64=${STEPS_64:-10}
@@ -81,4 +90,30 @@ for run in runs:
     print(f"{w},{init},{len(ws)}," + ",".join(f"{mean(s):.3e}" for s in stages)
           + f",{ws[-1]['update']['backbone']:.3e},{ws[0]['norm']['backbone']:.2f},{ws[-1]['norm']['backbone']:.2f},"
           + ",".join(f"{gamma(l):.2e}" for l in layers))
+PY
+[ -z "$LONG_WIDTHS" ] && exit 0
+mkdir -p "$ROOT_LONG"
+for w in $LONG_WIDTHS; do
+    out=$ROOT_LONG/w$w-default
+    [ -f "$out/checkpoints/latest" ] && { echo "skip $out (done)"; continue; }
+    $B train --preset cifar10 --device cpu --epochs 60 --until-epoch "$LONG_EPOCHS" --data $D/train.tar.gz \
+        --set model.width=$w --set monitor.knn_at_init=false --set run.threads=1 --out "$out" >"$out.log" 2>&1 &
+done
+wait
+# One row per `weights` line: width, step (1-based), each stage's residual branch gain, the
+# backbone's and layer1's relative update, and layer1's as a multiple of what weight decay
+# alone gives it (lr wd (1 - 0.9^t) / (1 - 0.9): 1 = no gradient from the loss).
+python3 - "$ROOT_LONG" <<'PY'
+import json, pathlib, sys
+print("width,step,gain_layer1,gain_layer2,gain_layer3,gain_layer4,update_backbone,update_layer1,layer1_over_decay")
+for run in sorted(pathlib.Path(sys.argv[1]).glob("w*-default"), key=lambda p: int(p.name[1:].split("-")[0])):
+    for l in (run / "metrics.jsonl").read_text().splitlines():
+        v = json.loads(l)
+        if v.get("event") != "weights" or "branch_gain" not in v:
+            continue
+        t = v["step"] + 1
+        floor = v["lr"] * 5e-4 * (1 - 0.9**t) / 0.1
+        g = v["branch_gain"]
+        print(f"{run.name[1:].split('-')[0]},{t}," + ",".join(f"{g[k]:.3e}" for k in ["layer1", "layer2", "layer3", "layer4"])
+              + f",{v['update']['backbone']:.3e},{v['update']['layer1']:.3e},{v['update']['layer1'] / floor:.2f}")
 PY

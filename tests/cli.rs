@@ -561,7 +561,8 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     assert!(row("ref").contains("| 2 |") && row("ref").contains("| 31.00 (1) |"), "steps and kNN of the file: {md}");
     assert!(md.contains("| `objective.stop_grad` | `true` | `false` | `–` |"), "the differing field: {md}");
     assert!(!md.contains("run.out_dir") && !md.contains("`model.dim`"), "only the fields that differ: {md}");
-    for f in ["report.html", "plots/loss.png", "plots/knn.svg"] {
+    // The weights monitor's curves too (the reference file has none: two runs' lines).
+    for f in ["report.html", "plots/loss.png", "plots/knn.svg", "plots/update_backbone.png", "plots/branch_gain.svg"] {
         assert!(cmp.join(f).is_file(), "{f}");
     }
     // `LABEL=A,B`: repeats, each run listed and the group summarised.

@@ -185,7 +185,7 @@ fn stage(name: &str) -> &str {
 /// branches' gain (see [`branch_gains`]). Why: under BatchNorm the relative
 /// update, not the lr alone, is how fast a layer learns, and it depends on the initial scale
 /// of the weights (`model.conv_init`, `model.zero_init_residual`) and on the width. `None`
-/// before any update. One host sync.
+/// before any update. Two host syncs.
 pub fn weights_event(opt: &Sgd, epoch: usize, step: usize) -> Option<serde_json::Value> {
     let (names, norms) = opt.update_norms()?;
     let rows = Vec::<Vec<f64>>::try_from(norms.to_kind(Kind::Double).to_device(Device::Cpu)).expect("[n, 2] norms");
@@ -219,9 +219,8 @@ pub fn weights_event(opt: &Sgd, epoch: usize, step: usize) -> Option<serde_json:
 
 /// Per backbone stage, and over the whole backbone, the mean |gamma| over the channels of each
 /// residual branch's last BatchNorm (`bn2` of a basic block, `bn3` of a bottleneck): the
-/// branches' gain. With
-/// `model.zero_init_residual` it starts at 0, every block is the identity and its convolutions
-/// get no gradient until the gain has grown.
+/// branches' gain. With `model.zero_init_residual` it starts at 0, every block is the identity
+/// and its convolutions get no gradient until the gain has grown.
 fn branch_gains(opt: &Sgd) -> Vec<(&str, f64)> {
     // `backbone.layerN.i.bnK.weight` -> (stage, block, K)
     fn parse(name: &str) -> Option<(&str, &str, u32)> {
@@ -243,8 +242,12 @@ fn branch_gains(opt: &Sgd) -> Vec<(&str, f64)> {
             None => last.push((stage, block, k, &p.tensor)),
         }
     }
-    let mut stages: Vec<&str> = last.iter().map(|e| e.0).collect();
-    stages.dedup();
+    let mut stages: Vec<&str> = Vec::new();
+    for (stage, ..) in &last {
+        if !stages.contains(stage) {
+            stages.push(stage);
+        }
+    }
     if stages.is_empty() {
         return Vec::new();
     }
