@@ -587,7 +587,8 @@ pub struct MonitorConfig {
     pub geometry_samples: usize,
     /// After each flush of the per-step metrics, log how far the last step moved the weights:
     /// per stage (`stem`, `layer1`..`layer4`, `projector`, `predictor`) and for the whole
-    /// backbone, `|w|` and the relative update `|Δw|/|w|` (a `"weights"` line).
+    /// backbone, `|w|` and the relative update `|Δw|/|w|`, and per backbone stage the residual
+    /// branches' gain (mean |gamma| of each block's last BN): a `"weights"` line.
     pub weights: bool,
 }
 

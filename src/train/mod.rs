@@ -306,12 +306,13 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                       pos: Position|
      -> Result<bool> {
         let had_steps = log.pending() > 0;
-        let flushed = log.flush(summary, last_ckpt);
+        let mut flushed = log.flush(summary, last_ckpt);
         // `monitor.weights`: after the lines of the steps just flushed, how far the last one
-        // moved each stage's weights (rank 0's file only).
+        // moved each stage's weights (rank 0's file only). A failed write is a failed flush, so
+        // that in a job every rank still reaches the agreement below.
         if let (Some(file), true, true) = (log.file.as_mut(), had_steps && flushed.is_ok(), cfg.monitor.weights) {
             if let Some(line) = metrics::weights_event(opt, pos.epoch, pos.global_step.saturating_sub(1)) {
-                file.write(line)?;
+                flushed = file.write(line);
             }
         }
         let interrupt = control.interrupt.load(Ordering::SeqCst);
