@@ -69,10 +69,10 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
     root.fill(&WHITE).map_err(e)?;
     // A log axis is log10(y) on a linear one, its ticks labelled as powers of ten; log10 of a
     // value <= 0 is not finite, so such points are left out as missing ones are.
-    let shown: Vec<Series> = if fig.log_y {
+    let shown: std::borrow::Cow<[Series]> = if fig.log_y {
         fig.series.iter().map(|(n, p)| (n.clone(), p.iter().map(|&(x, y)| (x, y.log10())).collect())).collect()
     } else {
-        fig.series.clone()
+        (&fig.series[..]).into()
     };
     let (x0, x1, y0, y1) = bounds(&shown);
     let mut chart = ChartBuilder::on(&root)
@@ -256,14 +256,17 @@ pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
     ]
 }
 
-/// The stages in the `what` maps of the `"weights"` lines (`monitor.weights`), the backbone's
-/// in network order, then the heads; the whole-backbone aggregate left out.
+/// The stages in the `what` maps of the `"weights"` lines (`monitor.weights`; of any line, as a
+/// resumed run's older lines may lack some), the backbone's in network order, then the heads;
+/// the whole-backbone aggregate left out.
 fn weight_stages(lines: &[&Value], what: &str) -> Vec<String> {
     let mut keys: Vec<String> = lines
-        .first()
-        .and_then(|l| l[what].as_object())
-        .map(|m| m.keys().filter(|k| *k != "backbone").cloned().collect())
-        .unwrap_or_default();
+        .iter()
+        .filter_map(|l| l[what].as_object())
+        .flat_map(|m| m.keys().filter(|k| *k != "backbone").cloned())
+        .collect::<std::collections::BTreeSet<String>>()
+        .into_iter()
+        .collect();
     // Backbone stages in network order, then the heads.
     keys.sort_by_key(|k| (!(k == "stem" || k.starts_with("layer")), k != "stem", k.clone()));
     keys
