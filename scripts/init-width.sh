@@ -9,15 +9,16 @@
 # last step.
 #
 # Then (LONG_WIDTHS, default "8 16") the default init alone for the recipe's first LONG_EPOCHS
-# epochs (3: 291 steps of the full copy), one thread each, side by side, and their `weights`
+# epochs (6: 582 steps of the full copy), one thread each, side by side, and their `weights`
 # lines every 10 steps as a CSV: do the residual branches (zero-initialised) wake up, and
-# does the width still slow them?
+# does the width still slow them? A long run already there is resumed to LONG_EPOCHS (an exact
+# resume; nothing is trained if it is there already).
 #
 #   scripts/init-width.sh                       # widths 8 16 32 (20 steps), 64 (10 steps)
 #   WIDTHS="8 16" STEPS=10 LONG_WIDTHS= scripts/init-width.sh
 # Environment: ROOT (default runs/init-width), ROOT_LONG (default runs/init-width-long), D (the
 # CIFAR-10 folder), WIDTHS, STEPS, STEPS_64 (steps at width 64, where a step takes about a
-# minute on a 2-core CPU), LONG_WIDTHS, LONG_EPOCHS. Finished runs are skipped.
+# minute on a 2-core CPU), LONG_WIDTHS, LONG_EPOCHS. Finished sweep runs are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -27,7 +28,7 @@ D=${D:-../shared/data/cifar10-jpeg}
 ROOT=${ROOT:-runs/init-width}
 ROOT_LONG=${ROOT_LONG:-runs/init-width-long}
 LONG_WIDTHS=${LONG_WIDTHS-8 16}
-LONG_EPOCHS=${LONG_EPOCHS:-3}
+LONG_EPOCHS=${LONG_EPOCHS:-6}
 WIDTHS=${WIDTHS:-8 16 32 64}
 STEPS=${STEPS:-20}
 STEPS_64=${STEPS_64:-10}
@@ -42,7 +43,7 @@ for w in $WIDTHS; do
     [ "$w" = 64 ] && n=$STEPS_64
     for init in default no_zero_init peer; do
         out=$ROOT/w$w-$init
-        [ -f "$out/checkpoints/latest" ] || [ -d "$out/checkpoints/latest" ] && { echo "skip $out (done)"; continue; }
+        [ -f "$out/checkpoints/latest" ] && { echo "skip $out (done)"; continue; }
         rm -rf "$out"
         # shellcheck disable=SC2086
         eval $B train --preset cifar10 --device cpu --epochs 60 --until-epoch 1 --data $D/train.tar.gz \
@@ -95,9 +96,12 @@ PY
 mkdir -p "$ROOT_LONG"
 for w in $LONG_WIDTHS; do
     out=$ROOT_LONG/w$w-default
-    [ -f "$out/checkpoints/latest" ] && { echo "skip $out (done)"; continue; }
-    $B train --preset cifar10 --device cpu --epochs 60 --until-epoch "$LONG_EPOCHS" --data $D/train.tar.gz \
-        --set model.width=$w --set monitor.knn_at_init=false --set run.threads=1 --out "$out" >"$out.log" 2>&1 &
+    if [ -f "$out/checkpoints/latest" ]; then
+        $B train --resume "$out" --until-epoch "$LONG_EPOCHS" >>"$out.log" 2>&1 &
+    else
+        $B train --preset cifar10 --device cpu --epochs 60 --until-epoch "$LONG_EPOCHS" --data $D/train.tar.gz \
+            --set model.width=$w --set monitor.knn_at_init=false --set run.threads=1 --out "$out" >"$out.log" 2>&1 &
+    fi
 done
 wait
 # One row per `weights` line: width, step (1-based), each stage's residual branch gain, the

@@ -52,25 +52,31 @@ fn train_args(train: &Path, test: &Path, out: &Path) -> Vec<String> {
     a
 }
 
-fn losses(run: &Path) -> Vec<(u64, f64)> {
+/// A run's `metrics.jsonl`, one JSON value per line.
+fn metric_lines(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .collect()
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    metric_lines(run)
+        .iter()
         .filter(|v| v.get("loss").is_some())
         .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
         .collect()
 }
 
+/// A run's `"weights"` lines, in file order.
+fn weights_lines(run: &Path) -> Vec<serde_json::Value> {
+    metric_lines(run).into_iter().filter(|v| v["event"] == "weights").collect()
+}
+
 /// The steps of a run's `"weights"` lines, in file order.
 fn weights_steps(run: &Path) -> Vec<u64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["event"] == "weights")
-        .map(|v| v["step"].as_u64().unwrap())
-        .collect()
+    weights_lines(run).iter().map(|v| v["step"].as_u64().unwrap()).collect()
 }
 
 fn ok(out: Output) -> String {
@@ -122,8 +128,7 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     // `monitor.weights`: after every flush (here every step) each stage's |w| and relative
     // update, plotted in the report.
     assert_eq!(weights_steps(&full), (0..60).collect::<Vec<u64>>());
-    let last: serde_json::Value =
-        serde_json::from_str(metrics.lines().rfind(|l| l.contains("\"event\":\"weights\"")).unwrap()).unwrap();
+    let last = weights_lines(&full).pop().unwrap();
     for stage in ["stem", "layer1", "layer4", "backbone", "projector", "predictor"] {
         let (n, u) = (last["norm"][stage].as_f64().unwrap(), last["update"][stage].as_f64().unwrap());
         assert!(n > 0.0 && u > 0.0 && u < 1.0, "{stage}: |w| {n}, |Δw|/|w| {u}");

@@ -1,6 +1,7 @@
 //! What a run writes about itself: `metrics.jsonl` (per-step values flushed in batches), and
 //! the summary with the tail means the verdicts read.
 use crate::error::{Error, Result};
+use crate::model::BACKBONE;
 use crate::optim::Sgd;
 use serde_json::json;
 use std::io::Write;
@@ -172,8 +173,8 @@ impl StepLog {
 fn stage(name: &str) -> &str {
     let mut parts = name.split('.');
     match (parts.next(), parts.next()) {
-        (Some("backbone"), Some(layer)) if layer.starts_with("layer") => layer,
-        (Some("backbone"), _) => "stem",
+        (Some(BACKBONE), Some(layer)) if layer.starts_with("layer") => layer,
+        (Some(BACKBONE), _) => "stem",
         (Some(head), _) => head,
         (None, _) => name,
     }
@@ -199,7 +200,7 @@ pub fn weights_event(opt: &Sgd, epoch: usize, step: usize) -> Option<serde_json:
     let mut sums = Vec::new();
     for (&name, row) in names.iter().zip(&rows) {
         add(&mut sums, stage(name), row[0], row[1]);
-        if name.starts_with(crate::model::BACKBONE) {
+        if name.starts_with(BACKBONE) {
             add(&mut sums, "backbone", row[0], row[1]);
         }
     }
@@ -226,7 +227,7 @@ fn branch_gains(opt: &Sgd) -> Vec<(&str, f64)> {
     fn parse(name: &str) -> Option<(&str, &str, u32)> {
         let p: Vec<&str> = name.split('.').collect();
         match p[..] {
-            ["backbone", layer, block, bn, "weight"] if layer.starts_with("layer") => {
+            [BACKBONE, layer, block, bn, "weight"] if layer.starts_with("layer") => {
                 Some((layer, block, bn.strip_prefix("bn")?.parse().ok()?))
             }
             _ => None,
