@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::monitor::verdict;
 use crate::report::{difference_cell, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
-use crate::train::{tail_of, Summary};
+use crate::train::{start_of, tail_of, Summary};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -160,9 +160,10 @@ impl Reached {
         let tail = tail_of(&steps);
         let logs = |k: &str| !steps.is_empty() && steps.iter().any(|v| v.get(k).is_some());
         let spread = Some(tail.collapse_std_scaled).filter(|_| logs("collapse_std_scaled"));
+        let start = start_of(&steps).map(|t| t.collapse_std_scaled);
         let verdict = match (&r.config, spread) {
             (Some(cfg), Some(s)) => {
-                Some(verdict(tail.loss, crate::objective::Objective::new(&cfg.objective).minimum(), s))
+                Some(verdict(tail.loss, crate::objective::Objective::new(&cfg.objective).minimum(), s, start))
             }
             _ => None,
         };
@@ -285,7 +286,7 @@ pub fn write(runs: &[Compared], out: &Path) -> Result<PathBuf> {
             cell(r.summary.as_ref().map(|s| s.train_seconds), 0),
         );
     }
-    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std and m_o are means over each run's last 10% of logged steps; the verdict applies `monitor::verdict` to them (collapsed: loss within 0.1 of its minimum and sqrt(d)·collapse_std < 0.5); images/s and training time are from `summary.json` (finished runs).");
+    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std and m_o are means over each run's last 10% of logged steps; the verdict applies `monitor::verdict` to them (collapsed: loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 and below half its value at the first step); images/s and training time are from `summary.json` (finished runs).");
     if let Some(table) = repeats(runs, &reached) {
         md.push_str(&table);
     }

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::eval::linear::{self, ProbeConfig, ProbeResult};
 use crate::monitor::{verdict, CollapseVerdict};
 use crate::report::{difference_cell, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
-use crate::train::{self, RunControl, Summary};
+use crate::train::{self, run_ends, RunControl, Summary, Tail};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -61,6 +61,17 @@ pub enum Space {
     #[default]
     Z,
     P,
+}
+
+impl Space {
+    /// `sqrt(d)·collapse_std` in this space. In P it is estimated from m_o:
+    /// `sum_j var_j = 1 - m_o^2`.
+    fn spread(self, t: &Tail) -> f64 {
+        match self {
+            Space::Z => t.collapse_std_scaled,
+            Space::P => (1.0 - t.m_o_p.powi(2)).max(0.0).sqrt(),
+        }
+    }
 }
 
 /// One experiment file (`experiments/*.toml`).
@@ -237,6 +248,10 @@ pub struct ArmResult {
     pub seed: Option<u64>,
     pub expect: Expect,
     pub verdict: CollapseVerdict,
+    /// `sqrt(d)·collapse_std` (in the arm's space) at the first step, which the verdict
+    /// compares the end with.
+    #[serde(default)]
+    pub start_spread: Option<f64>,
     pub agrees: bool,
     pub summary: Summary,
     /// The linear probe, when the experiment asks for one.
@@ -332,12 +347,13 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
             train::train(&cfg, &RunControl { resume, data: Some(stores.clone()), ..control.clone() })?
         };
         let loss_min = crate::objective::Objective::new(&cfg.objective).minimum();
-        // In P, sqrt(d)·collapse_std is estimated from m_o: sum_j var_j = 1 - m_o^2.
-        let spread = match arm.space {
-            Space::Z => summary.tail.collapse_std_scaled,
-            Space::P => (1.0 - summary.tail.m_o_p.powi(2)).max(0.0).sqrt(),
+        // A summary written before `start` existed: the run's metrics still have its first step.
+        let start = match &summary.start {
+            Some(t) => Some(t.clone()),
+            None => run_ends(&cfg.run.out_dir)?.0,
         };
-        let v = verdict(summary.tail.loss, loss_min, spread);
+        let start_spread = start.map(|t| arm.space.spread(&t));
+        let v = verdict(summary.tail.loss, loss_min, arm.space.spread(&summary.tail), start_spread);
         let linear = match &exp.linear {
             Some(pc) => Some(arm_probe(&exp.name, &label, &cfg, pc, &stores)?),
             None => None,
@@ -347,6 +363,7 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
             seed,
             expect: arm.expect,
             verdict: v,
+            start_spread,
             agrees: arm.expect.admits(v),
             summary,
             linear,
@@ -499,18 +516,19 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     }
     let probed = outcome.arms.iter().any(|a| a.linear.is_some());
     let (probe_head, probe_rule) = if probed { (" linear top-1 |", "---|") } else { ("", "") };
-    let _ = writeln!(md, "| arm | expected | verdict | agrees | loss | sqrt(d)·collapse_std | m_o (Z) | m_r (Z) | m_o (P) | kNN top-1 |{probe_head}\n|---|---|---|---|---|---|---|---|---|---|{probe_rule}");
+    let _ = writeln!(md, "| arm | expected | verdict | agrees | loss | sqrt(d)·collapse_std | at step 0 | m_o (Z) | m_r (Z) | m_o (P) | kNN top-1 |{probe_head}\n|---|---|---|---|---|---|---|---|---|---|---|{probe_rule}");
     for a in &outcome.arms {
         let t = &a.summary.tail;
         let _ = writeln!(
             md,
-            "| {} | {:?} | {:?} | {} | {:+.4} | {:.3} | {:.3} | {:.3} | {:.3} | {} |{}",
+            "| {} | {:?} | {:?} | {} | {:+.4} | {:.3} | {} | {:.3} | {:.3} | {:.3} | {} |{}",
             label(a),
             a.expect,
             a.verdict,
             if a.agrees { "yes" } else { "**no**" },
             t.loss,
             t.collapse_std_scaled,
+            a.start_spread.map_or("–".into(), |s| format!("{s:.3}")),
             t.m_o_z,
             t.m_r_z,
             t.m_o_p,
@@ -550,7 +568,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
             );
         }
     }
-    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps. Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std < 0.5 (m_o > 0.87); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse).");
+    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps; \"at step 0\" is sqrt(d)·collapse_std at the first step, in the space the arm is judged in (Z, or P from its m_o). Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 (m_o > 0.87) and below half its value at step 0 (heads with output BN start near 1; heads without BN start in a narrow cone); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse); narrow = otherwise, the spread below 0.5 but not halved since step 0.");
     if !outcome.orders.is_empty() {
         let (head, rule) = if seeded { (" difference of the means (se) |", "---|") } else { ("", "") };
         let _ = writeln!(md, "\n| kNN ordering | held |{head}\n|---|---|{rule}");

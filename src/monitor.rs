@@ -23,28 +23,45 @@ pub fn l2_normalize(x: &Tensor) -> Tensor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CollapseVerdict {
-    /// Loss at its minimum and `sqrt(d) * collapse_std` near 0.
+    /// Loss at its minimum and `sqrt(d) * collapse_std` near 0, brought there by training.
     Collapsed,
+    /// `sqrt(d) * collapse_std` below 0.5 but not halved since the first step: a narrow cone
+    /// that training did not bring about, such as the one heads without BN start in (their
+    /// ReLU features have a positive mean that nothing centres), or a partial narrowing on the
+    /// way from a spread start.
+    Narrow,
     /// Not collapsed, but the loss stayed far from its minimum.
     NotConverged,
     Healthy,
 }
 
 /// Classifies a run's end state from its loss and `sqrt(d) * collapse_std` (use means over
-/// the last steps: single steps oscillate). Collapsed: the loss within 0.1 of its minimum and
-/// `sqrt(d) * collapse_std` below 0.5. Since `sum_j var_j = 1 - m_o^2` for unit vectors,
+/// the last steps: single steps oscillate), and that spread at the first step (`start_std`;
+/// `None` where unknown). Since `sum_j var_j = 1 - m_o^2` for unit vectors,
 /// `sqrt(d) * collapse_std` is about `sqrt(1 - m_o^2)`: below 0.5 means `m_o` above 0.87, the
 /// embeddings in a narrow cone around their mean (Zhang et al.'s "m_o >> m_r"). Healthy
 /// SimSiam sits near 1. Complete collapse (std 0) needs the pre-BN features to be exactly
-/// constant, which the projector's output BN resists, so short runs stop short of it. Not converged: the loss stays more than 0.7
-/// above its minimum (e.g. above -0.3 for SimSiam's -1), as for a fixed random predictor
-/// (Table 1b). Healthy otherwise.
-pub fn verdict(final_loss: f64, loss_min: Option<f64>, scaled_std: f64) -> CollapseVerdict {
+/// constant, which the projector's output BN resists, so short runs stop short of it.
+///
+/// Collapsed: the loss within 0.1 of its minimum and the spread below 0.5 and below half its
+/// value at the start. Collapse is something training does: a head with output BN starts near
+/// 1, where this is the plain 0.5 threshold, but heads without BN start in a cone already
+/// (0.40 for SimSiam Table 3a's no-BN heads at initialisation, `docs/results/cpu-small-nobn`),
+/// and there the spread must have halved. Not converged: the loss stays more than 0.7 above
+/// its minimum (e.g. above -0.3 for SimSiam's -1), as for a fixed random predictor (Table 1b).
+/// Narrow: otherwise, the spread below 0.5 without having halved since the start (whatever the
+/// loss: a no-BN head's loss straddles any band around -0.9). Healthy otherwise. Without a
+/// start, the plain thresholds, and never `Narrow`.
+pub fn verdict(final_loss: f64, loss_min: Option<f64>, scaled_std: f64, start_std: Option<f64>) -> CollapseVerdict {
     let at_min = loss_min.is_none_or(|m| final_loss - m < 0.1);
-    if scaled_std < 0.5 && at_min {
+    let low = scaled_std < 0.5;
+    let halved = start_std.is_none_or(|s| scaled_std < 0.5 * s);
+    if low && halved && at_min {
         CollapseVerdict::Collapsed
     } else if loss_min.is_some_and(|m| final_loss - m > 0.7) {
         CollapseVerdict::NotConverged
+    } else if low && !halved {
+        CollapseVerdict::Narrow
     } else {
         CollapseVerdict::Healthy
     }

@@ -55,13 +55,38 @@ fn run(name: &str, sets: &[&str]) -> Summary {
 fn assert_collapsed(name: &str, s: &Summary) {
     let t = &s.tail;
     assert!(t.m_o_z > 0.85 && t.collapse_std_scaled < 0.5 && t.loss < -0.8, "{name}: not collapsed: {s:?}");
+    // ... which training did: the heads' output BN starts them spread.
+    let start = s.start.as_ref().expect("a first step").collapse_std_scaled;
+    assert!(start > 0.9 && t.collapse_std_scaled < 0.5 * start, "{name}: spread {start} at step 0: {s:?}");
 }
 
 #[test]
 fn simsiam_does_not_collapse() {
     let s = run("simsiam", &[]);
     assert!(s.tail.collapse_std_scaled > 0.8 && s.tail.m_o_z < 0.5, "{s:?}");
-    assert_eq!(verdict(s.tail.loss, Some(-1.0), s.tail.collapse_std_scaled), CollapseVerdict::Healthy);
+    let start = s.start.as_ref().expect("a first step").collapse_std_scaled;
+    assert_eq!(verdict(s.tail.loss, Some(-1.0), s.tail.collapse_std_scaled, Some(start)), CollapseVerdict::Healthy);
+}
+
+/// SimSiam Table 3a: without BN in the MLP heads training is poor but does not collapse. Such
+/// heads output a narrow cone from the start (their ReLU features have a positive mean that
+/// nothing centres), which the plain threshold on sqrt(d)·collapse_std would read as collapse
+/// once the loss has fallen; the verdict compares the end with the start and says `Narrow`.
+#[test]
+fn heads_without_bn_start_narrow_and_training_does_not_collapse_them() {
+    let s = run(
+        "no-bn",
+        &[
+            "model.proj_hidden_bn=false",
+            "model.proj_output_bn=false",
+            "model.pred_hidden_bn=false",
+            "optim.warmup_epochs=3",
+        ],
+    );
+    let start = s.start.as_ref().expect("a first step").collapse_std_scaled;
+    assert!(start < 0.5, "no-BN heads start narrow: {start}");
+    assert!(s.tail.loss < -0.8 && s.tail.collapse_std_scaled < 0.5, "the plain threshold reads collapse: {s:?}");
+    assert_eq!(verdict(s.tail.loss, Some(-1.0), s.tail.collapse_std_scaled, Some(start)), CollapseVerdict::Narrow);
 }
 
 #[test]

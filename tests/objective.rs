@@ -100,12 +100,34 @@ fn collapse_std_is_zero_for_a_collapsed_batch_and_one_over_sqrt_d_for_gaussians(
 
 #[test]
 fn verdict_separates_collapse_from_failure_to_converge() {
-    assert_eq!(verdict(-0.999, Some(-1.0), 0.01), CollapseVerdict::Collapsed);
-    assert_eq!(verdict(-0.95, Some(-1.0), 0.25), CollapseVerdict::Collapsed);
-    assert_eq!(verdict(-0.95, Some(-1.0), 0.7), CollapseVerdict::Healthy);
-    assert_eq!(verdict(-0.2, Some(-1.0), 0.9), CollapseVerdict::NotConverged);
-    assert_eq!(verdict(-0.4, Some(-1.0), 0.9), CollapseVerdict::Healthy);
-    assert_eq!(verdict(-0.9, Some(-1.0), 0.8), CollapseVerdict::Healthy);
+    assert_eq!(verdict(-0.999, Some(-1.0), 0.01, None), CollapseVerdict::Collapsed);
+    assert_eq!(verdict(-0.95, Some(-1.0), 0.25, None), CollapseVerdict::Collapsed);
+    assert_eq!(verdict(-0.95, Some(-1.0), 0.7, None), CollapseVerdict::Healthy);
+    assert_eq!(verdict(-0.2, Some(-1.0), 0.9, None), CollapseVerdict::NotConverged);
+    assert_eq!(verdict(-0.4, Some(-1.0), 0.9, None), CollapseVerdict::Healthy);
+    assert_eq!(verdict(-0.9, Some(-1.0), 0.8, None), CollapseVerdict::Healthy);
+}
+
+/// Collapse is judged against where the run started: from a head with output BN (spread ~1
+/// at step 0) the plain 0.5 threshold; from the narrow cone of a head without BN (0.40 at
+/// step 0 in `docs/results/cpu-small-nobn`) the spread must have halved, else the run is
+/// `Narrow`. Without a start, the plain thresholds.
+#[test]
+fn verdict_judges_the_spread_against_its_start() {
+    // Heads with output BN: the same as without a start.
+    assert_eq!(verdict(-0.95, Some(-1.0), 0.25, Some(0.998)), CollapseVerdict::Collapsed);
+    assert_eq!(verdict(-0.95, Some(-1.0), 0.49, Some(1.0)), CollapseVerdict::Collapsed);
+    // Never a larger threshold than 0.5, whatever the start.
+    assert_eq!(verdict(-0.95, Some(-1.0), 0.55, Some(1.4)), CollapseVerdict::Healthy);
+    // No-BN heads: at their start, or narrowed by less than half: narrow, not collapsed.
+    assert_eq!(verdict(-0.91, Some(-1.0), 0.40, Some(0.404)), CollapseVerdict::Narrow);
+    assert_eq!(verdict(-0.94, Some(-1.0), 0.324, Some(0.404)), CollapseVerdict::Narrow);
+    // ... halved: collapsed.
+    assert_eq!(verdict(-0.98, Some(-1.0), 0.15, Some(0.404)), CollapseVerdict::Collapsed);
+    // Whatever the loss (a no-BN head's straddles any band around -0.9), unless far above its
+    // minimum: then the run did not converge.
+    assert_eq!(verdict(-0.85, Some(-1.0), 0.40, Some(0.404)), CollapseVerdict::Narrow);
+    assert_eq!(verdict(-0.2, Some(-1.0), 0.40, Some(0.404)), CollapseVerdict::NotConverged);
 }
 
 /// Each target variant, built by hand here (independently of the library), from normalised

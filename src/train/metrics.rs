@@ -22,6 +22,10 @@ pub struct Summary {
     /// Means over the last 10% of steps (at least one) of the per-step monitors: `loss`,
     /// `collapse_std_scaled`, `m_o_z`, `m_r_z`, `m_o_p`, `m_r_p`.
     pub tail: Tail,
+    /// The same monitors at the first logged step (before any update): the verdict compares
+    /// the end with it. `None` in summaries written before it existed.
+    #[serde(default)]
+    pub start: Option<Tail>,
     pub train_seconds: f64,
     pub images_per_s: f64,
     pub device: String,
@@ -37,11 +41,17 @@ pub struct Tail {
     pub m_r_p: f64,
 }
 
-/// Means of the step monitors over the last 10% of the steps logged in `metrics.jsonl`.
-pub fn tail_means(run_dir: &Path) -> Result<Tail> {
+/// The step monitors logged in `metrics.jsonl`: at the first step ([`start_of`]) and as means
+/// over the last 10% ([`tail_of`]).
+pub fn run_ends(run_dir: &Path) -> Result<(Option<Tail>, Tail)> {
     let rows = crate::report::read_lines(&run_dir.join("metrics.jsonl"))?;
     let steps: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("loss").is_some()).collect();
-    Ok(tail_of(&steps))
+    Ok((start_of(&steps), tail_of(&steps)))
+}
+
+/// The first of these step lines (the geometry at initialisation), as a [`Tail`] of one step.
+pub fn start_of(steps: &[&serde_json::Value]) -> Option<Tail> {
+    steps.first().map(|_| tail_of(&steps[..1]))
 }
 
 /// Means of the step monitors over the last 10% (at least one) of these step lines; a monitor

@@ -8,7 +8,7 @@ mod resume;
 mod step;
 mod stores;
 
-pub use metrics::{tail_means, tail_of, weights_event, Summary, Tail};
+pub use metrics::{run_ends, start_of, tail_of, weights_event, Summary, Tail};
 pub use network::{Ema, Network};
 pub use resume::{load_run, load_run_at, run_config};
 pub use step::{eoa_target, forward_pairs, step, step_stats, views, StepOut, StepTargets, STEP_STATS};
@@ -264,6 +264,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         knn_init: None,
         knn_final: None,
         tail: Tail::default(),
+        start: None,
         train_seconds: 0.0,
         images_per_s: 0.0,
         device: crate::device::describe(device),
@@ -492,7 +493,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         return Ok(summary);
     }
     drop(log);
-    summary.tail = tail_means(&run_dir)?;
+    (summary.start, summary.tail) = run_ends(&run_dir)?;
     let s_path = run_dir.join("summary.json");
     std::fs::write(&s_path, serde_json::to_string_pretty(&summary).expect("json"))
         .map_err(|e| Error::io(&s_path, e))?;
