@@ -499,9 +499,12 @@ fn fmt_opt(v: Option<f64>) -> String {
 pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<PathBuf> {
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
+    // With seeds, an arm's runs share one name, so one colour and one legend entry.
     let mut per_arm = Vec::new();
     for a in &outcome.arms {
-        per_arm.push((label(a), read_lines(&run_dir(out, &a.name, a.seed).join("metrics.jsonl"))?));
+        let seeds = outcome.arms.iter().filter(|b| b.name == a.name).count();
+        let name = if a.seed.is_some() { format!("{} ({seeds} seeds)", a.name) } else { a.name.clone() };
+        per_arm.push((name, read_lines(&run_dir(out, &a.name, a.seed).join("metrics.jsonl"))?));
     }
     let (svgs, md_plots) = render_all(&plots, &overlays(&per_arm))?;
     let mut md = String::new();

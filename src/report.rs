@@ -89,7 +89,14 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
         mesh.y_label_formatter(&power_of_ten);
     }
     mesh.draw().map_err(e)?;
-    for (i, (name, pts)) in shown.iter().enumerate() {
+    // Lines of one name (an experiment arm's seeds) are one group: one colour, one legend entry.
+    let mut groups: Vec<&str> = Vec::new();
+    for (name, pts) in shown.iter() {
+        let first = !groups.contains(&name.as_str());
+        if first {
+            groups.push(name);
+        }
+        let i = groups.iter().position(|g| *g == name).expect("pushed");
         let c = COLOURS[i % COLOURS.len()];
         let line =
             LineSeries::new(pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), c.stroke_width(2));
@@ -98,9 +105,13 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
         } else {
             chart.draw_series(line).map_err(e)?
         };
-        drawn.label(name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        if first {
+            drawn
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+        }
     }
-    if shown.len() > 1 {
+    if groups.len() > 1 {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
