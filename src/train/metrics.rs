@@ -26,6 +26,10 @@ pub struct Summary {
     /// the end with it. `None` in summaries written before it existed.
     #[serde(default)]
     pub start: Option<Tail>,
+    /// [`crate::monitor::verdict`] in Z, from `tail` and `start`. `None` in summaries written
+    /// before it existed.
+    #[serde(default)]
+    pub verdict: Option<crate::monitor::CollapseVerdict>,
     pub train_seconds: f64,
     pub images_per_s: f64,
     pub device: String,

@@ -265,6 +265,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         knn_final: None,
         tail: Tail::default(),
         start: None,
+        verdict: None,
         train_seconds: 0.0,
         images_per_s: 0.0,
         device: crate::device::describe(device),
@@ -494,6 +495,14 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     }
     drop(log);
     (summary.start, summary.tail) = run_ends(&run_dir)?;
+    let start = summary.start.as_ref().map(|t| t.collapse_std_scaled);
+    let (loss, spread) = (summary.tail.loss, summary.tail.collapse_std_scaled);
+    let verdict = crate::monitor::verdict(loss, objective.minimum(), spread, start);
+    summary.verdict = Some(verdict);
+    eprintln!(
+        "collapse verdict: {verdict:?} (last 10% of steps: loss {loss:+.4}, sqrt(d)·collapse_std {spread:.3}{})",
+        start.map_or(String::new(), |s| format!(", {s:.3} at step 0"))
+    );
     let s_path = run_dir.join("summary.json");
     std::fs::write(&s_path, serde_json::to_string_pretty(&summary).expect("json"))
         .map_err(|e| Error::io(&s_path, e))?;
