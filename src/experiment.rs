@@ -571,7 +571,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
             );
         }
     }
-    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps; \"at step 0\" is sqrt(d)·collapse_std at the first step, in the space the arm is judged in (Z, or P from its m_o). Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 (m_o > 0.87) and below half its value at step 0 (heads with output BN start near 1; heads without BN start in a narrow cone); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse); narrow = otherwise, the spread below 0.5 but not halved since step 0.");
+    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps; \"at step 0\" is sqrt(d)·collapse_std at the first step, in the space the arm is judged in (Z, or P from its m_o). Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 (m_o > 0.87) and below half its value at step 0 (heads with output BN start near 1; heads without BN start in a narrow cone); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse); narrow = otherwise, the spread below 0.5 (not halved since step 0, or the loss not yet at its minimum); healthy = the spread at 0.5 or above.");
     if !outcome.orders.is_empty() {
         let (head, rule) = if seeded { (" difference of the means (se) |", "---|") } else { ("", "") };
         let _ = writeln!(md, "\n| kNN ordering | held |{head}\n|---|---|{rule}");

@@ -25,10 +25,10 @@ pub fn l2_normalize(x: &Tensor) -> Tensor {
 pub enum CollapseVerdict {
     /// Loss at its minimum and `sqrt(d) * collapse_std` near 0, brought there by training.
     Collapsed,
-    /// `sqrt(d) * collapse_std` below 0.5 but not halved since the first step: a narrow cone
-    /// that training did not bring about, such as the one heads without BN start in (their
-    /// ReLU features have a positive mean that nothing centres), or a partial narrowing on the
-    /// way from a spread start.
+    /// `sqrt(d) * collapse_std` below 0.5 without being a collapse: a narrow cone that training
+    /// did not bring about (heads without BN start in one: their ReLU features have a positive
+    /// mean that nothing centres), or a narrowing on its way whose loss is not yet at the
+    /// minimum.
     Narrow,
     /// Not collapsed, but the loss stayed far from its minimum.
     NotConverged,
@@ -49,9 +49,9 @@ pub enum CollapseVerdict {
 /// (0.40 for SimSiam Table 3a's no-BN heads at initialisation, `docs/results/cpu-small-nobn`),
 /// and there the spread must have halved. Not converged: the loss stays more than 0.7 above
 /// its minimum (e.g. above -0.3 for SimSiam's -1), as for a fixed random predictor (Table 1b).
-/// Narrow: otherwise, the spread below 0.5 without having halved since the start (whatever the
-/// loss: a no-BN head's loss straddles any band around -0.9). Healthy otherwise. Without a
-/// start, the plain thresholds, and never `Narrow`.
+/// Narrow: otherwise, the spread below 0.5, whatever the loss (a no-BN head's straddles any
+/// band around -0.9). Healthy: the spread at 0.5 or above and the loss come down. Without a
+/// start, the plain thresholds.
 pub fn verdict(final_loss: f64, loss_min: Option<f64>, scaled_std: f64, start_std: Option<f64>) -> CollapseVerdict {
     let at_min = loss_min.is_none_or(|m| final_loss - m < 0.1);
     let low = scaled_std < 0.5;
@@ -60,7 +60,7 @@ pub fn verdict(final_loss: f64, loss_min: Option<f64>, scaled_std: f64, start_st
         CollapseVerdict::Collapsed
     } else if loss_min.is_some_and(|m| final_loss - m > 0.7) {
         CollapseVerdict::NotConverged
-    } else if low && !halved {
+    } else if low {
         CollapseVerdict::Narrow
     } else {
         CollapseVerdict::Healthy

@@ -111,7 +111,8 @@ fn verdict_separates_collapse_from_failure_to_converge() {
 /// Collapse is judged against where the run started: from a head with output BN (spread ~1
 /// at step 0) the plain 0.5 threshold; from the narrow cone of a head without BN (0.40 at
 /// step 0 in `docs/results/cpu-small-nobn`) the spread must have halved, else the run is
-/// `Narrow`. Without a start, the plain thresholds.
+/// `Narrow`, as is a spread below 0.5 whose loss is not at its minimum. Without a start, the
+/// plain thresholds.
 #[test]
 fn verdict_judges_the_spread_against_its_start() {
     // Heads with output BN: the same as without a start.
@@ -127,6 +128,10 @@ fn verdict_judges_the_spread_against_its_start() {
     // Whatever the loss (a no-BN head's straddles any band around -0.9), unless far above its
     // minimum: then the run did not converge.
     assert_eq!(verdict(-0.85, Some(-1.0), 0.40, Some(0.404)), CollapseVerdict::Narrow);
+    // Halved from a spread start but the loss not at its minimum yet: narrow (collapsing), not
+    // healthy; with or without a start.
+    assert_eq!(verdict(-0.885, Some(-1.0), 0.42, Some(0.998)), CollapseVerdict::Narrow);
+    assert_eq!(verdict(-0.885, Some(-1.0), 0.42, None), CollapseVerdict::Narrow);
     assert_eq!(verdict(-0.2, Some(-1.0), 0.40, Some(0.404)), CollapseVerdict::NotConverged);
 }
 
