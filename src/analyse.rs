@@ -194,7 +194,7 @@ impl Probe<'_> {
     /// B1: is the learned predictor close to the optimal one, h*(z) = sum p(x'|Z) f_bar(x')?
     /// h* with the shared-kappa posterior (and, as a check, the per-instance vMF one), against
     /// the baselines cos(h, z), cos(h, f_bar(x_true)), cos(h, o); the achieved similarity
-    /// against its floor E[R_bar].
+    /// against its floor E\[R_bar\].
     pub fn predictor(&self) -> Value {
         let (f_bar, r) = self.centres();
         let mu = l2_normalize(&f_bar);

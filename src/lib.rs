@@ -1,6 +1,20 @@
 //! `simsiam`: SimSiam (Chen & He, CVPR 2021) and the analyses of why it does not collapse, on
-//! tch / libtorch. The modules follow the pipeline: data -> augment -> model -> objective ->
-//! train, with eval and monitors alongside.
+//! tch / libtorch. The modules follow the pipeline:
+//!
+//! - **the method**: [`data`] (images into a uint8 store) -> [`augment`] (two views on the
+//!   device) -> [`model`] (backbone, projector, predictor) -> [`objective`] (every loss and
+//!   target variant, `stop_grad`) -> [`train`] (the loop, with [`optim`], [`checkpoint`]);
+//! - **watching it**: [`monitor`] (`collapse_std` and the collapse verdict), [`analysis`]
+//!   (Zhang et al.'s `m_o`/`m_r`, spectra), [`report`] (plots, HTML), [`compare`] (runs side by
+//!   side), [`progress`];
+//! - **judging it**: [`eval`] (kNN, linear probe), [`experiment`] (the seeds' claims, one
+//!   command each), [`instances`] and [`analyse`] (the blog's estimators, B1-B5), [`hypotheses`]
+//!   (C1-C6 from those measurements);
+//! - **running it fast and wide**: [`precision`] (bf16, channels-last), [`prefetch`] and
+//!   [`graph`] (overlap, CUDA graphs), [`dist`] (data-parallel), [`device`], [`bench`](mod@bench) and
+//!   [`profile`] (where the time goes);
+//! - **handing it over**: [`export`] (safetensors in torchvision's layout, `.npy` embeddings);
+//!   [`config`] (typed, the paper's recipe by default) and [`error`] throughout.
 pub mod analyse;
 pub mod analysis;
 pub mod augment;

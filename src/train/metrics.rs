@@ -197,7 +197,7 @@ fn stage(name: &str) -> &str {
 /// The `weights` line (`monitor.weights`): per stage, and for the whole backbone, the weights'
 /// norm `|w|` (root of the summed squares of its kernels and matrices) and the last step's
 /// relative update `|Δw|/|w|` (see [`Sgd::update_norms`]); per backbone stage, the residual
-/// branches' gain (see [`branch_gains`]). Why: under BatchNorm the relative
+/// branches' gain (see `branch_gains`). Why: under BatchNorm the relative
 /// update, not the lr alone, is how fast a layer learns, and it depends on the initial scale
 /// of the weights (`model.conv_init`, `model.zero_init_residual`) and on the width. `None`
 /// before any update. Two host syncs.
