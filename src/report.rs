@@ -422,7 +422,12 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
     let mut table = String::new();
     if let Ok(text) = std::fs::read_to_string(run.join("summary.json")) {
         if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&text) {
-            for (k, v) in m {
+            // One row per value; a nested object (`tail`, `start`) as `key.field` rows.
+            let rows = m.iter().flat_map(|(k, v)| match v {
+                Value::Object(inner) => inner.iter().map(|(f, x)| (format!("{k}.{f}"), x)).collect::<Vec<_>>(),
+                _ => vec![(k.clone(), v)],
+            });
+            for (k, v) in rows {
                 let shown = match v.as_f64() {
                     Some(f) if f.fract() != 0.0 => format!("{f:.4}"),
                     _ => v.to_string().trim_matches('"').to_string(),
