@@ -147,6 +147,8 @@ struct Reached {
     steps: usize,
     loss: Option<f64>,
     spread: Option<f64>,
+    /// `sqrt(d)·collapse_std` at the first logged step, which the verdict compares with.
+    start: Option<f64>,
     m_o_z: Option<f64>,
     verdict: Option<crate::monitor::CollapseVerdict>,
     /// (epoch, top-1) of each kNN event.
@@ -160,7 +162,7 @@ impl Reached {
         let tail = tail_of(&steps);
         let logs = |k: &str| !steps.is_empty() && steps.iter().any(|v| v.get(k).is_some());
         let spread = Some(tail.collapse_std_scaled).filter(|_| logs("collapse_std_scaled"));
-        let start = start_of(&steps).map(|t| t.collapse_std_scaled);
+        let start = start_of(&steps).map(|t| t.collapse_std_scaled).filter(|_| spread.is_some());
         let verdict = match (&r.config, spread) {
             (Some(cfg), Some(s)) => {
                 Some(verdict(tail.loss, crate::objective::Objective::new(&cfg.objective).minimum(), s, start))
@@ -171,6 +173,7 @@ impl Reached {
             steps: steps.len(),
             loss: Some(tail.loss).filter(|_| !steps.is_empty()),
             spread,
+            start,
             m_o_z: Some(tail.m_o_z).filter(|_| logs("m_o_z")),
             verdict,
             knn: r.knn(),
@@ -264,19 +267,20 @@ pub fn write(runs: &[Compared], out: &Path) -> Result<PathBuf> {
     let (svgs, md_plots) = render_all(&plots, &overlays(&per_run))?;
 
     let reached: Vec<Reached> = runs.iter().map(Reached::of).collect();
-    let mut md = String::from("# Runs compared\n\n| run | source | steps | loss | sqrt(d)·collapse_std | m_o (Z) | verdict | kNN at init | last kNN (epoch) | best kNN (epoch) | images/s | training s |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut md = String::from("# Runs compared\n\n| run | source | steps | loss | sqrt(d)·collapse_std | at step 0 | m_o (Z) | verdict | kNN at init | last kNN (epoch) | best kNN (epoch) | images/s | training s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (r, got) in runs.iter().zip(&reached) {
         let init = got.knn.iter().find(|(e, _)| *e == 0.0).map(|&(_, a)| a);
         let at = |k: Option<&(f64, f64)>| k.map(|&(e, a)| format!("{a:.2} ({e})")).unwrap_or_else(|| "–".into());
         let best = got.knn.iter().max_by(|a, b| a.1.total_cmp(&b.1));
         let _ = writeln!(
             md,
-            "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.label,
             r.source.display(),
             got.steps,
             cell(got.loss, 4),
             cell(got.spread, 3),
+            cell(got.start, 3),
             cell(got.m_o_z, 3),
             got.verdict.map(|v| format!("{v:?}")).unwrap_or_else(|| "–".into()),
             cell(init, 2),
@@ -286,7 +290,7 @@ pub fn write(runs: &[Compared], out: &Path) -> Result<PathBuf> {
             cell(r.summary.as_ref().map(|s| s.train_seconds), 0),
         );
     }
-    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std and m_o are means over each run's last 10% of logged steps; the verdict applies `monitor::verdict` to them (collapsed: loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 and below half its value at the first step); images/s and training time are from `summary.json` (finished runs).");
+    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std and m_o are means over each run's last 10% of logged steps; the verdict applies `monitor::verdict` to them (collapsed: loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 and below half its value at the first step, \"at step 0\"; narrow: below 0.5 otherwise); images/s and training time are from `summary.json` (finished runs).");
     if let Some(table) = repeats(runs, &reached) {
         md.push_str(&table);
     }
