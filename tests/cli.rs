@@ -508,6 +508,14 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| simsiam | Healthy |") || md.contains("| simsiam | Healthy | "), "{md}");
     assert!(md.contains("| no-stop-grad | Collapsed |"), "{md}");
+    // Each arm's spread at step 0, which its verdict compares with: near 1 with the heads' output BN.
+    assert!(md.contains("| sqrt(d)·collapse_std | at step 0 |"), "{md}");
+    let outcome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("outcome.json")).unwrap()).unwrap();
+    for arm in outcome["arms"].as_array().unwrap() {
+        let start = arm["start_spread"].as_f64().unwrap_or_default();
+        assert!(start > 0.9, "{}: {start}", arm["name"]);
+    }
     for f in [
         "report.html",
         "outcome.json",
