@@ -348,11 +348,10 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         };
         let loss_min = crate::objective::Objective::new(&cfg.objective).minimum();
         // A summary written before `start` existed: the run's metrics still have its first step.
-        let start = match &summary.start {
-            Some(t) => Some(t.clone()),
-            None => run_ends(&cfg.run.out_dir)?.0,
+        let start_spread = match &summary.start {
+            Some(t) => Some(arm.space.spread(t)),
+            None => run_ends(&cfg.run.out_dir)?.0.map(|t| arm.space.spread(&t)),
         };
-        let start_spread = start.map(|t| arm.space.spread(&t));
         let v = verdict(summary.tail.loss, loss_min, arm.space.spread(&summary.tail), start_spread);
         let linear = match &exp.linear {
             Some(pc) => Some(arm_probe(&exp.name, &label, &cfg, pc, &stores)?),

@@ -92,11 +92,13 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
     // Lines of one name (an experiment arm's seeds) are one group: one colour, one legend entry.
     let mut groups: Vec<&str> = Vec::new();
     for (name, pts) in shown.iter() {
-        let first = !groups.contains(&name.as_str());
-        if first {
-            groups.push(name);
-        }
-        let i = groups.iter().position(|g| *g == name).expect("pushed");
+        let (i, first) = match groups.iter().position(|g| *g == name) {
+            Some(i) => (i, false),
+            None => {
+                groups.push(name);
+                (groups.len() - 1, true)
+            }
+        };
         let c = COLOURS[i % COLOURS.len()];
         let line =
             LineSeries::new(pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), c.stroke_width(2));

@@ -69,8 +69,9 @@ fn simsiam_does_not_collapse() {
     assert_eq!(s.verdict, Some(CollapseVerdict::Healthy));
 }
 
-/// SimSiam Table 3a: without BN in the MLP heads training is poor but does not collapse. Such
-/// heads output a narrow cone from the start (their ReLU features have a positive mean that
+/// SimSiam Table 3a: without BN in the MLP heads training is poor but does not collapse (here
+/// over this short run; at base lr 0.3 over 48 epochs they do, `docs/results/cpu-small-nobn`).
+/// Such heads output a narrow cone from the start (their ReLU features have a positive mean that
 /// nothing centres), which the plain threshold on sqrt(d)·collapse_std would read as collapse
 /// once the loss has fallen; the verdict compares the end with the start and says `Narrow`.
 #[test]
