@@ -20,7 +20,7 @@ enum Cmd {
     /// Pre-train an encoder without labels (the kNN monitor uses the test labels).
     Train(TrainArgs),
     /// Evaluate a trained run.
-    #[command(subcommand)]
+    #[command(subcommand, visible_alias = "evaluate")]
     Eval(EvalCmd),
     /// Run a named experiment from the seeds: every arm, then a report with a verdict per claim.
     Experiment {
@@ -82,6 +82,7 @@ enum Cmd {
         /// (`-train-bn` appended with --train-bn, and `latest` then to RUN/analysis/latest-train-bn).
         #[arg(long, default_value = "latest")]
         checkpoint: String,
+        /// cpu, cuda, cuda:N or auto (default: the run's own `run.device`).
         #[arg(long)]
         device: Option<String>,
     },
@@ -111,6 +112,7 @@ enum Cmd {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
+        /// cpu, cuda, cuda:N or auto (default: the run's own `run.device`).
         #[arg(long)]
         device: Option<String>,
         /// Which split of a CIFAR binary folder to read.
@@ -321,6 +323,7 @@ impl From<SplitArg> for simsiam::data::Split {
 struct EvalSource {
     /// The run folder (holds config.toml and checkpoints/).
     run: PathBuf,
+    /// cpu, cuda, cuda:N or auto (default: the run's own `run.device`).
     #[arg(long)]
     device: Option<String>,
     /// Use this training data instead of the run's.

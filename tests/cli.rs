@@ -774,9 +774,9 @@ fn analyse_every_checkpoint_and_the_initialisation_then_judge_the_hypotheses() {
     let o = bin().args(["hypotheses", "--run", &format!("simsiam={r}"), "--out", "x"]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("simclr=RUN_DIR"));
 
-    // eval, embed and export take any kept checkpoint; the latest by default.
+    // eval (alias `evaluate`), embed and export take any kept checkpoint; the latest by default.
     let first = kept[0].file_name().unwrap().to_str().unwrap().to_string();
-    let knn = ok(bin().args(["eval", "knn", r, "--k", "20", "--checkpoint", &first]).output().unwrap());
+    let knn = ok(bin().args(["evaluate", "knn", r, "--k", "20", "--checkpoint", &first]).output().unwrap());
     assert!(knn.contains(&format!("\"checkpoint\":\"{first}\"")), "{knn}");
     let export = |ckpt: &str| {
         let f = tmp.path().join(format!("{ckpt}.safetensors"));
