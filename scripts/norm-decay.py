@@ -7,7 +7,7 @@ weight decay alone. With momentum mu the steady update of the decay term is lr *
 
     |w_t| / |w_0| = exp(-wd / (1 - mu) * sum_{s < t} lr_s)
 
-and the relative update, which goes as lr / |w|^2, grows as that ratio to the power -2. This
+and the relative update per unit of lr, 1 / |w|^2, grows as that ratio to the power -2. This
 prints, for each run (a run folder with `metrics.jsonl` and `config.toml`, `monitor.weights` on),
 the measured ratio of the backbone's norm (first `weights` line to the last) beside that
 prediction, and what the prediction gives at the end of the run's whole schedule (cosine decay
@@ -35,8 +35,8 @@ def main(runs):
         weights = [x for x in lines if x.get("event") == "weights"]
         if len(weights) < 2:
             sys.exit(f"{run}: fewer than two `weights` lines in metrics.jsonl (monitor.weights off?)")
-        # The lr of every step, from the step lines (one per `monitor.log_every` steps: each
-        # stands for the steps since the one before).
+        # The lr of every step, from the step lines (one per step; `monitor.log_every` only sets
+        # how often they are fetched from the device).
         steps = [(x["step"], x["lr"]) for x in lines if "loss" in x and x.get("event") is None]
         first, last = weights[0], weights[-1]
         lr_sum, prev = 0.0, first["step"]

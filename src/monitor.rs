@@ -50,8 +50,8 @@ pub enum CollapseVerdict {
 /// and there the spread must have halved. Not converged: the loss stays more than 0.7 above
 /// its minimum (e.g. above -0.3 for SimSiam's -1), as for a fixed random predictor (Table 1b).
 /// Narrow: otherwise, the spread below 0.5, whatever the loss (a no-BN head's straddles any
-/// band around -0.9). Healthy: the spread at 0.5 or above and the loss come down. Without a
-/// start, the plain thresholds.
+/// band around -0.9). Healthy: the spread at 0.5 or above, the loss not more than 0.7 above
+/// its minimum. Without a start, collapse is judged by the plain thresholds.
 pub fn verdict(final_loss: f64, loss_min: Option<f64>, scaled_std: f64, start_std: Option<f64>) -> CollapseVerdict {
     let at_min = loss_min.is_none_or(|m| final_loss - m < 0.1);
     let low = scaled_std < 0.5;
