@@ -175,8 +175,8 @@ gap)
     # 1024, eager and with both speed options (the step as a CUDA graph, the next views made on a
     # second stream), profiled (where every millisecond goes: $R/prof-*/MODE-profile.md); the
     # accuracy gap to the peer (58.3% kNN at 60 epochs): SimSiam 60 epochs with torchvision's
-    # init (the official code's) and with the peer's lightly ResNet init (no zero-init,
-    # nn.Conv2d's own conv init), both at once (shared GPU: no timings from them), compared;
+    # ResNet (the official code's) and with the peer's lightly ResNet (no zero-init, nn.Conv2d's
+    # own conv init, no stem ReLU), both at once (shared GPU: no timings from them), compared;
     # then each speed option alone and the host store.
     libs
     mkdir -p $R
@@ -220,9 +220,11 @@ task)
         arm=${t#gap_}
         case $arm in
         # Each arm names both fields, whatever the preset's defaults are.
-        torchvision) sets=(--set model.zero_init_residual=true --set 'model.conv_init="kaiming_fan_out"') ;;
+        torchvision) sets=(--set model.zero_init_residual=true --set 'model.conv_init="kaiming_fan_out"' --set model.stem_relu=true) ;;
         zir_off) sets=(--set model.zero_init_residual=false --set 'model.conv_init="kaiming_fan_out"') ;;
-        lightly) sets=(--set model.zero_init_residual=false --set 'model.conv_init="pytorch"') ;;
+        # The peer's backbone as lightly's examples build it: nn.Conv2d's own init, no zero-init,
+        # and no ReLU after the stem's BN (`nn.Sequential(*children[:-1])` skips it).
+        lightly) sets=(--set model.zero_init_residual=false --set 'model.conv_init="pytorch"' --set model.stem_relu=false) ;;
         esac
         job "$t" 480 $B train --preset cifar10 --device cuda --epochs 60 --set monitor.knn_every=10 \
             --set run.checkpoint_every=60 "${sets[@]}" $DATA --out $R/gap-$arm

@@ -293,6 +293,12 @@ impl Augmenter {
         }
     }
 
+    /// Normalised views back to pixel values in [0, 1]: `x * std + mean`, `[B,3,H,W]`.
+    pub fn denormalize(&self, views: &Tensor) -> Tensor {
+        let (mean, std) = (self.mean.to_device(views.device()), self.std.to_device(views.device()));
+        (views * std.view([1, 3, 1, 1]) + mean.view([1, 3, 1, 1])).clamp(0.0, 1.0)
+    }
+
     /// Views of batches that are rows `offset..` of a global batch of `global` images (one
     /// rank's shard): the random parameters are drawn for the global batch (see [`Draw`]).
     pub fn sharded(mut self, offset: i64, global: i64) -> Augmenter {

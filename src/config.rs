@@ -267,6 +267,10 @@ pub struct ModelConfig {
     pub zero_init_residual: bool,
     /// The convolutions' initialisation (see [`ConvInit`]).
     pub conv_init: ConvInit,
+    /// ReLU after the stem's BatchNorm, as in torchvision's ResNet and lightly's own forward.
+    /// `false` reproduces a backbone built as lightly's examples build it,
+    /// `nn.Sequential(*list(ResNetGenerator(...).children())[:-1])`, which skips that ReLU.
+    pub stem_relu: bool,
     /// Projector layers (2 for CIFAR, 3 for ImageNet).
     pub proj_layers: usize,
     pub proj_hidden: i64,
@@ -307,6 +311,7 @@ impl Default for ModelConfig {
             width: 64,
             zero_init_residual: true,
             conv_init: ConvInit::KaimingFanOut,
+            stem_relu: true,
             proj_layers: 2,
             proj_hidden: 2048,
             dim: 2048,

@@ -107,3 +107,53 @@ pub fn write_embeddings(dir: &Path, y: &Tensor, z: &Tensor, store: &ImageStore) 
     }
     Ok(())
 }
+
+/// Rows of the preview grid at most (the `.npy` files hold every sampled image).
+const PREVIEW_ROWS: i64 = 32;
+
+/// A seeded sample of `n` images of `store` with two augmented views each, as training draws
+/// them: `images.npy` (`[n, H, W, 3]` uint8), `views.npy` (`[n, 2, 3, H, W]` float32, normalised
+/// as the network sees them), `labels.npy`, `names.txt`, and `views.png`, one row per image
+/// (the image, view 1, view 2; the first 32). Why: to see what the augmentation does to one's
+/// own images, and to compare it with another pipeline's on the same images.
+pub fn write_views(dir: &Path, store: &ImageStore, aug: &Augmenter, n: usize, seed: u64) -> Result<()> {
+    if store.is_empty() {
+        return Err(Error::config("--views: the dataset holds no images"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let n = n.min(store.len()) as i64;
+    tch::manual_seed(seed as i64);
+    let pick = Tensor::randperm(store.len() as i64, (Kind::Int64, Device::Cpu)).narrow(0, 0, n);
+    let images = store.images.index_select(0, &pick.to_device(store.images.device())).to_device(Device::Cpu);
+    let views = aug.views(&images, 2); // two [n, 3, H, W] normalised views
+    let both = Tensor::stack(&[&views[0], &views[1]], 1).to_device(Device::Cpu).to_kind(Kind::Float); // [n, 2, 3, H, W]
+    let labels = store.labels.to_device(Device::Cpu).index_select(0, &pick);
+    for (name, t) in [("images.npy", &images), ("views.npy", &both), ("labels.npy", &labels)] {
+        let p = dir.join(name);
+        t.write_npy(&p).map_err(|e| Error::data(&p, format!("cannot write: {e}")))?;
+    }
+    let picked = Vec::<i64>::try_from(&pick).expect("indices");
+    let names: String = picked.iter().map(|&i| format!("{}\n", store.names[i as usize])).collect();
+    let p = dir.join("names.txt");
+    std::fs::write(&p, names).map_err(|e| Error::io(&p, e))?;
+
+    // The grid: views back to pixels, x * std + mean; rows of (image | view 1 | view 2).
+    let rows = n.min(PREVIEW_ROWS);
+    let pixels = |v: &Tensor| {
+        let v = v.narrow(0, 0, rows).to_device(Device::Cpu);
+        let x = aug.denormalize(&v); // [rows, 3, H, W] in [0, 1]
+        (x * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1])
+        // [rows, H, W, 3]
+    };
+    let grid = Tensor::cat(&[images.narrow(0, 0, rows), pixels(&views[0]), pixels(&views[1])], 2); // [rows, H, 3W, 3]
+                                                                                                   // Small images drawn at least 96 px tall, each pixel a block.
+    let scale = (96 + images.size()[1] - 1) / images.size()[1];
+    let grid = grid.repeat_interleave_self_int(scale, Some(1), None).repeat_interleave_self_int(scale, Some(2), None);
+    let (h, w) = (grid.size()[1], grid.size()[2]);
+    let flat = grid.reshape([rows * h, w, 3]).contiguous();
+    let bytes = Vec::<u8>::try_from(flat.flatten(0, -1)).expect("u8 pixels");
+    let p = dir.join("views.png");
+    image::save_buffer(&p, &bytes, w as u32, (rows * h) as u32, image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::data(&p, format!("cannot write: {e}")))?;
+    Ok(())
+}

@@ -130,6 +130,12 @@ enum Cmd {
         /// Which split of a CIFAR binary folder to read.
         #[arg(long, value_enum, default_value = "train")]
         split: SplitArg,
+        /// Also draw two augmented views of N images (a seeded sample: `run.seed`) with the
+        /// config's augmentation, into `--out`: views.png (the first 32 rows: image, view 1,
+        /// view 2), views.npy `[N,2,3,H,W]` as the network sees them, images.npy, labels.npy,
+        /// names.txt
+        #[arg(long, value_name = "N", requires = "out")]
+        views: Option<usize>,
     },
     /// Write the backbone as safetensors in torchvision's resnet layout.
     Export {
@@ -513,7 +519,7 @@ fn run() -> Result<()> {
         Cmd::Embed { run, data, out, device, split, checkpoint } => {
             cmd_embed(run, data, out, device, split, &checkpoint)
         }
-        Cmd::Data { cfg, split } => cmd_data(&cfg.resolve()?, split),
+        Cmd::Data { cfg, split, views } => cmd_data(&cfg.resolve()?, split, views),
         Cmd::Export { run, out, checkpoint } => {
             let (cfg, _, net) = train::load_run_at(&run, &checkpoint, Some("cpu".into()))?;
             let n = simsiam::export::export_torchvision(&net.vs, &out)?;
@@ -776,7 +782,7 @@ fn cmd_knn(src: EvalSource, ks: &[usize], t: f64) -> Result<()> {
     Ok(())
 }
 
-fn cmd_data(cfg: &Config, split: SplitArg) -> Result<()> {
+fn cmd_data(cfg: &Config, split: SplitArg, views: Option<usize>) -> Result<()> {
     let path = cfg.data.train.as_ref().context("no data: pass --data PATH")?;
     let t = std::time::Instant::now();
     let store = simsiam::data::open(path, split.into(), &cfg.data)?;
@@ -803,6 +809,12 @@ fn cmd_data(cfg: &Config, split: SplitArg) -> Result<()> {
             "seconds": seconds,
         })
     );
+    if let Some(n) = views {
+        let dir = &cfg.run.out_dir;
+        let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, tch::Device::Cpu);
+        simsiam::export::write_views(dir, &store, &aug, n, cfg.run.seed)?;
+        eprintln!("views of {} images in {}", n.min(store.len()), dir.display());
+    }
     Ok(())
 }
 

@@ -295,6 +295,15 @@ fn data_describes_a_dataset_and_fills_the_cache() {
     assert!(left[0].ends_with(".json") && left[1].ends_with(".u8"), "{left:?}");
     let err = user_error(bin().args(["data", "--data", "/nonexistent/images"]).output().unwrap());
     assert!(err.contains("/nonexistent/images") && err.contains("no such"), "{err}");
+    // `--views N --out DIR`: the views of N images (all 5 here) as the training run draws them.
+    let views = tmp.path().join("views");
+    ok(command(&["--views", "8", "--out", views.to_str().unwrap()]).output().unwrap());
+    let png = image::open(views.join("views.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (3 * 16 * 6, 5 * 16 * 6), "5 rows of 3 images, 16 px drawn 6 times");
+    let out = command(&["--views", "8"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {err}");
+    assert!(err.contains("required") && err.contains("--out"), "{err}");
 }
 
 /// `--resume RUN --data NEW`: the same data, moved, is found there and the saved config follows

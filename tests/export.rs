@@ -6,6 +6,10 @@ use simsiam::export::*;
 use simsiam::train::Network;
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's generator is global and the tests of a file run in parallel threads: each test
+/// that seeds it holds this lock, so that its draws are its own.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn cfg() -> Config {
     Config::resolve("tiny", None, &["model.width=8".into(), "model.zero_init_residual=false".into()]).unwrap()
 }
@@ -23,6 +27,7 @@ fn store(n: i64) -> ImageStore {
 
 #[test]
 fn torchvision_export_round_trips_to_identical_features() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let c = cfg();
     tch::manual_seed(1);
     let a = Network::new(&c, Device::Cpu);
@@ -92,6 +97,7 @@ fn npy_header(bytes: &[u8]) -> (String, bool, Vec<usize>, usize) {
 
 #[test]
 fn embeddings_are_standard_npy_files() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let c = cfg();
     tch::manual_seed(3);
     let net = Network::new(&c, Device::Cpu);
@@ -115,4 +121,69 @@ fn embeddings_are_standard_npy_files() {
     assert_eq!(labels, vec![0, 1, 2, 0, 1, 2, 0, 1, 2, 0]);
     let names = std::fs::read_to_string(dir.path().join("names.txt")).unwrap();
     assert_eq!(names.lines().nth(3), Some("img3.png"));
+}
+
+/// `simsiam data --views N`: a seeded sample of the store's images, each with two views that,
+/// with every random op off, are exactly the normalised image; standard `.npy` files; a grid
+/// PNG of (image, view 1, view 2) rows drawn at least 96 px tall.
+#[test]
+fn views_are_a_seeded_sample_with_their_normalised_views_and_a_grid() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cfg();
+    let s = store(40);
+    let write = |aug_cfg: &simsiam::config::AugmentConfig, n: usize, seed: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        write_views(dir.path(), &s, &Augmenter::new(aug_cfg, 32, Device::Cpu), n, seed).unwrap();
+        dir
+    };
+    let read = |dir: &tempfile::TempDir, name: &str| {
+        let raw = std::fs::read(dir.path().join(name)).unwrap();
+        let (descr, fortran, shape, off) = npy_header(&raw);
+        assert!(!fortran);
+        (descr, shape, raw[off..].to_vec())
+    };
+    // Identity augmentation: view = (image / 255 - mean) / std, both views.
+    let dir = write(&c.augment.identity(), 36, 7);
+    let (descr, shape, images) = read(&dir, "images.npy");
+    assert!(["|u1", "<u1"].contains(&descr.as_str()), "uint8, not {descr}");
+    assert_eq!(shape, vec![36, 32, 32, 3]);
+    let (descr, shape, views) = read(&dir, "views.npy");
+    assert_eq!((descr.as_str(), shape), ("<f4", vec![36, 2, 3, 32, 32]));
+    let views: Vec<f32> = views.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let (m, sd) = (c.augment.mean, c.augment.std);
+    let mut worst = 0f64;
+    for i in 0..36 {
+        for v in 0..2 {
+            for ch in 0..3 {
+                for p in 0..32 * 32 {
+                    let want = (images[(i * 1024 + p) * 3 + ch] as f64 / 255.0 - m[ch]) / sd[ch];
+                    let got = views[((i * 2 + v) * 3 + ch) * 1024 + p] as f64;
+                    worst = worst.max((got - want).abs());
+                }
+            }
+        }
+    }
+    assert!(worst < 1e-4, "identity views differ from the normalised image by {worst}");
+    // The images are distinct rows of the store, named and labelled as such.
+    let store_rows: Vec<Vec<u8>> =
+        (0..40).map(|i| Vec::<u8>::try_from(s.images.get(i).flatten(0, -1)).unwrap()).collect();
+    let names = std::fs::read_to_string(dir.path().join("names.txt")).unwrap();
+    let (_, _, labels) = read(&dir, "labels.npy");
+    let mut seen = std::collections::HashSet::new();
+    for (i, name) in names.lines().enumerate() {
+        let row: usize = name.trim_start_matches("img").trim_end_matches(".png").parse().unwrap();
+        assert_eq!(images[i * 3072..(i + 1) * 3072], store_rows[row][..], "image {i} is store row {row}");
+        assert_eq!(labels[i * 8], (row % 3) as u8);
+        assert!(seen.insert(row), "row {row} drawn twice");
+    }
+    assert_eq!(seen.len(), 36);
+    // The grid: 32 rows at most, each pixel a 3x3 block at 32 px.
+    let png = image::open(dir.path().join("views.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (3 * 32 * 3, 32 * 32 * 3));
+    // Seeded: the same seed gives the same sample and views; another seed another sample.
+    let (a, b, other) = (write(&c.augment, 5, 1), write(&c.augment, 5, 1), write(&c.augment, 5, 2));
+    assert_eq!(read(&a, "views.npy").2, read(&b, "views.npy").2);
+    assert_ne!(read(&a, "images.npy").2, read(&other, "images.npy").2);
+    // More than the store holds: all of it.
+    assert_eq!(read(&write(&c.augment, 100, 1), "images.npy").1[0], 40);
 }

@@ -73,8 +73,8 @@ fn vmf_normaliser_integrates_to_one_on_the_circle() {
 fn instance_id_is_perfect_on_separated_centres_and_chance_on_identical_ones() {
     tch::manual_seed(0);
     let n = 50;
-    let mu = Tensor::eye(n, (Kind::Float, Device::Cpu)); // orthogonal centres in R^50
-                                                         // Queries: each centre plus small noise, 4 per instance.
+    // Orthogonal centres in R^50; the queries are each centre plus small noise, 4 per instance.
+    let mu = Tensor::eye(n, (Kind::Float, Device::Cpu));
     let truth = Tensor::arange(n, (Kind::Int64, Device::Cpu)).repeat([4]);
     let z = mu.index_select(0, &truth) + Tensor::randn([4 * n, n], (Kind::Float, Device::Cpu)) * 0.05;
     let r = instance_id(&posterior_shared(&z, &mu, 50.0), &truth);

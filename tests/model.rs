@@ -50,3 +50,30 @@ fn zero_init_residual_zeroes_each_blocks_last_gamma_only() {
         }
     }
 }
+
+/// `model.stem_relu = false` (a backbone built as lightly's examples build it) drops only the
+/// ReLU after the stem's BN: the same variables, other features. With zero-init
+/// residual blocks it changes nothing at the start, since the first block's own ReLU follows.
+#[test]
+fn stem_relu_off_changes_the_features_only_when_the_branches_are_on() {
+    let x = tch::Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    for zero in [false, true] {
+        let z = format!("model.zero_init_residual={zero}");
+        let (on, mut off) = (network(&[&z]), network(&[&z, "model.stem_relu=false"]));
+        let names = |n: &Network| {
+            let mut v: Vec<String> = n.vs.variables().into_keys().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&on), names(&off), "the same variables");
+        // The same weights (tests run in parallel threads and share libtorch's generator).
+        off.vs.copy(&on.vs).unwrap();
+        let (f_on, f_off) = (on.model.features(&x, true), off.model.features(&x, true));
+        let diff = (&f_on - &f_off).abs().max().double_value(&[]);
+        if zero {
+            assert_eq!(diff, 0.0, "zero-init: the first block's ReLU makes the stem's redundant");
+        } else {
+            assert!(diff > 1e-3, "branches on: features should differ, max |diff| {diff}");
+        }
+    }
+}

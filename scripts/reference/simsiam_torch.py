@@ -3,13 +3,17 @@ training dynamics with `simsiam train` on the same data copy. Not part of the to
 it needs `torch`, `torchvision` and `lightly` (see BENCHMARKS.md for the environment).
 
     python scripts/reference/simsiam_torch.py --data ../shared/data/cifar10-jpeg/train.tar.gz \
-        --steps 40 --out runs/ref.jsonl [--resnet lightly|torchvision] [--zero-init]
+        --steps 40 --out runs/ref.jsonl [--resnet lightly|torchvision] [--zero-init] \
+        [--conv-init pytorch|kaiming] [--stem-relu]
     # several epochs of a cosine schedule over 60, kNN on the test split every 2 epochs:
     python scripts/reference/simsiam_torch.py --data .../train.tar.gz --test-data .../test.tar.gz \
         --epochs 6 --cosine-epochs 60 --knn-every 2 --width 8 --out runs/ref-w8.jsonl
 
-Model: ResNet-18 CIFAR variant (lightly's `ResNetGenerator("resnet-18")`, PyTorch's default
-conv init; or torchvision's resnet18 with a 3x3 stem and no max-pool, Kaiming fan-out init),
+Model: ResNet-18 CIFAR variant (lightly's `ResNetGenerator("resnet-18")` as lightly's examples
+build the backbone, `nn.Sequential(*children[:-1], AdaptiveAvgPool2d(1))`, which drops the ReLU
+after the stem's BN (`--stem-relu` puts it back, as torchvision and `simsiam` have it), PyTorch's
+default conv init or torchvision's Kaiming fan-out (`--conv-init kaiming`); or torchvision's
+resnet18 with a 3x3 stem and no max-pool, Kaiming fan-out init),
 2-layer projector Linear-BN-ReLU-Linear-BN(affine=False), predictor 2048-512-2048, symmetric
 negative cosine with stop-gradient. SGD lr 0.06 (0.03 x 512/256), momentum 0.9, wd 5e-4,
 predictor lr constant. Views: lightly's `SimSiamTransform(input_size=32, gaussian_blur=0)`.
@@ -73,14 +77,21 @@ def knn_top1(bank, bank_labels, query, query_labels, k=200, t=0.1, classes=10):
     return 100.0 * correct / len(query)
 
 
-def backbone(kind, zero_init, width):
+def backbone(kind, zero_init, width, conv_init="pytorch", stem_relu=False):
     if kind == "lightly":
         r = ResNetGenerator("resnet-18", width=width / 64)
+        if conv_init == "kaiming":  # torchvision's ResNet init: every conv, Kaiming normal fan-out
+            for m in r.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if zero_init:
             for m in r.modules():
                 if hasattr(m, "bn2") and hasattr(m, "conv2"):
                     nn.init.zeros_(m.bn2.weight)
-        return nn.Sequential(*list(r.children())[:-1], nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        children = list(r.children())[:-1]  # conv1, bn1, layer1-4 (lightly's forward applies the stem's ReLU itself)
+        if stem_relu:
+            children.insert(2, nn.ReLU(inplace=True))
+        return nn.Sequential(*children, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     assert width == 64, "torchvision's resnet18 has width 64"
     r = torchvision.models.resnet18(zero_init_residual=zero_init)
     r.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -89,10 +100,32 @@ def backbone(kind, zero_init, width):
     return r
 
 
+def stages(bb):
+    """The four stages (`nn.Sequential`s of blocks) of either backbone."""
+    if hasattr(bb, "layer1"):
+        return [bb.layer1, bb.layer2, bb.layer3, bb.layer4]
+    return [c for c in bb.children() if isinstance(c, nn.Sequential)]
+
+
+@torch.no_grad()
+def weights(bb, before):
+    """As `simsiam train`'s `weights` line: the backbone's kernel norm |w| (every weight with
+    dim >= 2), the step's relative update |w - w_before|/|w|, and per stage the residual
+    branches' gain (mean |gamma| of each block's last BN)."""
+    ws = [p for p in bb.parameters() if p.dim() >= 2]
+    norm = math.sqrt(sum(float(p.square().sum()) for p in ws))
+    moved = math.sqrt(sum(float((p - b).square().sum()) for p, b in zip(ws, before)))
+    gain = {}
+    for i, st in enumerate(stages(bb)):
+        gain[f"layer{i + 1}"] = float(torch.cat([blk.bn2.weight for blk in st]).abs().mean())
+    gain["backbone"] = float(torch.cat([blk.bn2.weight for st in stages(bb) for blk in st]).abs().mean())
+    return {"backbone_norm": norm, "backbone_update": moved / norm, "branch_gain": gain}
+
+
 class SimSiam(nn.Module):
-    def __init__(self, kind, zero_init, width):
+    def __init__(self, kind, zero_init, width, conv_init="pytorch", stem_relu=False):
         super().__init__()
-        self.backbone = backbone(kind, zero_init, width)
+        self.backbone = backbone(kind, zero_init, width, conv_init, stem_relu)
         self.projector = ProjectionHead(
             [(width * 8, 2048, nn.BatchNorm1d(2048), nn.ReLU()), (2048, 2048, nn.BatchNorm1d(2048, affine=False), None)]
         )
@@ -111,6 +144,8 @@ def main():
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--resnet", choices=["lightly", "torchvision"], default="lightly")
     ap.add_argument("--zero-init", action="store_true")
+    ap.add_argument("--conv-init", choices=["pytorch", "kaiming"], default="pytorch", help="lightly's ResNet: conv init")
+    ap.add_argument("--stem-relu", action="store_true", help="lightly's ResNet: keep the ReLU after the stem's BN")
     ap.add_argument("--width", type=int, default=64, help="channels of the first stage (64: ResNet-18)")
     ap.add_argument("--test-data", help="kNN top-1 (k 200, t 0.1) on this split after training")
     ap.add_argument("--seed", type=int, default=0)
@@ -122,7 +157,7 @@ def main():
     torch.manual_seed(a.seed)
     images, labels = load_tar(a.data, a.limit)
     transform = SimSiamTransform(input_size=32, gaussian_blur=0.0)
-    model = SimSiam(a.resnet, a.zero_init, a.width)
+    model = SimSiam(a.resnet, a.zero_init, a.width, a.conv_init, a.stem_relu)
     lr = 0.03 * a.batch / 256
     opt = torch.optim.SGD(
         [{"params": list(model.backbone.parameters()) + list(model.projector.parameters())},
@@ -166,9 +201,10 @@ def main():
             loss = 0.5 * (crit(p0, z1.detach()) + crit(p1, z0.detach()))
             opt.zero_grad()
             loss.backward()
+            before = [p.detach().clone() for p in model.backbone.parameters() if p.dim() >= 2]
             opt.step()
             row = {"step": step, "loss": loss.item(), "collapse_std": std_of_l2_normalized(z0.detach()).item(),
-                   "seconds": time.time() - t0}
+                   "seconds": time.time() - t0, **weights(model.backbone, before)}
             f.write(json.dumps(row) + "\n")
             f.flush()
             print(row, flush=True)

@@ -39,18 +39,21 @@ impl BatchNorm {
         let shape: Vec<i64> = (0..x.dim() as i64).map(|d| if d == 1 { c } else { 1 }).collect();
         let count = (x.numel() as i64 / c) as f64;
         let xf = x.to_kind(Kind::Float);
-        let mean_r = xf.mean_dim(&dims[..], false, Kind::Float); // [C]
-        let var_r = (&xf - mean_r.view(&shape[..])).square().mean_dim(&dims[..], false, Kind::Float); // [C]
-        let n_r = Tensor::full([1], count, (Kind::Float, x.device())); // [1], no host copy
-                                                                       // [world, 2C + 1]: (mean, biased variance, count) of every rank.
+        // This rank's per-channel mean and biased variance, [C] each, and its count, [1]
+        // (made on the device: no host copy).
+        let mean_r = xf.mean_dim(&dims[..], false, Kind::Float);
+        let var_r = (&xf - mean_r.view(&shape[..])).square().mean_dim(&dims[..], false, Kind::Float);
+        let n_r = Tensor::full([1], count, (Kind::Float, x.device()));
+        // [W, 2C + 1]: (mean, biased variance, count) of every rank.
         let all = group.all_gather_autograd(&Tensor::cat(&[mean_r, var_r, n_r], 0))?;
         let n = all.narrow(1, 2 * c, 1); // [W, 1]
         let total = n.sum(Kind::Float);
         let means = all.narrow(1, 0, c); // [W, C]
         let mean = (&means * &n).sum_dim_intlist(0, false, Kind::Float) / &total; // [C]
-                                                                                  // Pooled variance: within-rank plus between-rank parts.
+
+        // [C]: the pooled variance, within-rank plus between-rank parts.
         let var =
-            ((all.narrow(1, c, c) + (&means - &mean).square()) * &n).sum_dim_intlist(0, false, Kind::Float) / &total; // [C]
+            ((all.narrow(1, c, c) + (&means - &mean).square()) * &n).sum_dim_intlist(0, false, Kind::Float) / &total;
         let inv_std = (&var + self.eps).rsqrt();
         let mut y = (&xf - mean.view(&shape[..])) * inv_std.view(&shape[..]);
         if let (Some(w), Some(b)) = (&self.inner.ws, &self.inner.bs) {

@@ -79,6 +79,7 @@ impl Block {
 pub struct ResNet {
     conv1: nn::Conv2D,
     bn1: BatchNorm,
+    stem_relu: bool,
     maxpool: bool,
     layers: Vec<Vec<Block>>,
     pub out_dim: i64,
@@ -112,13 +113,16 @@ impl ResNet {
             }
             layers.push(blocks);
         }
-        ResNet { conv1, bn1, maxpool, layers, out_dim: cin }
+        ResNet { conv1, bn1, stem_relu: cfg.stem_relu, maxpool, layers, out_dim: cin }
     }
 }
 
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, train).relu();
+        let mut h = x.apply(&self.conv1).apply_t(&self.bn1, train);
+        if self.stem_relu {
+            h = h.relu();
+        }
         if self.maxpool {
             h = h.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
