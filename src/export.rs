@@ -117,16 +117,17 @@ const PREVIEW_ROWS: i64 = 32;
 /// (the image, view 1, view 2; the first 32). Why: to see what the augmentation does to one's
 /// own images, and to compare it with another pipeline's on the same images.
 pub fn write_views(dir: &Path, store: &ImageStore, aug: &Augmenter, n: usize, seed: u64) -> Result<()> {
-    if store.is_empty() {
-        return Err(Error::config("--views: the dataset holds no images"));
+    if store.is_empty() || n == 0 {
+        return Err(Error::config(format!("--views {n}: need at least one image (the dataset holds {})", store.len())));
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let n = n.min(store.len()) as i64;
     tch::manual_seed(seed as i64);
     let pick = Tensor::randperm(store.len() as i64, (Kind::Int64, Device::Cpu)).narrow(0, 0, n);
     let images = store.images.index_select(0, &pick.to_device(store.images.device())).to_device(Device::Cpu);
-    let views = aug.views(&images, 2); // two [n, 3, H, W] normalised views
-    let both = Tensor::stack(&[&views[0], &views[1]], 1).to_device(Device::Cpu).to_kind(Kind::Float); // [n, 2, 3, H, W]
+    // Two views, each [n, 3, H, W] and normalised; stacked to [n, 2, 3, H, W].
+    let views = aug.views(&images, 2);
+    let both = Tensor::stack(&[&views[0], &views[1]], 1).to_device(Device::Cpu).to_kind(Kind::Float);
     let labels = store.labels.to_device(Device::Cpu).index_select(0, &pick);
     for (name, t) in [("images.npy", &images), ("views.npy", &both), ("labels.npy", &labels)] {
         let p = dir.join(name);
@@ -137,16 +138,15 @@ pub fn write_views(dir: &Path, store: &ImageStore, aug: &Augmenter, n: usize, se
     let p = dir.join("names.txt");
     std::fs::write(&p, names).map_err(|e| Error::io(&p, e))?;
 
-    // The grid: views back to pixels, x * std + mean; rows of (image | view 1 | view 2).
+    // The grid, rows of (image | view 1 | view 2): the views back to pixels, x * std + mean,
+    // [rows, H, W, 3] each, side by side [rows, H, 3W, 3]; small images drawn at least 96 px
+    // tall, each pixel a block.
     let rows = n.min(PREVIEW_ROWS);
     let pixels = |v: &Tensor| {
-        let v = v.narrow(0, 0, rows).to_device(Device::Cpu);
-        let x = aug.denormalize(&v); // [rows, 3, H, W] in [0, 1]
+        let x = aug.denormalize(&v.narrow(0, 0, rows).to_device(Device::Cpu));
         (x * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1])
-        // [rows, H, W, 3]
     };
-    let grid = Tensor::cat(&[images.narrow(0, 0, rows), pixels(&views[0]), pixels(&views[1])], 2); // [rows, H, 3W, 3]
-                                                                                                   // Small images drawn at least 96 px tall, each pixel a block.
+    let grid = Tensor::cat(&[images.narrow(0, 0, rows), pixels(&views[0]), pixels(&views[1])], 2);
     let scale = (96 + images.size()[1] - 1) / images.size()[1];
     let grid = grid.repeat_interleave_self_int(scale, Some(1), None).repeat_interleave_self_int(scale, Some(2), None);
     let (h, w) = (grid.size()[1], grid.size()[2]);

@@ -134,8 +134,8 @@ enum Cmd {
         /// config's augmentation, into `--out`: views.png (the first 32 rows: image, view 1,
         /// view 2), views.npy `[N,2,3,H,W]` as the network sees them, images.npy, labels.npy,
         /// names.txt
-        #[arg(long, value_name = "N", requires = "out")]
-        views: Option<usize>,
+        #[arg(long, value_name = "N", requires = "out", value_parser = clap::value_parser!(u32).range(1..))]
+        views: Option<u32>,
     },
     /// Write the backbone as safetensors in torchvision's resnet layout.
     Export {
@@ -782,7 +782,7 @@ fn cmd_knn(src: EvalSource, ks: &[usize], t: f64) -> Result<()> {
     Ok(())
 }
 
-fn cmd_data(cfg: &Config, split: SplitArg, views: Option<usize>) -> Result<()> {
+fn cmd_data(cfg: &Config, split: SplitArg, views: Option<u32>) -> Result<()> {
     let path = cfg.data.train.as_ref().context("no data: pass --data PATH")?;
     let t = std::time::Instant::now();
     let store = simsiam::data::open(path, split.into(), &cfg.data)?;
@@ -812,8 +812,8 @@ fn cmd_data(cfg: &Config, split: SplitArg, views: Option<usize>) -> Result<()> {
     if let Some(n) = views {
         let dir = &cfg.run.out_dir;
         let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, tch::Device::Cpu);
-        simsiam::export::write_views(dir, &store, &aug, n, cfg.run.seed)?;
-        eprintln!("views of {} images in {}", n.min(store.len()), dir.display());
+        simsiam::export::write_views(dir, &store, &aug, n as usize, cfg.run.seed)?;
+        eprintln!("views of {} images in {}", (n as usize).min(store.len()), dir.display());
     }
     Ok(())
 }

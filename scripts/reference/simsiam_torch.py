@@ -153,6 +153,7 @@ def main():
     ap.add_argument("--cosine-epochs", type=int, default=0, help="cosine lr over this many epochs, per epoch (0: constant)")
     ap.add_argument("--knn-every", type=int, default=0, help="kNN on --test-data every this many epochs")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--save", help="write the trained model's state_dict here (torch.save) at the end")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     images, labels = load_tar(a.data, a.limit)
@@ -213,6 +214,8 @@ def main():
                 knn(f, step + 1)
         if test is not None and not a.knn_every:
             knn(f, steps)
+    if a.save:
+        torch.save(model.state_dict(), a.save)
 
 
 if __name__ == "__main__":

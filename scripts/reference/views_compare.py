@@ -4,7 +4,7 @@ tests: it needs the reference environment of `simsiam_torch.py` (plus `safetenso
 
     simsiam data --data $D/test.tar.gz --views 2000 --out views        # our views, seeded
     python scripts/reference/views_compare.py views [--draws 4] \
-        [--checkpoint RUN/checkpoints/latest/model.safetensors --width 8]
+        [--checkpoint RUN/checkpoints/step-N/model.safetensors] [--torch-model ref.pt] [--width 8]
 
 Per view, in pixel space [0, 1]: mean, std over pixels (contrast), mean saturation (max - min
 over the channels), the grayscale fraction, the mean absolute difference of neighbouring
@@ -12,7 +12,8 @@ pixels (detail: a small crop blown up to 32 px has less), and per image the mean
 difference of its two views. lightly's views are `SimSiamTransform(input_size=32,
 gaussian_blur=0)` of the same uint8 images, `--draws` pairs each. With `--checkpoint` (a
 simsiam run's weights at `--width`), the SimSiam loss of that network (train-mode BN, batches of
-500) on both kinds of views, lightly's normalised as ours.
+500) on both kinds of views; the same with `--torch-model`, a network the reference script
+trained and saved (`--save`). Each network gets the views normalised as in its training.
 """
 
 import argparse
@@ -97,6 +98,7 @@ def main():
     ap.add_argument("views", help="the folder `simsiam data --views N --out DIR` wrote")
     ap.add_argument("--draws", type=int, default=4, help="lightly's view pairs per image")
     ap.add_argument("--checkpoint", help="a simsiam model.safetensors: the loss on both kinds of views")
+    ap.add_argument("--torch-model", help="a state_dict of simsiam_torch.py --save: its loss on both kinds of views")
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -126,12 +128,23 @@ def main():
     d_theirs = torch.cat([(t.view(n, 2, -1)[:, 0] - t.view(n, 2, -1)[:, 1]).square().mean(1) for t in theirs_px])
     print(f"{'view 1 - view 2':16s} {'':9s} {float(d_ours.mean()):8.4f} ± {float(d_ours.std()):.3f} "
           f"{float(d_theirs.mean()):8.4f} ± {float(d_theirs.std()):.3f}   (mean squared difference per pixel)")
+    # Each network sees the views normalised as it was trained: simsiam's with CIFAR-10's
+    # statistics, the reference script's with ImageNet's (lightly's transform).
+    nets = []
     if a.checkpoint:
-        model = load_ours_into(R.SimSiam("lightly", True, a.width, "kaiming", True), a.checkpoint)
-        renorm = lambda x: (pixels(x, IMAGENET_MEAN, IMAGENET_STD) - torch.tensor(OUR_MEAN).view(1, 3, 1, 1)) / torch.tensor(OUR_STD).view(1, 3, 1, 1)  # noqa: E731
-        l_ours = loss_of(model, ours[:, 0], ours[:, 1])
-        l_theirs = [loss_of(model, renorm(t[:, 0]), renorm(t[:, 1])) for t in theirs]
-        print(f"loss of {a.checkpoint} (train-mode BN): our views {l_ours:.4f}; lightly's "
+        nets.append((a.checkpoint, load_ours_into(R.SimSiam("lightly", True, a.width, "kaiming", True), a.checkpoint),
+                     OUR_MEAN, OUR_STD))
+    if a.torch_model:
+        m = R.SimSiam("lightly", True, a.width, "kaiming", True)
+        m.load_state_dict(torch.load(a.torch_model))
+        nets.append((a.torch_model, m, IMAGENET_MEAN, IMAGENET_STD))
+    for name, model, mean, std in nets:
+        def norm(x, src_mean, src_std):
+            return (pixels(x, src_mean, src_std) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+        l_ours = loss_of(model, norm(ours[:, 0], OUR_MEAN, OUR_STD), norm(ours[:, 1], OUR_MEAN, OUR_STD))
+        l_theirs = [loss_of(model, norm(t[:, 0], IMAGENET_MEAN, IMAGENET_STD), norm(t[:, 1], IMAGENET_MEAN, IMAGENET_STD))
+                    for t in theirs]
+        print(f"loss of {name} (train-mode BN): our views {l_ours:.4f}; lightly's "
               f"{sum(l_theirs) / len(l_theirs):.4f} (draws: {', '.join(f'{v:.4f}' for v in l_theirs)})")
 
 
