@@ -146,6 +146,10 @@ pub fn write_views(dir: &Path, store: &ImageStore, aug: &Augmenter, n: usize, se
         let x = aug.denormalize(&v.narrow(0, 0, rows).to_device(Device::Cpu));
         (x * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1])
     };
+    let (img, view) = (images.size()[1], views[0].size()[2]);
+    if img != view {
+        return Err(Error::config(format!("--views: views of {view} px from a store of {img} px images")));
+    }
     let grid = Tensor::cat(&[images.narrow(0, 0, rows), pixels(&views[0]), pixels(&views[1])], 2);
     let scale = (96 + images.size()[1] - 1) / images.size()[1];
     let grid = grid.repeat_interleave_self_int(scale, Some(1), None).repeat_interleave_self_int(scale, Some(2), None);
