@@ -365,7 +365,10 @@ pub fn launch_local(
         eprintln!("launched rank {rank} (pid {})", child.id());
         children.push(Some(child));
     }
-    let mut failure: Option<(String, std::time::Instant)> = None;
+    // The failure the job's error names, when it began, and whether a signal ended that rank.
+    // A rank killed by a signal is the cause of the others' failing collectives, so it is named
+    // even when the launcher sees a survivor's error exit first (both can end within one poll).
+    let mut failure: Option<(String, std::time::Instant, bool)> = None;
     let mut forwarded = false;
     loop {
         if !forwarded && interrupt.load(Ordering::SeqCst) {
@@ -382,15 +385,26 @@ pub fn launch_local(
                 Ok(Some(status)) => {
                     let pid = child.id();
                     *slot = None;
-                    if !status.success() && failure.is_none() {
+                    if !status.success() {
                         use std::os::unix::process::ExitStatusExt;
                         let how = match status.signal() {
                             Some(sig) => format!("was killed by signal {sig}"),
                             None => format!("exited with status {}", status.code().unwrap_or(-1)),
                         };
                         let msg = format!("rank {rank} (pid {pid}) {how}");
-                        eprintln!("{msg}; waiting up to {}s for the other ranks to stop", grace.as_secs());
-                        failure = Some((msg, std::time::Instant::now()));
+                        let by_signal = status.signal().is_some();
+                        match &mut failure {
+                            None => {
+                                eprintln!("{msg}; waiting up to {}s for the other ranks to stop", grace.as_secs());
+                                failure = Some((msg, std::time::Instant::now(), by_signal));
+                            }
+                            Some((first, _, first_by_signal)) => {
+                                eprintln!("{msg}");
+                                if by_signal && !*first_by_signal {
+                                    (*first, *first_by_signal) = (msg, true);
+                                }
+                            }
+                        }
                     }
                 }
                 Ok(None) => running += 1,
@@ -400,7 +414,7 @@ pub fn launch_local(
         if running == 0 {
             break;
         }
-        if let Some((_, since)) = &failure {
+        if let Some((_, since, _)) = &failure {
             if since.elapsed() > grace {
                 for (rank, slot) in children.iter_mut().enumerate() {
                     if let Some(child) = slot {
@@ -420,7 +434,7 @@ pub fn launch_local(
         std::thread::sleep(Duration::from_millis(100));
     }
     match failure {
-        Some((msg, _)) => Err(Error::Distributed { rank: None, msg: format!("the job stopped: {msg}") }),
+        Some((msg, ..)) => Err(Error::Distributed { rank: None, msg: format!("the job stopped: {msg}") }),
         None => Ok(()),
     }
 }
