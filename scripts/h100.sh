@@ -219,9 +219,9 @@ task)
     gap_*)
         arm=${t#gap_}
         case $arm in
-        # Each arm names both fields, whatever the preset's defaults are.
+        # Each arm names every model field it is about, whatever the preset's defaults are.
         torchvision) sets=(--set model.zero_init_residual=true --set 'model.conv_init="kaiming_fan_out"' --set model.stem_relu=true) ;;
-        zir_off) sets=(--set model.zero_init_residual=false --set 'model.conv_init="kaiming_fan_out"') ;;
+        zir_off) sets=(--set model.zero_init_residual=false --set 'model.conv_init="kaiming_fan_out"' --set model.stem_relu=true) ;;
         # The peer's backbone as lightly's examples build it: nn.Conv2d's own init, no zero-init,
         # and no ReLU after the stem's BN (`nn.Sequential(*children[:-1])` skips it).
         lightly) sets=(--set model.zero_init_residual=false --set 'model.conv_init="pytorch"' --set model.stem_relu=false) ;;

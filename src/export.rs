@@ -92,72 +92,81 @@ pub fn embed(model: &SimSiam, store: &ImageStore, aug: &Augmenter, batch: i64) -
     })
 }
 
-/// Writes `backbone.npy`, `projector.npy`, `labels.npy` (int64; -1 for unlabelled images),
-/// `names.txt`, `classes.txt` (empty for unlabelled data).
-pub fn write_embeddings(dir: &Path, y: &Tensor, z: &Tensor, store: &ImageStore) -> Result<()> {
+/// Each `(file name, tensor)` as `dir/name` in NPY format, and each `(file name, lines)` as a
+/// text file of one item a line.
+fn write_files(dir: &Path, npy: &[(&str, &Tensor)], text: &[(&str, &[String])]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    for (name, t) in [("backbone.npy", y), ("projector.npy", z), ("labels.npy", &store.labels.to_device(Device::Cpu))] {
+    for (name, t) in npy {
         let p = dir.join(name);
         t.write_npy(&p).map_err(|e| Error::data(&p, format!("cannot write: {e}")))?;
     }
-    let text = |items: &[String]| items.iter().map(|s| format!("{s}\n")).collect::<String>();
-    for (name, body) in [("names.txt", text(&store.names)), ("classes.txt", text(&store.classes))] {
+    for (name, items) in text {
         let p = dir.join(name);
+        let body: String = items.iter().map(|s| format!("{s}\n")).collect();
         std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
     }
     Ok(())
 }
 
+/// Writes `backbone.npy`, `projector.npy`, `labels.npy` (int64; -1 for unlabelled images),
+/// `names.txt`, `classes.txt` (empty for unlabelled data).
+pub fn write_embeddings(dir: &Path, y: &Tensor, z: &Tensor, store: &ImageStore) -> Result<()> {
+    let labels = store.labels.to_device(Device::Cpu);
+    write_files(
+        dir,
+        &[("backbone.npy", y), ("projector.npy", z), ("labels.npy", &labels)],
+        &[("names.txt", &store.names), ("classes.txt", &store.classes)],
+    )
+}
+
 /// Rows of the preview grid at most (the `.npy` files hold every sampled image).
 const PREVIEW_ROWS: i64 = 32;
 
-/// A seeded sample of `n` images of `store` with two augmented views each, as training draws
-/// them: `images.npy` (`[n, H, W, 3]` uint8), `views.npy` (`[n, 2, 3, H, W]` float32, normalised
-/// as the network sees them), `labels.npy`, `names.txt`, and `views.png`, one row per image
-/// (the image, view 1, view 2; the first 32). Why: to see what the augmentation does to one's
-/// own images, and to compare it with another pipeline's on the same images.
-pub fn write_views(dir: &Path, store: &ImageStore, aug: &Augmenter, n: usize, seed: u64) -> Result<()> {
+/// A seeded sample of `n` images of `store` (all of them if it holds fewer) with two augmented
+/// views each, as training draws them: `images.npy` (`[n, H, W, 3]` uint8), `views.npy`
+/// (`[n, 2, 3, H, W]` float32, normalised as the network sees them), `labels.npy`, `names.txt`,
+/// and `views.png`, one row per image (the image, view 1, view 2; the first 32). Returns how
+/// many images were sampled. Why: to see what the augmentation does to one's own images, and
+/// to compare it with another pipeline's on the same images.
+pub fn write_views(dir: &Path, store: &ImageStore, aug: &Augmenter, n: usize, seed: u64) -> Result<usize> {
     if store.is_empty() || n == 0 {
         return Err(Error::config(format!("--views {n}: need at least one image (the dataset holds {})", store.len())));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let n = n.min(store.len()) as i64;
+    let n = n.min(store.len());
     tch::manual_seed(seed as i64);
-    let pick = Tensor::randperm(store.len() as i64, (Kind::Int64, Device::Cpu)).narrow(0, 0, n);
+    let pick = Tensor::randperm(store.len() as i64, (Kind::Int64, Device::Cpu)).narrow(0, 0, n as i64);
     let images = store.images.index_select(0, &pick.to_device(store.images.device())).to_device(Device::Cpu);
     // Two views, each [n, 3, H, W] and normalised; stacked to [n, 2, 3, H, W].
     let views = aug.views(&images, 2);
-    let both = Tensor::stack(&[&views[0], &views[1]], 1).to_device(Device::Cpu).to_kind(Kind::Float);
-    let labels = store.labels.to_device(Device::Cpu).index_select(0, &pick);
-    for (name, t) in [("images.npy", &images), ("views.npy", &both), ("labels.npy", &labels)] {
-        let p = dir.join(name);
-        t.write_npy(&p).map_err(|e| Error::data(&p, format!("cannot write: {e}")))?;
-    }
-    let picked = Vec::<i64>::try_from(&pick).expect("indices");
-    let names: String = picked.iter().map(|&i| format!("{}\n", store.names[i as usize])).collect();
-    let p = dir.join("names.txt");
-    std::fs::write(&p, names).map_err(|e| Error::io(&p, e))?;
-
-    // The grid, rows of (image | view 1 | view 2): the views back to pixels, x * std + mean,
-    // [rows, H, W, 3] each, side by side [rows, H, 3W, 3]; small images drawn at least 96 px
-    // tall, each pixel a block.
-    let rows = n.min(PREVIEW_ROWS);
-    let pixels = |v: &Tensor| {
-        let x = aug.denormalize(&v.narrow(0, 0, rows).to_device(Device::Cpu));
-        (x * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1])
-    };
     let (img, view) = (images.size()[1], views[0].size()[2]);
     if img != view {
         return Err(Error::config(format!("--views: views of {view} px from a store of {img} px images")));
     }
+    let both = Tensor::stack(&[&views[0], &views[1]], 1).to_device(Device::Cpu).to_kind(Kind::Float);
+    let labels = store.labels.to_device(Device::Cpu).index_select(0, &pick);
+    let names: Vec<String> =
+        Vec::<i64>::try_from(&pick).expect("indices").iter().map(|&i| store.names[i as usize].clone()).collect();
+    write_files(
+        dir,
+        &[("images.npy", &images), ("views.npy", &both), ("labels.npy", &labels)],
+        &[("names.txt", &names)],
+    )?;
+
+    // The grid, rows of (image | view 1 | view 2): the views back to pixels, x * std + mean,
+    // [rows, H, W, 3] each, side by side [rows, H, 3W, 3]; small images drawn at least 96 px
+    // tall, each pixel a block.
+    let rows = (n as i64).min(PREVIEW_ROWS);
+    let pixels = |v: &Tensor| {
+        let x = aug.denormalize(&v.narrow(0, 0, rows).to_device(Device::Cpu)); // in [0, 1]
+        (x * 255.0).round().to_kind(Kind::Uint8).permute([0, 2, 3, 1])
+    };
     let grid = Tensor::cat(&[images.narrow(0, 0, rows), pixels(&views[0]), pixels(&views[1])], 2);
-    let scale = (96 + images.size()[1] - 1) / images.size()[1];
+    let scale = (96 + img - 1) / img;
     let grid = grid.repeat_interleave_self_int(scale, Some(1), None).repeat_interleave_self_int(scale, Some(2), None);
     let (h, w) = (grid.size()[1], grid.size()[2]);
-    let flat = grid.reshape([rows * h, w, 3]).contiguous();
-    let bytes = Vec::<u8>::try_from(flat.flatten(0, -1)).expect("u8 pixels");
+    let bytes = Vec::<u8>::try_from(grid.reshape([rows * h, w, 3]).flatten(0, -1)).expect("u8 pixels");
     let p = dir.join("views.png");
     image::save_buffer(&p, &bytes, w as u32, (rows * h) as u32, image::ExtendedColorType::Rgb8)
         .map_err(|e| Error::data(&p, format!("cannot write: {e}")))?;
-    Ok(())
+    Ok(n)
 }

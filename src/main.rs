@@ -812,8 +812,8 @@ fn cmd_data(cfg: &Config, split: SplitArg, views: Option<u32>) -> Result<()> {
     if let Some(n) = views {
         let dir = &cfg.run.out_dir;
         let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, tch::Device::Cpu);
-        simsiam::export::write_views(dir, &store, &aug, n as usize, cfg.run.seed)?;
-        eprintln!("views of {} images in {}", (n as usize).min(store.len()), dir.display());
+        let n = simsiam::export::write_views(dir, &store, &aug, n as usize, cfg.run.seed)?;
+        eprintln!("views of {n} images in {}", dir.display());
     }
     Ok(())
 }
