@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
 
 /// Where a run stands: the next step to take.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Position {
     pub epoch: usize,
     pub step_in_epoch: usize,
@@ -17,6 +17,11 @@ pub struct Position {
     /// before this field): a resume on other data would not continue the same run.
     #[serde(default)]
     pub train_images: usize,
+    /// Seconds spent training (monitors and checkpoints included) by every invocation up to
+    /// here, so that a resumed run's summary times the whole run (0 in checkpoints before
+    /// this field).
+    #[serde(default)]
+    pub train_seconds: f64,
 }
 
 pub fn dir(run_dir: &Path) -> PathBuf {

@@ -425,7 +425,7 @@ fn run() -> Result<()> {
             line["checkpoint"] = ckpt.clone().into();
             // The latest weights' probe is the run's (an experiment reads it); others beside it.
             let file = if ckpt == "latest" { "linear_probe.json".into() } else { format!("linear_probe-{ckpt}.json") };
-            std::fs::write(run.join(&file), format!("{line}\n")).with_context(|| format!("writing {file}"))?;
+            simsiam::checkpoint::write_atomic(&run.join(&file), format!("{line}\n").as_bytes())?;
             println!("{line}");
             Ok(())
         }

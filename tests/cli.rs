@@ -79,6 +79,10 @@ fn weights_steps(run: &Path) -> Vec<u64> {
     weights_lines(run).iter().map(|v| v["step"].as_u64().unwrap()).collect()
 }
 
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 fn ok(out: Output) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
@@ -172,6 +176,23 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     };
     same_curve(&part, &format!("interrupted after {done}"));
     assert_eq!(weights_steps(&part), (0..60).collect::<Vec<u64>>(), "one weights line per step across the resume");
+    // Its summary is the whole run's, not the resumed part's: the kNN at initialisation
+    // (measured before the interruption), the last step's loss, images/s over all 60 steps.
+    let summary = |run: &Path| serde_json::from_str::<serde_json::Value>(&read(&run.join("summary.json"))).unwrap();
+    let (a, b) = (summary(&full), summary(&part));
+    assert!(b["knn_init"].is_f64() && b["knn_init"] == a["knn_init"], "{b}");
+    let (la, lb) = (a["final_loss"].as_f64().unwrap(), b["final_loss"].as_f64().unwrap());
+    assert!((la - lb).abs() <= 1e-5 * la.abs(), "final loss {la} vs {lb}");
+    assert!((a["knn_final"].as_f64().unwrap() - b["knn_final"].as_f64().unwrap()).abs() <= 1.0, "{a} / {b}");
+    let images = b["images_per_s"].as_f64().unwrap() * b["train_seconds"].as_f64().unwrap();
+    assert!((images - 60.0 * 32.0).abs() < 1.0, "{images} images in the whole run's time at its rate");
+
+    // Resuming a finished run trains nothing and leaves what it reported as it was.
+    let before = read(&full.join("summary.json"));
+    let text = ok(bin().args(["train", "--resume", full.to_str().unwrap()]).output().unwrap());
+    assert!(text.contains("already finished its 3 epochs"), "{text}");
+    assert_eq!(read(&full.join("summary.json")), before);
+    assert_eq!(losses(&full), want);
 
     // `--until-epoch`: a clean stop with a checkpoint of its own (none falls there with
     // checkpoint_every 5), exit 0; a resume past it continues the same schedule.

@@ -53,6 +53,30 @@ pub fn run_ends(run_dir: &Path) -> Result<(Option<Tail>, Tail)> {
     Ok((start_of(&steps), tail_of(&steps)))
 }
 
+/// Fills the summary's whole-run values from `metrics.jsonl`, which holds every step and kNN
+/// pass of the weights being trained (a resume trims it to the checkpoint): the final step's
+/// loss and spread, the step monitors at the start and over the last 10%, and the kNN top-1
+/// at initialisation (epoch 0) and at the last pass. Why from the file: a resumed run's own
+/// process saw only its part of the run.
+pub(super) fn complete_from_log(summary: &mut Summary, run_dir: &Path, sqrt_d: f64) -> Result<()> {
+    let rows = crate::report::read_lines(&run_dir.join("metrics.jsonl"))?;
+    let steps: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("loss").is_some()).collect();
+    (summary.start, summary.tail) = (start_of(&steps), tail_of(&steps));
+    if let Some(last) = steps.last() {
+        summary.final_loss = last["loss"].as_f64().unwrap_or(f64::NAN);
+        summary.collapse_std = last["collapse_std"].as_f64().unwrap_or(f64::NAN);
+        summary.collapse_std_scaled = summary.collapse_std * sqrt_d;
+    }
+    let knn: Vec<(u64, f64)> = rows
+        .iter()
+        .filter(|r| r["event"] == "knn")
+        .filter_map(|r| Some((r["epoch"].as_u64()?, r["knn_top1"].as_f64()?)))
+        .collect();
+    summary.knn_init = knn.iter().find(|(e, _)| *e == 0).map(|&(_, a)| a);
+    summary.knn_final = knn.last().filter(|(e, _)| *e > 0).map(|&(_, a)| a);
+    Ok(())
+}
+
 /// The first of these step lines (the geometry at initialisation), as a [`Tail`] of one step.
 pub fn start_of(steps: &[&serde_json::Value]) -> Option<Tail> {
     steps.first().map(|_| tail_of(&steps[..1]))
@@ -105,7 +129,8 @@ impl MetricsLog {
                 })
                 .map(|l| format!("{l}\n"))
                 .collect();
-            std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
+            // Atomic: a crash here must not lose the run's history.
+            crate::checkpoint::write_atomic(&path, kept.as_bytes())?;
         }
         let file =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;

@@ -131,7 +131,35 @@ impl Drop for SyncBnGuard {
     }
 }
 
+/// The saved summary of a run whose schedule is done (its latest checkpoint is at
+/// `run.epochs`), if it has one: resuming it has nothing to train, and must not rewrite what
+/// the run reported.
+fn finished(cfg: &Config) -> Result<Option<Summary>> {
+    let run_dir = &cfg.run.out_dir;
+    let Some(ckpt) = checkpoint::latest(run_dir)? else { return Ok(None) };
+    let pos = checkpoint::load_position(&ckpt)?;
+    let path = run_dir.join("summary.json");
+    if pos.epoch < cfg.run.epochs || !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let summary = serde_json::from_str(&text).map_err(|e| Error::data(&path, format!("not a run summary: {e}")))?;
+    Ok(Some(summary))
+}
+
 pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
+    if control.resume {
+        if let Some(summary) = finished(cfg)? {
+            if dist::Launch::from_env()?.is_none_or(|l| l.rank == 0) {
+                eprintln!(
+                    "{}: the run already finished its {} epochs; nothing to train (its summary: summary.json)",
+                    cfg.run.out_dir.display(),
+                    cfg.run.epochs
+                );
+            }
+            return Ok(summary);
+        }
+    }
     let device = crate::device::parse_device(&cfg.run.device)?;
     if cfg.run.threads > 0 {
         tch::set_num_threads(cfg.run.threads as i32);
@@ -298,6 +326,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let mut last_knn: Option<f64> = summary.knn_init;
     let t_train = Instant::now();
     let mut images_done = 0usize;
+    // `pos` with the training time of the whole run so far, as a checkpoint saves it.
+    let (earlier_seconds, first_step) = (pos.train_seconds, pos.global_step);
+    let timed = |pos: Position| Position { train_seconds: earlier_seconds + t_train.elapsed().as_secs_f64(), ..pos };
 
     // Flushes the metrics; in a job, also agrees with the other ranks whether to stop (Ctrl-C, or
     // a non-finite loss, on any rank), so that every rank leaves at the same step. Ok(true): stop.
@@ -334,7 +365,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let interrupted = |net: &Network, opt: &Sgd, pos: Position, memory: &Option<MemoryBank>| -> Result<Summary> {
         pb.abandon();
         if lead {
-            let dir = save_checkpoint(cfg, &run_dir, net, opt, pos, memory)?;
+            let dir = save_checkpoint(cfg, &run_dir, net, opt, timed(pos), memory)?;
             eprintln!("checkpoint written to {}", dir.display());
         }
         Err(Error::Interrupted { epoch: pos.epoch, step: pos.global_step, dir: run_dir.display().to_string() })
@@ -351,7 +382,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         if control.until_epoch.is_some_and(|u| pos.epoch >= u) {
             pb.finish_and_clear();
             if lead && saved_at != Some(pos.global_step) {
-                save_checkpoint(cfg, &run_dir, &net, &opt, pos, &memory)?;
+                save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?;
             }
             let dir = run_dir.display().to_string();
             return Err(Error::Paused { epoch: pos.epoch, epochs: cfg.run.epochs, dir });
@@ -481,20 +512,25 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             );
         }
         if lead && (pos.epoch % cfg.run.checkpoint_every == 0 || last) {
-            last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, pos, &memory)?.display().to_string();
+            last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?.display().to_string();
             saved_at = Some(pos.global_step);
         }
     }
     pb.finish_and_clear();
     summary.steps = pos.global_step;
     summary.knn_final = last_knn;
-    summary.train_seconds = t_train.elapsed().as_secs_f64();
-    summary.images_per_s = images_done as f64 / summary.train_seconds.max(1e-9);
+    summary.train_seconds = timed(pos).train_seconds;
+    // The whole run's rate, unless an older checkpoint did not record its time.
+    summary.images_per_s = if earlier_seconds > 0.0 || first_step == 0 {
+        (pos.global_step * batch) as f64 / summary.train_seconds.max(1e-9)
+    } else {
+        images_done as f64 / t_train.elapsed().as_secs_f64().max(1e-9)
+    };
     if !lead {
         return Ok(summary);
     }
     drop(log);
-    (summary.start, summary.tail) = run_ends(&run_dir)?;
+    metrics::complete_from_log(&mut summary, &run_dir, (cfg.model.dim as f64).sqrt())?;
     let start = summary.start.as_ref().map(|t| t.collapse_std_scaled);
     let (loss, spread) = (summary.tail.loss, summary.tail.collapse_std_scaled);
     let verdict = crate::monitor::verdict(loss, objective.minimum(), spread, start);
@@ -504,8 +540,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         start.map_or(String::new(), |s| format!(", {s:.3} at step 0"))
     );
     let s_path = run_dir.join("summary.json");
-    std::fs::write(&s_path, serde_json::to_string_pretty(&summary).expect("json"))
-        .map_err(|e| Error::io(&s_path, e))?;
+    // Atomic: an experiment skips an arm by its summary, so a torn one must never exist.
+    checkpoint::write_atomic(&s_path, serde_json::to_string_pretty(&summary).expect("json").as_bytes())?;
     // The report is a convenience: failing to draw it must not fail a finished run.
     match crate::report::write_report(&run_dir) {
         Ok(p) => eprintln!("report: {}", p.display()),
