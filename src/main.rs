@@ -774,6 +774,10 @@ fn cmd_knn(src: EvalSource, ks: &[usize], t: f64) -> Result<()> {
     anyhow::ensure!(t.is_finite() && t > 0.0, "--t: expected a positive temperature, got {t}");
     let (run, ckpt) = (src.run.clone(), src.checkpoint.clone());
     let e = eval_setup(src)?;
+    let bank = e.train.len();
+    if let Some(k) = ks.iter().find(|&&k| k > bank) {
+        anyhow::bail!("--k: {k} neighbours, but the bank (the training data) holds only {bank} images");
+    }
     let accs = simsiam::eval::knn::knn_accuracy(&e.net.model, &e.train, &e.test, &e.aug, ks, t);
     for (k, acc) in ks.iter().zip(accs) {
         let run = run.display().to_string();

@@ -404,8 +404,9 @@ fn bench_times_and_profiles_a_step() {
 fn bad_flags_are_clear_errors_not_panics() {
     let (tmp, train, test) = data();
     let run = tmp.path().join("r");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--set", "optim.lr=0.1"], "optim.lr"),
+        (&["--set", "monitor.knn_k=641"], "monitor.knn_k: 641 neighbours, but the kNN bank"),
         (&["--set", "augment.grayscale_p=2"], "augment.grayscale_p"),
         (&["--set", "run.device=tpu"], "run.device"),
         (&["--set", "data.train=\"/no/such/dir\""], "/no/such/dir"),
@@ -422,7 +423,10 @@ fn bad_flags_are_clear_errors_not_panics() {
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
     let args = one_epoch_args(&train, &test, &run);
     ok(bin().args(&args).output().unwrap());
-    for (flags, want) in [(&["--k", "0"][..], "--k"), (&["--t", "0"], "--t"), (&["--t=-1"], "--t")] {
+    let bank_too_small = "--k: 641 neighbours, but the bank (the training data) holds only 640 images";
+    for (flags, want) in
+        [(&["--k", "0"][..], "--k"), (&["--k", "20,641"], bank_too_small), (&["--t", "0"], "--t"), (&["--t=-1"], "--t")]
+    {
         let err = user_error(bin().args(["eval", "knn"]).arg(&run).args(flags).output().unwrap());
         assert!(err.contains(want), "{flags:?}: {err}");
     }

@@ -234,6 +234,13 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
 
     // The kNN monitor needs classes on both sides; unlabelled data still gets the others.
     let knn_on = test_store.as_ref().is_some_and(|t| t.labelled() && train_store.labelled());
+    if knn_on && cfg.monitor.knn_k > train_store.len() {
+        return Err(Error::config(format!(
+            "monitor.knn_k: {} neighbours, but the kNN bank (the training data) holds only {} images",
+            cfg.monitor.knn_k,
+            train_store.len()
+        )));
+    }
     if test_store.is_some() && !knn_on && lead {
         eprintln!("note: the kNN monitor is off: it needs class folders in both the training and the held-out data");
     }
