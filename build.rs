@@ -43,6 +43,14 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", torch.join("lib").display());
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+    // The binary finds the libtorch it was built against without LD_LIBRARY_PATH (which, when
+    // set, still comes first: a GPU machine points it at its own libtorch). The CUDA runtime
+    // folder is there because libtorch_cpu.so links libcudart even on CPU-only machines.
+    for dir in [torch.join("lib"), torch.join("../nvidia/cu13/lib")] {
+        if let Ok(dir) = dir.canonicalize() {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+        }
+    }
     cuda_helper(&torch);
 }
 

@@ -854,3 +854,12 @@ fn an_experiment_checks_every_arm_before_training() {
     assert!(err.contains("arm b1024") && err.contains("optim.warmup_epochs"), "{err}");
     assert!(!out_dir.join("b64").exists(), "no arm trained: {err}");
 }
+
+/// The binary finds the libtorch it was built against by itself (its run path), so it runs
+/// without `scripts/env.sh`'s LD_LIBRARY_PATH.
+#[test]
+fn the_binary_runs_without_ld_library_path() {
+    let out = bin().env_remove("LD_LIBRARY_PATH").args(["presets", "tiny"]).output().unwrap();
+    let text = ok(out);
+    assert!(text.contains("[model]"), "{text}");
+}
