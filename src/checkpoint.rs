@@ -39,10 +39,15 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// file is this process's own, so processes writing the same file at once (an experiment's
 /// workers filling one `data.cache_dir`) do not write into each other's.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = temp_beside(path);
     write_file(&tmp, bytes)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// This process's temporary file beside `path`, to be renamed over it.
+pub fn temp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
 /// Saves a checkpoint (and `extra` training state, e.g. a memory bank) and points `latest` at

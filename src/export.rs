@@ -32,12 +32,18 @@ pub fn torchvision_state(vs: &VarStore) -> Vec<(String, Tensor)> {
     out
 }
 
-/// Writes the backbone as torchvision-layout safetensors.
+/// Writes the backbone as torchvision-layout safetensors (its folder made if needed), beside
+/// the target then renamed over it, so that an existing file is replaced whole or not at all.
 pub fn export_torchvision(vs: &VarStore, path: &Path) -> Result<usize> {
     let state = torchvision_state(vs);
     let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    crate::checkpoint::write_safetensors(&refs, path)
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let tmp = crate::checkpoint::temp_beside(path);
+    crate::checkpoint::write_safetensors(&refs, &tmp)
         .map_err(|e| Error::data(path, format!("cannot write safetensors: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(state.len())
 }
 

@@ -318,7 +318,13 @@ pub(crate) fn html_escape(s: &str) -> String {
 
 /// Writes `<run>/report/*.png|svg` and `<run>/report.html`; returns the HTML path.
 pub fn write_report(run: &Path) -> Result<PathBuf> {
-    let rows = read_lines(&run.join("metrics.jsonl"))?;
+    let metrics = run.join("metrics.jsonl");
+    if !metrics.is_file() {
+        let what =
+            if run.join("config.toml").is_file() { "a run that has not logged a step yet" } else { "not a run folder" };
+        return Err(Error::data(run, format!("{what}: no metrics.jsonl to report")));
+    }
+    let rows = read_lines(&metrics)?;
     let steps: Vec<&Value> = rows.iter().filter(|r| r.get("event").is_none()).collect();
     let knn: Vec<&Value> = rows.iter().filter(|r| r["event"] == "knn").collect();
     let geo: Vec<&Value> = rows.iter().filter(|r| r["event"] == "geometry").collect();

@@ -421,6 +421,8 @@ fn bad_flags_are_clear_errors_not_panics() {
     let err = user_error(bin().args(["eval", "knn"]).arg(tmp.path().join("none")).output().unwrap());
     assert!(err.contains("not a run folder") && err.contains("config.toml"), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    let err = user_error(bin().arg("report").arg(tmp.path().join("none")).output().unwrap());
+    assert!(err.contains("not a run folder: no metrics.jsonl"), "{err}");
     let args = one_epoch_args(&train, &test, &run);
     ok(bin().args(&args).output().unwrap());
     let bank_too_small = "--k: 641 neighbours, but the bank (the training data) holds only 640 images";
@@ -813,7 +815,8 @@ fn analyse_every_checkpoint_and_the_initialisation_then_judge_the_hypotheses() {
     let knn = ok(bin().args(["evaluate", "knn", r, "--k", "20", "--checkpoint", &first]).output().unwrap());
     assert!(knn.contains(&format!("\"checkpoint\":\"{first}\"")), "{knn}");
     let export = |ckpt: &str| {
-        let f = tmp.path().join(format!("{ckpt}.safetensors"));
+        // Into a folder that does not exist yet: it is made.
+        let f = tmp.path().join("exported").join(format!("{ckpt}.safetensors"));
         ok(bin().args(["export", r, "--checkpoint", ckpt, "--out"]).arg(&f).output().unwrap());
         std::fs::read(f).unwrap()
     };
