@@ -29,6 +29,11 @@ pub struct RunConfig {
     pub epochs: usize,
     /// Write a checkpoint every this many epochs (and always at the end).
     pub checkpoint_every: usize,
+    /// Also write one within an epoch once this many minutes have passed since the last (at
+    /// the next metrics flush; 0: off), so that a killed job (out of memory, preempted, a
+    /// lost machine) loses at most this much work. A resume from it repeats the run step for
+    /// step, as from any checkpoint.
+    pub checkpoint_minutes: f64,
     /// How many of the newest checkpoints to keep (0: all of them, e.g. to analyse the
     /// representation at several epochs with `simsiam analyse --checkpoint`).
     pub keep_checkpoints: usize,
@@ -71,6 +76,7 @@ impl Default for RunConfig {
             device: "auto".into(),
             epochs: 800,
             checkpoint_every: 10,
+            checkpoint_minutes: 30.0,
             keep_checkpoints: 2,
             threads: 0,
             cudnn_benchmark: true,
@@ -839,6 +845,9 @@ impl Config {
         }
         if self.run.checkpoint_every == 0 {
             return fail("run.checkpoint_every", "at least 1", "0".into());
+        }
+        if !(self.run.checkpoint_minutes >= 0.0 && self.run.checkpoint_minutes.is_finite()) {
+            return fail("run.checkpoint_minutes", "0 (off) or more", self.run.checkpoint_minutes.to_string());
         }
         let o = &self.optim;
         if o.batch_size < 2 {

@@ -219,6 +219,37 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     assert!(short.join("summary.json").is_file());
 }
 
+/// `run.checkpoint_minutes`: checkpoints within an epoch, so that a job killed outright
+/// (SIGKILL: no Ctrl-C checkpoint) resumes from its last one and repeats the run's loss curve.
+#[test]
+fn a_killed_run_resumes_from_its_last_timed_checkpoint() {
+    let (tmp, train, test) = data();
+    // No epoch checkpoint before the end; a timed one after every flush (every step).
+    let timed = ["--set", "run.checkpoint_every=5", "--set", "run.checkpoint_minutes=1e-9"];
+    let full = tmp.path().join("full");
+    ok(bin().args(train_args(&train, &test, &full)).args(timed).output().unwrap());
+    let want = losses(&full);
+    let killed = tmp.path().join("killed");
+    let child = bin()
+        .args(train_args(&train, &test, &killed))
+        .args(timed)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err) = common::signal_after(child, &killed, 30, libc::SIGKILL);
+    assert_eq!(code, None, "killed by the signal: {err}");
+    let latest = read(&killed.join("checkpoints/latest"));
+    let at: usize = latest.trim().trim_start_matches("step-").parse().unwrap();
+    assert!(at > 0 && at < 60, "a checkpoint within the run: {latest}");
+    ok(bin().args(["train", "--resume", killed.to_str().unwrap()]).output().unwrap());
+    let got = losses(&killed);
+    assert_eq!(got.len(), want.len(), "one line per step across the kill (resumed from step {at})");
+    for ((s1, a), (s2, b)) in want.iter().zip(&got) {
+        assert_eq!(s1, s2);
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "step {s1}: {a} vs {b} (resumed from step {at})");
+    }
+}
+
 /// `run.prefetch` makes each step's views one step early (on a GPU, on a second stream): the
 /// per-step seeds must give the very same views, so the very same loss curve, across epochs.
 #[test]

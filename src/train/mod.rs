@@ -330,6 +330,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         checkpoint::latest(&run_dir)?.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
     // The global step of the newest checkpoint (a resume starts at one).
     let mut saved_at = control.resume.then_some(pos.global_step);
+    let mut last_save = Instant::now();
     let mut last_knn: Option<f64> = summary.knn_init;
     let t_train = Instant::now();
     let mut images_done = 0usize;
@@ -492,6 +493,20 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             if stop {
                 return interrupted(&net, &opt, pos, &memory);
             }
+            // `run.checkpoint_minutes`: within the epoch, just after a flush (every step so far
+            // had a finite loss), and only where a resume repeats the run exactly (no cached
+            // alternation targets pending).
+            let minutes = cfg.run.checkpoint_minutes;
+            if lead
+                && due
+                && minutes > 0.0
+                && cache.is_empty()
+                && pos.step_in_epoch < steps_per_epoch
+                && last_save.elapsed().as_secs_f64() >= 60.0 * minutes
+            {
+                last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?.display().to_string();
+                (saved_at, last_save) = (Some(pos.global_step), Instant::now());
+            }
         }
         if sync_point(&mut log, &mut summary, &last_ckpt, &opt, pos)? {
             return interrupted(&net, &opt, pos, &memory);
@@ -520,7 +535,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         }
         if lead && (pos.epoch % cfg.run.checkpoint_every == 0 || last) {
             last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?.display().to_string();
-            saved_at = Some(pos.global_step);
+            (saved_at, last_save) = (Some(pos.global_step), Instant::now());
         }
     }
     pb.finish_and_clear();

@@ -48,6 +48,11 @@ pub fn save_rgb(path: &Path, w: u32, h: u32, seed: u64) {
 /// Waits until `run`'s metrics.jsonl has `lines` lines, then sends SIGINT (Ctrl-C) to `child`
 /// and returns its exit code and stderr.
 pub fn interrupt_after(child: std::process::Child, run: &Path, lines: usize) -> (Option<i32>, String) {
+    signal_after(child, run, lines, libc::SIGINT)
+}
+
+/// [`interrupt_after`] with any signal (a SIGKILL leaves no exit code: `None`).
+pub fn signal_after(child: std::process::Child, run: &Path, lines: usize, signal: i32) -> (Option<i32>, String) {
     use std::time::{Duration, Instant};
     let t0 = Instant::now();
     let count = || std::fs::read_to_string(run.join("metrics.jsonl")).map(|s| s.lines().count()).unwrap_or(0);
@@ -56,7 +61,7 @@ pub fn interrupt_after(child: std::process::Child, run: &Path, lines: usize) -> 
         std::thread::sleep(Duration::from_millis(5));
     }
     // SAFETY: signalling a child process of this test.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let out = child.wait_with_output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
