@@ -88,7 +88,8 @@ pub fn save(
 pub fn write_safetensors(named: &[(&str, &tch::Tensor)], path: &Path) -> Result<()> {
     let dense: Vec<(&str, tch::Tensor)> = named.iter().map(|(n, t)| (*n, t.contiguous())).collect();
     tch::Tensor::write_safetensors(&dense, path)?;
-    Ok(())
+    // On disk before the rename that publishes it, as `write_file` does.
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
 /// The `step-*` checkpoint folders under `root`, oldest first.
@@ -102,7 +103,13 @@ fn step_dirs(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(steps)
 }
 
+/// Also removes what a killed save left (`.tmp-step-*`): this save's own is renamed by now.
 fn prune(root: &Path, keep: usize) -> Result<()> {
+    for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))?.filter_map(|e| e.ok()) {
+        if entry.file_name().to_string_lossy().starts_with(".tmp-step-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let mut steps = step_dirs(root)?;
     while keep > 0 && steps.len() > keep {
         let old = steps.remove(0);
@@ -178,4 +185,33 @@ pub fn load_extra(ckpt: &Path) -> Result<std::collections::HashMap<String, tch::
         .map_err(|e| Error::data(&f, format!("cannot read: {e}")))?
         .into_iter()
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::{Param, Sgd};
+
+    /// Saves keep the newest `keep`, point `latest` at the newest, and clear what a killed save
+    /// left behind.
+    #[test]
+    fn saves_keep_the_newest_and_clear_a_killed_save() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vs = VarStore::new(tch::Device::Cpu);
+        let w = vs.root().zeros("w", &[3]);
+        let opt = Sgd::new(vec![Param { name: "w".into(), tensor: w, group: 0 }], 1, 0.9, 0.0);
+        let at = |global_step| Position { global_step, ..Position::default() };
+        save(tmp.path(), &vs, &opt, at(1), &[], 2).unwrap();
+        let stale = dir(tmp.path()).join(".tmp-step-000000007");
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("model.safetensors"), b"half").unwrap();
+        save(tmp.path(), &vs, &opt, at(2), &[], 2).unwrap();
+        assert!(!stale.exists(), "a killed save's folder is removed");
+        save(tmp.path(), &vs, &opt, at(3), &[], 2).unwrap();
+        let names: Vec<String> =
+            all(tmp.path()).unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["step-000000002", "step-000000003"]);
+        assert_eq!(latest(tmp.path()).unwrap().unwrap(), dir(tmp.path()).join("step-000000003"));
+        assert_eq!(load_position(&latest(tmp.path()).unwrap().unwrap()).unwrap(), at(3));
+    }
 }
