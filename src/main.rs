@@ -291,6 +291,10 @@ struct TrainArgs {
     /// schedule (the lr still follows run.epochs); `--resume` continues it where it stopped.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     until_epoch: Option<u64>,
+    /// Print the config this command would train with (preset, --config, flags and --set
+    /// resolved and checked; with --resume, the run's) as TOML, and exit without training.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -652,6 +656,17 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         }
         None => (a.cfg.resolve()?, false),
     };
+    if a.print_config {
+        let o = &cfg.optim;
+        println!(
+            "# lr = optim.base_lr x optim.batch_size / 256 = {} x {} / 256 = {}",
+            o.base_lr,
+            o.batch_size,
+            o.init_lr()
+        );
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
     let control = interruptible(RunControl {
         resume,
         progress: std::io::stderr().is_terminal(),

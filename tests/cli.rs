@@ -897,3 +897,23 @@ fn the_binary_runs_without_ld_library_path() {
     let text = ok(out);
     assert!(text.contains("[model]"), "{text}");
 }
+
+/// `train --print-config`: the resolved config (with the lr it implies), loadable as a config,
+/// and nothing trained.
+#[test]
+fn print_config_shows_the_resolved_config_and_trains_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    let text = ok(bin()
+        .args(["train", "--preset", "cifar10", "--batch-size", "1024", "--set", "optim.base_lr=0.05", "--print-config"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert!(text.starts_with("# lr = optim.base_lr x optim.batch_size / 256 = 0.05 x 1024 / 256 = 0.2\n"), "{text}");
+    let file = tmp.path().join("printed.toml");
+    std::fs::write(&file, &text).unwrap();
+    let cfg = simsiam::config::Config::load(&file).unwrap();
+    assert_eq!((cfg.optim.batch_size, cfg.optim.base_lr, cfg.run.out_dir), (1024, 0.05, out.clone()));
+    assert!(!out.exists(), "nothing trained");
+}
