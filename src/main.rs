@@ -737,8 +737,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Installs the Ctrl-C handler: the first interrupt asks the run to checkpoint and stop, a
-/// second exits at once.
+/// Installs the Ctrl-C handler, for SIGTERM and SIGHUP too (what Slurm, Kubernetes and
+/// `timeout` send before they kill a job): the first signal asks the run to checkpoint and
+/// stop, a second exits at once.
 fn interruptible(control: RunControl) -> Result<RunControl> {
     let flag = control.interrupt.clone();
     ctrlc::set_handler(move || {
@@ -746,7 +747,7 @@ fn interruptible(control: RunControl) -> Result<RunControl> {
             eprintln!("second interrupt: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)");
+        eprintln!("interrupt (Ctrl-C or SIGTERM): finishing this step and saving a checkpoint (Ctrl-C again to abort)");
     })
     .context("installing the Ctrl-C handler")?;
     Ok(control)

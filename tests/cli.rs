@@ -250,6 +250,20 @@ fn a_killed_run_resumes_from_its_last_timed_checkpoint() {
     }
 }
 
+/// SIGTERM (a scheduler's notice before it kills a job) is Ctrl-C: a checkpoint at the step
+/// reached, and the way to resume.
+#[test]
+fn sigterm_checkpoints_like_ctrl_c() {
+    let (tmp, train, test) = data();
+    let run = tmp.path().join("run");
+    let child = bin().args(train_args(&train, &test, &run)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let (code, err) = common::signal_after(child, &run, 8, libc::SIGTERM);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("checkpoint written") && err.contains("--resume"), "{err}");
+    let at: usize = read(&run.join("checkpoints/latest")).trim().trim_start_matches("step-").parse().unwrap();
+    assert_eq!(at, losses(&run).len(), "the checkpoint is at the last logged step");
+}
+
 /// `run.prefetch` makes each step's views one step early (on a GPU, on a second stream): the
 /// per-step seeds must give the very same views, so the very same loss curve, across epochs.
 #[test]
