@@ -582,6 +582,9 @@ pub struct MonitorConfig {
     pub knn_t: f64,
     /// Fetch per-step metrics from the device every this many steps (one sync each time).
     pub log_every: usize,
+    /// Without a progress bar (stderr not a terminal: a job's log file), print a progress line
+    /// at least this often within an epoch (at a metrics flush), besides one per epoch.
+    pub progress_minutes: f64,
     /// Also run the kNN monitor before the first step (the network at initialisation).
     pub knn_at_init: bool,
     /// Train a linear classifier on detached backbone features during pre-training (solo-learn's
@@ -610,6 +613,7 @@ impl Default for MonitorConfig {
             knn_k: 200,
             knn_t: 0.1,
             log_every: 10,
+            progress_minutes: 5.0,
             knn_at_init: true,
             online_probe_lr: 0.0,
             instances: false,
@@ -963,6 +967,9 @@ impl Config {
         }
         if mo.geometry_samples < 2 {
             return fail("monitor.geometry_samples", "at least 2", mo.geometry_samples.to_string());
+        }
+        if !(mo.progress_minutes > 0.0 && mo.progress_minutes.is_finite()) {
+            return fail("monitor.progress_minutes", "a positive number", mo.progress_minutes.to_string());
         }
         if mo.log_every == 0 {
             return fail("monitor.log_every", "at least 1", "0".into());

@@ -227,7 +227,16 @@ fn a_killed_run_resumes_from_its_last_timed_checkpoint() {
     // No epoch checkpoint before the end; a timed one after every flush (every step).
     let timed = ["--set", "run.checkpoint_every=5", "--set", "run.checkpoint_minutes=1e-9"];
     let full = tmp.path().join("full");
-    ok(bin().args(train_args(&train, &test, &full)).args(timed).output().unwrap());
+    // In a log (stderr not a terminal): a line per epoch, and within one at least every
+    // `monitor.progress_minutes` (here: at every flush).
+    let lines = ["--set", "monitor.progress_minutes=1e-9"];
+    let text = ok(bin().args(train_args(&train, &test, &full)).args(timed).args(lines).output().unwrap());
+    for want in
+        ["epoch    1/3 step 1/20  loss", "epoch    1/3 step 19/20  loss", "epoch    1/3  loss", "epoch    3/3  loss"]
+    {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    assert_eq!(text.matches(" img/s  ETA ").count(), 3 * 19 + 3, "{text}");
     let want = losses(&full);
     let killed = tmp.path().join("killed");
     let child = bin()

@@ -58,6 +58,38 @@ fn say(pb: &ProgressBar, line: String) {
     }
 }
 
+/// This invocation's pace, for the progress lines: since when, from which step, out of how many.
+struct Pace {
+    since: Instant,
+    first_step: usize,
+    total_steps: usize,
+    steps_per_epoch: usize,
+    epochs: usize,
+    batch: usize,
+}
+
+/// `epoch E/N [step s/S]  loss  collapse_std·√d  img/s  ETA` at `pos` (the step within the
+/// epoch shown unless at its start).
+fn progress_line(summary: &Summary, pos: Position, pace: &Pace) -> String {
+    let secs = pace.since.elapsed().as_secs_f64().max(1e-9);
+    let done = pos.global_step.saturating_sub(pace.first_step);
+    let eta = (pace.total_steps.saturating_sub(pos.global_step)) as f64 * secs / done.max(1) as f64;
+    let step = if pos.step_in_epoch > 0 {
+        format!(" step {}/{}", pos.step_in_epoch, pace.steps_per_epoch)
+    } else {
+        String::new()
+    };
+    format!(
+        "epoch {:>4}/{}{step}  loss {:+.4}  collapse_std·√d {:.3}  {:.0} img/s  ETA {}",
+        pos.epoch + usize::from(pos.step_in_epoch > 0),
+        pace.epochs,
+        summary.final_loss,
+        summary.collapse_std_scaled,
+        (done * pace.batch) as f64 / secs,
+        indicatif::HumanDuration(std::time::Duration::from_secs_f64(eta))
+    )
+}
+
 /// Options that are about this invocation, not the experiment (not saved in the config).
 #[derive(Clone, Default)]
 pub struct RunControl {
@@ -331,6 +363,15 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     // The global step of the newest checkpoint (a resume starts at one).
     let mut saved_at = control.resume.then_some(pos.global_step);
     let mut last_save = Instant::now();
+    let mut last_said = Instant::now();
+    let pace = Pace {
+        since: Instant::now(),
+        first_step: pos.global_step,
+        total_steps,
+        steps_per_epoch,
+        epochs: cfg.run.epochs,
+        batch,
+    };
     let mut last_knn: Option<f64> = summary.knn_init;
     let t_train = Instant::now();
     let mut images_done = 0usize;
@@ -493,6 +534,14 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             if stop {
                 return interrupted(&net, &opt, pos, &memory);
             }
+            // In a log file (no bar), a line every few minutes within a long epoch (its end
+            // has its own line).
+            let within = pos.step_in_epoch < steps_per_epoch;
+            let quiet_s = last_said.elapsed().as_secs_f64();
+            if lead && due && within && pb.is_hidden() && quiet_s >= 60.0 * cfg.monitor.progress_minutes {
+                say(&pb, progress_line(&summary, pos, &pace));
+                last_said = Instant::now();
+            }
             // `run.checkpoint_minutes`: within the epoch, just after a flush (every step so far
             // had a finite loss), and only where a resume repeats the run exactly (no cached
             // alternation targets pending).
@@ -516,22 +565,17 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         let last = pos.epoch == cfg.run.epochs;
         let every = cfg.monitor.knn_every;
         let log_0 = log.file.as_mut().filter(|_| (every > 0 && pos.epoch % every == 0) || last);
-        if let Some(log_0) = log_0 {
-            if let Some(acc) = monitors.run(&net, log_0, pos)? {
-                last_knn = Some(acc);
-            }
-            say(
-                &pb,
-                format!(
-                    "epoch {:>4}/{}  loss {:+.4}  collapse_std·√d {:.3}{}  {:.0} img/s",
-                    pos.epoch,
-                    cfg.run.epochs,
-                    summary.final_loss,
-                    summary.collapse_std_scaled,
-                    last_knn.map(|k| format!("  kNN {k:.2}%")).unwrap_or_default(),
-                    images_done as f64 / t_train.elapsed().as_secs_f64()
-                ),
-            );
+        let monitored = log_0.is_some();
+        let knn_now = match log_0 {
+            Some(log_0) => monitors.run(&net, log_0, pos)?,
+            None => None,
+        };
+        last_knn = knn_now.or(last_knn);
+        // On a terminal the bar shows every epoch; in a log file (no bar) every epoch gets a line.
+        if lead && (monitored || pb.is_hidden()) {
+            let knn = knn_now.map(|k| format!("  kNN {k:.2}%")).unwrap_or_default();
+            say(&pb, format!("{}{knn}", progress_line(&summary, pos, &pace)));
+            last_said = Instant::now();
         }
         if lead && (pos.epoch % cfg.run.checkpoint_every == 0 || last) {
             last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?.display().to_string();
