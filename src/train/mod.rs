@@ -58,7 +58,8 @@ fn say(pb: &ProgressBar, line: String) {
     }
 }
 
-/// This invocation's pace, for the progress lines: since when, from which step, out of how many.
+/// This invocation's pace, for the progress lines and the summary: since when, from which
+/// step, out of how many.
 struct Pace {
     since: Instant,
     first_step: usize,
@@ -68,12 +69,19 @@ struct Pace {
     batch: usize,
 }
 
+impl Pace {
+    /// Images per second this invocation, up to `pos`.
+    fn images_per_s(&self, pos: Position) -> f64 {
+        let done = pos.global_step.saturating_sub(self.first_step);
+        (done * self.batch) as f64 / self.since.elapsed().as_secs_f64().max(1e-9)
+    }
+}
+
 /// `epoch E/N [step s/S]  loss  collapse_std·√d  img/s  ETA` at `pos` (the step within the
 /// epoch shown unless at its start).
 fn progress_line(summary: &Summary, pos: Position, pace: &Pace) -> String {
-    let secs = pace.since.elapsed().as_secs_f64().max(1e-9);
-    let done = pos.global_step.saturating_sub(pace.first_step);
-    let eta = (pace.total_steps.saturating_sub(pos.global_step)) as f64 * secs / done.max(1) as f64;
+    let left = pace.total_steps.saturating_sub(pos.global_step) * pace.batch;
+    let eta = left as f64 / pace.images_per_s(pos).max(1e-9);
     let step = if pos.step_in_epoch > 0 {
         format!(" step {}/{}", pos.step_in_epoch, pace.steps_per_epoch)
     } else {
@@ -85,7 +93,7 @@ fn progress_line(summary: &Summary, pos: Position, pace: &Pace) -> String {
         pace.epochs,
         summary.final_loss,
         summary.collapse_std_scaled,
-        (done * pace.batch) as f64 / secs,
+        pace.images_per_s(pos),
         indicatif::HumanDuration(std::time::Duration::from_secs_f64(eta))
     )
 }
@@ -362,8 +370,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         checkpoint::latest(&run_dir)?.map(|p| p.display().to_string()).unwrap_or_else(|| "(none yet)".into());
     // The global step of the newest checkpoint (a resume starts at one).
     let mut saved_at = control.resume.then_some(pos.global_step);
-    let mut last_save = Instant::now();
-    let mut last_said = Instant::now();
+    let (mut last_save, mut last_said) = (Instant::now(), Instant::now());
+    let mut last_knn: Option<f64> = summary.knn_init;
     let pace = Pace {
         since: Instant::now(),
         first_step: pos.global_step,
@@ -372,12 +380,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         epochs: cfg.run.epochs,
         batch,
     };
-    let mut last_knn: Option<f64> = summary.knn_init;
-    let t_train = Instant::now();
-    let mut images_done = 0usize;
     // `pos` with the training time of the whole run so far, as a checkpoint saves it.
-    let (earlier_seconds, first_step) = (pos.train_seconds, pos.global_step);
-    let timed = |pos: Position| Position { train_seconds: earlier_seconds + t_train.elapsed().as_secs_f64(), ..pos };
+    let earlier_seconds = pos.train_seconds;
+    let timed = |pos: Position| Position { train_seconds: earlier_seconds + pace.since.elapsed().as_secs_f64(), ..pos };
 
     // Flushes the metrics; in a job, also agrees with the other ranks whether to stop (Ctrl-C, or
     // a non-finite loss, on any rank), so that every rank leaves at the same step. Ok(true): stop.
@@ -513,7 +518,6 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
 
             pos.step_in_epoch += 1;
             pos.global_step += 1;
-            images_done += batch;
             pb.inc(1);
             let due = log.pending() >= cfg.monitor.log_every;
             // Alone, a run checks for Ctrl-C after every step; ranks agree at flush points.
@@ -550,7 +554,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 && due
                 && minutes > 0.0
                 && cache.is_empty()
-                && pos.step_in_epoch < steps_per_epoch
+                && within
                 && last_save.elapsed().as_secs_f64() >= 60.0 * minutes
             {
                 last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?.display().to_string();
@@ -587,10 +591,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     summary.knn_final = last_knn;
     summary.train_seconds = timed(pos).train_seconds;
     // The whole run's rate, unless an older checkpoint did not record its time.
-    summary.images_per_s = if earlier_seconds > 0.0 || first_step == 0 {
+    summary.images_per_s = if earlier_seconds > 0.0 || pace.first_step == 0 {
         (pos.global_step * batch) as f64 / summary.train_seconds.max(1e-9)
     } else {
-        images_done as f64 / t_train.elapsed().as_secs_f64().max(1e-9)
+        pace.images_per_s(pos)
     };
     if !lead {
         return Ok(summary);
