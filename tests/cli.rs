@@ -190,7 +190,7 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     // Resuming a finished run trains nothing and leaves what it reported as it was.
     let before = read(&full.join("summary.json"));
     let text = ok(bin().args(["train", "--resume", full.to_str().unwrap()]).output().unwrap());
-    assert!(text.contains("already finished its 3 epochs"), "{text}");
+    assert!(text.contains("already finished its 3 epochs") && text.contains("model.init_checkpoint="), "{text}");
     assert_eq!(read(&full.join("summary.json")), before);
     assert_eq!(losses(&full), want);
 

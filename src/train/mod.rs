@@ -25,6 +25,7 @@ use indicatif::ProgressBar;
 use metrics::{MetricsLog, Pending, StepLog};
 use monitors::EpochMonitors;
 use resume::{restore, save_checkpoint};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -174,7 +175,7 @@ impl Drop for SyncBnGuard {
 /// The saved summary of a run whose schedule is done (its latest checkpoint is at
 /// `run.epochs`), if it has one: resuming it has nothing to train, and must not rewrite what
 /// the run reported.
-fn finished(cfg: &Config) -> Result<Option<Summary>> {
+fn finished(cfg: &Config) -> Result<Option<(Summary, PathBuf)>> {
     let run_dir = &cfg.run.out_dir;
     let Some(ckpt) = checkpoint::latest(run_dir)? else { return Ok(None) };
     let pos = checkpoint::load_position(&ckpt)?;
@@ -184,17 +185,19 @@ fn finished(cfg: &Config) -> Result<Option<Summary>> {
     }
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let summary = serde_json::from_str(&text).map_err(|e| Error::data(&path, format!("not a run summary: {e}")))?;
-    Ok(Some(summary))
+    Ok(Some((summary, ckpt)))
 }
 
 pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     if control.resume {
-        if let Some(summary) = finished(cfg)? {
+        if let Some((summary, ckpt)) = finished(cfg)? {
             if dist::Launch::from_env()?.is_none_or(|l| l.rank == 0) {
                 eprintln!(
-                    "{}: the run already finished its {} epochs; nothing to train (its summary: summary.json)",
+                    "{}: the run already finished its {} epochs; nothing to train (its summary: summary.json). \
+                     To train on from its weights, start a new run with --set model.init_checkpoint='\"{}\"'",
                     cfg.run.out_dir.display(),
-                    cfg.run.epochs
+                    cfg.run.epochs,
+                    ckpt.join("model.safetensors").display()
                 );
             }
             return Ok(summary);
