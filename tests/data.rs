@@ -43,12 +43,19 @@ fn reads_folder_of_mixed_size_jpeg_and_png() {
     let exact = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 10, y as u8 * 10, 7]));
     exact.save(root.join("dogs/d.png")).unwrap();
     std::fs::write(root.join("dogs/notes.txt"), "not an image").unwrap();
+    // Images in a class folder's subfolders belong to that class (torchvision's ImageFolder);
+    // hidden folders are passed over.
+    std::fs::create_dir_all(root.join("cats/indoor")).unwrap();
+    common::save_rgb(&root.join("cats/indoor/e.jpg"), 16, 16, 4);
+    std::fs::create_dir_all(root.join("dogs/.thumbs")).unwrap();
+    common::save_rgb(&root.join("dogs/.thumbs/f.jpg"), 16, 16, 5);
     let s = load(root, DataFormat::Auto, Split::Train, 16, false).unwrap();
-    assert_eq!(s.len(), 4);
+    assert_eq!(s.len(), 5);
     assert_eq!(s.classes, ["cats", "dogs"]);
-    assert_eq!(Vec::<i64>::try_from(&s.labels).unwrap(), vec![0, 0, 1, 1]);
-    assert_eq!(s.images.size(), vec![4, 16, 16, 3]);
-    let d = s.images.i(3);
+    assert_eq!(Vec::<i64>::try_from(&s.labels).unwrap(), vec![0, 0, 0, 1, 1]);
+    assert!(s.names[1].ends_with("cats/b.png") && s.names[2].ends_with("cats/indoor/e.jpg"), "{:?}", s.names);
+    assert_eq!(s.images.size(), vec![5, 16, 16, 3]);
+    let d = s.images.i(4);
     assert_eq!(d.int64_value(&[2, 5, 0]), 50);
     assert_eq!(d.int64_value(&[2, 5, 1]), 20);
     assert_eq!(d.int64_value(&[2, 5, 2]), 7);

@@ -16,11 +16,14 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
     } else {
         Box::new(std::io::BufReader::new(file))
     };
-    let mut found = Found { path, out: Vec::new(), classes: BTreeSet::new() };
+    let mut found = Found { path, out: Vec::new(), classes: BTreeSet::new(), ignored: 0 };
     found.members(tar::Archive::new(reader), None)?;
-    let Found { out, classes, .. } = found;
+    let Found { out, classes, ignored, .. } = found;
     if out.is_empty() {
         return Err(Error::data(path, format!("archive holds no images ({})", super::image_kinds())));
+    }
+    if ignored > 0 {
+        eprintln!("note: ignored {ignored} non-image member(s) of {}", path.display());
     }
     if classes.contains("") {
         eprintln!("note: {} holds no class folders: its {} images are unlabelled", path.display(), out.len());
@@ -29,11 +32,13 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
     Ok((out, classes.into_iter().collect()))
 }
 
-/// The images read so far from the archive at `path`, and their classes ("" for loose ones).
+/// The images read so far from the archive at `path`, their classes ("" for loose ones), and
+/// how many other files it holds.
 struct Found<'a> {
     path: &'a Path,
     out: Vec<Encoded>,
     classes: BTreeSet<String>,
+    ignored: usize,
 }
 
 impl Found<'_> {
@@ -65,6 +70,7 @@ impl Found<'_> {
                 continue;
             }
             if !is_image_name(&file_name) {
+                self.ignored += 1;
                 continue;
             }
             let parts: Vec<&str> = member.split('/').filter(|p| !p.is_empty() && *p != ".").collect();

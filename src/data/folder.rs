@@ -1,5 +1,6 @@
-//! A folder of class folders, `root/<class>/<image>` (JPEG, PNG, WebP, BMP, TIFF), or of loose images,
-//! `root/<image>` (unlabelled: for pre-training).
+//! A folder of class folders, `root/<class>/<image>` (JPEG, PNG, WebP, BMP, TIFF; also in
+//! subfolders of a class folder), or of loose images, `root/<image>` (unlabelled: for
+//! pre-training).
 use super::{is_image_name, Bytes, Encoded};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -40,23 +41,25 @@ pub(crate) fn read(root: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
     Ok((out, classes))
 }
 
-/// Reads the images directly in `dir` (sorted by name) as `class`; counts other files.
+/// Reads the images under `dir`, in its subfolders too (as torchvision's `ImageFolder` does),
+/// each folder's entries sorted by name, as `class`; counts other files. Hidden files and
+/// folders are passed over.
 fn read_images(dir: &Path, class: &str, out: &mut Vec<Encoded>, ignored: &mut usize) -> Result<()> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    for f in files {
-        let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        if !is_image_name(&name) {
-            if !name.starts_with('.') {
-                *ignored += 1;
-            }
+    let hidden = |e: &walkdir::DirEntry| e.depth() > 0 && e.file_name().to_string_lossy().starts_with('.');
+    let walk = walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name();
+    for entry in walk.into_iter().filter_entry(|e| !hidden(e)) {
+        let entry = entry.map_err(|e| {
+            let at = e.path().unwrap_or(dir).to_path_buf();
+            Error::data(at, format!("cannot list: {e}"))
+        })?;
+        if !entry.file_type().is_file() {
             continue;
         }
+        if !is_image_name(&entry.file_name().to_string_lossy()) {
+            *ignored += 1;
+            continue;
+        }
+        let f = entry.into_path();
         out.push(Encoded { name: f.display().to_string(), class: class.to_string(), bytes: Bytes::File(f) });
     }
     Ok(())
