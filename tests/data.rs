@@ -404,6 +404,15 @@ fn the_disk_cache_maps_decoded_stores_and_follows_changes_to_the_source() {
     assert_eq!(grown.len(), 4);
     same(&grown, &load(&root, DataFormat::Auto, Split::Train, 8, false).unwrap());
     assert_eq!(files(".u8").len(), 2);
+    // So is an image rewritten in a class folder's subfolder (same size, new pixels).
+    std::fs::create_dir_all(root.join("b/more")).unwrap();
+    common::save_rgb(&root.join("b/more/5.png"), 8, 8, 5);
+    assert_eq!(open(&root, Split::Train, &d).unwrap().len(), 5);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    common::save_rgb(&root.join("b/more/5.png"), 8, 8, 6);
+    same(&open(&root, Split::Train, &d).unwrap(), &load(&root, DataFormat::Auto, Split::Train, 8, false).unwrap());
+    assert_eq!(files(".u8").len(), 4);
+    std::fs::remove_dir_all(root.join("b/more")).unwrap();
     // Skipped images: the readable rows are what is cached, and read back.
     std::fs::write(root.join("a/bad.png"), b"not a png").unwrap();
     let e = open(&root, Split::Train, &d).unwrap_err().to_string();

@@ -6,20 +6,21 @@
 //! the pages are read from disk as batches touch them.
 //!
 //! The key is the source's absolute path, its fingerprint (a file's size and modification
-//! time; for a folder, the count, total size and latest modification time of everything two
-//! levels down, where `<class>/<image>` lives) and the decoding options: any change to the
+//! time; for a folder, the count, total size and latest modification time of everything in
+//! it, subfolders of class folders included) and the decoding options: any change to the
 //! images, the image size or `skip_corrupt` makes another key, so an entry is never stale.
 use super::{decode, ImageStore};
 use crate::config::{DataConfig, DataFormat};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::UNIX_EPOCH;
 use tch::{Device, Kind, Tensor};
 
 /// Bumped when the files' layout changes.
-const VERSION: u32 = 1;
+/// 2: folders' fingerprints cover every level (class folders' subfolders are read since).
+const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -122,7 +123,7 @@ fn read(key: &str, pixels: &Path, header: &Path) -> std::result::Result<Option<I
 /// What a cached store was made from (see the module's doc).
 fn key(path: &Path, format: DataFormat, d: &DataConfig) -> Result<String> {
     let abs = path.canonicalize().map_err(|e| Error::io(path, e))?;
-    let (count, bytes, latest) = fingerprint(&abs, 2)?;
+    let (count, bytes, latest) = fingerprint(&abs)?;
     Ok(format!(
         "simsiam store v{VERSION} | {} | {count} entries, {bytes} bytes, latest change {latest} ns | {format:?} | \
          {} px | skip_corrupt {}",
@@ -132,19 +133,15 @@ fn key(path: &Path, format: DataFormat, d: &DataConfig) -> Result<String> {
     ))
 }
 
-/// (entries, bytes, latest modification in ns since the epoch) of `p` and what lies up to
-/// `depth` levels below it.
-fn fingerprint(p: &Path, depth: usize) -> Result<(u64, u64, u128)> {
-    let m = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
-    let changed = m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    let mut acc = (1, if m.is_file() { m.len() } else { 0 }, changed);
-    if m.is_dir() && depth > 0 {
-        let entries: Vec<PathBuf> =
-            std::fs::read_dir(p).map_err(|e| Error::io(p, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        for e in entries {
-            let (c, b, t) = fingerprint(&e, depth - 1)?;
-            acc = (acc.0 + c, acc.1 + b, acc.2.max(t));
-        }
+/// (entries, bytes, latest modification in ns since the epoch) of `p` and everything below it
+/// (links followed, as the folder reader follows them).
+fn fingerprint(p: &Path) -> Result<(u64, u64, u128)> {
+    let mut acc = (0, 0, 0);
+    for entry in walkdir::WalkDir::new(p).follow_links(true) {
+        let entry = entry.map_err(|e| Error::data(e.path().unwrap_or(p), format!("cannot list: {e}")))?;
+        let m = entry.metadata().map_err(|e| Error::data(entry.path(), format!("cannot read metadata: {e}")))?;
+        let changed = m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        acc = (acc.0 + 1, acc.1 + if m.is_file() { m.len() } else { 0 }, acc.2.max(changed));
     }
     Ok(acc)
 }
