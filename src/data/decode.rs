@@ -83,7 +83,7 @@ pub(crate) fn decode_all(
     };
     // The address as an integer, so that the decoding closures can share it.
     let base = images.data_ptr() as usize;
-    let pb = crate::progress::bar(n as u64, "images decoded");
+    let pb = crate::progress::Progress::new(n as u64, "images decoded");
     let failures: Vec<Option<String>> = bytes
         .into_par_iter()
         .enumerate()

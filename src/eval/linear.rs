@@ -153,9 +153,8 @@ fn fit(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut last_loss = Tensor::zeros([], (Kind::Float, device));
     tch::manual_seed(cfg.seed as i64);
-    let pb = crate::progress::bar(cfg.epochs as u64, "probe epochs");
+    let pb = crate::progress::Progress::new(cfg.epochs as u64, "probe epochs");
     for epoch in 0..cfg.epochs {
-        pb.inc(1);
         head.opt.lrs[0] = cosine_lr(cfg.lr, epoch as f64, cfg.epochs, 0);
         let mut order: Vec<i64> = (0..n as i64).collect();
         order.shuffle(&mut rng);
@@ -172,6 +171,7 @@ fn fit(
             };
             last_loss = head.step(&x, &train_y.index_select(0, &idx));
         }
+        pb.inc(1);
     }
     pb.finish_and_clear();
     let logits = tch::no_grad(|| head.forward(test_x, false));
