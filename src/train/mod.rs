@@ -78,24 +78,29 @@ impl Pace {
     }
 }
 
-/// `epoch E/N [step s/S]  loss  collapse_std·√d  img/s  ETA` at `pos` (the step within the
-/// epoch shown unless at its start).
+/// `epoch E/N [step s/S]  loss  collapse_std·√d  img/s  [ETA]` at `pos` (the step within the
+/// epoch shown unless at its start; the time left unless the run is done).
 fn progress_line(summary: &Summary, pos: Position, pace: &Pace) -> String {
     let left = pace.total_steps.saturating_sub(pos.global_step) * pace.batch;
-    let eta = left as f64 / pace.images_per_s(pos).max(1e-9);
+    let eta = match left {
+        0 => String::new(),
+        _ => {
+            let secs = left as f64 / pace.images_per_s(pos).max(1e-9);
+            format!("  ETA {}", indicatif::HumanDuration(std::time::Duration::from_secs_f64(secs)))
+        }
+    };
     let step = if pos.step_in_epoch > 0 {
         format!(" step {}/{}", pos.step_in_epoch, pace.steps_per_epoch)
     } else {
         String::new()
     };
     format!(
-        "epoch {:>4}/{}{step}  loss {:+.4}  collapse_std·√d {:.3}  {:.0} img/s  ETA {}",
+        "epoch {:>4}/{}{step}  loss {:+.4}  collapse_std·√d {:.3}  {:.0} img/s{eta}",
         pos.epoch + usize::from(pos.step_in_epoch > 0),
         pace.epochs,
         summary.final_loss,
         summary.collapse_std_scaled,
         pace.images_per_s(pos),
-        indicatif::HumanDuration(std::time::Duration::from_secs_f64(eta))
     )
 }
 
