@@ -436,7 +436,9 @@ fn run() -> Result<()> {
         Cmd::Analyse { what, run, data, n, k, train_bn, sizes, checkpoint, device } => {
             anyhow::ensure!(k >= 2 && n >= 10, "--k must be at least 2 and --n at least 10");
             let (cfg, device) = train::run_config(&run, device)?;
-            let path = data.or_else(|| cfg.data.test.clone()).context("no data: pass --data PATH")?;
+            let path = data
+                .or_else(|| cfg.data.test.clone())
+                .context("no data: the run has no held-out data (data.test) to analyse; pass --data PATH")?;
             let store = simsiam::data::open(&path, simsiam::data::Split::Test, &cfg.data)?;
             anyhow::ensure!(store.len() >= 10, "{}: at least 10 images needed", path.display());
             let images = store.images.narrow(0, 0, n.min(store.len()) as i64).to_device(device);
