@@ -13,7 +13,6 @@ import json
 import pathlib
 import tomllib
 
-import torch
 import torchvision
 
 from simsiam_torch import SimSiam, features, knn_top1, load_tar
@@ -37,7 +36,6 @@ def main():
     model = SimSiam("lightly", False, model_cfg["width"], stem_relu=True)
     load_ours_into(model, ckpt / "model.safetensors")
     norm = torchvision.transforms.Normalize(cfg["augment"]["mean"], cfg["augment"]["std"])
-    torch.manual_seed(0)
     bank, bank_labels = load_tar(a.data, 0)
     test, test_labels = load_tar(a.test_data, 0)
     acc = knn_top1(

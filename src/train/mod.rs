@@ -354,9 +354,11 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         device: crate::device::describe(device),
     };
     let monitors = EpochMonitors::new(cfg, &train_dev, test_dev.as_ref(), knn_on, &aug, device);
+    // The latest kNN top-1, for the progress bar (the summary's come from the metrics file).
+    let mut last_knn: Option<f64> = None;
     if let (Some(log), true) = (log.file.as_mut(), cfg.monitor.knn_at_init && pos.global_step == 0) {
-        summary.knn_init = monitors.run(&net, log, pos)?;
-        if let Some(acc) = summary.knn_init {
+        last_knn = monitors.run(&net, log, pos)?;
+        if let Some(acc) = last_knn {
             eprintln!("kNN top-1 at initialisation: {acc:.2}%");
         }
     }
@@ -379,7 +381,6 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     // The global step of the newest checkpoint (a resume starts at one).
     let mut saved_at = control.resume.then_some(pos.global_step);
     let (mut last_save, mut last_said) = (Instant::now(), Instant::now());
-    let mut last_knn: Option<f64> = summary.knn_init;
     let pace = Pace {
         since: Instant::now(),
         first_step: pos.global_step,
@@ -596,7 +597,6 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     }
     pb.finish_and_clear();
     summary.steps = pos.global_step;
-    summary.knn_final = last_knn;
     summary.train_seconds = timed(pos).train_seconds;
     // The whole run's rate, unless an older checkpoint did not record its time.
     summary.images_per_s = if earlier_seconds > 0.0 || pace.first_step == 0 {
