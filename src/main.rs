@@ -386,6 +386,20 @@ enum EvalCmd {
     },
 }
 
+/// `analyse instances`' instance counts that `n` images can serve: each at least 2, those
+/// above `n` left out with a note, an error when none is left.
+fn instance_sizes(sizes: &[usize], n: usize) -> Result<Vec<usize>> {
+    if let Some(s) = sizes.iter().find(|&&s| s < 2) {
+        anyhow::bail!("--sizes: expected instance counts of at least 2, got {s}");
+    }
+    let (kept, over): (Vec<usize>, Vec<usize>) = sizes.iter().copied().partition(|&s| s <= n);
+    anyhow::ensure!(!kept.is_empty(), "--sizes: every count ({sizes:?}) is above the {n} images analysed (--n)");
+    if !over.is_empty() {
+        eprintln!("note: --sizes {over:?}: above the {n} images analysed, left out");
+    }
+    Ok(kept)
+}
+
 fn main() {
     // Behave as a Unix filter: `simsiam ... | head` ends quietly instead of panicking.
     // SAFETY: resetting a signal disposition at start-up, before any thread exists.
@@ -434,14 +448,24 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Analyse { what, run, data, n, k, train_bn, sizes, checkpoint, device } => {
-            anyhow::ensure!(k >= 2 && n >= 10, "--k must be at least 2 and --n at least 10");
+            anyhow::ensure!(k >= 2, "--k: expected at least 2 views per image (a centre and its spread), got {k}");
+            anyhow::ensure!(n >= 10, "--n: expected at least 10 images, got {n}");
             let (cfg, device) = train::run_config(&run, device)?;
             let path = data
                 .or_else(|| cfg.data.test.clone())
                 .context("no data: the run has no held-out data (data.test) to analyse; pass --data PATH")?;
             let store = simsiam::data::open(&path, simsiam::data::Split::Test, &cfg.data)?;
             anyhow::ensure!(store.len() >= 10, "{}: at least 10 images needed", path.display());
-            let images = store.images.narrow(0, 0, n.min(store.len()) as i64).to_device(device);
+            if n > store.len() {
+                eprintln!("note: --n {n}: {} holds {} images; analysing all of them", path.display(), store.len());
+            }
+            let n = n.min(store.len());
+            let images = store.images.narrow(0, 0, n as i64).to_device(device);
+            let sizes = if matches!(what, AnalyseWhat::Instances | AnalyseWhat::All) {
+                instance_sizes(&sizes, n)?
+            } else {
+                sizes
+            };
             let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
             // (weights, output folder) for each requested checkpoint; None = initialisation.
             // Train-mode results go beside the eval-mode ones, never over them.
@@ -513,7 +537,7 @@ fn run() -> Result<()> {
                 std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
                 for (name, v) in &out {
                     let f = dir.join(format!("{name}.json"));
-                    std::fs::write(&f, serde_json::to_string_pretty(v)?).with_context(|| f.display().to_string())?;
+                    simsiam::checkpoint::write_atomic(&f, serde_json::to_string_pretty(v)?.as_bytes())?;
                 }
                 for p in simsiam::analyse::plots(&dir, &out)? {
                     eprintln!("plot: {} (and .svg)", p.display());
@@ -568,7 +592,19 @@ fn run() -> Result<()> {
                 command: Some(command_line()),
                 ..Default::default()
             })?;
-            let o = simsiam::experiment::run(&exp, &out, &over.to_sets(), &control, &arms)?;
+            let o = simsiam::experiment::run(&exp, &out, &over.to_sets(), &control, &arms).map_err(|e| {
+                let interrupted = matches!(e, simsiam::Error::Interrupted { .. });
+                let e = anyhow::Error::from(e);
+                // The arm's own hint (`train --resume`) would finish that arm but not the report.
+                if interrupted {
+                    e.context(format!(
+                        "experiment {}: run the same command again to go on (finished arms are skipped, this arm resumes)",
+                        exp.name
+                    ))
+                } else {
+                    e
+                }
+            })?;
             println!("{}: the claim {}; report: {}", exp.name, o.verdict(), out.join("report.md").display());
             Ok(())
         }

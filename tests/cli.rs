@@ -584,11 +584,19 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     assert!(table.contains("| pending |"), "{table}");
     let err = user_error(bin().args(args(&out)).args(["--arms", "nope"]).output().unwrap());
     assert!(err.contains("--arms") && err.contains("\"nope\"") && err.contains("no-stop-grad"), "{err}");
-    // Then the rest, with a linear probe of every arm: the finished arm is skipped (its probe
-    // made now), the claim judged.
+    // The rest, stopped by SIGTERM within its arm: the hint is to run the same command again
+    // (the arm's own `train --resume` would not finish the experiment).
+    let child = bin().args(args(&out)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let (code, err) = common::signal_after(child, &out.join("no-stop-grad"), 1, libc::SIGTERM);
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("experiment stop-gradient: run the same command again"), "{err}");
+    assert!(!out.join("no-stop-grad/summary.json").exists(), "stopped before the arm's end");
+    // Then again, with a linear probe of every arm: the finished arm is skipped (its probe
+    // made now), the stopped one resumes, the claim is judged.
     let linear = ["--linear-epochs", "1"];
     let text = ok(bin().args(args(&out)).args(linear).output().unwrap());
     assert_eq!(text.matches("finished earlier, skipped").count(), 1, "{text}");
+    assert!(text.contains("[stop-gradient] no-stop-grad: resuming"), "{text}");
     assert_eq!(text.matches("linear probe (1 epochs)").count(), 2, "{text}");
     let probe: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("simsiam/linear_probe.json")).unwrap()).unwrap();
@@ -780,10 +788,14 @@ fn analyse_measures_a_checkpoint() {
     let run = tmp.path().join("a");
     let args = one_epoch_args(&train, &test, &run);
     ok(bin().args(&args).output().unwrap());
-    let text = ok(bin()
-        .args(["analyse", "all", run.to_str().unwrap(), "--n", "40", "--k", "3", "--sizes", "10,40"])
+    let o = bin()
+        .args(["analyse", "all", run.to_str().unwrap(), "--n", "40", "--k", "3", "--sizes", "10,40,80"])
         .output()
-        .unwrap());
+        .unwrap();
+    // A count above the images analysed is left out, and said so.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("note: --sizes [80]: above the 40 images analysed, left out"), "{err}");
+    let text = ok(o);
     let v: serde_json::Value = serde_json::from_str(&text[..text.rfind('}').unwrap() + 1]).unwrap();
     for k in ["dimension", "instances", "predictor", "shards", "invariance"] {
         assert!(run.join("analysis").join(format!("{k}.json")).is_file(), "{k}");
@@ -854,6 +866,16 @@ fn analyse_every_checkpoint_and_the_initialisation_then_judge_the_hypotheses() {
     assert!(out.join("plots/b1-cos-h-hstar.png").is_file(), "B1 over the analysed epochs is plotted");
     for (args, want) in [
         (vec!["analyse", "all", r, "--checkpoint", "step-7"], "--checkpoint"),
+        (vec!["analyse", "shards", r, "--k", "1"], "--k: expected at least 2"),
+        (vec!["analyse", "shards", r, "--n", "9"], "--n: expected at least 10 images, got 9"),
+        (
+            vec!["analyse", "instances", r, "--n", "40", "--sizes", "1,10"],
+            "--sizes: expected instance counts of at least 2",
+        ),
+        (
+            vec!["analyse", "instances", r, "--n", "40", "--sizes", "100"],
+            "--sizes: every count ([100]) is above the 40",
+        ),
         (vec!["hypotheses", "--run", "simsiam", "--out", "x"], "METHOD=RUN_DIR"),
         (vec!["hypotheses", "--run", &format!("Sim Siam={r}"), "--out", "x"], "lowercase letters"),
     ] {
