@@ -63,6 +63,55 @@ fn register_font() {
     });
 }
 
+/// Where the legend hides the fewest points: the corner (upper right first, on ties) whose
+/// third of the width and quarter of the height holds the fewest of the plotted points.
+fn legend_corner(series: &[Series], (x0, x1, y0, y1): (f64, f64, f64, f64)) -> SeriesLabelPosition {
+    use SeriesLabelPosition::*;
+    let points = || series.iter().flat_map(|(_, p)| p.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (fx, fy) = (|x: f64| (x - x0) / (x1 - x0), |y: f64| (y - y0) / (y1 - y0));
+    [(UpperRight, true, true), (UpperLeft, false, true), (LowerRight, true, false), (LowerLeft, false, false)]
+        .into_iter()
+        .min_by_key(|&(_, right, upper)| {
+            points()
+                .filter(|&&(x, y)| {
+                    let (u, v) = (fx(x), fy(y));
+                    (if right { u > 2.0 / 3.0 } else { u < 1.0 / 3.0 }) && (if upper { v > 0.75 } else { v < 0.25 })
+                })
+                .count()
+        })
+        .map(|(corner, ..)| corner)
+        .expect("four corners")
+}
+
+/// The decimals a tick needs when some ten ticks span `range`: 0.02 -> 3, 1 -> 1, 16 -> 0.
+fn tick_decimals(range: f64) -> usize {
+    if range.is_finite() && range > 0.0 {
+        (-(range / 10.0).log10().floor()).clamp(0.0, 6.0) as usize
+    } else {
+        1
+    }
+}
+
+/// `v` with `decimals` decimals, and zero without a sign ("0.0", not "-0.0").
+fn fixed(v: f64, decimals: usize) -> String {
+    let s = format!("{v:.decimals$}");
+    match s.strip_prefix('-') {
+        Some(abs) if abs.chars().all(|c| c == '0' || c == '.') => abs.to_string(),
+        _ => s,
+    }
+}
+
+/// An x tick as a reader writes it: steps, epochs and dimensions are counts ("50", not
+/// "50.0"); other values with at most three decimals, trailing zeros dropped.
+fn x_tick(v: &f64) -> String {
+    if (v - v.round()).abs() <= 1e-9 * v.abs().max(1.0) {
+        format!("{:.0}", v.round() + 0.0) // + 0.0: no "-0"
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::result::Result<(), String> {
     register_font();
     let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
@@ -84,9 +133,13 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
         .map_err(e)?;
     let power_of_ten = |v: &f64| format!("{:.1e}", 10f64.powf(*v));
     let mut mesh = chart.configure_mesh();
-    mesh.x_desc(fig.x_label).light_line_style(RGBColor(235, 235, 235));
+    mesh.x_desc(fig.x_label).x_label_formatter(&x_tick).light_line_style(RGBColor(235, 235, 235));
+    let decimals = tick_decimals(y1 - y0);
+    let plain = |v: &f64| fixed(*v, decimals);
     if fig.log_y {
         mesh.y_label_formatter(&power_of_ten);
+    } else {
+        mesh.y_label_formatter(&plain);
     }
     mesh.draw().map_err(e)?;
     // Lines of one name (an experiment arm's seeds) are one group: one colour, one legend entry.
@@ -116,7 +169,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
     if groups.len() > 1 {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(legend_corner(&shown, (x0, x1, y0, y1)))
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -464,4 +517,43 @@ pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head><body>\
     let path = run.join("report.html");
     std::fs::write(&path, html).map_err(|e| Error::io(&path, e))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn x_ticks_are_counts_where_they_are_whole() {
+        assert_eq!(super::x_tick(&50.0), "50");
+        assert_eq!(super::x_tick(&0.0), "0");
+        assert_eq!(super::x_tick(&-0.0), "0");
+        assert_eq!(super::x_tick(&120000.0), "120000");
+        assert_eq!(super::x_tick(&0.25), "0.25");
+        assert_eq!(super::x_tick(&2.5000001), "2.5");
+    }
+
+    #[test]
+    fn y_ticks_have_the_decimals_their_range_needs_and_no_negative_zero() {
+        assert_eq!(super::tick_decimals(1.0), 1);
+        assert_eq!(super::tick_decimals(16.0), 0);
+        assert_eq!(super::tick_decimals(0.02), 3);
+        assert_eq!(super::tick_decimals(0.0), 1);
+        assert_eq!(super::fixed(-0.00001, 1), "0.0");
+        assert_eq!(super::fixed(-0.1, 1), "-0.1");
+        assert_eq!(super::fixed(12.0, 0), "12");
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_lines_are_not() {
+        use plotters::prelude::SeriesLabelPosition::*;
+        let rising: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64, i as f64)).collect();
+        let falling: Vec<(f64, f64)> = (0..=10).map(|i| (i as f64, 10.0 - i as f64)).collect();
+        let at = |pts: &[(f64, f64)]| {
+            let pos = super::legend_corner(&[("a".to_string(), pts.to_vec())], (0.0, 10.0, 0.0, 10.0));
+            format!("{pos:?}")
+        };
+        // A rising line fills the upper right and lower left corners; a falling one the others.
+        assert_eq!(at(&rising), format!("{UpperLeft:?}"));
+        assert_eq!(at(&falling), format!("{UpperRight:?}"));
+        assert_eq!(at(&[]), format!("{UpperRight:?}"));
+    }
 }

@@ -1,0 +1,73 @@
+//! `simsiam embed` and `simsiam export`: what a user takes away, embeddings as `.npy` and the
+//! backbone as torchvision-layout safetensors.
+use super::SplitArg;
+use anyhow::Result;
+use clap::Args;
+use simsiam::train;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub(crate) struct EmbedArgs {
+    /// The run folder.
+    pub(crate) run: PathBuf,
+    /// Images to embed (any supported format).
+    #[arg(long)]
+    pub(crate) data: PathBuf,
+    /// Output folder.
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// cpu, cuda, cuda:N or auto (default: the run's own `run.device`).
+    #[arg(long)]
+    pub(crate) device: Option<String>,
+    /// Which split of a CIFAR binary folder to read.
+    #[arg(long, value_enum, default_value = "test")]
+    pub(crate) split: SplitArg,
+    /// Which checkpoint: `latest` or a `step-*` folder of the run's checkpoints/.
+    #[arg(long, default_value = "latest")]
+    pub(crate) checkpoint: String,
+}
+
+#[derive(Args)]
+pub(crate) struct ExportArgs {
+    /// The run folder.
+    pub(crate) run: PathBuf,
+    /// Output file (.safetensors).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Which checkpoint: `latest` or a `step-*` folder of the run's checkpoints/.
+    #[arg(long, default_value = "latest")]
+    pub(crate) checkpoint: String,
+}
+
+/// `simsiam embed`: backbone and projector embeddings of a dataset as `.npy`.
+pub(crate) fn embed(a: EmbedArgs) -> Result<()> {
+    let EmbedArgs { run, data, out, device, split, checkpoint } = a;
+    let (cfg, device, net) = train::load_run_at(&run, &checkpoint, device)?;
+    let store = simsiam::data::open(&data, split.into(), &cfg.data)?;
+    let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
+    let (y, z) = simsiam::export::embed(&net.model, &store.place(device, cfg.data.store)?, &aug, 512);
+    simsiam::export::write_embeddings(&out, &y, &z, &store)?;
+    println!(
+        "wrote {} embeddings to {}: backbone.npy {:?}, projector.npy {:?}, labels.npy, names.txt, classes.txt",
+        store.len(),
+        out.display(),
+        y.size(),
+        z.size()
+    );
+    Ok(())
+}
+
+/// `simsiam export`: the backbone with torchvision's names, and how to build the model it fits.
+pub(crate) fn export(a: ExportArgs) -> Result<()> {
+    let ExportArgs { run, out, checkpoint } = a;
+    let (cfg, _, net) = train::load_run_at(&run, &checkpoint, Some("cpu".into()))?;
+    let n = simsiam::export::export_torchvision(&net.vs, &out)?;
+    println!("wrote {} ({n} tensors, torchvision resnet layout)", out.display());
+    if cfg.model.width != 64 {
+        eprintln!("note: model.width = {} (torchvision's resnets use 64): build the matching torchvision model with width_per_group/inplanes changed", cfg.model.width);
+    }
+    if cfg.model.cifar_stem {
+        eprintln!("note: CIFAR stem: in torchvision set conv1 = Conv2d(3, {}, 3, 1, 1, bias=False), maxpool = Identity(), fc = Identity()", cfg.model.width);
+    }
+    Ok(())
+}
