@@ -82,20 +82,132 @@ pub fn init_from_torchvision(vs: &mut VarStore, path: &Path) -> Result<usize> {
     Ok(loaded)
 }
 
-/// Embeddings of every image (eval-mode BN, no augmentation): backbone features y `[N, C]` and
-/// projector outputs z `[N, d]`, both float32 on the CPU.
-pub fn embed(model: &SimSiam, store: &ImageStore, aug: &Augmenter, batch: i64) -> (Tensor, Tensor) {
+/// Calls `f(y, z)` on each batch of `store`'s images in order, with eval-mode BN and no
+/// augmentation: backbone features y `[b, C]` and projector outputs z `[b, d]`, float32 on the CPU.
+fn for_each_embedding(
+    model: &SimSiam,
+    store: &ImageStore,
+    aug: &Augmenter,
+    batch: i64,
+    mut f: impl FnMut(Tensor, Tensor) -> Result<()>,
+) -> Result<()> {
     tch::no_grad(|| {
         let n = store.images.size()[0];
-        let (mut ys, mut zs) = (Vec::new(), Vec::new());
         for s in (0..n).step_by(batch as usize) {
             let x = aug.eval_view(&store.images.narrow(0, s, batch.min(n - s)));
             let y = model.features(&x, false);
-            zs.push(y.apply_t(&model.projector, false).to_kind(Kind::Float).to_device(Device::Cpu));
-            ys.push(y.to_kind(Kind::Float).to_device(Device::Cpu));
+            let z = y.apply_t(&model.projector, false).to_kind(Kind::Float).to_device(Device::Cpu);
+            f(y.to_kind(Kind::Float).to_device(Device::Cpu), z)?;
         }
-        (Tensor::cat(&ys, 0), Tensor::cat(&zs, 0))
+        Ok(())
     })
+}
+
+/// Embeddings of every image, in memory: backbone features y `[N, C]` and projector outputs z
+/// `[N, d]`, float32 on the CPU (what [`write_embeddings`] streams to disk).
+pub fn embed(model: &SimSiam, store: &ImageStore, aug: &Augmenter, batch: i64) -> (Tensor, Tensor) {
+    let (mut ys, mut zs) = (Vec::new(), Vec::new());
+    for_each_embedding(model, store, aug, batch, |y, z| {
+        ys.push(y);
+        zs.push(z);
+        Ok(())
+    })
+    .expect("collecting cannot fail");
+    (Tensor::cat(&ys, 0), Tensor::cat(&zs, 0))
+}
+
+/// A float32 `.npy` file written a batch of rows at a time, under a temporary name until
+/// [`NpyRows::finish`] renames it into place (an interrupted run leaves no partial file).
+/// The header is NPY format 1.0 (numpy's `format.py`): the magic string, the version, the
+/// header's length (u16, little-endian) and a Python dict literal padded with spaces to a
+/// multiple of 64 bytes and ended by a newline; then the values, little-endian, row-major.
+struct NpyRows {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl NpyRows {
+    fn create(path: std::path::PathBuf, shape: [i64; 2]) -> Result<NpyRows> {
+        use std::io::Write;
+        let tmp = crate::checkpoint::temp_beside(&path);
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut out = std::io::BufWriter::new(file);
+        out.write_all(&npy_header("<f4", &shape)).map_err(|e| Error::io(&tmp, e))?;
+        Ok(NpyRows { path, tmp, out })
+    }
+
+    /// Appends the rows of `t` (`[b, C]`, float32 on the CPU).
+    fn push(&mut self, t: &Tensor) -> Result<()> {
+        use std::io::Write;
+        let values = Vec::<f32>::try_from(t.flatten(0, -1)).map_err(|e| Error::data(&self.path, e.to_string()))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.out.write_all(&bytes).map_err(|e| Error::io(&self.tmp, e))
+    }
+
+    fn finish(self) -> Result<()> {
+        let file = self.out.into_inner().map_err(|e| Error::io(&self.tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// An NPY 1.0 header for a C-order array of `descr` (numpy's dtype string) and `shape`.
+fn npy_header(descr: &str, shape: &[i64]) -> Vec<u8> {
+    // As numpy writes it: "(10, 64)", and "(10,)" for one dimension.
+    let dims = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+    let comma = if shape.len() == 1 { "," } else { "" };
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}{comma}), }}");
+    // magic (6) + version (2) + length (2) + dict + padding + newline: a multiple of 64.
+    let unpadded = 10 + dict.len() + 1;
+    let len = dict.len() + unpadded.next_multiple_of(64) - unpadded + 1;
+    let mut h = b"\x93NUMPY\x01\x00".to_vec();
+    h.extend((len as u16).to_le_bytes());
+    h.extend(dict.bytes());
+    h.resize(10 + len - 1, b' ');
+    h.push(b'\n');
+    h
+}
+
+/// Embeds every image of `store` into `dir`: `backbone.npy` `[N, C]` and `projector.npy`
+/// `[N, d]` (float32, streamed a batch at a time, so memory stays one batch whatever N),
+/// `labels.npy` (int64; -1 for unlabelled images), `names.txt` and `classes.txt` (empty for
+/// unlabelled data). Progress is shown as for decoding. Returns the two arrays' shapes.
+pub fn write_embeddings(
+    dir: &Path,
+    model: &SimSiam,
+    store: &ImageStore,
+    aug: &Augmenter,
+    batch: i64,
+) -> Result<([i64; 2], [i64; 2])> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let n = store.images.size()[0];
+    let progress = crate::progress::Progress::new(n as u64, "images embedded");
+    let mut files: Option<(NpyRows, NpyRows, [i64; 2], [i64; 2])> = None;
+    for_each_embedding(model, store, aug, batch, |y, z| {
+        if files.is_none() {
+            // The widths are the first batch's: [N, C] and [N, d].
+            let (sy, sz) = ([n, y.size()[1]], [n, z.size()[1]]);
+            files = Some((
+                NpyRows::create(dir.join("backbone.npy"), sy)?,
+                NpyRows::create(dir.join("projector.npy"), sz)?,
+                sy,
+                sz,
+            ));
+        }
+        let (fy, fz, ..) = files.as_mut().expect("just made");
+        fy.push(&y)?;
+        fz.push(&z)?;
+        progress.inc(y.size()[0] as u64);
+        Ok(())
+    })?;
+    progress.finish_and_clear();
+    let (fy, fz, sy, sz) = files.ok_or_else(|| Error::data(dir, "no images to embed"))?;
+    fy.finish()?;
+    fz.finish()?;
+    let labels = store.labels.to_device(Device::Cpu);
+    write_files(dir, &[("labels.npy", &labels)], &[("names.txt", &store.names), ("classes.txt", &store.classes)])?;
+    Ok((sy, sz))
 }
 
 /// Each `(file name, tensor)` as `dir/name` in NPY format, and each `(file name, lines)` as a
@@ -112,17 +224,6 @@ fn write_files(dir: &Path, npy: &[(&str, &Tensor)], text: &[(&str, &[String])]) 
         std::fs::write(&p, body).map_err(|e| Error::io(&p, e))?;
     }
     Ok(())
-}
-
-/// Writes `backbone.npy`, `projector.npy`, `labels.npy` (int64; -1 for unlabelled images),
-/// `names.txt`, `classes.txt` (empty for unlabelled data).
-pub fn write_embeddings(dir: &Path, y: &Tensor, z: &Tensor, store: &ImageStore) -> Result<()> {
-    let labels = store.labels.to_device(Device::Cpu);
-    write_files(
-        dir,
-        &[("backbone.npy", y), ("projector.npy", z), ("labels.npy", &labels)],
-        &[("names.txt", &store.names), ("classes.txt", &store.classes)],
-    )
 }
 
 /// Rows of the preview grid at most (the `.npy` files hold every sampled image).
@@ -175,4 +276,18 @@ pub fn write_views(dir: &Path, store: &ImageStore, aug: &Augmenter, n: usize, se
     image::save_buffer(&p, &bytes, w as u32, (rows * h) as u32, image::ExtendedColorType::Rgb8)
         .map_err(|e| Error::data(&p, format!("cannot write: {e}")))?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Byte for byte what numpy 2 (`np.save`) writes before the values.
+    #[test]
+    fn npy_headers_are_numpys() {
+        for (shape, dims) in [(&[10i64, 64][..], "(10, 64)"), (&[10][..], "(10,)")] {
+            let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+            let mut want = b"\x93NUMPY\x01\x00\x76\x00".to_vec();
+            want.extend(format!("{dict:<117}\n").bytes());
+            assert_eq!(super::npy_header("<f4", shape), want, "{dims}");
+        }
+    }
 }

@@ -105,7 +105,10 @@ fn embeddings_are_standard_npy_files() {
     let aug = Augmenter::new(&c.augment, 32, Device::Cpu);
     let (y, z) = embed(&net.model, &s, &aug, 4);
     let dir = tempfile::tempdir().unwrap();
-    write_embeddings(dir.path(), &y, &z, &s).unwrap();
+    // Streamed a batch of 4 at a time (the last one 2): the same values as in memory.
+    assert_eq!(write_embeddings(dir.path(), &net.model, &s, &aug, 4).unwrap(), ([10, 64], [10, 512]));
+    let back = |f: &str| Tensor::read_npy(dir.path().join(f)).unwrap();
+    assert!(back("backbone.npy").equal(&y) && back("projector.npy").equal(&z), "tch reads them back");
     let raw = std::fs::read(dir.path().join("backbone.npy")).unwrap();
     let (descr, fortran, shape, off) = npy_header(&raw);
     assert_eq!((descr.as_str(), fortran, shape.clone()), ("<f4", false, vec![10, 64]));

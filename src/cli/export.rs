@@ -45,14 +45,12 @@ pub(crate) fn embed(a: EmbedArgs) -> Result<()> {
     let (cfg, device, net) = train::load_run_at(&run, &checkpoint, device)?;
     let store = simsiam::data::open(&data, split.into(), &cfg.data)?;
     let aug = simsiam::augment::Augmenter::new(&cfg.augment, cfg.data.image_size, device);
-    let (y, z) = simsiam::export::embed(&net.model, &store.place(device, cfg.data.store)?, &aug, 512);
-    simsiam::export::write_embeddings(&out, &y, &z, &store)?;
+    let (sy, sz) =
+        simsiam::export::write_embeddings(&out, &net.model, &store.place(device, cfg.data.store)?, &aug, 512)?;
     println!(
-        "wrote {} embeddings to {}: backbone.npy {:?}, projector.npy {:?}, labels.npy, names.txt, classes.txt",
+        "wrote {} embeddings to {}: backbone.npy {sy:?}, projector.npy {sz:?}, labels.npy, names.txt, classes.txt",
         store.len(),
         out.display(),
-        y.size(),
-        z.size()
     );
     Ok(())
 }
