@@ -1,7 +1,7 @@
-//! Progress for long work (decoding a dataset, training, a linear probe). Bars draw on stderr
-//! and only when it is a terminal (indicatif hides them otherwise), so logs and tests stay
-//! clean; where a bar cannot draw (a job's log file), [`Progress`] prints a plain line every
-//! few minutes instead, so a long job's log still says how far it is.
+//! Progress for long work (decoding a dataset, training, kNN features, embedding, a linear
+//! probe). Bars draw on stderr and only when it is a terminal (indicatif hides them otherwise),
+//! so logs and tests stay clean; where a bar cannot draw (a job's log file), [`Progress`] prints
+//! a plain line every few minutes instead, so a long job's log still says how far it is.
 use indicatif::{HumanDuration, ProgressBar, ProgressStyle};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -31,6 +31,14 @@ impl Progress {
     /// [`bar`] of `len` `unit`s, a log line every [`LOG_EVERY`] where it cannot draw.
     pub fn new(len: u64, unit: &str) -> Progress {
         Progress::with(bar(len, unit), unit, LOG_EVERY)
+    }
+
+    /// No bar, only a line every [`LOG_EVERY`]: for work that may run while another bar is
+    /// drawn (the kNN monitor's features, inside training's bar).
+    pub fn log_only(len: u64, unit: &str) -> Progress {
+        let pb = ProgressBar::hidden();
+        pb.set_length(len);
+        Progress::with(pb, unit, LOG_EVERY)
     }
 
     /// `pb` (its length set), logging every `every` when hidden.
@@ -91,5 +99,8 @@ mod tests {
         p.pb.set_length(10);
         p.inc(3);
         assert_eq!(p.due_line(), None, "not before `every`");
+        // Log-only: never drawn, so it logs (when due) even on a terminal.
+        let p = Progress::log_only(7, "kNN features");
+        assert!(p.pb.is_hidden() && p.pb.length() == Some(7) && p.every == LOG_EVERY);
     }
 }

@@ -11,11 +11,15 @@ use tch::{Kind, Tensor};
 pub fn extract_features(model: &SimSiam, store: &ImageStore, aug: &Augmenter, batch: i64) -> Tensor {
     tch::no_grad(|| {
         let n = store.images.size()[0];
+        // Seconds on CIFAR, minutes on ImageNet: a line every few minutes says how far it is.
+        let progress = crate::progress::Progress::log_only(n as u64, "kNN features");
         let chunks: Vec<Tensor> = (0..n)
             .step_by(batch as usize)
             .map(|s| {
                 let x = aug.eval_view(&store.images.narrow(0, s, batch.min(n - s)));
-                l2_normalize(&model.features(&x, false).to_kind(Kind::Float))
+                let f = l2_normalize(&model.features(&x, false).to_kind(Kind::Float));
+                progress.inc(x.size()[0] as u64);
+                f
             })
             .collect();
         Tensor::cat(&chunks, 0)
