@@ -71,6 +71,32 @@ impl Drop for Range {
     }
 }
 
+/// ATen operators that allocate or re-view memory without touching its values (host-side
+/// bookkeeping: on a GPU they launch no kernel).
+const NO_ARITHMETIC: &[&str] = &[
+    "empty",
+    "empty_strided",
+    "empty_like",
+    "as_strided",
+    "view",
+    "reshape",
+    "_reshape_alias",
+    "_unsafe_view",
+    "resize",
+    "t",
+    "transpose",
+    "permute",
+    "expand",
+    "slice",
+    "select",
+    "narrow",
+    "unsqueeze",
+    "squeeze",
+    "detach",
+    "alias",
+    "set",
+];
+
 /// The kind of work a kernel or operator does, from its name (cuDNN, cuBLAS and ATen names).
 pub fn category(name: &str) -> &'static str {
     let n = name.to_lowercase();
@@ -87,6 +113,8 @@ pub fn category(name: &str) -> &'static str {
         "optimizer"
     } else if has(&["memcpy", "memset", "copy", "cast", "convert", "contiguous", "nchwtonhwc", "nhwctonchw", "clone"]) {
         "copy / layout / cast"
+    } else if n.strip_prefix("aten::").is_some_and(|op| NO_ARITHMETIC.contains(&op.trim_end_matches('_'))) {
+        "allocation / views (no arithmetic)"
     } else if n.starts_with("cuda") {
         "CUDA runtime calls (host)"
     } else if has(&["reduce", "sum", "mean", "argmax", "sort", "::any", "norm"])

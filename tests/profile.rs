@@ -55,6 +55,11 @@ fn self_times_exclude_nested_calls_and_device_time_is_the_union_of_intervals() {
         ("void at::native::multi_tensor_apply_kernel<FusedSgdMathFunctor>", "optimizer"),
         ("ampere_bf16_s16816gemm_bf16_128x64_ldg8_f2f_tn", "matrix multiply"),
         ("aten::grid_sampler_2d", "augmentation: crop + flip sampling"),
+        // Host-side bookkeeping, not elementwise work; ReLU and its in-place form are.
+        ("aten::empty", "allocation / views (no arithmetic)"),
+        ("aten::as_strided_", "allocation / views (no arithmetic)"),
+        ("aten::relu_", "elementwise (ReLU, adds, colour ops, ...)"),
+        ("aten::threshold_backward", "elementwise (ReLU, adds, colour ops, ...)"),
     ] {
         assert_eq!(profile::category(name), want, "{name}");
     }
