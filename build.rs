@@ -23,6 +23,15 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     println!("cargo:rerun-if-changed=csrc");
     let torch = libtorch();
+    // The libtorch this binary is built against, for `--version` and each run's summary.
+    let version = std::fs::read_to_string(torch.join("version.py"))
+        .ok()
+        .and_then(|v| {
+            v.lines().find_map(|l| Some(l.strip_prefix("__version__ = ")?.trim_matches(['\'', '"']).to_string()))
+        })
+        .or_else(|| std::fs::read_to_string(torch.join("build-version")).ok().map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=SIMSIAM_LIBTORCH_VERSION={version}");
     let inc = torch.join("include");
     cc::Build::new()
         .cpp(true)

@@ -15,6 +15,10 @@
 //!   [`profile`] (where the time goes);
 //! - **handing it over**: [`export`] (safetensors in torchvision's layout, `.npy` embeddings);
 //!   [`config`] (typed, the paper's recipe by default) and [`error`] throughout.
+/// This build: the crate's version and the libtorch it was built against (`--version`, and
+/// `build` in each run's `summary.json`: a run repeats step for step with the same build).
+pub const BUILD: &str = concat!("simsiam ", env!("CARGO_PKG_VERSION"), ", libtorch ", env!("SIMSIAM_LIBTORCH_VERSION"));
+
 pub mod analyse;
 pub mod analysis;
 pub mod augment;

@@ -125,6 +125,12 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     }
     let html = std::fs::read_to_string(full.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("kNN top-1") && html.contains("[optim]"), "self-contained report");
+    // The build that wrote it, as `--version` says it.
+    let summary: serde_json::Value = serde_json::from_str(&read(&full.join("summary.json"))).unwrap();
+    let version = ok(bin().arg("--version").output().unwrap());
+    let libtorch = version.split("(libtorch ").nth(1).unwrap().trim().trim_end_matches(')').to_string();
+    assert!(libtorch.starts_with("2.") && libtorch != "unknown", "{version}");
+    assert_eq!(summary["build"], format!("simsiam {}, libtorch {libtorch}", env!("CARGO_PKG_VERSION")));
     assert_eq!(&std::fs::read(full.join("report/knn.png")).unwrap()[..4], b"\x89PNG");
     // Geometry monitor lines at initialisation and each epoch.
     let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();

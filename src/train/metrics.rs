@@ -33,6 +33,9 @@ pub struct Summary {
     pub train_seconds: f64,
     pub images_per_s: f64,
     pub device: String,
+    /// [`crate::BUILD`] of the invocation that wrote it (empty in older summaries).
+    #[serde(default)]
+    pub build: String,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

@@ -352,6 +352,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         train_seconds: 0.0,
         images_per_s: 0.0,
         device: crate::device::describe(device),
+        build: crate::BUILD.to_string(),
     };
     let monitors = EpochMonitors::new(cfg, &train_dev, test_dev.as_ref(), knn_on, &aug, device);
     // The latest kNN top-1, for the progress bar (the summary's come from the metrics file).
