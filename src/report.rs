@@ -369,6 +369,67 @@ pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// What a run reached, for a reader: the step monitors at the first step and over the last
+/// 10% of steps (the collapse verdict compares the two), kNN top-1 at initialisation and at
+/// the last measurement, then whether it finished, its time, device and build. A run still
+/// going is shown from its metrics so far.
+fn figures_table(run: &Path, steps: &[&Value], knn: &[&Value]) -> String {
+    let summary: Option<crate::train::Summary> =
+        std::fs::read_to_string(run.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let (start, tail) = (crate::train::start_of(steps), crate::train::tail_of(steps));
+    let row = |name: &str, first: String, last: String| {
+        format!(
+            "<tr><th>{}</th><td>{}</td><td>{}</td></tr>",
+            html_escape(name),
+            html_escape(&first),
+            html_escape(&last)
+        )
+    };
+    let at = |f: &dyn Fn(&crate::train::Tail) -> String| (start.as_ref().map(f).unwrap_or_default(), f(&tail));
+    let mut rows = vec!["<tr><th></th><th>first step</th><th>last 10% of steps</th></tr>".to_string()];
+    for (name, (a, b)) in [
+        ("loss (minimum -1)", at(&|t| format!("{:+.4}", t.loss))),
+        ("sqrt(d)·collapse_std (1 = spread, 0 = collapsed)", at(&|t| format!("{:.3}", t.collapse_std_scaled))),
+        ("m_o / m_r of Z (m_o = 1: collapsed)", at(&|t| format!("{:.3} / {:.3}", t.m_o_z, t.m_r_z))),
+        ("m_o / m_r of P", at(&|t| format!("{:.3} / {:.3}", t.m_o_p, t.m_r_p))),
+    ] {
+        rows.push(row(name, a, b));
+    }
+    if let (Some(first), Some(last)) = (knn.first(), knn.last()) {
+        let pct = |r: &Value| r["knn_top1"].as_f64().map_or("-".into(), |v| format!("{v:.2}%"));
+        let name = format!("kNN top-1 (k = {}, t = {})", last["k"], last["t"]);
+        rows.push(row(
+            &name,
+            format!("{} (epoch {})", pct(first), first["epoch"]),
+            format!("{} (epoch {})", pct(last), last["epoch"]),
+        ));
+    }
+    let status = match &summary {
+        Some(s) => {
+            let verdict = s
+                .verdict
+                .map(|v| format!("; collapse verdict: <b>{}</b>", html_escape(&format!("{v:?}"))))
+                .unwrap_or_default();
+            let build =
+                if s.build.is_empty() { String::new() } else { format!(" Built with {}.", html_escape(&s.build)) };
+            format!(
+                "<p><b>Finished</b>: {} epochs, {} steps in {:.1} s ({:.0} images/s) on {}{verdict}.{build}</p>",
+                s.epochs,
+                s.steps,
+                s.train_seconds,
+                s.images_per_s,
+                html_escape(&s.device)
+            )
+        }
+        None => {
+            // Steps count from 0: the last logged one is the number done minus one.
+            let done = steps.last().and_then(|r| r["step"].as_u64()).map_or(0, |s| s + 1);
+            format!("<p><b>Not finished</b> (no summary.json yet): {done} steps logged so far.</p>")
+        }
+    };
+    format!("{status}<table>{}</table>", rows.concat())
+}
+
 /// Writes `<run>/report/*.png|svg` and `<run>/report.html`; returns the HTML path.
 pub fn write_report(run: &Path) -> Result<PathBuf> {
     let metrics = run.join("metrics.jsonl");
@@ -480,26 +541,7 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
         let svg = render(&dir, fig)?;
         plots.push_str(&format!("<figure>{svg}<figcaption><a href=\"report/{0}.png\">PNG</a> · <a href=\"report/{0}.svg\">SVG</a></figcaption></figure>\n", fig.stem));
     }
-    let mut table = String::new();
-    if let Ok(text) = std::fs::read_to_string(run.join("summary.json")) {
-        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&text) {
-            // One row per value; a nested object (`tail`, `start`) as `key.field` rows.
-            let rows = m.iter().flat_map(|(k, v)| match v {
-                Value::Object(inner) => inner.iter().map(|(f, x)| (format!("{k}.{f}"), x)).collect::<Vec<_>>(),
-                _ => vec![(k.clone(), v)],
-            });
-            for (k, v) in rows {
-                let shown = match v.as_f64() {
-                    Some(f) if f.fract() != 0.0 => format!("{f:.4}"),
-                    _ => v.to_string().trim_matches('"').to_string(),
-                };
-                table.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>", html_escape(&k), html_escape(&shown)));
-            }
-        }
-    }
-    if table.is_empty() {
-        table = "<tr><td>run not finished: no summary.json yet</td></tr>".into();
-    }
+    let table = figures_table(run, &steps, &knn);
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap_or_default();
     let title = format!("simsiam run {}", run.display());
     let html = format!(
@@ -509,7 +551,7 @@ body{{font-family:sans-serif;max-width:1680px;margin:1em auto;padding:0 1em;colo
 figure{{margin:0;border:1px solid #ddd}}figure svg{{width:100%;height:auto}}figcaption{{font-size:.8em;padding:2px 8px}}\
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 10px;text-align:left}}\
 pre{{background:#f6f6f6;padding:8px;overflow:auto}}</style></head><body>\
-<h1>{t}</h1><h2>Final figures</h2><table>{table}</table><h2>Plots</h2><div class=\"plots\">{plots}</div>\
+<h1>{t}</h1><h2>What it reached</h2>{table}<h2>Plots</h2><div class=\"plots\">{plots}</div>\
 <h2>Config</h2><pre>{cfg}</pre></body></html>\n",
         t = html_escape(&title),
         cfg = html_escape(&config)

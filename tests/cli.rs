@@ -125,6 +125,12 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     }
     let html = std::fs::read_to_string(full.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("kNN top-1") && html.contains("[optim]"), "self-contained report");
+    // What it reached, readably: the monitors at the start and at the end, kNN, the verdict.
+    for want in
+        ["<b>Finished</b>: 3 epochs, 60 steps", "<th>last 10% of steps</th>", "collapse verdict: <b>", "(epoch 0)"]
+    {
+        assert!(html.contains(want), "{want:?} in the report");
+    }
     // The build that wrote it, as `--version` says it.
     let summary: serde_json::Value = serde_json::from_str(&read(&full.join("summary.json"))).unwrap();
     let version = ok(bin().arg("--version").output().unwrap());
@@ -277,6 +283,10 @@ fn sigterm_checkpoints_like_ctrl_c() {
     assert!(err.contains("checkpoint written") && err.contains("--resume"), "{err}");
     let at: usize = read(&run.join("checkpoints/latest")).trim().trim_start_matches("step-").parse().unwrap();
     assert_eq!(at, losses(&run).len(), "the checkpoint is at the last logged step");
+    // Its report says how far it got.
+    ok(bin().args(["report", run.to_str().unwrap()]).output().unwrap());
+    let html = read(&run.join("report.html"));
+    assert!(html.contains(&format!("<b>Not finished</b> (no summary.json yet): {at} steps logged so far")), "{html}");
 }
 
 /// `run.prefetch` makes each step's views one step early (on a GPU, on a second stream): the

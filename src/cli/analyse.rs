@@ -9,34 +9,34 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub(crate) struct AnalyseArgs {
     #[arg(value_enum)]
-    pub(crate) what: AnalyseWhat,
+    what: AnalyseWhat,
     /// The run folder.
-    pub(crate) run: PathBuf,
+    run: PathBuf,
     /// Images to analyse (default: the run's test data).
     #[arg(long)]
-    pub(crate) data: Option<PathBuf>,
+    data: Option<PathBuf>,
     /// Use the first N images.
     #[arg(long, default_value_t = 2000)]
-    pub(crate) n: usize,
+    n: usize,
     /// Augmented views per image for the instance centres.
     #[arg(long, default_value_t = 16)]
-    pub(crate) k: usize,
+    k: usize,
     /// Train-mode BN (SimSiam's targets are computed in train mode); default eval mode.
     #[arg(long)]
-    pub(crate) train_bn: bool,
+    train_bn: bool,
     /// Instance counts for `instances`.
     #[arg(long, value_delimiter = ',', default_value = "100,500,1000,2000")]
-    pub(crate) sizes: Vec<usize>,
+    sizes: Vec<usize>,
     /// Which weights: `latest` (results in RUN/analysis), `init` (the run's random
     /// initialisation, rebuilt from its config and seed), `all` (every kept checkpoint; keep
     /// them with `--set run.keep_checkpoints=0`), or a checkpoint folder name
     /// (`step-000001560`). `latest` writes to RUN/analysis, the others to RUN/analysis/NAME
     /// (`-train-bn` appended with --train-bn, and `latest` then to RUN/analysis/latest-train-bn).
     #[arg(long, default_value = "latest")]
-    pub(crate) checkpoint: String,
+    checkpoint: String,
     /// cpu, cuda, cuda:N or auto (default: the run's own `run.device`).
     #[arg(long)]
-    pub(crate) device: Option<String>,
+    device: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -171,14 +171,14 @@ pub(crate) struct HypothesesArgs {
     /// A trained model: `simsiam=RUN_DIR` and `simclr=RUN_DIR` are needed (the verdicts compare
     /// them); `byol=RUN_DIR` and any other `NAME=RUN_DIR` (e.g. a SimSiam arm) add columns.
     #[arg(long = "run", value_name = "METHOD=RUN_DIR", required = true)]
-    pub(crate) runs: Vec<String>,
+    runs: Vec<String>,
     /// A folder of experiment outputs (`simsiam experiment NAME --out ROOT/NAME`): the
     /// oracle-predictor, augmentation-removal and dim-sweep outcomes found there are used.
     #[arg(long, value_name = "ROOT")]
-    pub(crate) experiments: Option<PathBuf>,
+    experiments: Option<PathBuf>,
     /// Output folder.
     #[arg(long)]
-    pub(crate) out: PathBuf,
+    out: PathBuf,
 }
 
 /// `simsiam hypotheses`: the verdicts C1-C6 from the runs' analyses.

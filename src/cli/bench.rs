@@ -7,24 +7,24 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub(crate) struct BenchArgs {
     #[command(flatten)]
-    pub(crate) cfg: ConfigArgs,
+    cfg: ConfigArgs,
     /// What to time (several allowed).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "step,augment,end-to-end")]
-    pub(crate) mode: Vec<simsiam::bench::Mode>,
+    mode: Vec<simsiam::bench::Mode>,
     /// Untimed iterations first (cuDNN autotuning, allocator warm-up).
     #[arg(long, default_value_t = 5)]
-    pub(crate) warmup: usize,
+    warmup: usize,
     /// Timed iterations.
     #[arg(long, default_value_t = 20)]
-    pub(crate) steps: usize,
+    steps: usize,
     /// Then profile a few more iterations of each mode (PyTorch's profiler: every CUDA
     /// kernel on a GPU) and write DIR/MODE-profile.md (where each millisecond goes),
     /// DIR/MODE-profile.json and DIR/MODE-trace.json (open in Perfetto).
     #[arg(long, value_name = "DIR")]
-    pub(crate) profile: Option<PathBuf>,
+    profile: Option<PathBuf>,
     /// Iterations recorded by --profile.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) profile_steps: u64,
+    profile_steps: u64,
 }
 
 pub(crate) fn run(a: BenchArgs) -> Result<()> {

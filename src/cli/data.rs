@@ -7,16 +7,16 @@ use simsiam::config::Config;
 #[derive(Args)]
 pub(crate) struct DataArgs {
     #[command(flatten)]
-    pub(crate) cfg: ConfigArgs,
+    cfg: ConfigArgs,
     /// Which split of a CIFAR binary folder to read.
     #[arg(long, value_enum, default_value = "train")]
-    pub(crate) split: SplitArg,
+    split: SplitArg,
     /// Also draw two augmented views of N images (a seeded sample: `run.seed`) with the
     /// config's augmentation, into `--out`: views.png (the first 32 rows: image, view 1,
     /// view 2), views.npy `[N,2,3,H,W]` as the network sees them, images.npy, labels.npy,
     /// names.txt
     #[arg(long, value_name = "N", requires = "out", value_parser = clap::value_parser!(u32).range(1..))]
-    pub(crate) views: Option<u32>,
+    views: Option<u32>,
 }
 
 pub(crate) fn run(a: DataArgs) -> Result<()> {

@@ -10,19 +10,19 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub(crate) struct EvalSource {
     /// The run folder (holds config.toml and checkpoints/).
-    pub(crate) run: PathBuf,
+    run: PathBuf,
     /// cpu, cuda, cuda:N or auto (default: the run's own `run.device`).
     #[arg(long)]
-    pub(crate) device: Option<String>,
+    device: Option<String>,
     /// Use this training data instead of the run's.
     #[arg(long)]
-    pub(crate) data: Option<PathBuf>,
+    data: Option<PathBuf>,
     /// Use this test data instead of the run's.
     #[arg(long)]
-    pub(crate) test_data: Option<PathBuf>,
+    test_data: Option<PathBuf>,
     /// Which checkpoint: `latest` or a `step-*` folder of the run's checkpoints/.
     #[arg(long, default_value = "latest")]
-    pub(crate) checkpoint: String,
+    checkpoint: String,
 }
 
 #[derive(Subcommand)]

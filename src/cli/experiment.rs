@@ -10,33 +10,33 @@ use std::path::PathBuf;
 pub(crate) struct ExperimentArgs {
     /// A shipped experiment (see --list) or a TOML file.
     #[arg(required_unless_present_any = ["list", "summary"])]
-    pub(crate) name: Option<String>,
+    name: Option<String>,
     /// Print the summary table (markdown) of every experiment folder under this one.
     #[arg(long, value_name = "ROOT")]
-    pub(crate) summary: Option<PathBuf>,
+    summary: Option<PathBuf>,
     /// List the shipped experiments and their claims.
     #[arg(long)]
-    pub(crate) list: bool,
+    list: bool,
     /// Output folder (default runs/experiments/NAME); arms already finished there are skipped.
     #[arg(long)]
-    pub(crate) out: Option<PathBuf>,
+    out: Option<PathBuf>,
     /// Train only these arms now (comma-separated); the report covers every finished arm
     /// and judges the claim once all have run.
     #[arg(long, value_delimiter = ',', value_name = "ARM,...")]
-    pub(crate) arms: Vec<String>,
+    arms: Vec<String>,
     /// Also a linear probe of every arm (the experiment's `[linear]` recipe, else `eval
     /// linear`'s defaults); kept in each arm's linear_probe.json, added to the report.
     #[arg(long)]
-    pub(crate) linear: bool,
+    linear: bool,
     /// The linear probe's epochs (implies --linear).
     #[arg(long, value_name = "N")]
-    pub(crate) linear_epochs: Option<usize>,
+    linear_epochs: Option<usize>,
     /// Train every arm once per seed (comma-separated; in ARM/seed-S): verdicts per seed,
     /// kNN and orderings on the means, with their spread (the experiment's `seeds`).
     #[arg(long, value_delimiter = ',', value_name = "S,...")]
-    pub(crate) seeds: Vec<u64>,
+    seeds: Vec<u64>,
     #[command(flatten)]
-    pub(crate) over: Overrides,
+    over: Overrides,
 }
 
 pub(crate) fn run(a: ExperimentArgs) -> Result<()> {

@@ -9,34 +9,34 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub(crate) struct EmbedArgs {
     /// The run folder.
-    pub(crate) run: PathBuf,
+    run: PathBuf,
     /// Images to embed (any supported format).
     #[arg(long)]
-    pub(crate) data: PathBuf,
+    data: PathBuf,
     /// Output folder.
     #[arg(long)]
-    pub(crate) out: PathBuf,
+    out: PathBuf,
     /// cpu, cuda, cuda:N or auto (default: the run's own `run.device`).
     #[arg(long)]
-    pub(crate) device: Option<String>,
+    device: Option<String>,
     /// Which split of a CIFAR binary folder to read.
     #[arg(long, value_enum, default_value = "test")]
-    pub(crate) split: SplitArg,
+    split: SplitArg,
     /// Which checkpoint: `latest` or a `step-*` folder of the run's checkpoints/.
     #[arg(long, default_value = "latest")]
-    pub(crate) checkpoint: String,
+    checkpoint: String,
 }
 
 #[derive(Args)]
 pub(crate) struct ExportArgs {
     /// The run folder.
-    pub(crate) run: PathBuf,
+    run: PathBuf,
     /// Output file (.safetensors).
     #[arg(long)]
-    pub(crate) out: PathBuf,
+    out: PathBuf,
     /// Which checkpoint: `latest` or a `step-*` folder of the run's checkpoints/.
     #[arg(long, default_value = "latest")]
-    pub(crate) checkpoint: String,
+    checkpoint: String,
 }
 
 /// `simsiam embed`: backbone and projector embeddings of a dataset as `.npy`.

@@ -9,10 +9,10 @@ pub(crate) struct ReportArgs {
     /// .jsonl file of metrics lines such as the PyTorch reference script's), or
     /// `LABEL=PATH,PATH,...`: repeats of one setting (seeds), also summarised as mean ± sd.
     #[arg(required = true)]
-    pub(crate) runs: Vec<String>,
+    runs: Vec<String>,
     /// Where the comparison goes (report.md, report.html, plots/); needed with several runs.
     #[arg(long)]
-    pub(crate) out: Option<PathBuf>,
+    out: Option<PathBuf>,
 }
 
 pub(crate) fn run(a: ReportArgs) -> Result<()> {

@@ -11,23 +11,23 @@ use std::sync::atomic::Ordering;
 #[derive(Args)]
 pub(crate) struct TrainArgs {
     #[command(flatten)]
-    pub(crate) cfg: ConfigArgs,
+    cfg: ConfigArgs,
     /// Continue the run in this folder from its latest checkpoint, with its saved config
     /// (`--data`/`--test-data` may say where the same data is now; `--device` where to run).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "method", "config", "sets", "epochs", "batch_size", "out", "seed"])]
-    pub(crate) resume: Option<PathBuf>,
+    resume: Option<PathBuf>,
     /// Data-parallel: start N local ranks (c10d; --batch-size is the global batch). Under
     /// torchrun or srun, leave it out: each rank reads RANK, WORLD_SIZE, MASTER_ADDR, ...
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub(crate) nproc: Option<u32>,
+    nproc: Option<u32>,
     /// Stop once N epochs are done, with a checkpoint, and exit 0: a first look at a long
     /// schedule (the lr still follows run.epochs); `--resume` continues it where it stopped.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) until_epoch: Option<u64>,
+    until_epoch: Option<u64>,
     /// Print the config this command would train with (preset, --config, flags and --set
     /// resolved and checked; with --resume, the run's) as TOML, and exit without training.
     #[arg(long)]
-    pub(crate) print_config: bool,
+    print_config: bool,
 }
 
 /// `simsiam train`: a new run, a resumed one, or the launcher of local data-parallel ranks.
