@@ -40,6 +40,9 @@ fn read_analyses(dir: &Path) -> Result<Value> {
 
 impl Method {
     pub fn load(name: &str, run: &Path) -> Result<Method> {
+        if !run.join("config.toml").is_file() {
+            return Err(Error::data(run, format!("--run {name}=...: not a run folder (no config.toml)")));
+        }
         let latest = read_analyses(&run.join("analysis"))?;
         if latest.as_object().is_none_or(|m| m.is_empty()) {
             return Err(Error::data(

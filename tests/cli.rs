@@ -894,6 +894,10 @@ fn analyse_every_checkpoint_and_the_initialisation_then_judge_the_hypotheses() {
         ),
         (vec!["hypotheses", "--run", "simsiam", "--out", "x"], "METHOD=RUN_DIR"),
         (vec!["hypotheses", "--run", &format!("Sim Siam={r}"), "--out", "x"], "lowercase letters"),
+        (
+            vec!["hypotheses", "--run", "simsiam=/nonexistent", "--run", &format!("simclr={r}"), "--out", "x"],
+            "not a run folder",
+        ),
     ] {
         let o = bin().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
