@@ -24,6 +24,58 @@ pub struct Position {
     pub train_seconds: f64,
 }
 
+/// A training process's hold on its run folder: an advisory lock on `RUN/.lock` that the OS
+/// drops when the process ends, however it ends (a crash or SIGKILL leaves no stale lock).
+/// While one process trains a folder, a second `train` or `--resume` of it stops with an error
+/// instead of appending to the same `metrics.jsonl` and overwriting its checkpoints.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Takes the run folder's lock, or says which process holds it. Where the filesystem has no
+/// locks, a note, and training goes on unguarded.
+pub fn lock_run(run_dir: &Path) -> Result<RunLock> {
+    use std::io::{Read, Seek, Write};
+    let path = run_dir.join(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {
+            // Who holds it, for the error a second process gives.
+            file.set_len(0)
+                .and_then(|_| file.rewind())
+                .and_then(|_| file.write_all(std::process::id().to_string().as_bytes()))
+                .map_err(|e| Error::io(&path, e))?;
+            Ok(RunLock { _file: file })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(Error::data(
+                run_dir,
+                format!(
+                    "in use: another simsiam process (pid {}) is training this run folder; \
+                     wait for it to end, or stop it (Ctrl-C or SIGTERM checkpoint first), then --resume",
+                    pid.trim()
+                ),
+            ))
+        }
+        // A filesystem without locks (some network or FUSE mounts) must not stop training.
+        Err(std::fs::TryLockError::Error(e)) => {
+            eprintln!(
+                "note: {}: cannot lock ({e}); a second process training this folder would go unnoticed",
+                path.display()
+            );
+            Ok(RunLock { _file: file })
+        }
+    }
+}
+
 pub fn dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }

@@ -883,7 +883,7 @@ impl Config {
         if !(0.0..=1.0).contains(&m.ema_momentum) {
             return fail("model.ema_momentum", "a value in [0, 1]", m.ema_momentum.to_string());
         }
-        if m.bn_splits < 1 || o.batch_size % m.bn_splits != 0 || o.batch_size / m.bn_splits < 2 {
+        if m.bn_splits < 1 || !o.batch_size.is_multiple_of(m.bn_splits) || o.batch_size / m.bn_splits < 2 {
             return fail(
                 "model.bn_splits",
                 &format!("a divisor of optim.batch_size ({}) leaving at least 2 images per part", o.batch_size),

@@ -289,6 +289,33 @@ fn sigterm_checkpoints_like_ctrl_c() {
     assert!(html.contains(&format!("<b>Not finished</b> (no summary.json yet): {at} steps logged so far")), "{html}");
 }
 
+/// One training process per run folder: a second `--resume` while the first trains is an
+/// error naming the holder; once that process is gone (even by SIGKILL) the resume goes on.
+#[test]
+fn a_run_folder_is_trained_by_one_process_at_a_time() {
+    let (tmp, train, test) = data();
+    let run = tmp.path().join("run");
+    let mut args = train_args(&train, &test, &run);
+    args[6] = "50".into(); // --epochs 50: long enough to be caught training
+    args.extend(["--set".into(), "run.checkpoint_every=1".into()]);
+    let child = bin().args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    while !run.join("checkpoints/latest").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let err = user_error(bin().args(["train", "--resume", run.to_str().unwrap()]).output().unwrap());
+    assert!(err.contains(&format!("in use: another simsiam process (pid {pid})")), "{err}");
+    // Starting a new run there is refused the same way, before anything is written.
+    let err = user_error(bin().args(train_args(&train, &test, &run)).output().unwrap());
+    assert!(err.contains("in use"), "{err}");
+    let (code, _) = common::signal_after(child, &run, 0, libc::SIGKILL);
+    assert_eq!(code, None, "killed");
+    let latest = run.join("checkpoints").join(read(&run.join("checkpoints/latest")).trim());
+    let position: serde_json::Value = serde_json::from_str(&read(&latest.join("position.json"))).unwrap();
+    let next = (position["epoch"].as_u64().unwrap() + 1).to_string();
+    ok(bin().args(["train", "--resume", run.to_str().unwrap(), "--until-epoch", &next]).output().unwrap());
+}
+
 /// `run.prefetch` makes each step's views one step early (on a GPU, on a second stream): the
 /// per-step seeds must give the very same views, so the very same loss curve, across epochs.
 #[test]

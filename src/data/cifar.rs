@@ -35,9 +35,9 @@ impl CifarKind {
 
 pub(crate) fn detect_file(path: &Path) -> Result<DataFormat> {
     let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len() as usize;
-    if len > 0 && len % CifarKind::Cifar10.record() == 0 {
+    if len > 0 && len.is_multiple_of(CifarKind::Cifar10.record()) {
         Ok(DataFormat::Cifar10)
-    } else if len > 0 && len % CifarKind::Cifar100.record() == 0 {
+    } else if len > 0 && len.is_multiple_of(CifarKind::Cifar100.record()) {
         Ok(DataFormat::Cifar100)
     } else {
         Err(size_error(path, len))

@@ -223,6 +223,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     }
     let run_dir = cfg.run.out_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    // One training process per run folder (rank 0 holds it for a data-parallel job).
+    let _lock = if lead { Some(checkpoint::lock_run(&run_dir)?) } else { None };
     let cfg_path = run_dir.join("config.toml");
     if !control.resume && lead {
         if checkpoint::latest(&run_dir)?.is_some() {
