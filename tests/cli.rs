@@ -1009,3 +1009,17 @@ fn print_config_shows_the_resolved_config_and_trains_nothing() {
     assert_eq!((cfg.optim.batch_size, cfg.optim.base_lr, cfg.run.out_dir), (1024, 0.05, out.clone()));
     assert!(!out.exists(), "nothing trained");
 }
+
+/// `simsiam completions SHELL`: a completion script that knows the subcommands and their flags.
+#[test]
+fn completion_scripts_know_the_subcommands_and_flags() {
+    let bash = ok(bin().args(["completions", "bash"]).output().unwrap());
+    for want in ["_simsiam()", "-F _simsiam", "experiment", "--resume", "--until-epoch", "--checkpoint"] {
+        assert!(bash.contains(want), "{want:?} in the bash script");
+    }
+    let zsh = ok(bin().args(["completions", "zsh"]).output().unwrap());
+    assert!(zsh.starts_with("#compdef simsiam"), "{}", &zsh[..80]);
+    let o = bin().args(["completions", "tcsh"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(2) && err.contains("possible values") && err.contains("bash"), "{err}");
+}

@@ -52,6 +52,13 @@ enum Cmd {
     Report(report::ReportArgs),
     /// Time the training step, the augmentation and the whole pipeline; one JSON line each.
     Bench(bench::BenchArgs),
+    /// Print a shell completion script: `simsiam completions bash > ~/.local/share/bash-completion/completions/simsiam`
+    /// (zsh, fish, elvish and powershell too).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// List the shipped presets, or print one resolved config as TOML.
     Presets {
         /// Print this preset's full resolved config.
@@ -72,6 +79,15 @@ pub fn run() -> Result<()> {
         Cmd::Export(a) => export::export(a),
         Cmd::Report(a) => report::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "simsiam",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Cmd::Presets { name: None } => {
             for (n, about, _) in PRESETS {
                 println!("{n:<10} {about}");
