@@ -95,9 +95,9 @@ fn for_each_embedding(
         let n = store.images.size()[0];
         for s in (0..n).step_by(batch as usize) {
             let x = aug.eval_view(&store.images.narrow(0, s, batch.min(n - s)));
-            let y = model.features(&x, false);
-            let z = y.apply_t(&model.projector, false).to_kind(Kind::Float).to_device(Device::Cpu);
-            f(y.to_kind(Kind::Float).to_device(Device::Cpu), z)?;
+            // One forward pass, under the run's precision options as in training.
+            let (y, z) = model.features_and_projection(&x, false);
+            f(y.to_device(Device::Cpu), z.to_device(Device::Cpu))?;
         }
         Ok(())
     })
