@@ -22,6 +22,10 @@ pub struct Position {
     /// this field).
     #[serde(default)]
     pub train_seconds: f64,
+    /// [`crate::data::ImageStore::digest`] of the training data the run started on (0 in
+    /// checkpoints before this field: not checked).
+    #[serde(default)]
+    pub train_digest: u64,
 }
 
 /// A training process's hold on its run folder: an advisory lock on `RUN/.lock` that the OS

@@ -425,7 +425,8 @@ fn data_describes_a_dataset_and_fills_the_cache() {
 }
 
 /// `--resume RUN --data NEW`: the same data, moved, is found there and the saved config follows
-/// it; other training data (another number of images) is refused, naming the field.
+/// it; other training data (another number of images, or as many but other pixels) is
+/// refused, naming the field.
 #[test]
 fn resume_finds_moved_data_and_refuses_other_data() {
     let (tmp, train, test) = data();
@@ -447,6 +448,13 @@ fn resume_finds_moved_data_and_refuses_other_data() {
     common::write_cifar(&other, CifarKind::Cifar10, 320, 10);
     let err = user_error(bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&other).output().unwrap());
     assert!(err.contains("data.train") && err.contains("320") && err.contains("640"), "{err}");
+    // Other data of the same size: the moved file with the first image's pixels changed.
+    let mut bytes = std::fs::read(&moved).unwrap();
+    bytes[1..3073].iter_mut().for_each(|b| *b = 255 - *b);
+    let same_size = tmp.path().join("same-size.bin");
+    std::fs::write(&same_size, bytes).unwrap();
+    let err = user_error(bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&same_size).output().unwrap());
+    assert!(err.contains("data.train: not the images the run started on (as many, 640"), "{err}");
     assert!(std::fs::read_to_string(&cfg_path).unwrap().contains("moved.bin"), "a refused resume changes nothing");
 }
 

@@ -425,3 +425,29 @@ fn the_disk_cache_maps_decoded_stores_and_follows_changes_to_the_source() {
     same(&open(&root, Split::Train, &d).unwrap(), &skipping);
     assert!(files(".tmp").is_empty(), "no temporary files left");
 }
+
+/// The digest a resume compares: the same images under other names (moved data) give the same
+/// one; a changed pixel of a sampled image, a changed label or another class name do not.
+#[test]
+fn a_stores_digest_is_its_images_not_their_place() {
+    use simsiam::data::ImageStore;
+    let n = 3000; // more than the 1,024 sampled rows: image 0 and every ~3rd are read
+    let images = tch::Tensor::randint(256, [n, 8, 8, 3], (Kind::Uint8, tch::Device::Cpu));
+    let store = |images: &tch::Tensor, labels: &tch::Tensor, classes: &[&str], dir: &str| ImageStore {
+        images: images.copy(),
+        labels: labels.copy(),
+        classes: classes.iter().map(|c| c.to_string()).collect(),
+        names: (0..n).map(|i| format!("{dir}/img{i}.png")).collect(),
+        skipped: 0,
+    };
+    let labels = tch::Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(2);
+    let base = store(&images, &labels, &["a", "b"], "/data");
+    assert_eq!(base.digest(), store(&images, &labels, &["a", "b"], "/moved/elsewhere").digest());
+    let pixel = images.copy();
+    let _ = pixel.i((0, 0, 0, 0)).fill_(pixel.int64_value(&[0, 0, 0, 0]) ^ 1);
+    assert_ne!(base.digest(), store(&pixel, &labels, &["a", "b"], "/data").digest());
+    let relabelled = labels.copy();
+    let _ = relabelled.i(5).fill_(1 - labels.int64_value(&[5]));
+    assert_ne!(base.digest(), store(&images, &relabelled, &["a", "b"], "/data").digest());
+    assert_ne!(base.digest(), store(&images, &labels, &["a", "c"], "/data").digest());
+}

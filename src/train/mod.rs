@@ -318,9 +318,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let mut memory = (cfg.objective.target == Target::Memory || cfg.objective.online == Online::Oracle)
         .then(|| MemoryBank::new(train_store.len() as i64, cfg.model.dim, cfg.objective.memory_momentum, device));
     let mut pos = if control.resume {
-        restore(cfg, &mut net, &mut opt, &mut memory, train_store.len(), lead)?
+        restore(cfg, &mut net, &mut opt, &mut memory, &train_store, lead)?
     } else {
-        Position { train_images: train_store.len(), ..Position::default() }
+        Position { train_images: train_store.len(), train_digest: train_store.digest(), ..Position::default() }
     };
     // DDP's start: every rank from rank 0's weights, then gradients averaged in every backward.
     let reducer = match &group {

@@ -2,6 +2,7 @@
 use super::{Ema, Network};
 use crate::checkpoint::{self, Position};
 use crate::config::Config;
+use crate::data::ImageStore;
 use crate::error::{Error, Result};
 use crate::objective::MemoryBank;
 use crate::optim::Sgd;
@@ -36,23 +37,31 @@ pub(super) fn save_checkpoint(
 }
 
 /// Resumes from the run's latest checkpoint: weights, optimiser, EMA target and memory bank
-/// state; returns the position to continue from. The training data must be the run's (same
-/// number of images); when it was passed at a new place, the saved config follows it.
+/// state; returns the position to continue from. The training data must be the run's (the same
+/// number of images and the same [`ImageStore::digest`]); when it was passed at a new place,
+/// the saved config follows it.
 pub(super) fn restore(
     cfg: &Config,
     net: &mut Network,
     opt: &mut Sgd,
     memory: &mut Option<MemoryBank>,
-    train_images: usize,
+    train: &ImageStore,
     lead: bool,
 ) -> Result<Position> {
     let run_dir = &cfg.run.out_dir;
     let ckpt = checkpoint::latest(run_dir)?.ok_or_else(|| Error::data(run_dir, "no checkpoint to resume from"))?;
     let saved = checkpoint::load_position(&ckpt)?;
+    let train_images = train.len();
     if saved.train_images != 0 && saved.train_images != train_images {
         return Err(Error::config(format!(
             "data.train: {train_images} training images now, {} when the run started: a resume needs the same training data",
             saved.train_images
+        )));
+    }
+    if saved.train_digest != 0 && saved.train_digest != train.digest() {
+        return Err(Error::config(format!(
+            "data.train: not the images the run started on (as many, {train_images}, but other pixels, labels or \
+             classes): a resume needs the same training data (moved is fine)"
         )));
     }
     checkpoint::load_model(&mut net.vs, &ckpt)?;
