@@ -315,8 +315,11 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
     let mut pending: Vec<String> = Vec::new();
     // The arms read the same images: decode them once.
     let stores = control.data.clone().unwrap_or_default();
-    for (arm, seed, summary_path) in planned {
+    let total = planned.len();
+    for (i, (arm, seed, summary_path)) in planned.into_iter().enumerate() {
         let label = run_label(&arm.name, seed);
+        // "[stop-gradient] 2/4 no-stop-grad: training": where a long experiment's log stands.
+        let at = format!("{}/{total} {label}", i + 1);
         if !summary_path.is_file() && !only.is_empty() && !only.contains(&arm.name) {
             if !pending.contains(&arm.name) {
                 pending.push(arm.name.clone());
@@ -338,12 +341,12 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         }
         let cfg = exp.arm_run_config(arm, out, &extra, seed)?;
         let summary: Summary = if summary_path.is_file() {
-            eprintln!("[{}] {label}: finished earlier, skipped", exp.name);
+            eprintln!("[{}] {at}: finished earlier, skipped", exp.name);
             let text = std::fs::read_to_string(&summary_path).map_err(|e| Error::io(&summary_path, e))?;
             serde_json::from_str(&text).map_err(|e| Error::data(&summary_path, format!("not a run summary: {e}")))?
         } else {
             let resume = checkpoint::latest(&cfg.run.out_dir)?.is_some();
-            eprintln!("[{}] {label}: {}", exp.name, if resume { "resuming" } else { "training" });
+            eprintln!("[{}] {at}: {}", exp.name, if resume { "resuming" } else { "training" });
             train::train(&cfg, &RunControl { resume, data: Some(stores.clone()), ..control.clone() })?
         };
         let loss_min = crate::objective::Objective::new(&cfg.objective).minimum();

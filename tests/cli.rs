@@ -647,7 +647,7 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     let linear = ["--linear-epochs", "1"];
     let text = ok(bin().args(args(&out)).args(linear).output().unwrap());
     assert_eq!(text.matches("finished earlier, skipped").count(), 1, "{text}");
-    assert!(text.contains("[stop-gradient] no-stop-grad: resuming"), "{text}");
+    assert!(text.contains("[stop-gradient] 2/2 no-stop-grad: resuming"), "{text}");
     assert_eq!(text.matches("linear probe (1 epochs)").count(), 2, "{text}");
     let probe: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("simsiam/linear_probe.json")).unwrap()).unwrap();
