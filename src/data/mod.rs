@@ -51,22 +51,22 @@ impl ImageStore {
     pub fn num_classes(&self) -> usize {
         self.classes.len()
     }
-    /// What the images are, not where they are: 64 bits of SHA-256 over the image count and size, the
-    /// class names and labels, and the pixels of up to 1,024 evenly spaced images (all of
-    /// CIFAR's rows would take seconds on ImageNet). A resume compares it with the run's, so
+    /// What the images are, not where they are: 64 bits of SHA-256 over the image count and
+    /// size, the class names and labels, and the pixels of up to 1,024 evenly spaced images
+    /// (every row would take minutes on ImageNet). A resume compares it with the run's, so
     /// other data of the same size is caught while the same data moved is not.
     pub fn digest(&self) -> u64 {
         use sha2::{Digest, Sha256};
         let n = self.len() as i64;
         let mut h = Sha256::new();
         h.update(format!("{n} images of {} px; classes {:?}\n", self.image_size(), self.classes));
-        let labels = Vec::<i64>::try_from(self.labels.to_device(tch::Device::Cpu)).unwrap_or_default();
+        let labels = Vec::<i64>::try_from(self.labels.to_device(tch::Device::Cpu)).expect("int64 labels");
         h.update(labels.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>());
         let sample = n.min(1024);
         if sample > 0 {
             let idx: Vec<i64> = (0..sample).map(|i| i * n / sample).collect();
             let rows = self.images.index_select(0, &tch::Tensor::from_slice(&idx).to_device(self.images.device()));
-            h.update(Vec::<u8>::try_from(rows.to_device(tch::Device::Cpu).flatten(0, -1)).unwrap_or_default());
+            h.update(Vec::<u8>::try_from(rows.to_device(tch::Device::Cpu).flatten(0, -1)).expect("uint8 images"));
         }
         // 64 bits are plenty to tell two datasets apart, and keep a position `Copy`.
         u64::from_le_bytes(h.finalize()[..8].try_into().expect("32 bytes"))
