@@ -80,6 +80,21 @@ pub fn lock_run(run_dir: &Path) -> Result<RunLock> {
     }
 }
 
+/// Whether a process trains `run_dir` now ([`lock_run`]'s lock is held), and its pid when it
+/// wrote one. Probed with a shared lock taken and dropped at once; `None` where there is no
+/// lock file or the filesystem has no locks.
+pub fn lock_holder(run_dir: &Path) -> Option<Option<u32>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(run_dir.join(".lock")).ok()?;
+    match file.try_lock_shared() {
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            Some(file.read_to_string(&mut pid).ok().and_then(|_| pid.trim().parse().ok()))
+        }
+        Ok(()) | Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
 pub fn dir(run_dir: &Path) -> PathBuf {
     run_dir.join("checkpoints")
 }

@@ -46,6 +46,7 @@ pub mod prefetch;
 pub mod profile;
 pub mod progress;
 pub mod report;
+pub mod status;
 pub mod train;
 
 pub use config::Config;

@@ -1031,3 +1031,40 @@ fn completion_scripts_know_the_subcommands_and_flags() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.code() == Some(2) && err.contains("possible values") && err.contains("bash"), "{err}");
 }
+
+/// `simsiam status ROOT`: every run folder below ROOT with its state (training by which
+/// process, finished, stopped with the command to go on), and the same as JSON lines.
+#[test]
+fn status_says_which_runs_train_finished_or_stopped() {
+    let (tmp, train, test) = data();
+    let root = tmp.path().join("runs");
+    ok(bin().args(one_epoch_args(&train, &test, &root.join("done"))).output().unwrap());
+    let mut stopped = train_args(&train, &test, &root.join("paused"));
+    stopped.extend(["--until-epoch".into(), "1".into()]);
+    ok(bin().args(&stopped).output().unwrap());
+    let mut long = train_args(&train, &test, &root.join("live"));
+    long[6] = "50".into();
+    let child = bin().args(&long).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    while std::fs::read_to_string(root.join("live/metrics.jsonl")).map_or(0, |s| s.lines().count()) < 2 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let table = ok(bin().args(["status", root.to_str().unwrap()]).output().unwrap());
+    let row = |name: &str| table.lines().find(|l| l.contains(&format!("/{name} "))).unwrap_or_default().to_string();
+    assert!(row("done").contains("finished") && row("done").contains("1/1"), "{table}");
+    assert!(row("live").contains(&format!("training (pid {pid})")), "{table}");
+    assert!(row("paused").contains("stopped") && row("paused").contains("1/3"), "{table}");
+    assert!(table.contains(&format!("to go on: simsiam train --resume {}", root.join("paused").display())), "{table}");
+    let json = ok(bin().args(["status", "--json", root.to_str().unwrap()]).output().unwrap());
+    let states: Vec<String> = json
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states, ["finished", "training", "stopped"], "sorted by path: done, live, paused");
+    let (code, _) = common::signal_after(child, &root.join("live"), 0, libc::SIGKILL);
+    assert_eq!(code, None);
+    // Killed, it holds no lock: stopped if it reached a checkpoint, else not started.
+    let after = ok(bin().args(["status", root.to_str().unwrap()]).output().unwrap());
+    assert!(!after.contains("training"), "{after}");
+}

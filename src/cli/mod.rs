@@ -52,6 +52,16 @@ enum Cmd {
     Report(report::ReportArgs),
     /// Time the training step, the augmentation and the whole pipeline; one JSON line each.
     Bench(bench::BenchArgs),
+    /// Where every run under the given folders stands: training (by which process), finished,
+    /// or stopped with a checkpoint to resume; its epoch, loss, spread, kNN and last write.
+    Status {
+        /// Folders to search for run folders (those holding config.toml).
+        #[arg(default_value = "runs")]
+        roots: Vec<PathBuf>,
+        /// One JSON line per run instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script: `simsiam completions bash > ~/.local/share/bash-completion/completions/simsiam`
     /// (zsh, fish, elvish and powershell too).
     Completions {
@@ -79,6 +89,22 @@ pub fn run() -> Result<()> {
         Cmd::Export(a) => export::export(a),
         Cmd::Report(a) => report::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Status { roots, json } => {
+            let runs = simsiam::status::scan(&roots)?;
+            if json {
+                for r in &runs {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else if runs.is_empty() {
+                println!(
+                    "no run folders under {}",
+                    roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+                );
+            } else {
+                print!("{}", simsiam::status::table(&runs));
+            }
+            Ok(())
+        }
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
