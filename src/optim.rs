@@ -1,7 +1,7 @@
 //! SGD with momentum and weight decay (PyTorch's `torch.optim.SGD` update), with parameter
 //! groups and state that can be saved: tch's optimiser cannot export its momentum buffers,
 //! which an exact resume needs. Also the lr schedule (linear scaling, warm-up, cosine).
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tch::Tensor;
@@ -183,7 +183,10 @@ impl Sgd {
     }
 
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let saved: HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
+        let saved: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .map_err(|e| Error::data(path, format!("cannot read the optimiser state: {e}")))?
+            .into_iter()
+            .collect();
         for (p, b) in self.params.iter().zip(self.bufs.iter_mut()) {
             // Laid out as the parameter (the fused kernel works on storage).
             *b = saved.get(&p.name).map(|t| {

@@ -1068,3 +1068,27 @@ fn status_says_which_runs_train_finished_or_stopped() {
     let after = ok(bin().args(["status", root.to_str().unwrap()]).output().unwrap());
     assert!(!after.contains("training"), "{after}");
 }
+
+/// A latest checkpoint that cannot be read (a disk fault): the error says so, and names the
+/// earlier checkpoint the run keeps and how to resume from it; following that works.
+#[test]
+fn an_unreadable_checkpoint_points_to_the_earlier_one() {
+    let (tmp, train, test) = data();
+    let run = tmp.path().join("run");
+    let mut args = train_args(&train, &test, &run);
+    args.extend(["--until-epoch", "2", "--set", "run.checkpoint_every=1"].map(String::from));
+    ok(bin().args(&args).output().unwrap());
+    let latest = read(&run.join("checkpoints/latest")).trim().to_string();
+    std::fs::write(run.join("checkpoints").join(&latest).join("model.safetensors"), b"not weights").unwrap();
+    let err = user_error(bin().args(["train", "--resume", run.to_str().unwrap()]).output().unwrap());
+    let earlier = simsiam::checkpoint::all(&run).unwrap()[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert_ne!(earlier, latest);
+    assert!(
+        err.contains(&latest)
+            && err.contains(&format!("an earlier checkpoint is kept: to resume from it, `echo {earlier} >")),
+        "{err}"
+    );
+    std::fs::write(run.join("checkpoints/latest"), &earlier).unwrap();
+    let text = ok(bin().args(["train", "--resume", run.to_str().unwrap()]).output().unwrap());
+    assert!(text.contains("(epoch 1, step 20)") && text.contains("trained 3 epochs"), "{text}");
+}

@@ -50,7 +50,7 @@ pub(super) fn restore(
 ) -> Result<Position> {
     let run_dir = &cfg.run.out_dir;
     let ckpt = checkpoint::latest(run_dir)?.ok_or_else(|| Error::data(run_dir, "no checkpoint to resume from"))?;
-    let saved = checkpoint::load_position(&ckpt)?;
+    let saved = checkpoint::load_position(&ckpt).map_err(|e| unreadable(run_dir, &ckpt, e))?;
     let train_images = train.len();
     if saved.train_images != 0 && saved.train_images != train_images {
         return Err(Error::config(format!(
@@ -64,9 +64,9 @@ pub(super) fn restore(
              classes): a resume needs the same training data (moved is fine)"
         )));
     }
-    checkpoint::load_model(&mut net.vs, &ckpt)?;
-    opt.load(&ckpt.join("optim.safetensors"))?;
-    let state = checkpoint::load_extra(&ckpt)?;
+    checkpoint::load_model(&mut net.vs, &ckpt).map_err(|e| unreadable(run_dir, &ckpt, e))?;
+    opt.load(&ckpt.join("optim.safetensors")).map_err(|e| unreadable(run_dir, &ckpt, e))?;
+    let state = checkpoint::load_extra(&ckpt).map_err(|e| unreadable(run_dir, &ckpt, e))?;
     if let Some(e) = net.ema.as_mut() {
         for (n, mut t) in e.vs.variables() {
             let src = state.get(&format!("ema.{n}")).ok_or_else(|| {
@@ -90,6 +90,23 @@ pub(super) fn restore(
         eprintln!("resuming from {} (epoch {}, step {})", ckpt.display(), saved.epoch, saved.global_step);
     }
     Ok(Position { train_images, ..saved })
+}
+
+/// A latest checkpoint that cannot be read (a disk fault, a file removed by hand): the error,
+/// and the earlier checkpoint the run keeps, if any, with how to resume from it instead.
+fn unreadable(run_dir: &Path, ckpt: &Path, e: Error) -> Error {
+    let earlier = checkpoint::all(run_dir).ok().and_then(|all| all.into_iter().rev().find(|c| c != ckpt));
+    match earlier.as_ref().and_then(|c| c.file_name()) {
+        Some(name) => Error::data(
+            run_dir,
+            format!(
+                "{e}; an earlier checkpoint is kept: to resume from it, `echo {} > {}` and resume again",
+                name.to_string_lossy(),
+                checkpoint::dir(run_dir).join("latest").display()
+            ),
+        ),
+        None => e,
+    }
 }
 
 /// A run's saved config, with its device replaced by `device` when given, and that device.
