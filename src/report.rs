@@ -376,7 +376,8 @@ pub(crate) fn html_escape(s: &str) -> String {
 fn figures_table(run: &Path, steps: &[&Value], knn: &[&Value]) -> String {
     let summary: Option<crate::train::Summary> =
         std::fs::read_to_string(run.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let (start, tail) = (crate::train::start_of(steps), crate::train::tail_of(steps));
+    // No step logged yet (only the kNN at initialisation): no monitor rows to show.
+    let (start, tail) = (crate::train::start_of(steps), (!steps.is_empty()).then(|| crate::train::tail_of(steps)));
     let row = |name: &str, first: String, last: String| {
         format!(
             "<tr><th>{}</th><td>{}</td><td>{}</td></tr>",
@@ -385,7 +386,9 @@ fn figures_table(run: &Path, steps: &[&Value], knn: &[&Value]) -> String {
             html_escape(&last)
         )
     };
-    let at = |f: &dyn Fn(&crate::train::Tail) -> String| (start.as_ref().map(f).unwrap_or_default(), f(&tail));
+    let at = |f: &dyn Fn(&crate::train::Tail) -> String| {
+        (start.as_ref().map_or("-".into(), f), tail.as_ref().map_or("-".into(), f))
+    };
     let mut rows = vec!["<tr><th></th><th>first step</th><th>last 10% of steps</th></tr>".to_string()];
     for (name, (a, b)) in [
         ("loss (minimum -1)", at(&|t| format!("{:+.4}", t.loss))),
