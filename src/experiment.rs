@@ -32,7 +32,8 @@ impl Expect {
             Expect::Collapsed => v == CollapseVerdict::Collapsed,
             Expect::Healthy => v == CollapseVerdict::Healthy,
             Expect::NotConverged => v == CollapseVerdict::NotConverged,
-            Expect::NotCollapsed => v != CollapseVerdict::Collapsed,
+            // A diverged run is no evidence either way.
+            Expect::NotCollapsed => !matches!(v, CollapseVerdict::Collapsed | CollapseVerdict::Diverged),
             Expect::Any => true,
         }
     }
@@ -347,7 +348,18 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         } else {
             let resume = checkpoint::latest(&cfg.run.out_dir)?.is_some();
             eprintln!("[{}] {at}: {}", exp.name, if resume { "resuming" } else { "training" });
-            train::train(&cfg, &RunControl { resume, data: Some(stores.clone()), ..control.clone() })?
+            match train::train(&cfg, &RunControl { resume, data: Some(stores.clone()), ..control.clone() }) {
+                // An arm whose loss overflows is a result, not the end of the experiment.
+                Err(Error::NonFinite { epoch, step, value, .. }) => {
+                    eprintln!(
+                        "[{}] {at}: diverged (loss {value} at epoch {epoch}, step {step}); recorded as Diverged, \
+                         the other arms go on",
+                        exp.name
+                    );
+                    train::write_diverged_summary(&cfg)?
+                }
+                r => r?,
+            }
         };
         let loss_min = crate::objective::Objective::new(&cfg.objective).minimum();
         // A summary written before `start` existed: the run's metrics still have its first step.
@@ -355,7 +367,10 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
             Some(t) => Some(arm.space.spread(t)),
             None => run_ends(&cfg.run.out_dir)?.0.map(|t| arm.space.spread(&t)),
         };
-        let v = verdict(summary.tail.loss, loss_min, arm.space.spread(&summary.tail), start_spread);
+        let v = match summary.verdict {
+            Some(CollapseVerdict::Diverged) => CollapseVerdict::Diverged,
+            _ => verdict(summary.tail.loss, loss_min, arm.space.spread(&summary.tail), start_spread),
+        };
         let linear = match &exp.linear {
             Some(pc) => Some(arm_probe(&exp.name, &label, &cfg, pc, &stores)?),
             None => None,
@@ -573,7 +588,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
             );
         }
     }
-    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps; \"at step 0\" is sqrt(d)·collapse_std at the first step, in the space the arm is judged in (Z, or P from its m_o). Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 (m_o > 0.87) and below half its value at step 0 (heads with output BN start near 1; heads without BN start in a narrow cone); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse); narrow = otherwise, the spread below 0.5 (not halved since step 0, or the loss not yet at its minimum); healthy = the spread at 0.5 or above.");
+    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps; \"at step 0\" is sqrt(d)·collapse_std at the first step, in the space the arm is judged in (Z, or P from its m_o). Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 (m_o > 0.87) and below half its value at step 0 (heads with output BN start near 1; heads without BN start in a narrow cone); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse); narrow = otherwise, the spread below 0.5 (not halved since step 0, or the loss not yet at its minimum); healthy = the spread at 0.5 or above; diverged = the loss became NaN or infinite and the arm stopped there (its figures are those of the steps before).");
     if !outcome.orders.is_empty() {
         let (head, rule) = if seeded { (" difference of the means (se) |", "---|") } else { ("", "") };
         let _ = writeln!(md, "\n| kNN ordering | held |{head}\n|---|---|{rule}");

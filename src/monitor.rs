@@ -33,6 +33,9 @@ pub enum CollapseVerdict {
     /// Not collapsed, but the loss stayed far from its minimum.
     NotConverged,
     Healthy,
+    /// The loss became NaN or infinite and training stopped there: judged neither collapsed
+    /// nor converged (an experiment records it for the arm and trains the others).
+    Diverged,
 }
 
 /// Classifies a run's end state from its loss and `sqrt(d) * collapse_std` (use means over

@@ -1092,3 +1092,41 @@ fn an_unreadable_checkpoint_points_to_the_earlier_one() {
     let text = ok(bin().args(["train", "--resume", run.to_str().unwrap()]).output().unwrap());
     assert!(text.contains("(epoch 1, step 20)") && text.contains("trained 3 epochs"), "{text}");
 }
+
+/// An arm whose loss overflows is a result, not the end of the experiment: it is recorded as
+/// Diverged (its summary written, so a rerun skips it), and the other arms train and report.
+#[test]
+fn a_diverging_arm_is_recorded_and_the_experiment_goes_on() {
+    let (tmp, train, test) = data();
+    let file = tmp.path().join("overflow.toml");
+    std::fs::write(
+        &file,
+        "name = \"overflow\"\nclaim = \"An lr of 1e38 overflows the weights; a sane one trains.\"\n\
+         source = \"this test\"\npaper = \"-\"\n\n[[arm]]\nname = \"huge-lr\"\nset = [\"optim.base_lr=1e38\"]\n\
+         expect = \"healthy\"\n\n[[arm]]\nname = \"sane\"\nexpect = \"not_collapsed\"\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("exp");
+    let mut args: Vec<String> = ["experiment", file.to_str().unwrap(), "--device", "cpu", "--epochs", "1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(
+        ["--batch-size", "32", "--out", out.to_str().unwrap(), "--data", train.to_str().unwrap()].map(String::from),
+    );
+    args.extend(["--test-data".to_string(), test.display().to_string()]);
+    for s in common::SMALL_MODEL.iter().chain(&["monitor.knn_k=20"]) {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    let text = ok(bin().args(&args).output().unwrap());
+    assert!(text.contains("[overflow] 1/2 huge-lr: diverged (loss") && text.contains("the other arms go on"), "{text}");
+    assert!(text.contains("[overflow] 2/2 sane: training") && text.contains("the claim did not hold"), "{text}");
+    let summary: serde_json::Value = serde_json::from_str(&read(&out.join("huge-lr/summary.json"))).unwrap();
+    assert_eq!(summary["verdict"], "diverged");
+    assert!(summary["steps"].as_u64().unwrap() >= 1, "the steps before the overflow: {summary}");
+    let md = read(&out.join("report.md"));
+    assert!(md.contains("| huge-lr | Healthy | Diverged | **no** |"), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| sane | NotCollapsed | ") && l.contains(" | yes |")), "{md}");
+    let again = ok(bin().args(&args).output().unwrap());
+    assert_eq!(again.matches("finished earlier, skipped").count(), 2, "{again}");
+}

@@ -14,8 +14,12 @@ use tch::{Device, Kind, Tensor};
 pub struct Summary {
     pub epochs: usize,
     pub steps: usize,
+    // JSON has no NaN: serde_json writes it as null, read back as NaN (a run with no finite step).
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub collapse_std: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub collapse_std_scaled: f64,
     pub knn_init: Option<f64>,
     pub knn_final: Option<f64>,
@@ -38,6 +42,11 @@ pub struct Summary {
     pub build: String,
 }
 
+/// An f64 that serde_json wrote as null because it was NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Tail {
     pub loss: f64,
@@ -54,6 +63,36 @@ pub fn run_ends(run_dir: &Path) -> Result<(Option<Tail>, Tail)> {
     let rows = crate::report::read_lines(&run_dir.join("metrics.jsonl"))?;
     let steps: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("loss").is_some()).collect();
     Ok((start_of(&steps), tail_of(&steps)))
+}
+
+/// The summary of a run stopped by a non-finite loss, written as `summary.json` so that the run
+/// reads as done (rerun, it would diverge again): verdict [`Diverged`](crate::monitor::CollapseVerdict::Diverged),
+/// the monitors and kNN from the steps logged before the loss overflowed.
+pub fn write_diverged_summary(cfg: &crate::config::Config) -> Result<Summary> {
+    let run_dir = &cfg.run.out_dir;
+    let mut summary = Summary {
+        epochs: cfg.run.epochs,
+        steps: 0,
+        final_loss: f64::NAN,
+        collapse_std: f64::NAN,
+        collapse_std_scaled: f64::NAN,
+        knn_init: None,
+        knn_final: None,
+        tail: Tail::default(),
+        start: None,
+        verdict: Some(crate::monitor::CollapseVerdict::Diverged),
+        train_seconds: 0.0,
+        images_per_s: 0.0,
+        device: String::new(),
+        build: crate::BUILD.to_string(),
+    };
+    complete_from_log(&mut summary, run_dir, (cfg.model.dim as f64).sqrt())?;
+    let rows = crate::report::read_lines(&run_dir.join("metrics.jsonl"))?;
+    summary.steps = rows.iter().filter(|r| r.get("loss").is_some()).count();
+    let path = run_dir.join("summary.json");
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::data(&path, e.to_string()))?;
+    crate::checkpoint::write_atomic(&path, text.as_bytes())?;
+    Ok(summary)
 }
 
 /// Fills the summary's whole-run values from `metrics.jsonl`, which holds every step and kNN
@@ -308,4 +347,32 @@ fn branch_gains(opt: &Sgd) -> Vec<(&str, f64)> {
     let values = Vec::<f64>::try_from(Tensor::stack(&means, 0).to_kind(Kind::Double).to_device(Device::Cpu))
         .expect("one gain per stage");
     stages.into_iter().zip(values).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A summary with no finite step (NaN figures) survives JSON, which has no NaN.
+    #[test]
+    fn nan_figures_round_trip_through_json() {
+        let s = super::Summary {
+            epochs: 1,
+            steps: 0,
+            final_loss: f64::NAN,
+            collapse_std: f64::NAN,
+            collapse_std_scaled: f64::NAN,
+            knn_init: None,
+            knn_final: None,
+            tail: Default::default(),
+            start: None,
+            verdict: Some(crate::monitor::CollapseVerdict::Diverged),
+            train_seconds: 0.0,
+            images_per_s: 0.0,
+            device: String::new(),
+            build: String::new(),
+        };
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains("\"final_loss\":null") && text.contains("\"verdict\":\"diverged\""), "{text}");
+        let back: super::Summary = serde_json::from_str(&text).unwrap();
+        assert!(back.final_loss.is_nan() && back.collapse_std_scaled.is_nan());
+    }
 }

@@ -8,7 +8,7 @@ mod resume;
 mod step;
 mod stores;
 
-pub use metrics::{run_ends, start_of, tail_of, weights_event, Summary, Tail};
+pub use metrics::{run_ends, start_of, tail_of, weights_event, write_diverged_summary, Summary, Tail};
 pub use network::{Ema, Network};
 pub use resume::{load_run, load_run_at, run_config};
 pub use step::{eoa_target, forward_pairs, step, step_stats, views, StepOut, StepTargets, STEP_STATS};
