@@ -539,6 +539,20 @@ fn bad_flags_are_clear_errors_not_panics() {
     }
 }
 
+/// `simsiam experiment FILE` for one epoch of a very small model at batch 32 on the test data.
+fn experiment_file_args(file: &Path, out: &Path, train: &Path, test: &Path) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["experiment", "--device", "cpu", "--epochs", "1", "--batch-size", "32"].map(String::from).to_vec();
+    for (flag, path) in [("", file), ("--out", out), ("--data", train), ("--test-data", test)] {
+        args.extend((!flag.is_empty()).then(|| flag.to_string()));
+        args.push(path.display().to_string());
+    }
+    for s in common::SMALL_MODEL.iter().chain(&["monitor.knn_k=20"]) {
+        args.extend(["--set".to_string(), s.to_string()]);
+    }
+    args
+}
+
 /// `--seeds`: every arm once per seed, in `ARM/seed-S`; the report gives each run, then the
 /// means with their spread, and judges the ordering on the means.
 #[test]
@@ -553,16 +567,8 @@ fn experiment_with_seeds_trains_every_arm_per_seed_and_orders_the_means() {
     )
     .unwrap();
     let out = tmp.path().join("exp");
-    let mut args: Vec<String> = ["experiment", file.to_str().unwrap(), "--device", "cpu", "--epochs", "1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(["--batch-size", "32", "--seeds", "3,4", "--out"].map(String::from));
-    args.push(out.display().to_string());
-    args.extend(["--data".into(), train.display().to_string(), "--test-data".into(), test.display().to_string()]);
-    for s in common::SMALL_MODEL.iter().chain(&["monitor.knn_k=20"]) {
-        args.extend(["--set".to_string(), s.to_string()]);
-    }
+    let mut args = experiment_file_args(&file, &out, &train, &test);
+    args.extend(["--seeds", "3,4"].map(String::from));
     let text = ok(bin().args(&args).output().unwrap());
     assert_eq!(text.matches("): training").count(), 4, "{text}");
     let knn = |arm: &str, seed: u64| {
@@ -1107,17 +1113,7 @@ fn a_diverging_arm_is_recorded_and_the_experiment_goes_on() {
     )
     .unwrap();
     let out = tmp.path().join("exp");
-    let mut args: Vec<String> = ["experiment", file.to_str().unwrap(), "--device", "cpu", "--epochs", "1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(
-        ["--batch-size", "32", "--out", out.to_str().unwrap(), "--data", train.to_str().unwrap()].map(String::from),
-    );
-    args.extend(["--test-data".to_string(), test.display().to_string()]);
-    for s in common::SMALL_MODEL.iter().chain(&["monitor.knn_k=20"]) {
-        args.extend(["--set".to_string(), s.to_string()]);
-    }
+    let args = experiment_file_args(&file, &out, &train, &test);
     let text = ok(bin().args(&args).output().unwrap());
     assert!(text.contains("[overflow] 1/2 huge-lr: diverged (loss") && text.contains("the other arms go on"), "{text}");
     assert!(text.contains("[overflow] 2/2 sane: training") && text.contains("the claim did not hold"), "{text}");

@@ -42,6 +42,28 @@ pub struct Summary {
     pub build: String,
 }
 
+impl Summary {
+    /// A summary before any step: NaN figures, no kNN, this build; filled in as the run goes.
+    pub fn new(epochs: usize, device: String) -> Summary {
+        Summary {
+            epochs,
+            steps: 0,
+            final_loss: f64::NAN,
+            collapse_std: f64::NAN,
+            collapse_std_scaled: f64::NAN,
+            knn_init: None,
+            knn_final: None,
+            tail: Tail::default(),
+            start: None,
+            verdict: None,
+            train_seconds: 0.0,
+            images_per_s: 0.0,
+            device,
+            build: crate::BUILD.to_string(),
+        }
+    }
+}
+
 /// An f64 that serde_json wrote as null because it was NaN.
 fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
     Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
@@ -71,20 +93,8 @@ pub fn run_ends(run_dir: &Path) -> Result<(Option<Tail>, Tail)> {
 pub fn write_diverged_summary(cfg: &crate::config::Config) -> Result<Summary> {
     let run_dir = &cfg.run.out_dir;
     let mut summary = Summary {
-        epochs: cfg.run.epochs,
-        steps: 0,
-        final_loss: f64::NAN,
-        collapse_std: f64::NAN,
-        collapse_std_scaled: f64::NAN,
-        knn_init: None,
-        knn_final: None,
-        tail: Tail::default(),
-        start: None,
         verdict: Some(crate::monitor::CollapseVerdict::Diverged),
-        train_seconds: 0.0,
-        images_per_s: 0.0,
-        device: String::new(),
-        build: crate::BUILD.to_string(),
+        ..Summary::new(cfg.run.epochs, String::new())
     };
     complete_from_log(&mut summary, run_dir, (cfg.model.dim as f64).sqrt())?;
     let rows = crate::report::read_lines(&run_dir.join("metrics.jsonl"))?;
@@ -355,20 +365,8 @@ mod tests {
     #[test]
     fn nan_figures_round_trip_through_json() {
         let s = super::Summary {
-            epochs: 1,
-            steps: 0,
-            final_loss: f64::NAN,
-            collapse_std: f64::NAN,
-            collapse_std_scaled: f64::NAN,
-            knn_init: None,
-            knn_final: None,
-            tail: Default::default(),
-            start: None,
             verdict: Some(crate::monitor::CollapseVerdict::Diverged),
-            train_seconds: 0.0,
-            images_per_s: 0.0,
-            device: String::new(),
-            build: String::new(),
+            ..super::Summary::new(1, String::new())
         };
         let text = serde_json::to_string(&s).unwrap();
         assert!(text.contains("\"final_loss\":null") && text.contains("\"verdict\":\"diverged\""), "{text}");

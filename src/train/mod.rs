@@ -340,22 +340,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let file = if lead { Some(MetricsLog::open(&run_dir, control.resume.then_some(pos.global_step))?) } else { None };
     let mut log = StepLog::new(file, batch, cfg.model.dim);
 
-    let mut summary = Summary {
-        epochs: cfg.run.epochs,
-        steps: 0,
-        final_loss: f64::NAN,
-        collapse_std: f64::NAN,
-        collapse_std_scaled: f64::NAN,
-        knn_init: None,
-        knn_final: None,
-        tail: Tail::default(),
-        start: None,
-        verdict: None,
-        train_seconds: 0.0,
-        images_per_s: 0.0,
-        device: crate::device::describe(device),
-        build: crate::BUILD.to_string(),
-    };
+    let mut summary = Summary::new(cfg.run.epochs, crate::device::describe(device));
     let monitors = EpochMonitors::new(cfg, &train_dev, test_dev.as_ref(), knn_on, &aug, device);
     // The latest kNN top-1, for the progress bar (the summary's come from the metrics file).
     let mut last_knn: Option<f64> = None;
