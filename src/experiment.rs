@@ -20,7 +20,7 @@ pub enum Expect {
     Collapsed,
     Healthy,
     NotConverged,
-    /// No collapse: healthy or not converged.
+    /// No collapse: any verdict but collapsed (or diverged, which is no evidence either way).
     NotCollapsed,
     /// Reported, not judged.
     Any,
@@ -32,7 +32,6 @@ impl Expect {
             Expect::Collapsed => v == CollapseVerdict::Collapsed,
             Expect::Healthy => v == CollapseVerdict::Healthy,
             Expect::NotConverged => v == CollapseVerdict::NotConverged,
-            // A diverged run is no evidence either way.
             Expect::NotCollapsed => !matches!(v, CollapseVerdict::Collapsed | CollapseVerdict::Diverged),
             Expect::Any => true,
         }

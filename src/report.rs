@@ -225,12 +225,20 @@ pub(crate) fn difference_cell(a: Option<(f64, f64, usize)>, b: Option<(f64, f64,
     }
 }
 
+/// The JSON lines of a metrics file. A last line without its newline that does not parse is
+/// one a running process is still writing: left out, so a run can be read while it trains.
 pub(crate) fn read_lines(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(path, format!("line {}: not JSON: {e}", i + 1))))
-        .collect()
+    let lines: Vec<&str> = text.lines().collect();
+    let mut rows = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(v) => rows.push(v),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
+            Err(e) => return Err(Error::data(path, format!("line {}: not JSON: {e}", i + 1))),
+        }
+    }
+    Ok(rows)
 }
 
 pub(crate) fn series(rows: &[&Value], x: &str, y: &[&str], name: &str) -> Series {
@@ -585,6 +593,17 @@ mod tests {
         assert_eq!(super::fixed(-0.00001, 1), "0.0");
         assert_eq!(super::fixed(-0.1, 1), "-0.1");
         assert_eq!(super::fixed(12.0, 0), "12");
+    }
+
+    /// A line a running process has half written is left out; a bad line before it is an error.
+    #[test]
+    fn a_half_written_last_line_is_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        std::fs::write(&p, "{\"step\":0,\"loss\":0.1}\n{\"step\":1,\"lo").unwrap();
+        assert_eq!(super::read_lines(&p).unwrap().len(), 1);
+        std::fs::write(&p, "{\"step\":0,\"lo\n{\"step\":1,\"loss\":0.1}\n").unwrap();
+        assert!(super::read_lines(&p).unwrap_err().to_string().contains("line 1: not JSON"));
     }
 
     #[test]

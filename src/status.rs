@@ -69,7 +69,8 @@ pub fn scan(roots: &[PathBuf]) -> Result<Vec<RunStatus>> {
 pub fn status(run: &Path) -> Result<RunStatus> {
     let cfg = Config::load(&run.join("config.toml"))?;
     let metrics = run.join("metrics.jsonl");
-    let rows = step_lines(&metrics)?;
+    // A run folder may not have logged a step yet.
+    let rows = if metrics.is_file() { crate::report::read_lines(&metrics)? } else { Vec::new() };
     let steps: Vec<&Value> = rows.iter().filter(|r| r.get("loss").is_some()).collect();
     let knn = rows.iter().rev().find(|r| r["event"] == "knn").and_then(|r| r["knn_top1"].as_f64());
     let summary: Option<crate::train::Summary> =
@@ -102,25 +103,6 @@ pub fn status(run: &Path) -> Result<RunStatus> {
         verdict: summary.and_then(|s| s.verdict),
         idle_seconds,
     })
-}
-
-/// `metrics.jsonl`'s lines; a last line still being written by a running process is left out.
-fn step_lines(path: &Path) -> Result<Vec<Value>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    let lines: Vec<&str> = text.lines().collect();
-    let mut rows = Vec::with_capacity(lines.len());
-    for (i, l) in lines.iter().enumerate() {
-        match serde_json::from_str(l) {
-            Ok(v) => rows.push(v),
-            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
-            Err(e) => return Err(Error::data(path, format!("line {}: not JSON: {e}", i + 1))),
-        }
-    }
-    Ok(rows)
 }
 
 /// The table `simsiam status` prints: a row per run, its resume command where one is due.
@@ -172,19 +154,4 @@ pub fn table(runs: &[RunStatus]) -> String {
         out.push('\n');
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    /// A line a running process has half written is left out; a bad line before it is an error.
-    #[test]
-    fn a_half_written_last_line_is_left_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("metrics.jsonl");
-        std::fs::write(&p, "{\"step\":0,\"loss\":0.1}\n{\"step\":1,\"lo").unwrap();
-        assert_eq!(super::step_lines(&p).unwrap().len(), 1);
-        std::fs::write(&p, "{\"step\":0,\"lo\n{\"step\":1,\"loss\":0.1}\n").unwrap();
-        assert!(super::step_lines(&p).unwrap_err().to_string().contains("line 1: not JSON"));
-        assert!(super::step_lines(&dir.path().join("none.jsonl")).unwrap().is_empty(), "no metrics yet");
-    }
 }

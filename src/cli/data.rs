@@ -2,7 +2,6 @@
 use super::{ConfigArgs, SplitArg};
 use anyhow::{Context, Result};
 use clap::Args;
-use simsiam::config::Config;
 
 #[derive(Args)]
 pub(crate) struct DataArgs {
@@ -20,10 +19,7 @@ pub(crate) struct DataArgs {
 }
 
 pub(crate) fn run(a: DataArgs) -> Result<()> {
-    describe(&a.cfg.resolve()?, a.split, a.views)
-}
-
-fn describe(cfg: &Config, split: SplitArg, views: Option<u32>) -> Result<()> {
+    let (cfg, split, views) = (a.cfg.resolve()?, a.split, a.views);
     let path = cfg.data.train.as_ref().context("no data: pass --data PATH")?;
     let t = std::time::Instant::now();
     let store = simsiam::data::open(path, split.into(), &cfg.data)?;

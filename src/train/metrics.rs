@@ -96,9 +96,7 @@ pub fn write_diverged_summary(cfg: &crate::config::Config) -> Result<Summary> {
         verdict: Some(crate::monitor::CollapseVerdict::Diverged),
         ..Summary::new(cfg.run.epochs, String::new())
     };
-    complete_from_log(&mut summary, run_dir, (cfg.model.dim as f64).sqrt())?;
-    let rows = crate::report::read_lines(&run_dir.join("metrics.jsonl"))?;
-    summary.steps = rows.iter().filter(|r| r.get("loss").is_some()).count();
+    summary.steps = complete_from_log(&mut summary, run_dir, (cfg.model.dim as f64).sqrt())?;
     let path = run_dir.join("summary.json");
     let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::data(&path, e.to_string()))?;
     crate::checkpoint::write_atomic(&path, text.as_bytes())?;
@@ -109,8 +107,8 @@ pub fn write_diverged_summary(cfg: &crate::config::Config) -> Result<Summary> {
 /// pass of the weights being trained (a resume trims it to the checkpoint): the final step's
 /// loss and spread, the step monitors at the start and over the last 10%, and the kNN top-1
 /// at initialisation (epoch 0) and at the last pass. Why from the file: a resumed run's own
-/// process saw only its part of the run.
-pub(super) fn complete_from_log(summary: &mut Summary, run_dir: &Path, sqrt_d: f64) -> Result<()> {
+/// process saw only its part of the run. Returns the number of step lines.
+pub(super) fn complete_from_log(summary: &mut Summary, run_dir: &Path, sqrt_d: f64) -> Result<usize> {
     let rows = crate::report::read_lines(&run_dir.join("metrics.jsonl"))?;
     let steps: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("loss").is_some()).collect();
     (summary.start, summary.tail) = (start_of(&steps), tail_of(&steps));
@@ -126,7 +124,7 @@ pub(super) fn complete_from_log(summary: &mut Summary, run_dir: &Path, sqrt_d: f
         .collect();
     summary.knn_init = knn.iter().find(|(e, _)| *e == 0).map(|&(_, a)| a);
     summary.knn_final = knn.last().filter(|(e, _)| *e > 0).map(|&(_, a)| a);
-    Ok(())
+    Ok(steps.len())
 }
 
 /// The first of these step lines (the geometry at initialisation), as a [`Tail`] of one step.
