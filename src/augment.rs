@@ -278,14 +278,17 @@ pub struct Augmenter {
 }
 
 impl Augmenter {
+    /// The augmentation of a store of `image_size`-pixel images; its views are
+    /// `augment.view_size` pixels (the store's side by default).
     pub fn new(cfg: &AugmentConfig, image_size: usize, device: Device) -> Augmenter {
         let to = |v: [f64; 3]| Tensor::from_slice(&v.map(|x| x as f32)).to_device(device);
-        // ~10% of the image side, odd, as torchvision's GaussianBlur(23) at 224 px.
-        let blur_ksize = 2 * ((image_size as f64 * 0.05).round() as i64).max(1) + 1;
+        let side = cfg.view_side(image_size);
+        // ~10% of the view's side, odd, as torchvision's GaussianBlur(23) at 224 px.
+        let blur_ksize = 2 * ((side as f64 * 0.05).round() as i64).max(1) + 1;
         Augmenter {
             cfg: cfg.clone(),
-            out_size: image_size as i64,
-            blur_p: cfg.effective_blur_p(image_size),
+            out_size: side as i64,
+            blur_p: cfg.effective_blur_p(side),
             blur_ksize,
             mean: to(cfg.mean),
             std: to(cfg.std),
@@ -377,10 +380,46 @@ impl Augmenter {
         &self.std
     }
 
-    /// The evaluation view: no augmentation, only scaling and normalisation.
-    pub fn eval_view(&self, images_u8: &Tensor) -> Tensor {
-        normalize(&to_float(&images_u8.to_device(self.device())), &self.mean, &self.std)
+    /// The side of the views, in pixels.
+    pub fn view_side(&self) -> i64 {
+        self.out_size
     }
+
+    /// The evaluation view: the centre `S x S` of each image (torchvision's `CenterCrop`; the
+    /// whole image when the views are the store's size), scaled and normalised.
+    /// uint8 `[B,H,W,3]` -> `[B,3,S,S]`.
+    pub fn eval_view(&self, images_u8: &Tensor) -> Tensor {
+        let x = centre_crop(&images_u8.to_device(self.device()), self.out_size);
+        normalize(&to_float(&x), &self.mean, &self.std)
+    }
+
+    /// The linear probe's training view: `main_lincls.py`'s `RandomResizedCrop` (area 8-100%)
+    /// + flip when the views are smaller than the store (ImageNet); the CIFAR recipe, a random
+    /// crop of the padded image + flip, when they are the store's size. uint8 `[B,H,W,3]` ->
+    /// normalised `[B,3,S,S]`.
+    pub fn probe_view(&self, images_u8: &Tensor) -> Tensor {
+        let x = to_float(&images_u8.to_device(self.device()));
+        let (b, _, h, w) = x.size4().expect("[B,3,H,W]");
+        let x = if h == self.out_size && w == self.out_size {
+            random_crop_flip(&x, 4)
+        } else {
+            let draw = Draw::whole(b, x.device());
+            let boxes = sample_crop_boxes(draw, h, w, [0.08, 1.0], [3.0 / 4.0, 4.0 / 3.0]);
+            resized_crop_flip(&x, &boxes, &coin(draw, 0.5), self.out_size)
+        };
+        normalize(&x, &self.mean, &self.std)
+    }
+}
+
+/// The centre `size x size` of uint8 images `[B,H,W,3]` (torchvision's `CenterCrop`: the top
+/// left corner at `round((H - size) / 2)`, ties to even as Python's `round`).
+pub fn centre_crop(images_u8: &Tensor, size: i64) -> Tensor {
+    let (_, h, w, _) = images_u8.size4().expect("[B,H,W,3]");
+    let start = |side: i64| ((side - size) as f64 / 2.0).round_ties_even() as i64;
+    if h == size && w == size {
+        return images_u8.shallow_clone();
+    }
+    images_u8.narrow(1, start(h), size).narrow(2, start(w), size)
 }
 
 /// The standard CIFAR probe augmentation: zero-pad by `pad`, take a random `H x W` crop, flip

@@ -174,6 +174,11 @@ pub struct AugmentConfig {
     pub blur_sigma: [f64; 2],
     pub mean: [f64; 3],
     pub std: [f64; 3],
+    /// Side of the views the network sees: RandomResizedCrop's output, and the centre crop
+    /// evaluation takes of a stored image. 0 = `data.image_size`. Smaller than the store, the
+    /// training crops come from more of each image and evaluation is torchvision's `Resize` +
+    /// `CenterCrop`: the ImageNet protocol is a 256-px store with 224-px views.
+    pub view_size: usize,
 }
 
 impl Default for AugmentConfig {
@@ -193,6 +198,7 @@ impl Default for AugmentConfig {
             // CIFAR-10 channel statistics.
             mean: [0.4914, 0.4822, 0.4465],
             std: [0.2470, 0.2435, 0.2616],
+            view_size: 0,
         }
     }
 }
@@ -209,6 +215,16 @@ impl AugmentConfig {
             grayscale_p: 0.0,
             blur_p: 0.0,
             ..self.clone()
+        }
+    }
+
+    /// The side of the views for a store of `image_size`-pixel images (`view_size`, or the
+    /// store's side when it is 0).
+    pub fn view_side(&self, image_size: usize) -> usize {
+        if self.view_size == 0 {
+            image_size
+        } else {
+            self.view_size
         }
     }
 
@@ -843,6 +859,10 @@ impl Config {
         }
         if self.data.image_size < 8 {
             return fail("data.image_size", "at least 8", self.data.image_size.to_string());
+        }
+        if a.view_size != 0 && !(8..=self.data.image_size).contains(&a.view_size) {
+            let want = format!("0 (data.image_size) or 8 to data.image_size ({})", self.data.image_size);
+            return fail("augment.view_size", &want, a.view_size.to_string());
         }
         if self.run.epochs == 0 {
             return fail("run.epochs", "at least 1", "0".into());

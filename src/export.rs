@@ -246,9 +246,6 @@ pub fn write_views(dir: &Path, store: &ImageStore, aug: &Augmenter, n: usize, se
     // Two views, each [n, 3, H, W] and normalised; stacked to [n, 2, 3, H, W].
     let views = aug.views(&images, 2);
     let (img, view) = (images.size()[1], views[0].size()[2]);
-    if img != view {
-        return Err(Error::config(format!("--views: views of {view} px from a store of {img} px images")));
-    }
     let both = Tensor::stack(&[&views[0], &views[1]], 1).to_device(Device::Cpu).to_kind(Kind::Float);
     let labels = store.labels.to_device(Device::Cpu).index_select(0, &pick);
     let names: Vec<String> =
@@ -260,11 +257,12 @@ pub fn write_views(dir: &Path, store: &ImageStore, aug: &Augmenter, n: usize, se
     )?;
 
     // The grid, rows of (image | view 1 | view 2): the views back to pixels, x * std + mean,
-    // [rows, H, W, 3] each, side by side [rows, H, 3W, 3]; small images drawn at least 96 px
-    // tall, each pixel a block.
+    // [rows, H, W, 3] each (views smaller than the image padded black on the right and below),
+    // side by side [rows, H, 3W, 3]; small images drawn at least 96 px tall, each pixel a block.
     let rows = (n as i64).min(PREVIEW_ROWS);
     let pixels = |v: &Tensor| {
         let x = aug.denormalize(&v.narrow(0, 0, rows).to_device(Device::Cpu)); // in [0, 1]
+        let x = x.constant_pad_nd([0, img - view, 0, img - view]);
         (x * 255.0).round().to_kind(Kind::Uint8).permute([0, 2, 3, 1])
     };
     let grid = Tensor::cat(&[images.narrow(0, 0, rows), pixels(&views[0]), pixels(&views[1])], 2);

@@ -188,6 +188,69 @@ fn probe_crop_shifts_by_whole_pixels_within_the_padding() {
     assert!(y.min().double_value(&[]) == 0.0);
 }
 
+/// uint8 images `[b, h, w, 3]` whose value at (i, y, x, c) is `(y * w + x) % 256`, the same in
+/// every channel: a crop's first value names its corner.
+fn numbered(b: i64, h: i64, w: i64) -> Tensor {
+    let pos = Tensor::arange(h * w, (Kind::Int64, Device::Cpu)).remainder(256).to_kind(Kind::Uint8);
+    pos.view([1, h, w, 1]).expand([b, h, w, 3], false).contiguous()
+}
+
+#[test]
+fn centre_crop_is_torchvisions() {
+    // torchvision's CenterCrop: top = int(round((H - size) / 2)), Python's round (ties to even).
+    // Hand values: (10 - 6) / 2 = 2; (9 - 6) / 2 = 1.5 -> 2; (11 - 6) / 2 = 2.5 -> 2;
+    // (13 - 6) / 2 = 3.5 -> 4; (256 - 224) / 2 = 16.
+    for (h, w, top, left) in [(10, 10, 2, 2), (9, 11, 2, 2), (13, 10, 4, 2)] {
+        let c = centre_crop(&numbered(2, h, w), 6);
+        assert_eq!(c.size(), vec![2, 6, 6, 3]);
+        assert_eq!(c.int64_value(&[1, 0, 0, 2]), top * w + left, "{h}x{w}");
+        assert_eq!(c.int64_value(&[0, 5, 5, 0]), (top + 5) * w + left + 5, "{h}x{w}");
+    }
+    let big = centre_crop(&numbered(1, 256, 256), 224);
+    assert_eq!(big.int64_value(&[0, 0, 0, 0]), (16 * 256 + 16) % 256);
+    assert_eq!(big.int64_value(&[0, 1, 0, 0]), (17 * 256 + 16) % 256);
+    // Images already of the size are returned whole.
+    let x = numbered(1, 6, 6);
+    assert!(centre_crop(&x, 6).equal(&x));
+}
+
+#[test]
+fn views_smaller_than_the_store() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(3);
+    // A 40-px store with 24-px views (`augment.view_size`), as the ImageNet preset's 256 / 224.
+    let cfg = AugmentConfig { view_size: 24, ..AugmentConfig::default() };
+    let aug = Augmenter::new(&cfg, 40, Device::Cpu);
+    assert_eq!(aug.view_side(), 24);
+    let imgs = Tensor::randint(256, [8, 40, 40, 3], (Kind::Uint8, Device::Cpu));
+    for v in aug.views(&imgs, 2) {
+        assert_eq!(v.size(), vec![8, 3, 24, 24]);
+    }
+    // Evaluation: exactly the normalised centre 24x24 (offset 8), no resampling.
+    let centre = imgs.narrow(1, 8, 24).narrow(2, 8, 24);
+    let plain = Augmenter::new(&cfg.identity(), 24, Device::Cpu);
+    assert_eq!(aug.eval_view(&imgs).size(), vec![8, 3, 24, 24]);
+    assert!(aug.eval_view(&imgs).equal(&plain.eval_view(&centre)));
+    // The probe's training view is a random resized crop of the whole image at the view size.
+    let p1 = aug.probe_view(&imgs);
+    assert_eq!(p1.size(), vec![8, 3, 24, 24]);
+    assert!(!p1.allclose(&aug.probe_view(&imgs), 1e-3, 1e-3, false), "two draws differ");
+    // At the store's size the probe keeps CIFAR's padded crop: whole-pixel shifts of the image.
+    let same = Augmenter::new(&AugmentConfig::default(), 40, Device::Cpu);
+    let ones = Tensor::full([16, 40, 40, 3], 255, (Kind::Uint8, Device::Cpu));
+    let y = same.denormalize(&same.probe_view(&ones));
+    assert_eq!(y.size(), vec![16, 3, 40, 40]);
+    assert!((&y * (-&y + 1.0)).abs().max().double_value(&[]) < 1e-4);
+    // With every op off, a view is the whole image resized bilinearly (no antialiasing, as
+    // `F.interpolate(..., align_corners=False)`), and the blur is off: auto blur follows the
+    // views' size (24 px), not the store's.
+    let whole = Augmenter::new(&cfg.identity(), 40, Device::Cpu);
+    let resized = to_float(&imgs).upsample_bilinear2d([24, 24], false, None, None);
+    let expect = normalize(&resized, whole.mean(), whole.std());
+    let diff = (whole.view(&imgs) - expect).abs().max().double_value(&[]);
+    assert!(diff < 1e-3, "{diff}");
+}
+
 /// The direct form of per-image-order `ColorJitter`: at each of the four positions every op
 /// runs, with its identity factor except the one the image's order puts there.
 fn color_jitter_reference(x: &Tensor, on: &Tensor, p: &Jitter) -> Tensor {

@@ -356,6 +356,36 @@ fn trains_on_a_folder_of_unlabelled_images() {
     assert!(err.contains("--data") && err.contains("no class folders"), "{err}");
 }
 
+/// Views smaller than the stored images (`augment.view_size`, the ImageNet preset's 256 / 224):
+/// training, the kNN monitor, the linear probe and embeddings all see 24-px inputs of a 40-px
+/// store, and the saved config repeats it.
+#[test]
+fn views_smaller_than_the_stored_images_train_and_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("imgs");
+    for (c, class) in ["a", "b"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        for i in 0..32 {
+            common::save_rgb(&root.join(class).join(format!("{i:02}.png")), 48, 40, (c * 100 + i) as u64);
+        }
+    }
+    let run = tmp.path().join("r");
+    let mut args = one_epoch_args(&root, &root, &run);
+    args.extend(["--set", "data.image_size=40", "--set", "augment.view_size=24"].map(String::from));
+    ok(bin().args(&args).output().unwrap());
+    assert!(read(&run.join("config.toml")).contains("view_size = 24"));
+    assert!(metric_lines(&run).iter().any(|l| l["event"] == "knn"), "the kNN monitor ran");
+    let probe = ok(bin().args(["eval", "linear"]).arg(&run).args(["--epochs", "1"]).output().unwrap());
+    assert!(probe.contains("\"top1\""), "{probe}");
+    let emb = tmp.path().join("emb");
+    ok(bin().args(["embed"]).arg(&run).arg("--data").arg(&root).arg("--out").arg(&emb).output().unwrap());
+    // A view larger than the store is refused, naming the field.
+    let mut bad = one_epoch_args(&root, &root, &tmp.path().join("bad"));
+    bad.extend(["--set", "data.image_size=40", "--set", "augment.view_size=64"].map(String::from));
+    let err = user_error(bin().args(&bad).output().unwrap());
+    assert!(err.contains("augment.view_size") && err.contains("got 64"), "{err}");
+}
+
 /// `simsiam data`: what a dataset holds, as a run would load it (one JSON line); with
 /// `data.cache_dir` it fills the cache, and the next load reads it; a bad path is a clear error.
 #[test]

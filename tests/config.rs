@@ -18,6 +18,9 @@ fn cifar10_preset_is_the_paper_recipe() {
         (Arch::Resnet50, 3, 0.05, 1e-4)
     );
     assert_eq!(i.augment.effective_blur_p(224), 0.5);
+    // Resize(256) + CenterCrop(224) for evaluation, 224-px training views.
+    assert_eq!((i.data.image_size, i.augment.view_side(i.data.image_size)), (256, 224));
+    assert_eq!(c.augment.view_side(c.data.image_size), 32);
 }
 
 #[test]
@@ -86,6 +89,8 @@ fn out_of_range_and_mistyped_values_are_errors_naming_the_field() {
         ("optim.base_lr=-1", "optim.base_lr"),
         ("monitor.knn_t=0", "monitor.knn_t"),
         ("run.epochs=0", "run.epochs"),
+        ("augment.view_size=48", "augment.view_size"),
+        ("augment.view_size=4", "augment.view_size"),
     ] {
         let e = Config::resolve("tiny", None, &[set.into()]).unwrap_err().to_string();
         assert!(e.contains(field), "{set}: {e}");

@@ -1,10 +1,11 @@
 //! Linear probe: a linear classifier on frozen backbone features (eval-mode BN), as SimSiam's
 //! `main_lincls.py`: fc initialised N(0, 0.01) with bias 0, SGD with momentum 0.9, no weight
 //! decay, cosine lr per epoch. Defaults are the common CIFAR recipe (lr 30, batch 256, 100
-//! epochs, random crop with 4-pixel padding + flip). Optionally a BatchNorm without affine
+//! epochs, random crop with 4-pixel padding + flip; ImageNet's random resized crop + flip where
+//! the views are smaller than the stored images). Optionally a BatchNorm without affine
 //! before the classifier (MAE / MoCo v3 style), and precomputed features when augmentation is
 //! off (one backbone pass instead of one per epoch).
-use crate::augment::{random_crop_flip, to_float, Augmenter};
+use crate::augment::Augmenter;
 use crate::data::ImageStore;
 use crate::model::SimSiam;
 use crate::optim::{cosine_lr, Param, Sgd};
@@ -22,7 +23,9 @@ pub struct ProbeConfig {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
-    /// Random crop (padding 4) + flip on the training images; off = precomputed features.
+    /// Augment the training images (random crop with padding 4 + flip; `RandomResizedCrop` +
+    /// flip when the views are smaller than the store: [`Augmenter::probe_view`]); off =
+    /// precomputed features.
     pub augment: bool,
     /// BatchNorm1d(affine=False) before the linear layer.
     pub bn: bool,
@@ -113,12 +116,7 @@ pub fn topk_accuracy(logits: &Tensor, labels: &Tensor) -> (f64, f64) {
 
 fn features(model: &SimSiam, images: &Tensor, aug: &Augmenter, augment: bool) -> Tensor {
     tch::no_grad(|| {
-        let x = if augment {
-            let images = images.to_device(aug.device());
-            crate::augment::normalize(&random_crop_flip(&to_float(&images), 4), aug.mean(), aug.std())
-        } else {
-            aug.eval_view(images)
-        };
+        let x = if augment { aug.probe_view(images) } else { aug.eval_view(images) };
         model.features(&x, false).to_kind(Kind::Float)
     })
 }
