@@ -394,9 +394,9 @@ impl Augmenter {
     }
 
     /// The linear probe's training view: `main_lincls.py`'s `RandomResizedCrop` (area 8-100%)
-    /// + flip when the views are smaller than the store (ImageNet); the CIFAR recipe, a random
-    /// crop of the padded image + flip, when they are the store's size. uint8 `[B,H,W,3]` ->
-    /// normalised `[B,3,S,S]`.
+    /// and a flip when the views are smaller than the store (ImageNet); the CIFAR recipe, a
+    /// random crop of the padded image and a flip, when they are the store's size.
+    /// uint8 `[B,H,W,3]` -> normalised `[B,3,S,S]`.
     pub fn probe_view(&self, images_u8: &Tensor) -> Tensor {
         let x = to_float(&images_u8.to_device(self.device()));
         let (b, _, h, w) = x.size4().expect("[B,3,H,W]");
