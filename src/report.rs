@@ -381,7 +381,7 @@ pub(crate) fn html_escape(s: &str) -> String {
 /// 10% of steps (the collapse verdict compares the two), kNN top-1 at initialisation and at
 /// the last measurement, then whether it finished, its time, device and build. A run still
 /// going is shown from its metrics so far.
-fn figures_table(run: &Path, steps: &[&Value], knn: &[&Value]) -> String {
+fn figures_table(run: &Path, steps: &[&Value], knn: &[&Value], collapse: Option<&Value>) -> String {
     let summary: Option<crate::train::Summary> =
         std::fs::read_to_string(run.join("summary.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
     // No step logged yet (only the kNN at initialisation): no monitor rows to show.
@@ -438,7 +438,16 @@ fn figures_table(run: &Path, steps: &[&Value], knn: &[&Value]) -> String {
             format!("<p><b>Not finished</b> (no summary.json yet): {done} steps logged so far.</p>")
         }
     };
-    format!("{status}<table>{}</table>", rows.concat())
+    // Training's own report of the first epoch whose means read as collapsed.
+    let collapse = collapse.map_or(String::new(), |e| {
+        format!(
+            "<p>Training reported a <b>collapse in epoch {}</b>: mean loss {:+.4}, sqrt(d)·collapse_std {:.3}.</p>",
+            e["epoch"].as_u64().map_or(0, |v| v + 1),
+            e["loss"].as_f64().unwrap_or(f64::NAN),
+            e["collapse_std_scaled"].as_f64().unwrap_or(f64::NAN)
+        )
+    });
+    format!("{status}{collapse}<table>{}</table>", rows.concat())
 }
 
 /// Writes `<run>/report/*.png|svg` and `<run>/report.html`; returns the HTML path.
@@ -552,7 +561,8 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
         let svg = render(&dir, fig)?;
         plots.push_str(&format!("<figure>{svg}<figcaption><a href=\"report/{0}.png\">PNG</a> · <a href=\"report/{0}.svg\">SVG</a></figcaption></figure>\n", fig.stem));
     }
-    let table = figures_table(run, &steps, &knn);
+    let collapse = rows.iter().find(|r| r["event"] == "collapse");
+    let table = figures_table(run, &steps, &knn, collapse);
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap_or_default();
     let title = format!("simsiam run {}", run.display());
     let html = format!(

@@ -41,6 +41,9 @@ pub struct RunStatus {
     pub knn: Option<f64>,
     /// `summary.json`'s collapse verdict, once finished.
     pub verdict: Option<crate::monitor::CollapseVerdict>,
+    /// The epoch (from 1) in which training reported a collapse (`"event": "collapse"`), if it
+    /// did: shown while no verdict is in.
+    pub collapsed_in_epoch: Option<u64>,
     /// Seconds since `metrics.jsonl` last changed.
     pub idle_seconds: Option<f64>,
 }
@@ -101,6 +104,11 @@ pub fn status(run: &Path) -> Result<RunStatus> {
         collapse_std_scaled: tail.as_ref().map(|t| t.collapse_std_scaled),
         knn,
         verdict: summary.and_then(|s| s.verdict),
+        collapsed_in_epoch: rows
+            .iter()
+            .find(|r| r["event"] == "collapse")
+            .and_then(|r| r["epoch"].as_u64())
+            .map(|e| e + 1),
         idle_seconds,
     })
 }
@@ -133,7 +141,11 @@ pub fn table(runs: &[RunStatus]) -> String {
             fmt(r.loss, &|v| format!("{v:+.4}")),
             fmt(r.collapse_std_scaled, &|v| format!("{v:.3}")),
             fmt(r.knn, &|v| format!("{v:.2}%")),
-            r.verdict.map_or("-".into(), |v| format!("{v:?}")),
+            match (r.verdict, r.collapsed_in_epoch) {
+                (Some(v), _) => format!("{v:?}"),
+                (None, Some(e)) => format!("collapsed in epoch {e}"),
+                (None, None) => "-".into(),
+            },
             fmt(r.idle_seconds, &|s| {
                 format!("{} ago", indicatif::HumanDuration(std::time::Duration::from_secs_f64(s)))
             }),

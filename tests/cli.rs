@@ -3,6 +3,7 @@
 //! bad flags giving clear errors.
 mod common;
 use simsiam::data::CifarKind;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -1078,6 +1079,9 @@ fn status_says_which_runs_train_finished_or_stopped() {
     let mut stopped = train_args(&train, &test, &root.join("paused"));
     stopped.extend(["--until-epoch".into(), "1".into()]);
     ok(bin().args(&stopped).output().unwrap());
+    // As training writes it when an epoch's means read as collapsed.
+    let mut m = std::fs::OpenOptions::new().append(true).open(root.join("paused/metrics.jsonl")).unwrap();
+    writeln!(m, r#"{{"event":"collapse","epoch":0,"step":19,"loss":-0.99,"collapse_std_scaled":0.02}}"#).unwrap();
     let mut long = train_args(&train, &test, &root.join("live"));
     long[6] = "50".into();
     let child = bin().args(&long).stderr(std::process::Stdio::piped()).spawn().unwrap();
@@ -1090,6 +1094,10 @@ fn status_says_which_runs_train_finished_or_stopped() {
     assert!(row("done").contains("finished") && row("done").contains("1/1"), "{table}");
     assert!(row("live").contains(&format!("training (pid {pid})")), "{table}");
     assert!(row("paused").contains("stopped") && row("paused").contains("1/3"), "{table}");
+    assert!(row("paused").contains("collapsed in epoch 1") && !row("done").contains("collapsed in"), "{table}");
+    ok(bin().arg("report").arg(root.join("paused")).output().unwrap());
+    let html = read(&root.join("paused/report.html"));
+    assert!(html.contains("collapse in epoch 1</b>: mean loss -0.9900"), "the report says it too");
     assert!(table.contains(&format!("to go on: simsiam train --resume {}", root.join("paused").display())), "{table}");
     let json = ok(bin().args(["status", "--json", root.to_str().unwrap()]).output().unwrap());
     let states: Vec<String> = json

@@ -160,6 +160,10 @@ pub(super) struct Pending {
 pub(super) struct MetricsLog {
     file: std::fs::File,
     path: PathBuf,
+    /// sqrt(d)·collapse_std at step 0, when the file holds it (a resume reads it back).
+    start_spread: Option<f64>,
+    /// Whether the run has already been reported as collapsing (a `"event": "collapse"` line).
+    collapse_reported: bool,
 }
 
 impl MetricsLog {
@@ -167,24 +171,29 @@ impl MetricsLog {
     /// holds exactly one line per step taken by the weights being trained.
     pub(super) fn open(run_dir: &Path, keep_below_step: Option<usize>) -> Result<MetricsLog> {
         let path = run_dir.join("metrics.jsonl");
+        let (mut start_spread, mut collapse_reported) = (None, false);
         if let Some(limit) = keep_below_step {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| (s as usize) < limit)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
+            let mut kept = String::new();
+            for (line, v) in text.lines().filter_map(|l| Some((l, serde_json::from_str::<serde_json::Value>(l).ok()?)))
+            {
+                if v["step"].as_u64().is_none_or(|s| (s as usize) >= limit) {
+                    continue;
+                }
+                match v.get("event") {
+                    None if v["step"] == 0 => start_spread = v["collapse_std_scaled"].as_f64(),
+                    Some(e) if e == "collapse" => collapse_reported = true,
+                    _ => {}
+                }
+                kept.push_str(line);
+                kept.push('\n');
+            }
             // Atomic: a crash here must not lose the run's history.
             crate::checkpoint::write_atomic(&path, kept.as_bytes())?;
         }
         let file =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsLog { file, path })
+        Ok(MetricsLog { file, path, start_spread, collapse_reported })
     }
     pub(super) fn write(&mut self, v: serde_json::Value) -> Result<()> {
         writeln!(self.file, "{v}").map_err(|e| Error::io(&self.path, e))
@@ -201,11 +210,50 @@ pub(super) struct StepLog {
     /// sqrt(d), for `collapse_std_scaled`.
     sqrt_d: f64,
     since: Instant,
+    /// Sums of the loss and of sqrt(d)·collapse_std over the epoch's flushed steps, and their
+    /// count, for [`StepLog::collapse_check`].
+    epoch_sums: (f64, f64, usize),
 }
 
 impl StepLog {
     pub(super) fn new(file: Option<MetricsLog>, batch: usize, dim: i64) -> StepLog {
-        StepLog { file, pending: Vec::new(), batch, sqrt_d: (dim as f64).sqrt(), since: Instant::now() }
+        StepLog {
+            file,
+            pending: Vec::new(),
+            batch,
+            sqrt_d: (dim as f64).sqrt(),
+            since: Instant::now(),
+            epoch_sums: (0.0, 0.0, 0),
+        }
+    }
+
+    /// At an epoch's end (after its last flush), rank 0: the epoch's mean loss and
+    /// sqrt(d)·collapse_std, judged as the run's summary will be ([`crate::monitor::verdict`],
+    /// against the spread at step 0). The first epoch judged `Collapsed` is reported once per run:
+    /// a `"event": "collapse"` line, and the warning to print, returned: the owner of a long run
+    /// wants to know at once, not from the summary at its end.
+    pub(super) fn collapse_check(
+        &mut self,
+        epoch: usize,
+        step: usize,
+        loss_min: Option<f64>,
+    ) -> Result<Option<String>> {
+        let (loss_sum, spread_sum, n) = std::mem::replace(&mut self.epoch_sums, (0.0, 0.0, 0));
+        let Some(file) = self.file.as_mut().filter(|f| n > 0 && !f.collapse_reported) else { return Ok(None) };
+        let (loss, spread) = (loss_sum / n as f64, spread_sum / n as f64);
+        let start = file.start_spread;
+        if crate::monitor::verdict(loss, loss_min, spread, start) != crate::monitor::CollapseVerdict::Collapsed {
+            return Ok(None);
+        }
+        file.collapse_reported = true;
+        file.write(json!({"event": "collapse", "epoch": epoch, "step": step, "loss": loss, "collapse_std_scaled": spread, "start_collapse_std_scaled": start}))?;
+        let min = loss_min.map_or(String::new(), |m| format!(" (its minimum {m:+.0})"));
+        let at_start = start.map_or(String::new(), |s| format!(" ({s:.3} at step 0)"));
+        Ok(Some(format!(
+            "warning: the representation has collapsed in epoch {}: mean loss {loss:+.4}{min}, sqrt(d)·collapse_std \
+             {spread:.3}{at_start}. Training goes on (Ctrl-C stops it and keeps a checkpoint)",
+            epoch + 1
+        )))
     }
 
     pub(super) fn push(&mut self, p: Pending) {
@@ -241,7 +289,13 @@ impl StepLog {
             }
             // Only rank 0 logs; the other ranks' rows hold just the loss.
             let Some(file) = self.file.as_mut() else { continue };
-            let mut line = json!({"epoch": p.epoch, "step": p.step, "lr": p.lr, "images_per_s": ips, "collapse_std_scaled": row[1] * self.sqrt_d});
+            let spread = row[1] * self.sqrt_d;
+            if p.step == 0 {
+                file.start_spread = Some(spread);
+            }
+            let (l, s, n) = &mut self.epoch_sums;
+            (*l, *s, *n) = (*l + loss, *s + spread, *n + 1);
+            let mut line = json!({"epoch": p.epoch, "step": p.step, "lr": p.lr, "images_per_s": ips, "collapse_std_scaled": spread});
             for (name, v) in super::STEP_STATS.iter().zip(row) {
                 line[*name] = json!(v);
             }
@@ -370,5 +424,51 @@ mod tests {
         assert!(text.contains("\"final_loss\":null") && text.contains("\"verdict\":\"diverged\""), "{text}");
         let back: super::Summary = serde_json::from_str(&text).unwrap();
         assert!(back.final_loss.is_nan() && back.collapse_std_scaled.is_nan());
+    }
+
+    /// The collapse warning: judged on an epoch's means against the spread at step 0, written
+    /// once per run, and a resume reads both back from the kept lines.
+    #[test]
+    fn collapse_is_reported_once_per_run_and_resumes_know_it() {
+        use super::{MetricsLog, StepLog};
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = StepLog::new(Some(MetricsLog::open(dir.path(), None).unwrap()), 8, 4);
+        // One step at a time, as flushes: (loss, collapse_std), sqrt(d) = 2.
+        let feed = |log: &mut StepLog, epoch: usize, step: usize, loss: f64, std: f64| {
+            let mut stats = vec![0f32; super::super::STEP_STATS.len()];
+            (stats[0], stats[1]) = (loss as f32, std as f32);
+            let stats = tch::Tensor::from_slice(&stats);
+            log.push(super::Pending { epoch, step, lr: 0.1, stats });
+            log.flush(&mut super::Summary::new(3, String::new()), "none").unwrap();
+        };
+        // Epoch 0: spread 0.9 at step 0, then a healthy mean.
+        feed(&mut log, 0, 0, -0.2, 0.45);
+        feed(&mut log, 0, 1, -0.5, 0.45);
+        assert_eq!(log.collapse_check(0, 1, Some(-1.0)).unwrap(), None);
+        // Epoch 1: mean loss -0.95, spread 0.2 (below half of 0.9): collapsed.
+        feed(&mut log, 1, 2, -0.94, 0.1);
+        feed(&mut log, 1, 3, -0.96, 0.1);
+        let warning = log.collapse_check(1, 3, Some(-1.0)).unwrap().expect("reported");
+        assert!(
+            warning.contains("epoch 2") && warning.contains("-0.9500") && warning.contains("0.900 at step 0"),
+            "{warning}"
+        );
+        // Epoch 2: still collapsed, not reported again.
+        feed(&mut log, 2, 4, -0.99, 0.05);
+        assert_eq!(log.collapse_check(2, 4, Some(-1.0)).unwrap(), None);
+        drop(log);
+        let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v["event"] == "collapse")
+            .collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!((events[0]["epoch"].as_u64(), events[0]["step"].as_u64()), (Some(1), Some(3)));
+        // A resume past the event knows it was reported, and the start; one before it does not.
+        let after = MetricsLog::open(dir.path(), Some(5)).unwrap();
+        assert!(after.collapse_reported && (after.start_spread.unwrap() - 0.9).abs() < 1e-6);
+        let before = MetricsLog::open(dir.path(), Some(3)).unwrap();
+        assert!(!before.collapse_reported && (before.start_spread.unwrap() - 0.9).abs() < 1e-6);
     }
 }

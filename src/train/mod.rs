@@ -561,6 +561,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         if sync_point(&mut log, &mut summary, &last_ckpt, &opt, pos)? {
             return interrupted(&net, &opt, pos, &memory);
         }
+        if let Some(warning) = log.collapse_check(pos.epoch, pos.global_step.saturating_sub(1), objective.minimum())? {
+            say(&pb, warning);
+        }
         pos.epoch += 1;
         pos.step_in_epoch = 0;
         let last = pos.epoch == cfg.run.epochs;
