@@ -561,9 +561,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         if sync_point(&mut log, &mut summary, &last_ckpt, &opt, pos)? {
             return interrupted(&net, &opt, pos, &memory);
         }
-        if let Some(warning) = log.collapse_check(pos.epoch, pos.global_step.saturating_sub(1), objective.minimum())? {
-            say(&pb, warning);
-        }
+        // Judged before the epoch monitors write their lines; said after the epoch's own line.
+        let collapse = log.collapse_check(pos.epoch, pos.global_step.saturating_sub(1), objective.minimum())?;
         pos.epoch += 1;
         pos.step_in_epoch = 0;
         let last = pos.epoch == cfg.run.epochs;
@@ -580,6 +579,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             let knn = knn_now.map(|k| format!("  kNN {k:.2}%")).unwrap_or_default();
             say(&pb, format!("{}{knn}", progress_line(&summary, pos, &pace)));
             last_said = Instant::now();
+        }
+        if let Some(warning) = collapse {
+            say(&pb, warning);
         }
         if lead && (pos.epoch % cfg.run.checkpoint_every == 0 || last) {
             last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?.display().to_string();
