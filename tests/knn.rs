@@ -1,6 +1,6 @@
-//! The weighted kNN classifier on a hand-made case.
+//! The weighted kNN classifier on a hand-made case, and against a direct per-query form.
 use simsiam::eval::knn::knn_predict;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 #[test]
 fn weighted_knn_on_a_hand_made_case() {
@@ -22,4 +22,37 @@ fn weighted_knn_on_a_hand_made_case() {
     // k = 3 at 50 degrees: neighbours 20 (c0), 90 (c1), 10 (c0) -> class 0.
     let q = Tensor::from_slice(&deg(50.0)).view([1, 2]);
     assert_eq!(knn_predict(&q, &bank, &labels, 2, &[3], 0.1)[0].int64_value(&[0]), 0);
+}
+
+/// Random features, 40 classes: the chunked, scattered scores give the classes that the
+/// direct form gives (each query: its top k by similarity, `exp(s / t)` summed per class in
+/// f64, the largest wins), for several k at once.
+#[test]
+fn knn_matches_the_direct_form_on_random_features() {
+    tch::manual_seed(5);
+    let norm = |x: Tensor| {
+        let n = x.norm_scalaropt_dim(2, [1i64].as_slice(), true);
+        x / n
+    };
+    let (n, m, c, classes) = (3000i64, 300i64, 16i64, 40i64);
+    let bank = norm(Tensor::randn([n, c], (Kind::Float, Device::Cpu)));
+    let query = norm(Tensor::randn([m, c], (Kind::Float, Device::Cpu)));
+    let labels = Tensor::randint(classes, [n], (Kind::Int64, Device::Cpu));
+    let ks = [1usize, 20, 200];
+    let got = knn_predict(&query, &bank, &labels, classes, &ks, 0.1);
+    let sim = Vec::<Vec<f32>>::try_from(query.matmul(&bank.tr())).unwrap();
+    let lbl = Vec::<i64>::try_from(&labels).unwrap();
+    for (j, &k) in ks.iter().enumerate() {
+        let pred = Vec::<i64>::try_from(&got[j]).unwrap();
+        for (i, row) in sim.iter().enumerate() {
+            let mut order: Vec<usize> = (0..n as usize).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let mut score = vec![0f64; classes as usize];
+            for &nb in &order[..k] {
+                score[lbl[nb] as usize] += (row[nb] as f64 / 0.1).exp();
+            }
+            let best = (0..classes as usize).max_by(|&a, &b| score[a].total_cmp(&score[b])).unwrap();
+            assert_eq!(pred[i], best as i64, "k {k}, query {i}: scores {score:?}");
+        }
+    }
 }
