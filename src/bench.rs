@@ -37,6 +37,9 @@ pub struct Measurement {
     pub mode: Mode,
     pub device: String,
     pub batch_size: usize,
+    /// The stored images' side and the views' (`data.image_size`, `augment.view_size`), pixels.
+    pub image_size: usize,
+    pub view_size: usize,
     pub steps: usize,
     /// Images per second; each image is two views.
     pub images_per_s: f64,
@@ -201,6 +204,8 @@ pub fn measure(
         mode,
         device: crate::device::describe(device),
         batch_size: b as usize,
+        image_size: s as usize,
+        view_size: aug.view_side() as usize,
         steps,
         images_per_s: (b as usize * steps) as f64 / secs,
         ms_per_step: secs * 1e3 / steps as f64,

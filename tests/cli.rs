@@ -522,6 +522,7 @@ fn bench_times_and_profiles_a_step() {
     assert_eq!(lines.len(), 2, "{stdout}");
     for (l, mode) in lines.iter().zip(["step", "end_to_end"]) {
         assert_eq!(l["mode"], mode);
+        assert_eq!((l["image_size"].as_u64(), l["view_size"].as_u64()), (Some(32), Some(32)));
         assert!(l["images_per_s"].as_f64().unwrap() > 0.0);
         assert_eq!(l["profile"].as_str().unwrap(), dir.join(format!("{mode}-profile.md")).display().to_string());
         let md = std::fs::read_to_string(dir.join(format!("{mode}-profile.md"))).unwrap();
