@@ -241,14 +241,19 @@ fn views_smaller_than_the_store() {
     let y = same.denormalize(&same.probe_view(&ones));
     assert_eq!(y.size(), vec![16, 3, 40, 40]);
     assert!((&y * (-&y + 1.0)).abs().max().double_value(&[]) < 1e-4);
-    // With every op off, a view is the whole image resized bilinearly (no antialiasing, as
-    // `F.interpolate(..., align_corners=False)`), and the blur is off: auto blur follows the
-    // views' size (24 px), not the store's.
-    let whole = Augmenter::new(&cfg.identity(), 40, Device::Cpu);
+    // Every op off but the blur left on auto: a view is the whole image resized bilinearly (no
+    // antialiasing, as `F.interpolate(..., align_corners=False)`), unblurred, because auto blur
+    // follows the views' size (24 px, off), not the store's (40 px, on).
+    let auto_blur = AugmentConfig { blur_p: -1.0, ..cfg.identity() };
+    let whole = Augmenter::new(&auto_blur, 40, Device::Cpu);
     let resized = to_float(&imgs).upsample_bilinear2d([24, 24], false, None, None);
     let expect = normalize(&resized, whole.mean(), whole.std());
     let diff = (whole.view(&imgs) - expect).abs().max().double_value(&[]);
     assert!(diff < 1e-3, "{diff}");
+    // With 40-px views of the same store, auto blur is on (p = 0.5): some views are blurred.
+    let big = Augmenter::new(&AugmentConfig { view_size: 40, ..auto_blur }, 40, Device::Cpu);
+    let blurred = (big.view(&imgs) - big.eval_view(&imgs)).abs().amax([1i64, 2, 3].as_slice(), false);
+    assert!(blurred.max().double_value(&[]) > 0.1, "{blurred}");
 }
 
 /// The direct form of per-image-order `ColorJitter`: at each of the four positions every op
