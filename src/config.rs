@@ -310,8 +310,16 @@ pub struct ModelConfig {
     pub pred_bias: bool,
     /// Train the predictor (false = fixed at its random initialisation, Table 1b).
     pub pred_trainable: bool,
-    /// Start the backbone from torchvision-layout safetensors (see `simsiam export`).
+    /// Start the backbone, and the heads when the file has them, from weights trained
+    /// elsewhere: torchvision-layout safetensors (`simsiam export`) or a PyTorch checkpoint
+    /// (`torch.save`: the official code's, solo-learn's, lightly's, torchvision's); see
+    /// `import`.
     pub init_from: Option<PathBuf>,
+    /// `init_from`: the prefix of the backbone to take when the file holds several (MoCo's
+    /// `state_dict.module.encoder_q.`, BYOL's online and target networks).
+    pub init_prefix: Option<String>,
+    /// `init_from`: also take the projector and predictor when the file has them.
+    pub init_heads: bool,
     /// Start every weight this model has from a checkpoint's `model.safetensors` (entries the
     /// model lacks, e.g. a predictor it drops, are ignored); the optimiser starts fresh.
     pub init_checkpoint: Option<PathBuf>,
@@ -347,6 +355,8 @@ impl Default for ModelConfig {
             pred_bias: true,
             pred_trainable: true,
             init_from: None,
+            init_prefix: None,
+            init_heads: true,
             init_checkpoint: None,
             ema_target: false,
             ema_momentum: 0.99,

@@ -1,10 +1,9 @@
 //! Taking a trained encoder elsewhere: the backbone as safetensors in torchvision's parameter
-//! names and layout, loading such a file back (`model.init_from`), and embeddings as `.npy`.
+//! names and layout (which `model.init_from` reads back: see `import`), and embeddings as `.npy`.
 use crate::augment::Augmenter;
 use crate::data::ImageStore;
 use crate::error::{Error, Result};
-use crate::model::{SimSiam, BACKBONE};
-use std::collections::HashMap;
+use crate::model::SimSiam;
 use std::path::Path;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -45,41 +44,6 @@ pub fn export_torchvision(vs: &VarStore, path: &Path) -> Result<usize> {
         .map_err(|e| Error::data(path, format!("cannot write safetensors: {e}")))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(state.len())
-}
-
-/// Loads torchvision-layout safetensors into the backbone: every backbone tensor must be in the
-/// file with the same shape; `fc.*` and `num_batches_tracked` entries are ignored, any other
-/// extra entry is an error (it would mean a different architecture).
-pub fn init_from_torchvision(vs: &mut VarStore, path: &Path) -> Result<usize> {
-    let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
-        .map_err(|e| Error::data(path, format!("not a readable safetensors file: {e}")))?
-        .into_iter()
-        .collect();
-    let mut ours = vs.variables();
-    ours.retain(|n, _| n.starts_with(PREFIX));
-    for key in file.keys() {
-        let ignored = key.starts_with("fc.") || key.ends_with(".num_batches_tracked");
-        if !ignored && !ours.contains_key(&format!("{PREFIX}{key}")) {
-            return Err(Error::data(
-                path,
-                format!("entry `{key}` has no counterpart in this {BACKBONE} (different architecture?)"),
-            ));
-        }
-    }
-    let mut loaded = 0;
-    for (name, mut var) in ours {
-        let key = &name[PREFIX.len()..];
-        let src = file.get(key).ok_or_else(|| Error::data(path, format!("missing entry `{key}`")))?;
-        if src.size() != var.size() {
-            return Err(Error::data(
-                path,
-                format!("entry `{key}` has shape {:?}, this model needs {:?}", src.size(), var.size()),
-            ));
-        }
-        tch::no_grad(|| var.copy_(&src.to_kind(var.kind()).to_device(var.device())));
-        loaded += 1;
-    }
-    Ok(loaded)
 }
 
 /// Calls `f(y, z)` on each batch of `store`'s images in order, with eval-mode BN and no

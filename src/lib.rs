@@ -13,7 +13,8 @@
 //! - **running it fast and wide**: [`precision`] (bf16, channels-last), [`prefetch`] and
 //!   [`graph`] (overlap, CUDA graphs), [`dist`] (data-parallel), [`device`], [`bench`](mod@bench) and
 //!   [`profile`] (where the time goes);
-//! - **handing it over**: [`export`] (safetensors in torchvision's layout, `.npy` embeddings);
+//! - **handing it over**: [`export`] (safetensors in torchvision's layout, `.npy` embeddings),
+//!   [`import`] (starting from weights trained elsewhere, PyTorch checkpoints included);
 //!   [`config`] (typed, the paper's recipe by default) and [`error`] throughout.
 /// This build: the crate's version and the libtorch it was built against (`--version`, and
 /// `build` in each run's `summary.json`: a run repeats step for step with the same build).
@@ -36,6 +37,7 @@ pub mod export;
 mod ffi;
 pub mod graph;
 pub mod hypotheses;
+pub mod import;
 pub mod instances;
 pub mod model;
 pub mod monitor;

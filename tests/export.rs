@@ -60,7 +60,8 @@ fn torchvision_export_round_trips_to_identical_features() {
 
     tch::manual_seed(2);
     let mut b = Network::new(&c, Device::Cpu);
-    assert_eq!(init_from_torchvision(&mut b.vs, &f).unwrap(), 20 + 20 * 4);
+    let got = simsiam::import::init_from(&mut b.vs, &f, &c.model).unwrap();
+    assert_eq!((got.backbone.as_str(), got.tensors), ("", 20 + 20 * 4));
     let s = store(16);
     let aug = Augmenter::new(&c.augment, 32, Device::Cpu);
     let (ya, _) = embed(&a.model, &s, &aug, 8);
@@ -70,7 +71,7 @@ fn torchvision_export_round_trips_to_identical_features() {
     // A different architecture is refused with the entry named.
     let other = Config::resolve("tiny", None, &["model.width=16".into()]).unwrap();
     let mut w = Network::new(&other, Device::Cpu);
-    let e = init_from_torchvision(&mut w.vs, &f).unwrap_err().to_string();
+    let e = simsiam::import::init_from(&mut w.vs, &f, &other.model).unwrap_err().to_string();
     assert!(e.contains("shape") && e.contains("backbone.safetensors"), "{e}");
 }
 

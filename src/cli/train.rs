@@ -22,7 +22,9 @@ pub(crate) struct TrainArgs {
     nproc: Option<u32>,
     /// Stop once N epochs are done, with a checkpoint, and exit 0: a first look at a long
     /// schedule (the lr still follows run.epochs); `--resume` continues it where it stopped.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    /// 0 stops before the first step: a run folder of the initial weights (with
+    /// `model.init_from`, weights trained elsewhere) for `eval`, `embed` and `analyse`.
+    #[arg(long, value_name = "N")]
     until_epoch: Option<u64>,
     /// Print the config this command would train with (preset, --config, flags and --set
     /// resolved and checked; with --resume, the run's) as TOML, and exit without training.

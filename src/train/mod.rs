@@ -298,12 +298,17 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let probe_classes = if cfg.monitor.online_probe_lr > 0.0 { train_store.num_classes() as i64 } else { 0 };
     let mut net = Network::build(cfg, device, probe_classes);
     if let (Some(f), false) = (&cfg.model.init_from, control.resume) {
-        let n = crate::export::init_from_torchvision(&mut net.vs, f)?;
-        eprintln!("backbone initialised from {} ({n} tensors)", f.display());
+        let imported = net.init_from(f, &cfg.model)?;
+        if lead {
+            eprintln!("initialised from {}: {imported}", f.display());
+        }
     }
     if let (Some(f), false) = (&cfg.model.init_checkpoint, control.resume) {
         net.vs.load(f).map_err(|e| Error::data(f, format!("cannot start from this checkpoint: {e}")))?;
-        eprintln!("weights initialised from {}", f.display());
+        net.sync_target();
+        if lead {
+            eprintln!("weights initialised from {}", f.display());
+        }
     }
     let objective = Objective::new(&cfg.objective);
     // Each rank draws its shard's views as one process would draw the global batch's.

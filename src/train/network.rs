@@ -77,6 +77,26 @@ impl Network {
         Network { vs, model, ema }
     }
 
+    /// Sets the weights from a file trained elsewhere (`model.init_from`; see `import`), BYOL's
+    /// target network with them.
+    pub fn init_from(
+        &mut self,
+        path: &std::path::Path,
+        cfg: &crate::config::ModelConfig,
+    ) -> crate::Result<crate::import::Imported> {
+        let imported = crate::import::init_from(&mut self.vs, path, cfg)?;
+        self.sync_target();
+        Ok(imported)
+    }
+
+    /// Starts BYOL's target network from the online weights again: after they were set from a
+    /// file (`model.init_from`, `model.init_checkpoint`), as at the start of any BYOL run.
+    pub fn sync_target(&mut self) {
+        if let Some(ema) = &mut self.ema {
+            ema.vs.copy(&self.vs).expect("same architecture");
+        }
+    }
+
     /// Trainable parameters by name (sorted, so the order is stable), in three groups:
     /// 0 = encoder, 1 = predictor (kept at a constant lr with `fix_pred_lr`), 2 = online probe.
     pub fn params(&self, cfg: &Config) -> Vec<Param> {

@@ -1,0 +1,549 @@
+//! Reading what Python's `torch.save` writes (the zip format of PyTorch >= 1.6): a zip archive
+//! `<name>/data.pkl` (a pickle of the saved object) with each tensor storage in `<name>/data/<key>`.
+//!
+//! libtorch has a reader, `torch::pickle_load`, but its unpickler turns every
+//! `collections.OrderedDict` into `None` and fails on the items that follow (pytorch/pytorch
+//! #100741, open since 2023): it cannot read a `model.state_dict()`, which is what nearly every
+//! checkpoint holds, nor a class it does not know (Lightning's hyper-parameters). So this is a
+//! small pickle machine of its own, for the opcodes of protocols 2-5: containers are built as
+//! Python builds them (shared through the memo), any class is kept as an opaque object with its
+//! arguments and state, and the two callables that matter are understood:
+//! `torch._utils._rebuild_tensor_v2` (a view of a storage: offset, size, stride) and
+//! `torch._utils._rebuild_parameter`. Nothing in the file is executed.
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::rc::Rc;
+use tch::{Kind, Tensor};
+
+/// A pickled value. Lists, dicts and objects are shared (`Rc`) so that one filled after it was
+/// memoised is seen filled wherever the memo hands it out, as in Python.
+#[derive(Clone, Debug)]
+enum Value {
+    None,
+    /// A bool, float or bytes: nothing a tensor is rebuilt from.
+    Scalar,
+    Int(i64),
+    Str(String),
+    Tuple(Rc<Vec<Value>>),
+    List(Rc<RefCell<Vec<Value>>>),
+    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    /// A class or function named by GLOBAL / STACK_GLOBAL: (module, name).
+    Global(Rc<(String, String)>),
+    /// Any other class called with arguments (the arguments dropped), or a set.
+    Object(Rc<RefCell<Object>>),
+    /// A storage named by a persistent id: its record key and element type.
+    Storage(Rc<(String, Kind)>),
+    /// A view of a storage, as `_rebuild_tensor_v2` describes it.
+    Tensor(Rc<View>),
+}
+
+/// An instance of a class this reader does not interpret, with the state BUILD gave it.
+#[derive(Debug, Default)]
+struct Object {
+    state: Option<Value>,
+}
+
+#[derive(Debug)]
+struct View {
+    storage: Rc<(String, Kind)>,
+    offset: i64,
+    size: Vec<i64>,
+    stride: Vec<i64>,
+}
+
+/// What went wrong, for the caller to put beside the file's name.
+pub type Error = String;
+
+fn storage_kind(name: &str) -> Result<Kind, Error> {
+    Ok(match name {
+        "FloatStorage" => Kind::Float,
+        "DoubleStorage" => Kind::Double,
+        "HalfStorage" => Kind::Half,
+        "BFloat16Storage" => Kind::BFloat16,
+        "LongStorage" => Kind::Int64,
+        "IntStorage" => Kind::Int,
+        "ShortStorage" => Kind::Int16,
+        "CharStorage" => Kind::Int8,
+        "ByteStorage" | "UntypedStorage" => Kind::Uint8,
+        "BoolStorage" => Kind::Bool,
+        other => return Err(format!("tensors stored as torch.{other}, which this reader does not know")),
+    })
+}
+
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, Value>,
+}
+
+impl<'a> Machine<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or("the pickle ends early")?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    fn line(&mut self) -> Result<String, Error> {
+        let rest = &self.data[self.pos..];
+        let n = rest.iter().position(|&b| b == b'\n').ok_or("the pickle ends early")?;
+        let s = String::from_utf8_lossy(&rest[..n]).into_owned();
+        self.pos += n + 1;
+        Ok(s)
+    }
+
+    fn text(&mut self, n: usize) -> Result<Value, Error> {
+        Ok(Value::Str(String::from_utf8_lossy(self.take(n)?).into_owned()))
+    }
+
+    fn pop(&mut self) -> Result<Value, Error> {
+        self.stack.pop().ok_or_else(|| "the pickle pops an empty stack".into())
+    }
+
+    fn top(&mut self) -> Result<&mut Value, Error> {
+        self.stack.last_mut().ok_or_else(|| "the pickle reads an empty stack".into())
+    }
+
+    /// The values pushed since the last MARK, removed from the stack.
+    fn since_mark(&mut self) -> Result<Vec<Value>, Error> {
+        let m = self.marks.pop().ok_or("the pickle has no MARK to close")?;
+        if m > self.stack.len() {
+            return Err("the pickle's MARK is past the stack".into());
+        }
+        Ok(self.stack.split_off(m))
+    }
+
+    fn memoise(&mut self, key: u32) -> Result<(), Error> {
+        let v = self.top()?.clone();
+        self.memo.insert(key, v);
+        Ok(())
+    }
+
+    fn recall(&mut self, key: u32) -> Result<(), Error> {
+        let v = self.memo.get(&key).cloned().ok_or_else(|| format!("the pickle recalls memo {key}, never stored"))?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn set_items(target: &Value, items: Vec<Value>) -> Result<(), Error> {
+        let Value::Dict(d) = target else { return Err("SETITEMS on something not a dict".into()) };
+        let mut d = d.borrow_mut();
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            d.push((k, v));
+        }
+        Ok(())
+    }
+
+    fn append(target: &Value, items: Vec<Value>) -> Result<(), Error> {
+        match target {
+            Value::List(l) => l.borrow_mut().extend(items),
+            // `list` subclasses and sets: their items do not hold tensors we need.
+            Value::Object(_) => {}
+            _ => return Err("APPENDS on something not a list".into()),
+        }
+        Ok(())
+    }
+
+    /// `callable(*args)`: the few callables torch.save uses, and an opaque object otherwise.
+    fn call(callable: Value, args: Value) -> Result<Value, Error> {
+        let Value::Global(g) = &callable else { return Err("REDUCE on something not a class or function".into()) };
+        let args: Vec<Value> = match &args {
+            Value::Tuple(t) => t.as_ref().clone(),
+            _ => Vec::new(),
+        };
+        let (module, name) = (g.0.as_str(), g.1.as_str());
+        Ok(match (module, name) {
+            ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
+                let [Value::Storage(storage), Value::Int(offset), size, stride, ..] = args.as_slice() else {
+                    return Err(format!("{module}.{name} with arguments this reader does not know"));
+                };
+                let ints = |v: &Value| -> Result<Vec<i64>, Error> {
+                    match v {
+                        Value::Tuple(t) => t
+                            .iter()
+                            .map(|x| match x {
+                                Value::Int(i) => Ok(*i),
+                                _ => Err("a tensor's size or stride is not a tuple of ints".to_string()),
+                            })
+                            .collect(),
+                        _ => Err("a tensor's size or stride is not a tuple".into()),
+                    }
+                };
+                Value::Tensor(Rc::new(View {
+                    storage: storage.clone(),
+                    offset: *offset,
+                    size: ints(size)?,
+                    stride: ints(stride)?,
+                }))
+            }
+            // A Parameter is its data.
+            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
+                args.into_iter().next().ok_or("_rebuild_parameter without its data")?
+            }
+            // A Tensor subclass or a tensor with Python attributes: `func(*args)`.
+            ("torch._tensor", "_rebuild_from_type_v2") => match args.as_slice() {
+                [func, _, inner, ..] => Machine::call(func.clone(), inner.clone())?,
+                _ => return Err("_rebuild_from_type_v2 with arguments this reader does not know".into()),
+            },
+            // Filled by the SETITEMS that follow; the state BUILD gives (`_metadata`) is dropped.
+            ("collections", "OrderedDict") | ("builtins", "dict") => Value::Dict(Rc::default()),
+            ("builtins", "list") => Value::List(Rc::default()),
+            _ => Value::Object(Rc::default()),
+        })
+    }
+
+    fn run(&mut self, storage: &mut impl FnMut(&str, Kind) -> Result<(), Error>) -> Result<Value, Error> {
+        loop {
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    self.u8()?; // PROTO n
+                }
+                0x95 => {
+                    self.take(8)?; // FRAME: a length hint
+                }
+                b'.' => return self.pop(), // STOP
+                b'(' => self.marks.push(self.stack.len()),
+                b'0' => {
+                    self.pop()?;
+                }
+                b'1' => {
+                    self.since_mark()?;
+                }
+                b'2' => {
+                    let v = self.top()?.clone();
+                    self.stack.push(v);
+                }
+                b'N' => self.stack.push(Value::None),
+                0x88 => self.stack.push(Value::Scalar),
+                0x89 => self.stack.push(Value::Scalar),
+                b'K' => {
+                    let v = self.u8()?;
+                    self.stack.push(Value::Int(v as i64))
+                }
+                b'M' => {
+                    let v = u16::from_le_bytes(self.fixed()?);
+                    self.stack.push(Value::Int(v as i64))
+                }
+                b'J' => {
+                    let v = i32::from_le_bytes(self.fixed()?);
+                    self.stack.push(Value::Int(v as i64))
+                }
+                0x8a => {
+                    // LONG1: little-endian two's complement of n bytes.
+                    let n = self.u8()? as usize;
+                    let b = self.take(n)?;
+                    if n > 8 {
+                        return Err("an integer wider than 64 bits".into());
+                    }
+                    let mut v: i64 = 0;
+                    for (i, byte) in b.iter().enumerate() {
+                        v |= (*byte as i64) << (8 * i);
+                    }
+                    if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
+                        v -= 1i64 << (8 * n);
+                    }
+                    self.stack.push(Value::Int(v))
+                }
+                b'G' => {
+                    self.take(8)?; // BINFLOAT
+                    self.stack.push(Value::Scalar)
+                }
+                b'I' => {
+                    // INT (protocol 0), also True/False as I01/I00.
+                    let l = self.line()?;
+                    self.stack.push(match l.as_str() {
+                        "01" => Value::Scalar,
+                        "00" => Value::Scalar,
+                        s => Value::Int(s.parse().map_err(|_| format!("bad INT {s:?}"))?),
+                    })
+                }
+                b'X' => {
+                    let n = u32::from_le_bytes(self.fixed()?) as usize;
+                    let v = self.text(n)?;
+                    self.stack.push(v)
+                }
+                0x8c => {
+                    let n = self.u8()? as usize;
+                    let v = self.text(n)?;
+                    self.stack.push(v)
+                }
+                0x8d => {
+                    let n = u64::from_le_bytes(self.fixed()?) as usize;
+                    let v = self.text(n)?;
+                    self.stack.push(v)
+                }
+                b'U' => {
+                    let n = self.u8()? as usize;
+                    let v = self.text(n)?;
+                    self.stack.push(v)
+                }
+                b'T' => {
+                    let n = u32::from_le_bytes(self.fixed()?) as usize;
+                    let v = self.text(n)?;
+                    self.stack.push(v)
+                }
+                b'C' => {
+                    let n = self.u8()? as usize;
+                    self.take(n)?;
+                    self.stack.push(Value::Scalar)
+                }
+                b'B' => {
+                    let n = u32::from_le_bytes(self.fixed()?) as usize;
+                    self.take(n)?;
+                    self.stack.push(Value::Scalar)
+                }
+                0x8e | 0x96 => {
+                    let n = u64::from_le_bytes(self.fixed()?) as usize;
+                    self.take(n)?;
+                    self.stack.push(Value::Scalar)
+                }
+                b')' => self.stack.push(Value::Tuple(Rc::default())),
+                b't' => {
+                    let items = self.since_mark()?;
+                    self.stack.push(Value::Tuple(Rc::new(items)))
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    if self.stack.len() < n {
+                        return Err("the pickle makes a tuple of a short stack".into());
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.stack.push(Value::Tuple(Rc::new(items)))
+                }
+                b']' => self.stack.push(Value::List(Rc::default())),
+                b'l' => {
+                    let items = self.since_mark()?;
+                    self.stack.push(Value::List(Rc::new(RefCell::new(items))))
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    Machine::append(self.top()?, vec![v])?
+                }
+                b'e' => {
+                    let items = self.since_mark()?;
+                    Machine::append(self.top()?, items)?
+                }
+                b'}' => self.stack.push(Value::Dict(Rc::default())),
+                b'd' => {
+                    let items = self.since_mark()?;
+                    let d = Value::Dict(Rc::default());
+                    Machine::set_items(&d, items)?;
+                    self.stack.push(d)
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    Machine::set_items(self.top()?, vec![k, v])?
+                }
+                b'u' => {
+                    let items = self.since_mark()?;
+                    Machine::set_items(self.top()?, items)?
+                }
+                // Sets: kept as opaque objects (they hold no tensors in a checkpoint).
+                0x8f => self.stack.push(Value::Object(Rc::default())),
+                0x90 => {
+                    self.since_mark()?;
+                }
+                0x91 => {
+                    self.since_mark()?;
+                    self.stack.push(Value::Object(Rc::default()))
+                }
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.stack.push(Value::Global(Rc::new((module, name))))
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                        return Err("STACK_GLOBAL without two strings".into());
+                    };
+                    self.stack.push(Value::Global(Rc::new((module, name))))
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    self.stack.push(Machine::call(callable, args)?)
+                }
+                0x81 => {
+                    // NEWOBJ: cls.__new__(cls, *args)
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    self.stack.push(Machine::call(cls, args)?)
+                }
+                0x92 => {
+                    // NEWOBJ_EX: cls.__new__(cls, *args, **kwargs)
+                    let _kwargs = self.pop()?;
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    self.stack.push(Machine::call(cls, args)?)
+                }
+                b'b' => {
+                    let state = self.pop()?;
+                    if let Value::Object(o) = self.top()? {
+                        o.borrow_mut().state = Some(state);
+                    }
+                    // On a dict (an OrderedDict's `_metadata`) or a tensor (its Python
+                    // attributes) the state is dropped.
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let Value::Tuple(t) = &pid else { return Err("a persistent id that is not a tuple".into()) };
+                    let [Value::Str(tag), Value::Global(ty), Value::Str(key), ..] = t.as_slice() else {
+                        return Err("a persistent id this reader does not know".into());
+                    };
+                    if tag != "storage" {
+                        return Err(format!("a persistent id of kind {tag:?}"));
+                    }
+                    let kind = storage_kind(&ty.1)?;
+                    storage(key, kind)?;
+                    self.stack.push(Value::Storage(Rc::new((key.clone(), kind))))
+                }
+                b'q' => {
+                    let k = self.u8()? as u32;
+                    self.memoise(k)?
+                }
+                b'r' => {
+                    let k = u32::from_le_bytes(self.fixed()?);
+                    self.memoise(k)?
+                }
+                0x94 => {
+                    let k = self.memo.len() as u32;
+                    self.memoise(k)?
+                }
+                b'p' => {
+                    let k: u32 = self.line()?.parse().map_err(|_| "bad PUT")?;
+                    self.memoise(k)?
+                }
+                b'h' => {
+                    let k = self.u8()? as u32;
+                    self.recall(k)?
+                }
+                b'j' => {
+                    let k = u32::from_le_bytes(self.fixed()?);
+                    self.recall(k)?
+                }
+                b'g' => {
+                    let k: u32 = self.line()?.parse().map_err(|_| "bad GET")?;
+                    self.recall(k)?
+                }
+                other => {
+                    return Err(format!(
+                        "pickle opcode 0x{other:02x} at byte {}, which this reader does not know",
+                        self.pos - 1
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Calls `emit` for each tensor in the object tree, named by its dotted path: dict keys (strings
+/// and ints), list and tuple positions, and an object's state (`argparse.Namespace`'s fields).
+fn walk(v: &Value, name: &str, emit: &mut impl FnMut(String, &View)) {
+    let join = |k: &str| if name.is_empty() { k.to_string() } else { format!("{name}.{k}") };
+    match v {
+        Value::Tensor(t) => emit(name.to_string(), t),
+        Value::Dict(d) => {
+            for (k, v) in d.borrow().iter() {
+                match k {
+                    Value::Str(s) => walk(v, &join(s), emit),
+                    Value::Int(i) => walk(v, &join(&i.to_string()), emit),
+                    _ => {}
+                }
+            }
+        }
+        Value::List(l) => {
+            for (i, v) in l.borrow().iter().enumerate() {
+                walk(v, &join(&i.to_string()), emit)
+            }
+        }
+        Value::Tuple(t) => {
+            for (i, v) in t.iter().enumerate() {
+                walk(v, &join(&i.to_string()), emit)
+            }
+        }
+        Value::Object(o) => {
+            if let Some(state) = &o.borrow().state {
+                walk(state, name, emit)
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every tensor in the `torch.save` file at `path`, on the CPU, by dotted name.
+pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, Error> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| format!("not a readable zip archive: {e}"))?;
+    // The records sit under one folder, whatever its name (`archive/` since PyTorch 2.x).
+    let pkl = (0..zip.len())
+        .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().to_string()))
+        .filter(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
+        .min_by_key(|n| n.len())
+        .ok_or("a zip archive without data.pkl: not a torch.save file")?;
+    let root = pkl.strip_suffix("data.pkl").expect("suffix").to_string();
+    let mut bytes = Vec::new();
+    zip.by_name(&pkl).map_err(|e| e.to_string())?.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if let Ok(mut f) = zip.by_name(&format!("{root}byteorder")) {
+        let mut order = String::new();
+        let _ = f.read_to_string(&mut order);
+        if order.trim() == "big" {
+            return Err("saved on a big-endian machine, which this reader does not read".into());
+        }
+    }
+
+    let mut storages: HashMap<String, Tensor> = HashMap::new();
+    let mut load = |key: &str, kind: Kind| -> Result<(), Error> {
+        if storages.contains_key(key) {
+            return Ok(());
+        }
+        let name = format!("{root}data/{key}");
+        let mut raw = Vec::new();
+        zip.by_name(&name)
+            .map_err(|e| format!("{name}: {e}"))?
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("{name}: {e}"))?;
+        let elem = kind.elt_size_in_bytes();
+        let t = Tensor::from_data_size(&raw, &[(raw.len() / elem) as i64], kind);
+        storages.insert(key.to_string(), t);
+        Ok(())
+    };
+    let mut machine = Machine { data: &bytes, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() };
+    let root_value = machine.run(&mut load)?;
+
+    let mut out = Vec::new();
+    let mut failure = None;
+    walk(&root_value, "", &mut |name, view| {
+        let storage = &storages[&view.storage.0];
+        let numel: i64 = view.size.iter().product();
+        // The largest element the view touches must lie in its storage.
+        let last = view.offset + view.size.iter().zip(&view.stride).map(|(n, s)| (n - 1).max(0) * s).sum::<i64>();
+        if numel > 0 && last >= storage.size()[0] {
+            failure.get_or_insert(format!("tensor `{name}` reaches past its storage"));
+            return;
+        }
+        let t = storage.as_strided(&view.size, &view.stride, view.offset).contiguous();
+        out.push((name, t));
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
