@@ -262,10 +262,9 @@ fn cli_starts_a_run_from_a_pytorch_checkpoint() {
                 .to_vec();
         a.extend(["--data", train.to_str().unwrap(), "--test-data", test.to_str().unwrap()].map(String::from));
         a.extend(["--out", run.to_str().unwrap(), "--until-epoch", "0"].map(String::from));
-        let init = format!("model.init_from=\"{}\"", file.display());
-        for s in
-            ["model.width=4", "model.dim=32", "model.proj_hidden=24", "model.pred_hidden=8", "monitor.knn_k=5", &init]
-        {
+        // `--init-from FILE` = `--set model.init_from='"FILE"'`.
+        a.extend(["--init-from".to_string(), file.display().to_string()]);
+        for s in ["model.width=4", "model.dim=32", "model.proj_hidden=24", "model.pred_hidden=8", "monitor.knn_k=5"] {
             a.extend(["--set".to_string(), s.to_string()]);
         }
         simsiam(&a.iter().map(String::as_str).collect::<Vec<_>>())

@@ -204,10 +204,16 @@ pub(crate) struct ConfigArgs {
 
 impl ConfigArgs {
     pub(crate) fn resolve(&self) -> Result<Config> {
+        self.resolve_with(&[])
+    }
+
+    /// With a command's own named flags as `section.field=value` (before `--set`, which wins).
+    pub(crate) fn resolve_with(&self, named: &[String]) -> Result<Config> {
         let mut sets = Vec::new();
         if let Some(p) = &self.out {
             sets.push(format!("run.out_dir={}", toml::Value::String(p.display().to_string())));
         }
+        sets.extend_from_slice(named);
         sets.extend(self.over.to_sets());
         Ok(Config::resolve_method(&self.preset, &self.method, self.config.as_deref(), &sets)?)
     }

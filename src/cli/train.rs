@@ -16,6 +16,11 @@ pub(crate) struct TrainArgs {
     /// (`--data`/`--test-data` may say where the same data is now; `--device` where to run).
     #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["preset", "method", "config", "sets", "epochs", "batch_size", "out", "seed"])]
     resume: Option<PathBuf>,
+    /// Start from weights trained elsewhere (= model.init_from): safetensors, or a PyTorch
+    /// checkpoint (the official code's `.pth.tar`, solo-learn's `.ckpt`, lightly's or
+    /// torchvision's `state_dict`); with `--until-epoch 0`, a run of them for `eval`/`embed`.
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     /// Data-parallel: start N local ranks (c10d; --batch-size is the global batch). Under
     /// torchrun or srun, leave it out: each rank reads RANK, WORLD_SIZE, MASTER_ADDR, ...
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -52,7 +57,11 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
             }
             (cfg, true)
         }
-        None => (a.cfg.resolve()?, false),
+        None => {
+            let init =
+                a.init_from.iter().map(|p| format!("model.init_from={}", toml::Value::String(p.display().to_string())));
+            (a.cfg.resolve_with(&init.collect::<Vec<_>>())?, false)
+        }
     };
     if a.print_config {
         let o = &cfg.optim;
