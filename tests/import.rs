@@ -155,7 +155,60 @@ fn the_torch_save_reader_rebuilds_views_and_dtypes() {
     assert!(t["kinds.1"].equal(&Tensor::from_slice(&[7i64, -3])));
     assert_eq!(t["kinds.2.0"].kind(), tch::Kind::Half);
     assert!(t["kinds.2.1"].equal(&Tensor::from_slice(&[true, false])));
-    assert_eq!(t.len(), 8, "{:?}", t.keys().collect::<Vec<_>>());
+    // A list that holds itself: its tensor once, the cycle not followed.
+    assert!(t["cycle.0"].equal(&Tensor::from_slice(&[0f32, 1., 2., 3.])));
+    assert_eq!(t.len(), 9, "{:?}", t.keys().collect::<Vec<_>>());
+}
+
+/// Damaged files are errors that name the file, never panics: `data.pkl` cut short anywhere,
+/// bytes of it overwritten, a storage record cut short.
+#[test]
+fn damaged_torch_save_files_are_errors_not_panics() {
+    use std::io::{Read, Write};
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(fixture("solo.ckpt")).unwrap()).unwrap();
+    let entries: Vec<(String, Vec<u8>)> = (0..zip.len())
+        .map(|i| {
+            let mut f = zip.by_index(i).unwrap();
+            let mut b = Vec::new();
+            f.read_to_end(&mut b).unwrap();
+            (f.name().to_string(), b)
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.ckpt");
+    let write = |edit: &dyn Fn(&str, &[u8]) -> Vec<u8>| {
+        let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        for (n, b) in &entries {
+            w.start_file(n.as_str(), stored).unwrap();
+            w.write_all(&edit(n, b)).unwrap();
+        }
+        w.finish().unwrap();
+    };
+    // Unchanged, the copy reads.
+    write(&|_, b| b.to_vec());
+    assert!(read_tensors(&path).is_ok());
+    let pkl_len = entries.iter().find(|(n, _)| n.ends_with("data.pkl")).unwrap().1.len();
+    for cut in (0..pkl_len).step_by(pkl_len / 50) {
+        write(&|n, b| if n.ends_with("data.pkl") { b[..cut].to_vec() } else { b.to_vec() });
+        let e = read_tensors(&path).unwrap_err().to_string();
+        assert!(e.contains("damaged.ckpt") && e.contains("torch.save"), "cut at {cut}: {e}");
+    }
+    // Overwritten bytes: read or refused, but no panic.
+    for (i, at) in (0..pkl_len).step_by(pkl_len / 100).enumerate() {
+        write(&|n, b| {
+            let mut b = b.to_vec();
+            if n.ends_with("data.pkl") {
+                b[at] = [0x00, 0xff, b'(', b'Q', b'R', b'u', 0x8a][i % 7];
+            }
+            b
+        });
+        let _ = read_tensors(&path);
+    }
+    // A storage record cut short.
+    write(&|n, b| if n.ends_with("/data/0") { b[..b.len() / 2].to_vec() } else { b.to_vec() });
+    let e = read_tensors(&path).unwrap_err().to_string();
+    assert!(e.contains("data/0") && e.contains("bytes"), "{e}");
 }
 
 #[test]

@@ -205,7 +205,8 @@ impl<'a> Machine<'a> {
         })
     }
 
-    fn run(&mut self, storage: &mut impl FnMut(&str, Kind) -> Result<(), Error>) -> Result<Value, Error> {
+    /// Runs the pickle to its STOP; `storage(key, kind, numel)` loads each storage it names.
+    fn run(&mut self, storage: &mut impl FnMut(&str, Kind, usize) -> Result<(), Error>) -> Result<Value, Error> {
         loop {
             let op = self.u8()?;
             match op {
@@ -404,14 +405,16 @@ impl<'a> Machine<'a> {
                 b'Q' => {
                     let pid = self.pop()?;
                     let Value::Tuple(t) = &pid else { return Err("a persistent id that is not a tuple".into()) };
-                    let [Value::Str(tag), Value::Global(ty), Value::Str(key), ..] = t.as_slice() else {
+                    let [Value::Str(tag), Value::Global(ty), Value::Str(key), _, Value::Int(numel), ..] = t.as_slice()
+                    else {
                         return Err("a persistent id this reader does not know".into());
                     };
                     if tag != "storage" {
                         return Err(format!("a persistent id of kind {tag:?}"));
                     }
                     let kind = storage_kind(&ty.1)?;
-                    storage(key, kind)?;
+                    let numel = usize::try_from(*numel).map_err(|_| format!("storage {key} of {numel} elements"))?;
+                    storage(key, kind, numel)?;
                     self.stack.push(Value::Storage(Rc::new((key.clone(), kind))))
                 }
                 b'q' => {
@@ -453,38 +456,70 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// How deep [`walk`] goes: checkpoints nest a few levels (`state_dict`, `optimizer.state.3`);
+/// a pickle nested deeper than this is refused rather than followed.
+const MAX_DEPTH: usize = 64;
+
 /// Calls `emit` for each tensor in the object tree, named by its dotted path: dict keys (strings
 /// and ints), list and tuple positions, and an object's state (`argparse.Namespace`'s fields).
-fn walk(v: &Value, name: &str, emit: &mut impl FnMut(String, &View)) {
+/// `path` holds the containers above `v`: one met again is a cycle (an object that refers to
+/// itself), which holds nothing not already walked.
+fn walk(v: &Value, name: &str, path: &mut Vec<usize>, emit: &mut impl FnMut(String, &View)) -> Result<(), Error> {
+    if path.len() > MAX_DEPTH {
+        return Err(format!("`{name}` is nested more than {MAX_DEPTH} levels deep"));
+    }
+    let address = match v {
+        Value::Dict(d) => Rc::as_ptr(d) as *const () as usize,
+        Value::List(l) => Rc::as_ptr(l) as *const () as usize,
+        Value::Tuple(t) => Rc::as_ptr(t) as *const () as usize,
+        Value::Object(o) => Rc::as_ptr(o) as *const () as usize,
+        _ => 0,
+    };
+    if address != 0 && path.contains(&address) {
+        return Ok(());
+    }
+    path.push(address);
+    let out = walk_children(v, name, path, emit);
+    path.pop();
+    out
+}
+
+fn walk_children(
+    v: &Value,
+    name: &str,
+    path: &mut Vec<usize>,
+    emit: &mut impl FnMut(String, &View),
+) -> Result<(), Error> {
     let join = |k: &str| if name.is_empty() { k.to_string() } else { format!("{name}.{k}") };
     match v {
         Value::Tensor(t) => emit(name.to_string(), t),
         Value::Dict(d) => {
             for (k, v) in d.borrow().iter() {
                 match k {
-                    Value::Str(s) => walk(v, &join(s), emit),
-                    Value::Int(i) => walk(v, &join(&i.to_string()), emit),
+                    Value::Str(s) => walk(v, &join(s), path, emit)?,
+                    Value::Int(i) => walk(v, &join(&i.to_string()), path, emit)?,
                     _ => {}
                 }
             }
         }
         Value::List(l) => {
             for (i, v) in l.borrow().iter().enumerate() {
-                walk(v, &join(&i.to_string()), emit)
+                walk(v, &join(&i.to_string()), path, emit)?
             }
         }
         Value::Tuple(t) => {
             for (i, v) in t.iter().enumerate() {
-                walk(v, &join(&i.to_string()), emit)
+                walk(v, &join(&i.to_string()), path, emit)?
             }
         }
         Value::Object(o) => {
             if let Some(state) = &o.borrow().state {
-                walk(state, name, emit)
+                walk(state, name, path, emit)?
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 /// Every tensor in the `torch.save` file at `path`, on the CPU, by dotted name.
@@ -510,7 +545,7 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, Error> {
     }
 
     let mut storages: HashMap<String, Tensor> = HashMap::new();
-    let mut load = |key: &str, kind: Kind| -> Result<(), Error> {
+    let mut load = |key: &str, kind: Kind, numel: usize| -> Result<(), Error> {
         if storages.contains_key(key) {
             return Ok(());
         }
@@ -521,7 +556,14 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, Error> {
             .read_to_end(&mut raw)
             .map_err(|e| format!("{name}: {e}"))?;
         let elem = kind.elt_size_in_bytes();
-        let t = Tensor::from_data_size(&raw, &[(raw.len() / elem) as i64], kind);
+        if raw.len() % elem != 0 || (raw.len() / elem) < numel {
+            return Err(format!(
+                "{name}: {} bytes, not the {numel} elements of {elem} bytes its tensor says",
+                raw.len()
+            ));
+        }
+        let t =
+            Tensor::f_from_data_size(&raw, &[(raw.len() / elem) as i64], kind).map_err(|e| format!("{name}: {e}"))?;
         storages.insert(key.to_string(), t);
         Ok(())
     };
@@ -530,20 +572,40 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>, Error> {
 
     let mut out = Vec::new();
     let mut failure = None;
-    walk(&root_value, "", &mut |name, view| {
-        let storage = &storages[&view.storage.0];
-        let numel: i64 = view.size.iter().product();
-        // The largest element the view touches must lie in its storage.
-        let last = view.offset + view.size.iter().zip(&view.stride).map(|(n, s)| (n - 1).max(0) * s).sum::<i64>();
-        if numel > 0 && last >= storage.size()[0] {
-            failure.get_or_insert(format!("tensor `{name}` reaches past its storage"));
-            return;
+    walk(&root_value, "", &mut Vec::new(), &mut |name, view| {
+        if failure.is_none() {
+            match materialise(&storages, view) {
+                Ok(t) => out.push((name, t)),
+                Err(e) => failure = Some(format!("tensor `{name}`: {e}")),
+            }
         }
-        let t = storage.as_strided(&view.size, &view.stride, view.offset).contiguous();
-        out.push((name, t));
-    });
+    })?;
     match failure {
         Some(e) => Err(e),
         None => Ok(out),
     }
+}
+
+/// The tensor a view describes, copied out of its storage, after checking that every element
+/// it reads lies in the storage.
+fn materialise(storages: &HashMap<String, Tensor>, view: &View) -> Result<Tensor, Error> {
+    let storage = storages.get(&view.storage.0).ok_or("its storage was never loaded")?;
+    let len = storage.size()[0] as i128;
+    if view.size.len() != view.stride.len() || view.offset < 0 || view.size.iter().chain(&view.stride).any(|&v| v < 0) {
+        return Err(format!(
+            "a view this reader does not take (size {:?}, stride {:?}, offset {})",
+            view.size, view.stride, view.offset
+        ));
+    }
+    let empty = view.size.contains(&0);
+    // The largest element the view reads (i128: no overflow for any i64 inputs of this rank).
+    let last = view.offset as i128
+        + view.size.iter().zip(&view.stride).map(|(&n, &s)| (n as i128 - 1).max(0) * s as i128).sum::<i128>();
+    if !empty && last >= len {
+        return Err(format!("it reaches element {last} of a storage of {len}"));
+    }
+    storage
+        .f_as_strided(&view.size, &view.stride, view.offset)
+        .and_then(|t| t.f_contiguous())
+        .map_err(|e| e.to_string())
 }
