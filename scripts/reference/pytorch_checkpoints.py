@@ -142,13 +142,10 @@ def solo(g):
     return ckpt, m, run
 
 
-def lightly(g):
-    resnet = SmallResNet18(W, cifar_stem=True)
-    backbone = nn.Sequential(*list(resnet.children())[:-1])
-    feat = 8 * W
-    projection = head([(feat, HIDDEN, nn.BatchNorm1d(HIDDEN), True), (HIDDEN, HIDDEN, nn.BatchNorm1d(HIDDEN), True),
-                       (HIDDEN, D, nn.BatchNorm1d(D, affine=False), False)])
-    prediction = head([(D, PRED, nn.BatchNorm1d(PRED), True), (PRED, D, None, False)])
+def lightly_style(g, backbone, projection_blocks):
+    """A SimSiam as lightly's examples build it: `backbone`, `projection_head.layers`,
+    `prediction_head.layers`."""
+    projection, prediction = head(projection_blocks), head([(D, PRED, nn.BatchNorm1d(PRED), True), (PRED, D, None, False)])
     m = nn.Module()
     m.backbone, m.projection_head, m.prediction_head = backbone, nn.Module(), nn.Module()
     m.projection_head.layers, m.prediction_head.layers = projection, prediction
@@ -160,6 +157,15 @@ def lightly(g):
         return y, z, prediction(z)
 
     return m.state_dict(), m, run
+
+
+def lightly(g):
+    """torchvision's ResNet as an nn.Sequential of its children, a 3-layer projector."""
+    resnet = SmallResNet18(W, cifar_stem=True)
+    feat = 8 * W
+    return lightly_style(g, nn.Sequential(*list(resnet.children())[:-1]),
+                         [(feat, HIDDEN, nn.BatchNorm1d(HIDDEN), True), (HIDDEN, HIDDEN, nn.BatchNorm1d(HIDDEN), True),
+                          (HIDDEN, D, nn.BatchNorm1d(D, affine=False), False)])
 
 
 def lightly_generator(g):
@@ -168,21 +174,9 @@ def lightly_generator(g):
     from lightly.models import ResNetGenerator
 
     resnet = ResNetGenerator("resnet-18", width=W / 64)
-    backbone = nn.Sequential(*list(resnet.children())[:-1], nn.AdaptiveAvgPool2d(1))
     feat = 8 * W
-    projection = head([(feat, HIDDEN, nn.BatchNorm1d(HIDDEN), True), (HIDDEN, D, nn.BatchNorm1d(D, affine=False), False)])
-    prediction = head([(D, PRED, nn.BatchNorm1d(PRED), True), (PRED, D, None, False)])
-    m = nn.Module()
-    m.backbone, m.projection_head, m.prediction_head = backbone, nn.Module(), nn.Module()
-    m.projection_head.layers, m.prediction_head.layers = projection, prediction
-    randomise(m, g)
-
-    def run(x):
-        y = backbone(x).flatten(1)
-        z = projection(y)
-        return y, z, prediction(z)
-
-    return m.state_dict(), m, run
+    return lightly_style(g, nn.Sequential(*list(resnet.children())[:-1], nn.AdaptiveAvgPool2d(1)),
+                         [(feat, HIDDEN, nn.BatchNorm1d(HIDDEN), True), (HIDDEN, D, nn.BatchNorm1d(D, affine=False), False)])
 
 
 def torchvision_plain(g):

@@ -364,7 +364,8 @@ pub struct Imported {
     /// The heads taken from the file, with their prefixes.
     pub projector: Option<String>,
     pub predictor: Option<String>,
-    /// Heads the file has that this model does not use, or this model has and the file lacks.
+    /// What did not carry over as it was: heads the file has and this model does not use (or
+    /// the reverse), a stem ReLU the file's layout implies and this model lacks (or the reverse).
     pub notes: Vec<String>,
 }
 

@@ -125,6 +125,17 @@ impl<'a> Machine<'a> {
         Ok(self.stack.split_off(m))
     }
 
+    /// The memo slot a PUT or GET names: a byte (BINPUT, BINGET), four (LONG_*), a text line
+    /// (protocol 0's PUT, GET), or the next free slot (MEMOIZE).
+    fn memo_key(&mut self, op: u8) -> Result<u32, Error> {
+        Ok(match op {
+            b'q' | b'h' => self.u8()? as u32,
+            b'r' | b'j' => u32::from_le_bytes(self.fixed()?),
+            0x94 => self.memo.len() as u32,
+            _ => self.line()?.parse().map_err(|_| "a PUT or GET without a number")?,
+        })
+    }
+
     fn memoise(&mut self, key: u32) -> Result<(), Error> {
         let v = self.top()?.clone();
         self.memo.insert(key, v);
@@ -417,32 +428,12 @@ impl<'a> Machine<'a> {
                     storage(key, kind, numel)?;
                     self.stack.push(Value::Storage(Rc::new((key.clone(), kind))))
                 }
-                b'q' => {
-                    let k = self.u8()? as u32;
+                b'q' | b'r' | b'p' | 0x94 => {
+                    let k = self.memo_key(op)?;
                     self.memoise(k)?
                 }
-                b'r' => {
-                    let k = u32::from_le_bytes(self.fixed()?);
-                    self.memoise(k)?
-                }
-                0x94 => {
-                    let k = self.memo.len() as u32;
-                    self.memoise(k)?
-                }
-                b'p' => {
-                    let k: u32 = self.line()?.parse().map_err(|_| "bad PUT")?;
-                    self.memoise(k)?
-                }
-                b'h' => {
-                    let k = self.u8()? as u32;
-                    self.recall(k)?
-                }
-                b'j' => {
-                    let k = u32::from_le_bytes(self.fixed()?);
-                    self.recall(k)?
-                }
-                b'g' => {
-                    let k: u32 = self.line()?.parse().map_err(|_| "bad GET")?;
+                b'h' | b'j' | b'g' => {
+                    let k = self.memo_key(op)?;
                     self.recall(k)?
                 }
                 other => {
