@@ -233,6 +233,9 @@ fn mismatches_are_refused_with_the_entry_and_nothing_is_loaded() {
     let mut net = Network::new(&c, Device::Cpu);
     let got = init_from(&mut net.vs, &fixture("official.pth.tar"), &c.model).unwrap();
     assert_eq!((got.tensors, got.projector), (100, None));
+    // A deeper model: ResNet-34's third block of layer1 is not in a ResNet-18 file.
+    let e = err("solo.ckpt", &["model.arch=\"resnet34\""]);
+    assert!(e.contains("missing entry `state_dict.backbone.layer1.2.") && e.contains("model.arch"), "{e}");
     // A wider model.
     let e = err("solo.ckpt", &["model.width=8"]);
     assert!(e.contains("shape") && e.contains("state_dict.backbone."), "{e}");

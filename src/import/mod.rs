@@ -430,7 +430,9 @@ pub fn init_from(vs: &mut VarStore, path: &Path, cfg: &ModelConfig) -> Result<Im
     // The backbone: every entry of the file's backbone has a place here, and every variable of
     // ours is in the file.
     let mut theirs: HashMap<String, &String> = HashMap::new();
-    for k in file.keys() {
+    let mut keys: Vec<&String> = file.keys().collect();
+    keys.sort();
+    for k in keys {
         let Some(rest) = k.strip_prefix(&found.prefix) else { continue };
         if let Some(name) = found.torchvision_name(rest) {
             if !ours.contains_key(&format!("{BACKBONE}.{name}")) {
@@ -449,7 +451,13 @@ pub fn init_from(vs: &mut VarStore, path: &Path, cfg: &ModelConfig) -> Result<Im
     for name in mine {
         let tv = &name[BACKBONE.len() + 1..];
         let Some(k) = theirs.get(tv) else {
-            return Err(Error::data(path, format!("missing entry `{}{tv}` (this {BACKBONE}'s `{tv}`)", found.prefix)));
+            return Err(Error::data(
+                path,
+                format!(
+                    "missing entry `{}{tv}`, this {BACKBONE}'s `{tv}` (a different architecture? `model.arch`)",
+                    found.prefix
+                ),
+            ));
         };
         plan.set(&ours, name.clone(), file[*k].shallow_clone(), k, path)?;
     }
