@@ -367,3 +367,62 @@ fn cli_starts_a_run_from_a_pytorch_checkpoint() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(run.join("summary.json").exists());
 }
+
+/// Heads without BN (MoCo v2's projector: Linear, ReLU, Linear, with biases) load into a
+/// projector without BN; an affine BN goes into one without affine only as the identity.
+#[test]
+fn heads_without_bn_and_affine_mismatches() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("moco.safetensors");
+    let backbone = read_tensors(&fixture("torchvision.pth")).unwrap();
+    let write = |extra: Vec<(String, Tensor)>| {
+        let all: Vec<(String, Tensor)> =
+            backbone.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).chain(extra).collect();
+        let refs: Vec<(&str, &Tensor)> = all.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        Tensor::write_safetensors(&refs, &f).unwrap();
+    };
+    let r = |shape: &[i64]| Tensor::randn(shape, (tch::Kind::Float, Device::Cpu));
+    let (w0, b0, w2, b2) = (r(&[24, 32]), r(&[24]), r(&[32, 24]), r(&[32]));
+    write(vec![
+        ("projector.0.weight".into(), w0.copy()),
+        ("projector.0.bias".into(), b0.copy()),
+        ("projector.2.weight".into(), w2.copy()),
+        ("projector.2.bias".into(), b2.copy()),
+    ]);
+    let c = cfg(&["model.proj_hidden_bn=false", "model.proj_output_bn=false"]);
+    let mut net = Network::new(&c, Device::Cpu);
+    let got = init_from(&mut net.vs, &f, &c.model).unwrap();
+    assert_eq!(got.projector.as_deref(), Some("projector."));
+    let v = net.vs.variables();
+    for (name, want) in
+        [("0.linear.weight", &w0), ("0.linear.bias", &b0), ("1.linear.weight", &w2), ("1.linear.bias", &b2)]
+    {
+        assert!(v[&format!("projector.{name}")].equal(want), "projector.{name}");
+    }
+    // The same file into the default projector (BN after each Linear): both described.
+    let c = cfg(&[]);
+    let mut net = Network::new(&c, Device::Cpu);
+    let e = init_from(&mut net.vs, &f, &c.model).unwrap_err().to_string();
+    assert!(e.contains("[Linear 32->24, Linear 24->32]") && e.contains("BN (no affine)"), "{e}");
+
+    // An output BN with affine weights where this model's has none: refused unless identity.
+    let bn = |gamma: f64| {
+        vec![
+            ("projector.0.weight".to_string(), w0.copy()),
+            ("projector.1.weight".into(), Tensor::ones([24], (tch::Kind::Float, Device::Cpu))),
+            ("projector.1.bias".into(), Tensor::zeros([24], (tch::Kind::Float, Device::Cpu))),
+            ("projector.1.running_mean".into(), r(&[24])),
+            ("projector.1.running_var".into(), r(&[24]).abs() + 0.5),
+            ("projector.3.weight".into(), w2.copy()),
+            ("projector.4.weight".into(), Tensor::full([32], gamma, (tch::Kind::Float, Device::Cpu))),
+            ("projector.4.bias".into(), Tensor::zeros([32], (tch::Kind::Float, Device::Cpu))),
+            ("projector.4.running_mean".into(), r(&[32])),
+            ("projector.4.running_var".into(), r(&[32]).abs() + 0.5),
+        ]
+    };
+    write(bn(1.0));
+    assert!(init_from(&mut net.vs, &f, &c.model).is_ok());
+    write(bn(2.0));
+    let e = init_from(&mut net.vs, &f, &c.model).unwrap_err().to_string();
+    assert!(e.contains("the projector at `projector.`"), "{e}");
+}

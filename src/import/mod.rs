@@ -320,7 +320,8 @@ fn plan_head(
                 let at = |p: &str| format!("{prefix}{j}.{p}");
                 // BN(x + b) in eval mode = (x - (mean - b)) / sqrt(var + eps); in train mode b cancels.
                 let mean = match folded {
-                    Some(b) => *mean - b,
+                    Some(b) if b.size() == mean.size() => *mean - b,
+                    Some(_) => return Err(mismatch()),
                     None => mean.shallow_clone(),
                 };
                 plan.set(ours, format!("{bn}.running_mean"), mean, &at("running_mean"), path)?;
@@ -351,7 +352,7 @@ fn plan_head(
 }
 
 fn is_const(t: &Tensor, v: f64) -> bool {
-    (t - v).abs().max().double_value(&[]) == 0.0
+    t.numel() == 0 || (t - v).abs().max().double_value(&[]) == 0.0
 }
 
 /// What [`init_from`] loaded, for the run's log.
