@@ -1,9 +1,11 @@
-//! Taking a trained encoder elsewhere: the backbone as safetensors in torchvision's parameter
-//! names and layout (which `model.init_from` reads back: see `import`), and embeddings as `.npy`.
+//! Taking a trained encoder elsewhere: the backbone in torchvision's parameter names and
+//! layout, as safetensors or as `torch.save` writes it (which `model.init_from` reads back: see
+//! `import`), and embeddings as `.npy`.
 use crate::augment::Augmenter;
 use crate::data::ImageStore;
 use crate::error::{Error, Result};
 use crate::model::SimSiam;
+use crate::torch_save::Saved;
 use std::path::Path;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
@@ -31,17 +33,71 @@ pub fn torchvision_state(vs: &VarStore) -> Vec<(String, Tensor)> {
     out
 }
 
-/// Writes the backbone as torchvision-layout safetensors (its folder made if needed), beside
+/// The file `simsiam export` writes the backbone to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// safetensors with torchvision's names (`.safetensors`).
+    Safetensors,
+    /// The same state dict as `torch.save` writes it (`.pth`, `.pt`, ...): `torch.load` then
+    /// `load_state_dict`.
+    TorchSave,
+    /// As facebookresearch/simsiam's `main_simsiam.py` saves a checkpoint, for its
+    /// `main_lincls.py --pretrained`: `{"epoch", "arch", "state_dict"}` with the backbone's
+    /// entries under `module.encoder.` (the heads left out: linear evaluation drops them).
+    Official { arch: String, epoch: usize },
+}
+
+impl ExportFormat {
+    /// By the file's extension: `.safetensors`, or a `torch.save` file (`.pth`, `.pt`, `.tar`,
+    /// `.bin`, `.ckpt`); `official` asks for the official code's checkpoint layout.
+    pub fn for_path(path: &Path, official: Option<(String, usize)>) -> Result<ExportFormat> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let torch = matches!(ext.as_str(), "pth" | "pt" | "tar" | "bin" | "ckpt");
+        match (ext.as_str(), official) {
+            ("safetensors", None) => Ok(ExportFormat::Safetensors),
+            (_, None) if torch => Ok(ExportFormat::TorchSave),
+            (_, Some((arch, epoch))) if torch => Ok(ExportFormat::Official { arch, epoch }),
+            (_, Some(_)) => {
+                Err(Error::data(path, "--official writes torch.save's format: name the file .pth or .pth.tar"))
+            }
+            _ => {
+                Err(Error::data(path, "expected a .safetensors file, or a .pth / .pth.tar file (torch.save's format)"))
+            }
+        }
+    }
+}
+
+/// Writes the backbone with torchvision's names in `format` (its folder made if needed), beside
 /// the target then renamed over it, so that an existing file is replaced whole or not at all.
-pub fn export_torchvision(vs: &VarStore, path: &Path) -> Result<usize> {
+/// Returns how many tensors it wrote.
+pub fn export_backbone(vs: &VarStore, path: &Path, format: &ExportFormat) -> Result<usize> {
     let state = torchvision_state(vs);
-    let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let tmp = crate::checkpoint::temp_beside(path);
-    crate::checkpoint::write_safetensors(&refs, &tmp)
-        .map_err(|e| Error::data(path, format!("cannot write safetensors: {e}")))?;
+    let dict = |prefix: &str| {
+        Saved::Dict(state.iter().map(|(n, t)| (format!("{prefix}{n}"), Saved::Tensor(t.shallow_clone()))).collect())
+    };
+    let written = match format {
+        ExportFormat::Safetensors => {
+            let refs: Vec<(&str, &Tensor)> = state.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            crate::checkpoint::write_safetensors(&refs, &tmp).map_err(|e| e.to_string())
+        }
+        ExportFormat::TorchSave => crate::torch_save::write(&tmp, &dict("")),
+        ExportFormat::Official { arch, epoch } => crate::torch_save::write(
+            &tmp,
+            &Saved::Dict(vec![
+                ("epoch".into(), Saved::Int(*epoch as i64)),
+                ("arch".into(), Saved::Str(arch.clone())),
+                ("state_dict".into(), dict("module.encoder.")),
+            ]),
+        ),
+    };
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::data(path, format!("cannot write: {e}")));
+    }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
     Ok(state.len())
 }

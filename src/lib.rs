@@ -14,7 +14,8 @@
 //!   [`graph`] (overlap, CUDA graphs), [`dist`] (data-parallel), [`device`], [`bench`](mod@bench) and
 //!   [`profile`] (where the time goes);
 //! - **handing it over**: [`export`] (safetensors in torchvision's layout, `.npy` embeddings),
-//!   [`import`] (starting from weights trained elsewhere, PyTorch checkpoints included);
+//!   [`import`] (starting from weights trained elsewhere, PyTorch checkpoints included),
+//!   [`torch_save`] (PyTorch's file format, read and written without Python);
 //!   [`config`] (typed, the paper's recipe by default) and [`error`] throughout.
 /// This build: the crate's version and the libtorch it was built against (`--version`, and
 /// `build` in each run's `summary.json`: a run repeats step for step with the same build).
@@ -49,6 +50,7 @@ pub mod profile;
 pub mod progress;
 pub mod report;
 pub mod status;
+pub mod torch_save;
 pub mod train;
 
 pub use config::Config;

@@ -4,6 +4,7 @@ use simsiam::config::Config;
 use simsiam::data::ImageStore;
 use simsiam::export::*;
 use simsiam::train::Network;
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// libtorch's generator is global and the tests of a file run in parallel threads: each test
@@ -39,7 +40,7 @@ fn torchvision_export_round_trips_to_identical_features() {
     }
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("backbone.safetensors");
-    export_torchvision(&a.vs, &f).unwrap();
+    export_backbone(&a.vs, &f, &ExportFormat::Safetensors).unwrap();
     // torchvision names, with the BN counters strict loading needs, and nothing else.
     let saved: Vec<(String, Tensor)> = Tensor::read_safetensors(&f).unwrap();
     let names: Vec<&str> = saved.iter().map(|(n, _)| n.as_str()).collect();
@@ -73,6 +74,52 @@ fn torchvision_export_round_trips_to_identical_features() {
     let mut w = Network::new(&other, Device::Cpu);
     let e = simsiam::import::init_from(&mut w.vs, &f, &other.model).unwrap_err().to_string();
     assert!(e.contains("shape") && e.contains("backbone.safetensors"), "{e}");
+}
+
+/// The backbone in `torch.save`'s format: the same tensors as the safetensors export, read back
+/// by our reader; the official code's layout under `module.encoder.` with `epoch` and `arch`,
+/// which `model.init_from` takes back to identical features. (`torch.load` reading both, and
+/// `main_lincls.py`'s loading of the second, were checked with PyTorch: BENCHMARKS.md.)
+#[test]
+fn torch_save_exports_read_back() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let c = cfg();
+    tch::manual_seed(3);
+    let a = Network::new(&c, Device::Cpu);
+    let dir = tempfile::tempdir().unwrap();
+    let (st, pth, official) =
+        (dir.path().join("b.safetensors"), dir.path().join("b.pth"), dir.path().join("sub/official.pth.tar"));
+    export_backbone(&a.vs, &st, &ExportFormat::for_path(&st, None).unwrap()).unwrap();
+    export_backbone(&a.vs, &pth, &ExportFormat::for_path(&pth, None).unwrap()).unwrap();
+    let fmt = ExportFormat::for_path(&official, Some(("resnet18".into(), 7))).unwrap();
+    assert_eq!(fmt, ExportFormat::Official { arch: "resnet18".into(), epoch: 7 });
+    assert_eq!(export_backbone(&a.vs, &official, &fmt).unwrap(), 120);
+
+    let want: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&st).unwrap().into_iter().collect();
+    let got = simsiam::torch_save::read(&pth).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (n, t) in &got {
+        assert!(t.equal(&want[n]) && t.kind() == want[n].kind(), "{n}");
+    }
+    let got = simsiam::torch_save::read(&official).unwrap();
+    assert_eq!(got.len(), want.len(), "only tensors: epoch and arch are an int and a string");
+    assert!(got.iter().all(|(n, t)| t.equal(&want[n.strip_prefix("state_dict.module.encoder.").unwrap()])));
+
+    tch::manual_seed(4);
+    let mut b = Network::new(&c, Device::Cpu);
+    let imported = simsiam::import::init_from(&mut b.vs, &official, &c.model).unwrap();
+    assert_eq!(imported.backbone, "state_dict.module.encoder.");
+    let s = store(8);
+    let aug = Augmenter::new(&c.augment, 32, Device::Cpu);
+    assert!(embed(&a.model, &s, &aug, 8).0.equal(&embed(&b.model, &s, &aug, 8).0));
+
+    // Names it cannot write.
+    for bad in ["b.npy", "b"] {
+        let e = ExportFormat::for_path(Path::new(bad), None).unwrap_err().to_string();
+        assert!(e.contains(".safetensors") && e.contains(".pth"), "{e}");
+    }
+    let e = ExportFormat::for_path(&st, Some(("resnet18".into(), 0))).unwrap_err().to_string();
+    assert!(e.contains("--official") && e.contains(".pth"), "{e}");
 }
 
 /// Parses an NPY v1/v2 header: (descr, fortran_order, shape, data offset).

@@ -1,8 +1,9 @@
 //! `simsiam embed` and `simsiam export`: what a user takes away, embeddings as `.npy` and the
-//! backbone as torchvision-layout safetensors.
+//! backbone in torchvision's layout (safetensors or `torch.save`'s format).
 use super::SplitArg;
 use anyhow::Result;
 use clap::Args;
+use simsiam::export::ExportFormat;
 use simsiam::train;
 use std::path::PathBuf;
 
@@ -31,9 +32,15 @@ pub(crate) struct EmbedArgs {
 pub(crate) struct ExportArgs {
     /// The run folder.
     run: PathBuf,
-    /// Output file (.safetensors).
+    /// Output file: `.safetensors`, or `.pth` (and `.pt`, `.pth.tar`: `torch.save`'s format,
+    /// for `torch.load`).
     #[arg(long)]
     out: PathBuf,
+    /// Write the checkpoint layout of facebookresearch/simsiam (`{"epoch", "arch",
+    /// "state_dict"}`, the backbone under `module.encoder.`), which its `main_lincls.py
+    /// --pretrained` reads; needs a `.pth` / `.pth.tar` output.
+    #[arg(long)]
+    official: bool,
     /// Which checkpoint: `latest` or a `step-*` folder of the run's checkpoints/.
     #[arg(long, default_value = "latest")]
     checkpoint: String,
@@ -57,10 +64,18 @@ pub(crate) fn embed(a: EmbedArgs) -> Result<()> {
 
 /// `simsiam export`: the backbone with torchvision's names, and how to build the model it fits.
 pub(crate) fn export(a: ExportArgs) -> Result<()> {
-    let ExportArgs { run, out, checkpoint } = a;
+    let ExportArgs { run, out, checkpoint, official } = a;
     let (cfg, _, net) = train::load_run_at(&run, &checkpoint, Some("cpu".into()))?;
-    let n = simsiam::export::export_torchvision(&net.vs, &out)?;
-    println!("wrote {} ({n} tensors, torchvision resnet layout)", out.display());
+    let epoch = simsiam::checkpoint::load_position(&simsiam::checkpoint::named(&run, &checkpoint)?)?.epoch;
+    let arch = serde_json::to_value(cfg.model.arch)?.as_str().unwrap_or_default().to_string();
+    let format = ExportFormat::for_path(&out, official.then_some((arch, epoch)))?;
+    let n = simsiam::export::export_backbone(&net.vs, &out, &format)?;
+    let what = match format {
+        ExportFormat::Safetensors => "safetensors",
+        ExportFormat::TorchSave => "torch.save's format",
+        ExportFormat::Official { .. } => "facebookresearch/simsiam's checkpoint layout, under module.encoder.",
+    };
+    println!("wrote {} ({n} tensors, torchvision resnet names; {what})", out.display());
     if cfg.model.width != 64 {
         eprintln!("note: model.width = {} (torchvision's resnets use 64): build the matching torchvision model with width_per_group/inplanes changed", cfg.model.width);
     }

@@ -1,18 +1,23 @@
-//! Reading what Python's `torch.save` writes (the zip format of PyTorch >= 1.6): a zip archive
-//! `<name>/data.pkl` (a pickle of the saved object) with each tensor storage in `<name>/data/<key>`.
+//! PyTorch's own file format, read and written without Python: what `torch.save` writes (the
+//! zip format of PyTorch >= 1.6), a zip archive `<name>/data.pkl` (a pickle of the saved object)
+//! with each tensor storage in `<name>/data/<key>`.
 //!
-//! libtorch has a reader, `torch::pickle_load`, but its unpickler turns every
-//! `collections.OrderedDict` into `None` and fails on the items that follow (pytorch/pytorch
-//! #100741, open since 2023): it cannot read a `model.state_dict()`, which is what nearly every
-//! checkpoint holds, nor a class it does not know (Lightning's hyper-parameters). So this is a
-//! small pickle machine of its own, for the opcodes of protocols 2-5: containers are built as
-//! Python builds them (shared through the memo), any class is kept as an opaque object with its
-//! arguments and state, and the two callables that matter are understood:
-//! `torch._utils._rebuild_tensor_v2` (a view of a storage: offset, size, stride) and
+//! **Reading** ([`read`]). libtorch has a reader, `torch::pickle_load`, but its unpickler turns
+//! every `collections.OrderedDict` into `None` and fails on the items that follow
+//! (pytorch/pytorch #100741, open since 2023): it cannot read a `model.state_dict()`, which is
+//! what nearly every checkpoint holds, nor a class it does not know (Lightning's
+//! hyper-parameters). So this is a small pickle machine of its own, for the opcodes of protocols
+//! 2-5: containers are built as Python builds them (shared through the memo), any class is kept
+//! as an opaque object with its arguments and state, and the two callables that matter are
+//! understood: `torch._utils._rebuild_tensor_v2` (a view of a storage: offset, size, stride) and
 //! `torch._utils._rebuild_parameter`. Nothing in the file is executed.
+//!
+//! **Writing** ([`write`]). A dict of ints, strings and tensors, pickled as `torch.save` does
+//! (protocol 2, one storage per tensor, records aligned to 64 bytes), using only what
+//! `torch.load`'s default `weights_only=True` accepts.
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::rc::Rc;
 use tch::{Kind, Tensor};
@@ -599,4 +604,150 @@ fn materialise(storages: &HashMap<String, Tensor>, view: &View) -> Result<Tensor
         .f_as_strided(&view.size, &view.stride, view.offset)
         .and_then(|t| t.f_contiguous())
         .map_err(|e| e.to_string())
+}
+
+/// A value to write: what checkpoints hold around their tensors.
+pub enum Saved {
+    Int(i64),
+    Str(String),
+    Tensor(Tensor),
+    /// A dict with string keys, in this order.
+    Dict(Vec<(String, Saved)>),
+}
+
+fn storage_name(kind: Kind) -> Result<&'static str, Error> {
+    Ok(match kind {
+        Kind::Float => "FloatStorage",
+        Kind::Double => "DoubleStorage",
+        Kind::Half => "HalfStorage",
+        Kind::BFloat16 => "BFloat16Storage",
+        Kind::Int64 => "LongStorage",
+        Kind::Int => "IntStorage",
+        Kind::Int16 => "ShortStorage",
+        Kind::Int8 => "CharStorage",
+        Kind::Uint8 => "ByteStorage",
+        Kind::Bool => "BoolStorage",
+        other => return Err(format!("tensors of {other:?} are not written")),
+    })
+}
+
+/// The pickle of a [`Saved`], with each tensor's bytes set aside as a storage record.
+struct Pickler {
+    out: Vec<u8>,
+    storages: Vec<Vec<u8>>,
+}
+
+impl Pickler {
+    fn str(&mut self, s: &str) {
+        self.out.push(b'X'); // BINUNICODE
+        self.out.extend((s.len() as u32).to_le_bytes());
+        self.out.extend(s.as_bytes());
+    }
+
+    fn int(&mut self, v: i64) {
+        match u8::try_from(v) {
+            Ok(b) => self.out.extend([b'K', b]), // BININT1
+            Err(_) => match i32::try_from(v) {
+                Ok(i) => {
+                    self.out.push(b'J'); // BININT
+                    self.out.extend(i.to_le_bytes());
+                }
+                Err(_) => {
+                    self.out.extend([0x8a, 8]); // LONG1, 8 bytes
+                    self.out.extend(v.to_le_bytes());
+                }
+            },
+        }
+    }
+
+    fn global(&mut self, module: &str, name: &str) {
+        self.out.push(b'c');
+        self.out.extend(format!("{module}\n{name}\n").as_bytes());
+    }
+
+    fn ints(&mut self, v: &[i64]) {
+        if v.is_empty() {
+            self.out.push(b')');
+            return;
+        }
+        self.out.push(b'(');
+        for &x in v {
+            self.int(x);
+        }
+        self.out.push(b't');
+    }
+
+    /// `torch._utils._rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())`, the
+    /// storage a persistent id `('storage', torch.XStorage, key, 'cpu', numel)`.
+    fn tensor(&mut self, t: &Tensor) -> Result<(), Error> {
+        let t = t.f_to_device(tch::Device::Cpu).and_then(|t| t.f_contiguous()).map_err(|e| e.to_string())?;
+        let kind = t.kind();
+        let numel = t.numel();
+        let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
+        t.f_copy_data_u8(&mut bytes, numel).map_err(|e| e.to_string())?;
+        let key = self.storages.len().to_string();
+        self.storages.push(bytes);
+        self.global("torch._utils", "_rebuild_tensor_v2");
+        self.out.push(b'(');
+        self.out.push(b'(');
+        self.str("storage");
+        self.global("torch", storage_name(kind)?);
+        self.str(&key);
+        self.str("cpu");
+        self.int(numel as i64);
+        self.out.push(b't');
+        self.out.push(b'Q'); // BINPERSID
+        self.int(0);
+        self.ints(&t.size());
+        self.ints(&t.stride());
+        self.out.push(0x89); // False: requires_grad
+        self.global("collections", "OrderedDict");
+        self.out.extend([b')', b'R']);
+        self.out.extend([b't', b'R']);
+        Ok(())
+    }
+
+    fn value(&mut self, v: &Saved) -> Result<(), Error> {
+        match v {
+            Saved::Int(i) => self.int(*i),
+            Saved::Str(s) => self.str(s),
+            Saved::Tensor(t) => self.tensor(t)?,
+            Saved::Dict(items) => {
+                self.out.push(b'}');
+                if !items.is_empty() {
+                    self.out.push(b'(');
+                    for (k, v) in items {
+                        self.str(k);
+                        self.value(v)?;
+                    }
+                    self.out.push(b'u'); // SETITEMS
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `value` as `torch.save(value, path)` would: `torch.load(path)` reads it back, with
+/// the default `weights_only=True`.
+pub fn write(path: &Path, value: &Saved) -> Result<(), Error> {
+    let mut p = Pickler { out: vec![0x80, 2], storages: Vec::new() };
+    p.value(value)?;
+    p.out.push(b'.');
+    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+    let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored).large_file(true);
+    let mut record = |name: &str, bytes: &[u8]| -> Result<(), Error> {
+        // 64-byte aligned, as PyTorch aligns its records (for memory-mapped loading).
+        zip.start_file_aligned(format!("archive/{name}"), stored, 64).map_err(|e| e.to_string())?;
+        zip.write_all(bytes).map_err(|e| e.to_string())
+    };
+    record("data.pkl", &p.out)?;
+    record("byteorder", b"little")?;
+    for (key, bytes) in p.storages.iter().enumerate() {
+        record(&format!("data/{key}"), bytes)?;
+    }
+    record("version", b"3\n")?;
+    zip.finish().and_then(|mut w| w.flush().map_err(Into::into)).map_err(|e| e.to_string())?;
+    Ok(())
 }

@@ -27,8 +27,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 use tch::{nn::VarStore, Tensor};
 
-mod torch_save;
-
 /// Every tensor in a weights file by its dotted name: safetensors, or what Python's
 /// `torch.save` writes (the zip format of PyTorch >= 1.6), its object tree flattened
 /// (`state_dict.module.encoder.conv1.weight`; list items and int keys by number). Tensors
@@ -54,7 +52,7 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 }
 
 fn torch_save(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    torch_save::read(path).map_err(|e| Error::data(path, format!("cannot read this torch.save file: {e}")))
+    crate::torch_save::read(path).map_err(|e| Error::data(path, format!("cannot read this torch.save file: {e}")))
 }
 
 /// How a file names the backbone's tensors.
