@@ -2,7 +2,7 @@
 //! zip format of PyTorch >= 1.6), a zip archive `<name>/data.pkl` (a pickle of the saved object)
 //! with each tensor storage in `<name>/data/<key>`.
 //!
-//! **Reading** ([`read`]). libtorch has a reader, `torch::pickle_load`, but its unpickler turns
+//! **Reading** ([`read()`]). libtorch has a reader, `torch::pickle_load`, but its unpickler turns
 //! every `collections.OrderedDict` into `None` and fails on the items that follow
 //! (pytorch/pytorch #100741, open since 2023): it cannot read a `model.state_dict()`, which is
 //! what nearly every checkpoint holds, nor a class it does not know (Lightning's
@@ -12,7 +12,7 @@
 //! understood: `torch._utils._rebuild_tensor_v2` (a view of a storage: offset, size, stride) and
 //! `torch._utils._rebuild_parameter`. Nothing in the file is executed.
 //!
-//! **Writing** ([`write`]). A dict of ints, strings and tensors, pickled as `torch.save` does
+//! **Writing** ([`write()`]). A dict of ints, strings and tensors, pickled as `torch.save` does
 //! (protocol 2, one storage per tensor, records aligned to 64 bytes), using only what
 //! `torch.load`'s default `weights_only=True` accepts.
 use std::cell::RefCell;
