@@ -157,7 +157,9 @@ fn the_torch_save_reader_rebuilds_views_and_dtypes() {
     assert!(t["kinds.2.1"].equal(&Tensor::from_slice(&[true, false])));
     // A list that holds itself: its tensor once, the cycle not followed.
     assert!(t["cycle.0"].equal(&Tensor::from_slice(&[0f32, 1., 2., 3.])));
-    assert_eq!(t.len(), 9, "{:?}", t.keys().collect::<Vec<_>>());
+    // A Parameter is its data.
+    assert!(t["param"].equal(&Tensor::from_slice(&[1f32, 2.])));
+    assert_eq!(t.len(), 10, "{:?}", t.keys().collect::<Vec<_>>());
 }
 
 /// Damaged files are errors that name the file, never panics: `data.pkl` cut short anywhere,

@@ -21,8 +21,8 @@ statistic drawn at random so that a misplaced tensor shows:
   2-layer projector;
 - `torchvision.pth`: a plain torchvision state dict, backbone only (with its `fc` classifier).
 
-`views.pt` holds views of one storage, tensors of other dtypes in lists and tuples, and a list
-that holds itself.
+`views.pt` holds views of one storage, tensors of other dtypes in lists and tuples, a
+Parameter, and a list that holds itself.
 `expected.safetensors` holds the input `x` [4,3,32,32] and, per file, the eval-mode backbone
 features `y`, projections `z` and predictions `p` PyTorch computes (`official.y`, ...).
 """
@@ -220,6 +220,7 @@ def main(out):
              "kinds": [torch.tensor([1.5, -2.25], dtype=torch.bfloat16), torch.tensor([7, -3], dtype=torch.int64),
                        (torch.tensor([0.5], dtype=torch.float16), torch.tensor([True, False]))],
              "step": 3, "name": "views"}
+    views["param"] = nn.Parameter(torch.tensor([1.0, 2.0]))  # torch._utils._rebuild_parameter
     cycle = [t[0]]
     cycle.append(cycle)  # a list that holds itself: pickle writes it through the memo
     views["cycle"] = cycle
