@@ -23,7 +23,6 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{BACKBONE, PREDICTOR, PROJECTOR};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::path::Path;
 use tch::{nn::VarStore, Tensor};
 
@@ -253,11 +252,10 @@ impl Plan {
     ) -> Result<()> {
         let var = &ours[&name];
         if var.size() != value.size() {
-            let mut msg = format!("entry `{at}` has shape {:?}, this model needs {:?}", value.size(), var.size());
-            if name == format!("{BACKBONE}.conv1.weight") {
-                let _ = write!(msg, " (the stem: `model.cifar_stem = true` is the 3x3 CIFAR stem, `false` torchvision's 7x7 one; `model.width` sets its channels)");
-            }
-            return Err(Error::data(path, msg));
+            return Err(Error::data(
+                path,
+                format!("entry `{at}` has shape {:?}, this model needs {:?}", value.size(), var.size()),
+            ));
         }
         self.copies.push((name, value));
         Ok(())
@@ -353,6 +351,43 @@ fn is_const(t: &Tensor, v: f64) -> bool {
     t.numel() == 0 || (t - v).abs().max().double_value(&[]) == 0.0
 }
 
+/// The two mismatches most files that do not fit have, said in the fields that set them: the
+/// stem's kernel (`model.cifar_stem`) and its channels (`model.width`).
+fn stem_matches(
+    file: &HashMap<String, Tensor>,
+    found: &Found,
+    ours: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    let key = match found.layout {
+        Layout::Torchvision => format!("{}conv1.weight", found.prefix),
+        Layout::Children { .. } => format!("{}0.weight", found.prefix),
+    };
+    let (Some(theirs), Some(mine)) = (file.get(&key), ours.get(&format!("{BACKBONE}.conv1.weight"))) else {
+        return Ok(());
+    };
+    let (t, m) = (theirs.size(), mine.size());
+    if t.len() == 4 && t[2] != m[2] {
+        return Err(Error::data(
+            path,
+            format!(
+                "`{key}` is a {k}x{k} stem, this model's is {}x{} (`model.cifar_stem = {}` for the file's)",
+                m[2],
+                m[3],
+                t[2] == 3,
+                k = t[2]
+            ),
+        ));
+    }
+    if t[0] != m[0] {
+        return Err(Error::data(
+            path,
+            format!("`{key}`: the file's backbone has {} channels in its stem, this model {} (`model.width = {}` for the file's)", t[0], m[0], t[0]),
+        ));
+    }
+    Ok(())
+}
+
 /// What [`init_from`] loaded, for the run's log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Imported {
@@ -425,6 +460,7 @@ pub fn init_from(vs: &mut VarStore, path: &Path, cfg: &ModelConfig) -> Result<Im
         }
     };
 
+    stem_matches(&file, &found, &ours, path)?;
     let mut plan = Plan::default();
     // The backbone: every entry of the file's backbone has a place here, and every variable of
     // ours is in the file.
