@@ -431,3 +431,35 @@ fn heads_without_bn_and_affine_mismatches() {
     let e = init_from(&mut net.vs, &f, &c.model).unwrap_err().to_string();
     assert!(e.contains("the projector at `projector.`"), "{e}");
 }
+
+/// lightly's `ResNet` used as it is (not as a Sequential): torchvision's names but `shortcut`
+/// for the projection shortcut and `linear` for the classifier. The same weights as
+/// `lightly_resnet.pt`'s Sequential give the same network.
+#[test]
+fn lightly_resnet_module_names_map_to_the_same_network() {
+    let seq = read_tensors(&fixture("lightly_resnet.pt")).unwrap();
+    let rename = |n: &str| -> Option<String> {
+        let rest = n.strip_prefix("backbone.")?;
+        let (top, tail) = rest.split_once('.')?;
+        let top = ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"][top.parse::<usize>().ok()?];
+        Some(format!("{top}.{tail}"))
+    };
+    let named: Vec<(String, Tensor)> =
+        seq.iter().filter_map(|(n, t)| rename(n).map(|m| (m, t.shallow_clone()))).collect();
+    assert!(named.iter().any(|(n, _)| n == "layer2.0.shortcut.0.weight"), "lightly's blocks say `shortcut`");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("lightly_module.safetensors");
+    let mut with_fc = named;
+    with_fc.push(("linear.weight".into(), Tensor::zeros([10, 32], (tch::Kind::Float, Device::Cpu))));
+    let refs: Vec<(&str, &Tensor)> = with_fc.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Tensor::write_safetensors(&refs, &f).unwrap();
+
+    let c = cfg(&[]);
+    let x = &expected()["x"];
+    let mut a = Network::new(&c, Device::Cpu);
+    init_from(&mut a.vs, &fixture("lightly_resnet.pt"), &c.model).unwrap();
+    let mut b = Network::new(&c, Device::Cpu);
+    let got = init_from(&mut b.vs, &f, &c.model).unwrap();
+    assert_eq!((got.backbone.as_str(), got.tensors), ("", 100));
+    assert!(outputs(&a, x).0.equal(&outputs(&b, x).0));
+}
