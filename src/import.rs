@@ -423,24 +423,54 @@ impl std::fmt::Display for Imported {
 pub fn init_from(vs: &mut VarStore, path: &Path, cfg: &ModelConfig) -> Result<Imported> {
     let file: HashMap<String, Tensor> = read_tensors(path)?.into_iter().collect();
     let ours = vs.variables();
-    let mut all = backbones(&file);
+    let found = the_backbone(&file, cfg, path)?;
+    stem_matches(&file, &found, &ours, path)?;
+    let mut plan = Plan::default();
+    plan_backbone(&mut plan, &file, &found, &ours, path)?;
+    let mut imported =
+        Imported { backbone: found.prefix.clone(), tensors: 0, projector: None, predictor: None, notes: Vec::new() };
+    if let Some(relu) = found.stem_relu().filter(|r| *r != cfg.stem_relu) {
+        imported.notes.push(format!(
+            "the file's backbone, an nn.Sequential of the ResNet's children, has {} ReLU after the stem's BN \
+             and this model {}: set model.stem_relu = {relu} to compute what it computed",
+            if relu { "a" } else { "no" },
+            if cfg.stem_relu { "has one" } else { "has none" }
+        ));
+    }
+    if cfg.init_heads {
+        plan_heads(&mut plan, &mut imported, &file, &found, &ours, path)?;
+    }
+    // Everything matched: now copy.
+    imported.tensors = plan.copies.len();
+    tch::no_grad(|| {
+        for (name, value) in plan.copies {
+            let mut var = ours[&name].shallow_clone();
+            var.copy_(&value.to_kind(var.kind()).to_device(var.device()));
+        }
+    });
+    Ok(imported)
+}
+
+/// The one backbone of the file (or the one at `model.init_prefix`).
+fn the_backbone(file: &HashMap<String, Tensor>, cfg: &ModelConfig, path: &Path) -> Result<Found> {
+    let mut all = backbones(file);
     if let Some(p) = &cfg.init_prefix {
         all.retain(|f| &f.prefix == p);
         if all.is_empty() {
-            let found: Vec<String> = backbones(&file).into_iter().map(|f| format!("`{}`", f.prefix)).collect();
+            let found: Vec<String> = backbones(file).into_iter().map(|f| format!("`{}`", f.prefix)).collect();
             return Err(Error::data(
                 path,
                 format!("model.init_prefix: no backbone at `{p}`; the file has one at: {}", list_or_none(&found)),
             ));
         }
     }
-    let found = match all.as_slice() {
-        [one] => one.clone(),
+    match all.as_slice() {
+        [one] => Ok(one.clone()),
         [] => {
             let mut names: Vec<&String> = file.keys().collect();
             names.sort();
             let first: Vec<String> = names.iter().take(6).map(|n| format!("`{n}`")).collect();
-            return Err(Error::data(
+            Err(Error::data(
                 path,
                 format!(
                     "no ResNet backbone found: expected torchvision's names (`conv1.weight` and \
@@ -449,37 +479,39 @@ pub fn init_from(vs: &mut VarStore, path: &Path, cfg: &ModelConfig) -> Result<Im
                     file.len(),
                     list_or_none(&first)
                 ),
-            ));
+            ))
         }
         many => {
             let found: Vec<String> = many.iter().map(|f| format!("`{}`", f.prefix)).collect();
-            return Err(Error::data(
+            Err(Error::data(
                 path,
                 format!("several backbones, at {}; choose one with model.init_prefix", found.join(", ")),
-            ));
+            ))
         }
-    };
+    }
+}
 
-    stem_matches(&file, &found, &ours, path)?;
-    let mut plan = Plan::default();
-    // The backbone: every entry of the file's backbone has a place here, and every variable of
-    // ours is in the file.
+/// Every entry of the file's backbone has a place in this one, and every variable of this
+/// backbone is in the file, with its shape.
+fn plan_backbone(
+    plan: &mut Plan,
+    file: &HashMap<String, Tensor>,
+    found: &Found,
+    ours: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
     let mut theirs: HashMap<String, &String> = HashMap::new();
     let mut keys: Vec<&String> = file.keys().collect();
     keys.sort();
     for k in keys {
-        let Some(rest) = k.strip_prefix(&found.prefix) else { continue };
-        if let Some(name) = found.torchvision_name(rest) {
-            if !ours.contains_key(&format!("{BACKBONE}.{name}")) {
-                return Err(Error::data(
-                    path,
-                    format!(
-                        "entry `{k}` has no counterpart in this {BACKBONE} (a different architecture? `model.arch`)"
-                    ),
-                ));
-            }
-            theirs.insert(name, k);
+        let Some(name) = k.strip_prefix(&found.prefix).and_then(|rest| found.torchvision_name(rest)) else { continue };
+        if !ours.contains_key(&format!("{BACKBONE}.{name}")) {
+            return Err(Error::data(
+                path,
+                format!("entry `{k}` has no counterpart in this {BACKBONE} (a different architecture? `model.arch`)"),
+            ));
         }
+        theirs.insert(name, k);
     }
     let mut mine: Vec<&String> = ours.keys().filter(|n| n.starts_with(&format!("{BACKBONE}."))).collect();
     mine.sort();
@@ -494,60 +526,43 @@ pub fn init_from(vs: &mut VarStore, path: &Path, cfg: &ModelConfig) -> Result<Im
                 ),
             ));
         };
-        plan.set(&ours, name.clone(), file[*k].shallow_clone(), k, path)?;
+        plan.set(ours, name.clone(), file[*k].shallow_clone(), k, path)?;
     }
+    Ok(())
+}
 
-    let mut imported =
-        Imported { backbone: found.prefix.clone(), tensors: 0, projector: None, predictor: None, notes: Vec::new() };
-    if let Some(relu) = found.stem_relu().filter(|r| *r != cfg.stem_relu) {
-        imported.notes.push(format!(
-            "the file's backbone, an nn.Sequential of the ResNet's children, has {} ReLU after the stem's BN \
-             and this model {}: set model.stem_relu = {relu} to compute what it computed",
-            if relu { "a" } else { "no" },
-            if cfg.stem_relu { "has one" } else { "has none" }
-        ));
-    }
-    if cfg.init_heads {
-        let parent = found.parent();
-        let heads = [
-            (
-                PROJECTOR,
-                ["projector.", "projector.layers.", "projection_head.layers."].map(|h| format!("{parent}{h}")).to_vec(),
-            ),
-            (
-                PREDICTOR,
-                ["predictor.", "predictor.layers.", "prediction_head.layers."].map(|h| format!("{parent}{h}")).to_vec(),
-            ),
-        ];
-        for (head, mut candidates) in heads {
-            if head == PROJECTOR {
-                // The official code's projector replaces the ResNet's `fc`.
-                candidates.insert(0, format!("{}fc.", found.prefix));
+/// The projector and predictor, where the tools put them beside the backbone: the official
+/// code's `encoder.fc`, solo-learn's `projector.`/`predictor.`, lightly's `*_head.layers.`.
+fn plan_heads(
+    plan: &mut Plan,
+    imported: &mut Imported,
+    file: &HashMap<String, Tensor>,
+    found: &Found,
+    ours: &HashMap<String, Tensor>,
+    path: &Path,
+) -> Result<()> {
+    let parent = found.parent();
+    let beside = |heads: [&str; 3]| heads.map(|h| format!("{parent}{h}")).to_vec();
+    // The official code's projector replaces the ResNet's `fc`.
+    let mut projector = vec![format!("{}fc.", found.prefix)];
+    projector.extend(beside(["projector.", "projector.layers.", "projection_head.layers."]));
+    let predictor = beside(["predictor.", "predictor.layers.", "prediction_head.layers."]);
+    for (head, candidates) in [(PROJECTOR, projector), (PREDICTOR, predictor)] {
+        let in_file = candidates.iter().find_map(|p| sequential(file, p).map(|l| (p.clone(), l)));
+        let in_model = !our_head(ours, head).is_empty();
+        match (in_file, in_model) {
+            (Some((prefix, layers)), true) => {
+                plan_head(plan, ours, head, &layers, &prefix, path)?;
+                *(if head == PROJECTOR { &mut imported.projector } else { &mut imported.predictor }) = Some(prefix);
             }
-            let in_file = candidates.iter().find_map(|p| sequential(&file, p).map(|l| (p.clone(), l)));
-            let in_model = !our_head(&ours, head).is_empty();
-            match (in_file, in_model) {
-                (Some((prefix, layers)), true) => {
-                    plan_head(&mut plan, &ours, head, &layers, &prefix, path)?;
-                    *(if head == PROJECTOR { &mut imported.projector } else { &mut imported.predictor }) = Some(prefix);
-                }
-                (Some((prefix, _)), false) => imported
-                    .notes
-                    .push(format!("the file's {head} (`{prefix}`) is not used: this model has none of that form")),
-                (None, true) => imported.notes.push(format!("the {head} starts at random: the file has none")),
-                (None, false) => {}
-            }
+            (Some((prefix, _)), false) => imported
+                .notes
+                .push(format!("the file's {head} (`{prefix}`) is not used: this model has none of that form")),
+            (None, true) => imported.notes.push(format!("the {head} starts at random: the file has none")),
+            (None, false) => {}
         }
     }
-
-    imported.tensors = plan.copies.len();
-    tch::no_grad(|| {
-        for (name, value) in plan.copies {
-            let mut var = ours[&name].shallow_clone();
-            var.copy_(&value.to_kind(var.kind()).to_device(var.device()));
-        }
-    });
-    Ok(imported)
+    Ok(())
 }
 
 fn list_or_none(items: &[String]) -> String {
