@@ -11,8 +11,9 @@
 //!   target) are an error unless `model.init_prefix` picks one.
 //! - **the heads**, when the file has them and `model.init_heads` is on: an `nn.Sequential` of
 //!   Linear and BatchNorm1d layers, the projector at `<backbone>fc.` (the official code's
-//!   `encoder.fc`), `projector.` (solo-learn) or `projection_head.layers.` (lightly), the
-//!   predictor at `predictor.` or `prediction_head.layers.`, beside the backbone. They are
+//!   `encoder.fc`), `projector.` (solo-learn), `projector.layers.` or `projection_head.layers.`
+//!   (lightly's heads), the predictor at `predictor.`, `predictor.layers.` or
+//!   `prediction_head.layers.`, beside the backbone. They are
 //!   matched layer by layer with this model's heads; the official code's frozen output bias
 //!   before a BN is folded into that BN's running mean (the same function in train and eval
 //!   mode).
@@ -163,13 +164,20 @@ enum Layer<'a> {
 impl Layer<'_> {
     fn describe(&self) -> String {
         match self {
-            Layer::Linear { weight, bias } => {
-                let s = weight.size();
-                format!("Linear {}->{}{}", s[1], s[0], if bias.is_some() { "" } else { " (no bias)" })
-            }
-            Layer::Norm { weight, .. } => format!("BN{}", if weight.is_some() { "" } else { " (no affine)" }),
+            Layer::Linear { weight, bias } => describe_linear(weight, bias.is_some()),
+            Layer::Norm { weight, .. } => describe_bn(weight.is_some()),
         }
     }
+}
+
+/// A Linear layer as the mismatch errors show it, the file's or this model's: `Linear 32->24`.
+fn describe_linear(weight: &Tensor, bias: bool) -> String {
+    let s = weight.size();
+    format!("Linear {}->{}{}", s[1], s[0], if bias { "" } else { " (no bias)" })
+}
+
+fn describe_bn(affine: bool) -> String {
+    format!("BN{}", if affine { "" } else { " (no affine)" })
 }
 
 /// The `nn.Sequential` of Linear and BatchNorm1d layers at `prefix` (`{i}.weight`, ...), in
@@ -226,10 +234,9 @@ fn our_head(vars: &HashMap<String, Tensor>, head: &str) -> Vec<OurBlock> {
 fn describe_ours(vars: &HashMap<String, Tensor>, blocks: &[OurBlock]) -> String {
     let mut s = Vec::new();
     for b in blocks {
-        let w = vars[&format!("{}.weight", b.linear)].size();
-        s.push(format!("Linear {}->{}{}", w[1], w[0], if b.bias { "" } else { " (no bias)" }));
+        s.push(describe_linear(&vars[&format!("{}.weight", b.linear)], b.bias));
         if let Some((_, affine)) = &b.norm {
-            s.push(format!("BN{}", if *affine { "" } else { " (no affine)" }));
+            s.push(describe_bn(*affine));
         }
     }
     s.join(", ")

@@ -61,20 +61,38 @@ struct View {
 /// What went wrong, for the caller to put beside the file's name.
 pub type Error = String;
 
+/// The storage classes `torch.save` names (`torch.FloatStorage`, ...) and their element types,
+/// for reading and writing alike.
+const STORAGES: [(&str, Kind); 10] = [
+    ("FloatStorage", Kind::Float),
+    ("DoubleStorage", Kind::Double),
+    ("HalfStorage", Kind::Half),
+    ("BFloat16Storage", Kind::BFloat16),
+    ("LongStorage", Kind::Int64),
+    ("IntStorage", Kind::Int),
+    ("ShortStorage", Kind::Int16),
+    ("CharStorage", Kind::Int8),
+    ("ByteStorage", Kind::Uint8),
+    ("BoolStorage", Kind::Bool),
+];
+
 fn storage_kind(name: &str) -> Result<Kind, Error> {
-    Ok(match name {
-        "FloatStorage" => Kind::Float,
-        "DoubleStorage" => Kind::Double,
-        "HalfStorage" => Kind::Half,
-        "BFloat16Storage" => Kind::BFloat16,
-        "LongStorage" => Kind::Int64,
-        "IntStorage" => Kind::Int,
-        "ShortStorage" => Kind::Int16,
-        "CharStorage" => Kind::Int8,
-        "ByteStorage" | "UntypedStorage" => Kind::Uint8,
-        "BoolStorage" => Kind::Bool,
-        other => return Err(format!("tensors stored as torch.{other}, which this reader does not know")),
-    })
+    match name {
+        "UntypedStorage" => Ok(Kind::Uint8),
+        _ => STORAGES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, k)| k)
+            .ok_or_else(|| format!("tensors stored as torch.{name}, which this reader does not know")),
+    }
+}
+
+fn storage_name(kind: Kind) -> Result<&'static str, Error> {
+    STORAGES
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map(|&(n, _)| n)
+        .ok_or_else(|| format!("tensors of {kind:?} are not written"))
 }
 
 struct Machine<'a> {
@@ -128,6 +146,15 @@ impl<'a> Machine<'a> {
             return Err("the pickle's MARK is past the stack".into());
         }
         Ok(self.stack.split_off(m))
+    }
+
+    /// The length before a string or bytes opcode's payload: 1, 4 or 8 bytes, little-endian.
+    fn length(&mut self, op: u8) -> Result<usize, Error> {
+        Ok(match op {
+            b'U' | 0x8c | b'C' => self.u8()? as usize,
+            b'X' | b'T' | b'B' => u32::from_le_bytes(self.fixed()?) as usize,
+            _ => usize::try_from(u64::from_le_bytes(self.fixed()?)).map_err(|_| "a length past this machine's")?,
+        })
     }
 
     /// The memo slot a PUT or GET names: a byte (BINPUT, BINGET), four (LONG_*), a text line
@@ -245,8 +272,7 @@ impl<'a> Machine<'a> {
                     self.stack.push(v);
                 }
                 b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Scalar),
-                0x89 => self.stack.push(Value::Scalar),
+                0x88 | 0x89 => self.stack.push(Value::Scalar), // NEWTRUE, NEWFALSE
                 b'K' => {
                     let v = self.u8()?;
                     self.stack.push(Value::Int(v as i64))
@@ -283,48 +309,19 @@ impl<'a> Machine<'a> {
                     // INT (protocol 0), also True/False as I01/I00.
                     let l = self.line()?;
                     self.stack.push(match l.as_str() {
-                        "01" => Value::Scalar,
-                        "00" => Value::Scalar,
+                        "01" | "00" => Value::Scalar,
                         s => Value::Int(s.parse().map_err(|_| format!("bad INT {s:?}"))?),
                     })
                 }
-                b'X' => {
-                    let n = u32::from_le_bytes(self.fixed()?) as usize;
+                // Text (BINUNICODE, SHORT_/BINUNICODE8, protocol 2's BINSTRING and SHORT_BINSTRING).
+                b'X' | 0x8c | 0x8d | b'U' | b'T' => {
+                    let n = self.length(op)?;
                     let v = self.text(n)?;
                     self.stack.push(v)
                 }
-                0x8c => {
-                    let n = self.u8()? as usize;
-                    let v = self.text(n)?;
-                    self.stack.push(v)
-                }
-                0x8d => {
-                    let n = u64::from_le_bytes(self.fixed()?) as usize;
-                    let v = self.text(n)?;
-                    self.stack.push(v)
-                }
-                b'U' => {
-                    let n = self.u8()? as usize;
-                    let v = self.text(n)?;
-                    self.stack.push(v)
-                }
-                b'T' => {
-                    let n = u32::from_le_bytes(self.fixed()?) as usize;
-                    let v = self.text(n)?;
-                    self.stack.push(v)
-                }
-                b'C' => {
-                    let n = self.u8()? as usize;
-                    self.take(n)?;
-                    self.stack.push(Value::Scalar)
-                }
-                b'B' => {
-                    let n = u32::from_le_bytes(self.fixed()?) as usize;
-                    self.take(n)?;
-                    self.stack.push(Value::Scalar)
-                }
-                0x8e | 0x96 => {
-                    let n = u64::from_le_bytes(self.fixed()?) as usize;
+                // Bytes (SHORT_BINBYTES, BINBYTES, BINBYTES8, BYTEARRAY8): nothing a tensor needs.
+                b'C' | b'B' | 0x8e | 0x96 => {
+                    let n = self.length(op)?;
                     self.take(n)?;
                     self.stack.push(Value::Scalar)
                 }
@@ -613,22 +610,6 @@ pub enum Saved {
     Tensor(Tensor),
     /// A dict with string keys, in this order.
     Dict(Vec<(String, Saved)>),
-}
-
-fn storage_name(kind: Kind) -> Result<&'static str, Error> {
-    Ok(match kind {
-        Kind::Float => "FloatStorage",
-        Kind::Double => "DoubleStorage",
-        Kind::Half => "HalfStorage",
-        Kind::BFloat16 => "BFloat16Storage",
-        Kind::Int64 => "LongStorage",
-        Kind::Int => "IntStorage",
-        Kind::Int16 => "ShortStorage",
-        Kind::Int8 => "CharStorage",
-        Kind::Uint8 => "ByteStorage",
-        Kind::Bool => "BoolStorage",
-        other => return Err(format!("tensors of {other:?} are not written")),
-    })
 }
 
 /// The pickle of a [`Saved`], with each tensor's bytes set aside as a storage record.

@@ -29,9 +29,10 @@ pub fn extract_features(model: &SimSiam, store: &ImageStore, aug: &Augmenter, ba
 /// Predicted classes `[M]` for each k in `ks`, from queries `[M, C]` and a bank `[N, C]` (both
 /// l2-normalised) with labels `[N]`. Queries go in chunks of at most 1,024 rows whose
 /// similarities to the bank take at most 1 GiB (some 200 rows for ImageNet's 1.28 million
-/// images; CIFAR's 50,000 take 1,024 rows, 0.2 GB), and each neighbour's weight is added straight into its class's score (`[rows, classes]`,
-/// where the MoCo demo's one-hot `[rows, k, classes]` takes k = 200 times that: 0.8 GB for
-/// 1,024 rows at ImageNet's 1,000 classes).
+/// images; CIFAR's 50,000 take 1,024 rows, 0.2 GB), and each neighbour's weight is added
+/// straight into its class's score (`[rows, classes]`, where the MoCo demo's one-hot
+/// `[rows, k, classes]` takes k = 200 times that: 0.8 GB for 1,024 rows at ImageNet's 1,000
+/// classes).
 pub fn knn_predict(
     query: &Tensor,
     bank: &Tensor,
