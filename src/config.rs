@@ -420,6 +420,14 @@ pub enum Target {
     ZbMinusOz,
     /// Z_b - (Z_n - o_z): basic + r_e of the triplet.
     ZbMinusRn,
+    /// Z_b - sum_i lambda_i Z_i: InfoNCE's negative gradient on the online vector X_a, up to its
+    /// per-sample scale (1 - lambda_b)/tau (Zhang et al. §2.11). The negatives i are the other
+    /// images' Z_b in the batch, weighted `lambda_i = softmax_i(X_a . Z_i / tau)` with
+    /// `tau = objective.infonce_temperature`; basic + G_e.
+    ZbMinusSoftZn,
+    /// Z_b - sum_i lambda_i (Z_i - o_z): InfoNCE's basic gradient + r_e, its extra gradient
+    /// without the centre part (o_e = -o_z is `zb_minus_oz`).
+    ZbMinusSoftRn,
     /// o_z of view a: the de-centring dummy-gradient experiment (i), expected to collapse.
     Oz,
     /// r_a = Z_a - o_z of view a: dummy-gradient experiment (ii), de-centring.
@@ -491,7 +499,13 @@ pub struct ObjectiveConfig {
     /// Weight of an InfoNCE loss between the two views' normalised Z, in-batch negatives
     /// (0 = off).
     pub infonce: f64,
+    /// Its temperature, and that of the `zb_minus_soft_*` targets' weights.
     pub infonce_temperature: f64,
+    /// The InfoNCE's queries: Z (SimCLR) or P, the predictor's output (SimSiam §6.2, "SimCLR
+    /// w/ predictor"). The keys are always Z.
+    pub infonce_online: Online,
+    /// Stop-gradient on the InfoNCE's keys (SimSiam §6.2, "w/ pred. & stop-grad").
+    pub infonce_stop_grad: bool,
 }
 
 impl Default for ObjectiveConfig {
@@ -514,6 +528,8 @@ impl Default for ObjectiveConfig {
             decorrelation_form: Decorrelation::Correlation,
             infonce: 0.0,
             infonce_temperature: 0.1,
+            infonce_online: Online::Z,
+            infonce_stop_grad: false,
         }
     }
 }
@@ -937,6 +953,9 @@ impl Config {
                 "cosine unless objective.target = \"zb\" and objective.form = \"cosine\"",
                 "cross_entropy".into(),
             );
+        }
+        if ob.infonce_online == Online::Oracle {
+            return fail("objective.infonce_online", "\"z\" or \"p\"", "\"oracle\"".into());
         }
         if ob.infonce_temperature.is_nan() || ob.infonce_temperature <= 0.0 {
             return fail("objective.infonce_temperature", "a positive temperature", ob.infonce_temperature.to_string());

@@ -124,6 +124,8 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("dummy-gradients", include_str!("../experiments/dummy-gradients.toml")),
     ("triplet-extra-gradient", include_str!("../experiments/triplet-extra-gradient.toml")),
     ("simsiam-extra-gradient", include_str!("../experiments/simsiam-extra-gradient.toml")),
+    ("infonce-extra-gradient", include_str!("../experiments/infonce-extra-gradient.toml")),
+    ("simclr-predictor", include_str!("../experiments/simclr-predictor.toml")),
     ("simple-predictors", include_str!("../experiments/simple-predictors.toml")),
     ("covariance", include_str!("../experiments/covariance.toml")),
     ("explicit-eoa", include_str!("../experiments/explicit-eoa.toml")),

@@ -54,18 +54,36 @@ pub fn decorrelation_loss(z: &Tensor, form: Decorrelation) -> Tensor {
 /// for each of the 2B vectors, its other view is the positive and the other 2B - 2 vectors the
 /// negatives.
 pub fn infonce_loss(z1: &Tensor, z2: &Tensor, t: f64) -> Tensor {
-    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)); // [2B, d]
-    let n = z.size()[0];
+    infonce_loss_of_queries(z1, z2, z1, z2, t)
+}
+
+/// NT-Xent with queries apart from the keys (SimSiam §6.2's "SimCLR w/ predictor": queries
+/// P, keys Z, `[B, d]` each, normalised here): query i of the 2B is scored against all 2B keys
+/// but its own view's key of its own image; its positive is its image's key of the other view.
+/// With queries = keys this is [`infonce_loss`].
+pub fn infonce_loss_of_queries(q1: &Tensor, q2: &Tensor, k1: &Tensor, k2: &Tensor, t: f64) -> Tensor {
+    let q = l2_normalize(&Tensor::cat(&[q1, q2], 0)); // [2B, d]
+    let k = l2_normalize(&Tensor::cat(&[k1, k2], 0)); // [2B, d]
+    let n = q.size()[0];
     let b = n / 2;
-    let eye = Tensor::eye(n, (tch::Kind::Bool, z.device()));
+    let eye = Tensor::eye(n, (tch::Kind::Bool, q.device()));
     // Self-similarity masked out: [2B, 2B]
-    let logits = (z.matmul(&z.tr()) / t).masked_fill(&eye, f64::NEG_INFINITY);
+    let logits = (q.matmul(&k.tr()) / t).masked_fill(&eye, f64::NEG_INFINITY);
     // The positive of row i is row i + B (mod 2B).
-    let positives = Tensor::arange(n, (tch::Kind::Int64, z.device())).g_add_scalar(b).remainder(n);
+    let positives = Tensor::arange(n, (tch::Kind::Int64, q.device())).g_add_scalar(b).remainder(n);
     // tch's `cross_entropy_for_logits` takes the log-softmax in f32 whatever the input; keep
     // f64 inputs in f64 (the hand-checked tests), everything else in f32 as before.
     let kind = if logits.kind() == tch::Kind::Double { tch::Kind::Double } else { tch::Kind::Float };
     logits.log_softmax(-1, kind).nll_loss(&positives)
+}
+
+/// InfoNCE's weights on the negatives (Zhang et al. §2.11): for anchor X_a[i] and target view b,
+/// `lambda_ij = softmax_{j != i}(X_a[i] . Z_b[j] / t)` over the batch's other images `[B, B]`
+/// (zero on the diagonal); detached, as the targets they build.
+fn negative_weights(xa: &Tensor, zb: &Tensor, t: f64) -> Tensor {
+    let b = xa.size()[0];
+    let eye = Tensor::eye(b, (tch::Kind::Bool, xa.device()));
+    (xa.detach().matmul(&zb.detach().tr()) / t).masked_fill(&eye, f64::NEG_INFINITY).softmax(1, xa.kind())
 }
 
 /// The `memory` target (SimSiam §5.2): a per-image moving average of normalised projections,
@@ -176,14 +194,17 @@ impl Objective {
         }
     }
 
-    /// The target G for online view a and target view b, from normalised Z and P `[B, d]`;
-    /// `external` is the step-provided target for `Eoa`, `Memory` and `Inverse`.
-    pub fn target(&self, za: &Tensor, zb: &Tensor, pb: &Tensor, external: Option<&Tensor>) -> Tensor {
+    /// The target G for online view a and target view b, from normalised Z and P `[B, d]` and
+    /// the normalised online vector X_a (for InfoNCE's weights); `external` is the
+    /// step-provided target for `Eoa`, `Memory` and `Inverse`.
+    pub fn target(&self, xa: &Tensor, za: &Tensor, zb: &Tensor, pb: &Tensor, external: Option<&Tensor>) -> Tensor {
         let ext = || external.expect("this target is computed by the training step").shallow_clone();
         let o_z = || centre(zb);
         let o_p = || centre(pb);
         // Z_n: a negative for each image, the next image of the batch.
         let z_n = || zb.roll([1], [0]);
+        // InfoNCE's weighted negatives: sum_j lambda_ij Z_b[j], `[B, d]`.
+        let soft_n = || negative_weights(xa, zb, self.cfg.infonce_temperature).matmul(zb);
         let g = match self.cfg.target {
             Target::Zb => zb.shallow_clone(),
             Target::Pb => pb.shallow_clone(),
@@ -192,6 +213,9 @@ impl Objective {
             Target::ZbMinusZn => zb - z_n(),
             Target::ZbMinusOz => zb - o_z(),
             Target::ZbMinusRn => zb - (z_n() - o_z()),
+            // The weights sum to 1, so sum_j lambda_ij (Z_j - o_z) = soft_n - o_z.
+            Target::ZbMinusSoftZn => zb - soft_n(),
+            Target::ZbMinusSoftRn => zb - (soft_n() - o_z()),
             Target::Oz => centre(za).expand_as(za),
             Target::Ra => za - centre(za),
             Target::Eoa | Target::Memory => ext(),
@@ -224,7 +248,7 @@ impl Objective {
             Online::Z => nza.shallow_clone(),
             Online::Oracle => l2_normalize(oracle_a.expect("the oracle predictor is computed by the training step")),
         };
-        let g = self.target(&nza, &nzb, &npb, external);
+        let g = self.target(&x, &nza, &nzb, &npb, external);
         match self.cfg.form {
             Form::Dot => -(&x * g).sum_dim_intlist(&[1i64][..], false, x.kind()).mean(x.kind()),
             Form::Cosine => negative_similarity(&x, &g, Similarity::Cosine),
@@ -273,7 +297,13 @@ impl Objective {
             total = &total + dc * c.decorrelation;
         }
         if c.infonce > 0.0 {
-            total = &total + infonce_loss(&out.z1, &out.z2, c.infonce_temperature) * c.infonce;
+            let (q1, q2) = match c.infonce_online {
+                Online::P => (&out.p1, &out.p2),
+                Online::Z | Online::Oracle => (&out.z1, &out.z2),
+            };
+            let key = |z: &Tensor| if c.infonce_stop_grad { stop_grad(z) } else { z.shallow_clone() };
+            let nce = infonce_loss_of_queries(q1, q2, &key(&out.z1), &key(&out.z2), c.infonce_temperature);
+            total = &total + nce * c.infonce;
         }
         total
     }

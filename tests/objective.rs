@@ -135,9 +135,41 @@ fn verdict_judges_the_spread_against_its_start() {
     assert_eq!(verdict(-0.2, Some(-1.0), 0.40, Some(0.404)), CollapseVerdict::NotConverged);
 }
 
+/// InfoNCE's weights for anchor rows X `[B, d]` against Z_b, one pair at a time:
+/// `w_ij = exp(X_i . Z_j / t) / sum_{k != i} exp(X_i . Z_k / t)` for j != i, and w_ii = 0.
+fn hand_weights(x: &Tensor, zb: &Tensor, t: f64) -> Vec<Vec<f64>> {
+    let b = zb.size()[0];
+    (0..b)
+        .map(|i| {
+            let e: Vec<f64> = (0..b)
+                .map(|j| if j == i { 0.0 } else { (x.get(i).dot(&zb.get(j)).double_value(&[]) / t).exp() })
+                .collect();
+            let total: f64 = e.iter().sum();
+            e.iter().map(|v| v / total).collect()
+        })
+        .collect()
+}
+
+/// `sum_j w_ij V_j` for every row i, term by term.
+fn weighted_rows(w: &[Vec<f64>], v: &Tensor) -> Tensor {
+    let rows: Vec<Tensor> = w
+        .iter()
+        .map(|wi| wi.iter().enumerate().fold(v.get(0).zeros_like(), |acc, (j, &c)| acc + v.get(j as i64) * c))
+        .collect();
+    Tensor::stack(&rows, 0)
+}
+
 /// Each target variant, built by hand here (independently of the library), from normalised
-/// Z_a, Z_b, P_b `[B, d]`.
-fn hand_target(t: simsiam::config::Target, za: &Tensor, zb: &Tensor, pb: &Tensor, ext: &Tensor) -> Tensor {
+/// X_a (the online vector), Z_a, Z_b, P_b `[B, d]`; InfoNCE's temperature `t`.
+fn hand_target(
+    t: simsiam::config::Target,
+    x: &Tensor,
+    za: &Tensor,
+    zb: &Tensor,
+    pb: &Tensor,
+    ext: &Tensor,
+    temp: f64,
+) -> Tensor {
     use simsiam::config::Target::*;
     let mean = |x: &Tensor| x.mean_dim(&[0i64][..], true, Kind::Double);
     let b = zb.size()[0];
@@ -152,6 +184,9 @@ fn hand_target(t: simsiam::config::Target, za: &Tensor, zb: &Tensor, pb: &Tensor
         ZbMinusZn => zb - &zn,
         ZbMinusOz => zb - mean(zb),
         ZbMinusRn => zb - (&zn - mean(zb)),
+        ZbMinusSoftZn => zb - weighted_rows(&hand_weights(x, zb, temp), zb),
+        // r_j = Z_j - o_z
+        ZbMinusSoftRn => zb - weighted_rows(&hand_weights(x, zb, temp), &(zb - mean(zb))),
         Oz => mean(za).expand_as(za),
         Ra => za - mean(za),
         Eoa | Memory => ext.copy(),
@@ -163,7 +198,23 @@ fn hand_target(t: simsiam::config::Target, za: &Tensor, zb: &Tensor, pb: &Tensor
 fn every_target_variant_gives_the_designed_gradient_on_the_online_vector() {
     use simsiam::config::{Form, Online, Target::*};
     // -dL/dx for L = -mean_m X_m . sg(G_m), X = x/||x||: (I - X X^T) G / (M ||x||) (EXPERIMENTS §0).
-    for target in [Zb, Pb, PbPlusOe, PbPlusRe, ZbMinusZn, ZbMinusOz, ZbMinusRn, Oz, Ra, Eoa, Memory, Inverse] {
+    let targets = [
+        Zb,
+        Pb,
+        PbPlusOe,
+        PbPlusRe,
+        ZbMinusZn,
+        ZbMinusOz,
+        ZbMinusRn,
+        ZbMinusSoftZn,
+        ZbMinusSoftRn,
+        Oz,
+        Ra,
+        Eoa,
+        Memory,
+        Inverse,
+    ];
+    for target in targets {
         for online in [Online::P, Online::Z] {
             let o = outputs();
             let cfg = ObjectiveConfig {
@@ -171,6 +222,7 @@ fn every_target_variant_gives_the_designed_gradient_on_the_online_vector() {
                 target,
                 form: Form::Dot,
                 symmetry: Symmetry::Asymmetric,
+                infonce_temperature: 0.3,
                 ..Default::default()
             };
             // Step-provided targets: per image (eoa, memory), or h_inv(sg p) of each view.
@@ -187,7 +239,8 @@ fn every_target_variant_gives_the_designed_gradient_on_the_online_vector() {
                 Online::Oracle => unreachable!("not in this loop"),
             };
             let xn = unit(x);
-            let g = hand_target(target, &unit(&o.z1), &unit(&o.z2), &unit(&o.p2), &ext_t.detach()).detach();
+            let g = hand_target(target, &xn.detach(), &unit(&o.z1), &unit(&o.z2), &unit(&o.p2), &ext_t.detach(), 0.3)
+                .detach();
             let along = (&xn * &g).sum_dim_intlist(&[1i64][..], true, Kind::Double);
             let m = x.size()[0] as f64;
             let want = -(&g - &xn * along) / x.norm_scalaropt_dim(2.0, &[1i64][..], true) / m;
@@ -303,6 +356,88 @@ fn decorrelation_and_infonce_by_hand() {
     let l1 = -(1.0f64.exp() / (1.0 + 1.0f64.exp() + (-r3).exp())).ln();
     let l2 = -(1.0f64.exp() / (1.0 + 1.0f64.exp() + r3.exp())).ln();
     assert!((infonce_loss(&a, &b, 0.5).double_value(&[]) - (l1 + l2) / 2.0).abs() < 1e-6);
+}
+
+/// Zhang et al. §2.11: for InfoNCE with anchor X_a, positive Z_b and the batch's other Z_b as
+/// negatives, `-dL/dX_a = (1 - lambda_b)/t [Z_b + G_e]`, `G_e = -sum_i lambda~_i Z_i`. The
+/// `zb_minus_soft_zn` target is that bracket: autograd of the real InfoNCE loss (here, not the
+/// library's) divided by the per-sample scale gives it. `zb_minus_soft_rn` differs from it by
+/// exactly o_z (the weights sum to 1), and at a large temperature, where the weights are
+/// uniform, its residual part sum lambda~_i r_i = -r_b/(B - 1) is small.
+#[test]
+fn soft_negative_targets_are_the_infonce_gradient_split() {
+    use simsiam::config::{Form, Online, Target};
+    let t = 0.2;
+    let (b, d) = (6, 4);
+    let x = unit(&leaf(21, b, d)).detach().set_requires_grad(true);
+    let za = unit(&leaf(22, b, d)).detach();
+    let zb = unit(&leaf(23, b, d)).detach();
+    // L = sum_i -log softmax_j(X_i . Z_b[j] / t)[i], over all j (positive and negatives).
+    let logits = x.matmul(&zb.tr()) / t; // [B, B]
+    let lsm = logits.log_softmax(1, Kind::Double);
+    let loss = -lsm.diagonal(0, 0, 1).sum(Kind::Double);
+    loss.backward();
+    let lambda_b = lsm.exp().diagonal(0, 0, 1).detach().unsqueeze(1); // [B, 1]
+    let want = -x.grad() * t / (1.0 - lambda_b);
+    let cfg = |target| ObjectiveConfig {
+        online: Online::Z,
+        target,
+        form: Form::Dot,
+        infonce_temperature: t,
+        ..Default::default()
+    };
+    let obj = Objective::new(&cfg(Target::ZbMinusSoftZn));
+    let got = obj.target(&x, &za, &zb, &zb, None);
+    assert!(got.allclose(&want, 1e-9, 1e-12, false), "{got} vs {want}");
+    // The residual split: G_e - r_e = o_e = -o_z.
+    let o_z = zb.mean_dim(&[0i64][..], true, Kind::Double);
+    let r = Objective::new(&cfg(Target::ZbMinusSoftRn)).target(&x, &za, &zb, &zb, None);
+    assert!((&r - &got).allclose(&o_z.expand_as(&r), 1e-12, 1e-12, false));
+    // At t = 1e9 the weights are uniform over the B - 1 others: r_e = -sum r_i/(B - 1) = r_b/(B - 1).
+    let big = ObjectiveConfig { infonce_temperature: 1e9, ..cfg(Target::ZbMinusSoftRn) };
+    let r_e = Objective::new(&big).target(&x, &za, &zb, &zb, None) - &zb;
+    let r_b = &zb - &o_z;
+    assert!(r_e.allclose(&(&r_b / (b - 1) as f64), 1e-5, 1e-7, false));
+}
+
+/// SimSiam §6.2's "SimCLR w/ predictor (& stop-grad)": NT-Xent with P as queries and Z as keys,
+/// against a row-by-row hand computation; with `infonce_stop_grad` nothing reaches the keys.
+#[test]
+fn infonce_with_predictor_queries_by_hand_and_its_stop_gradient() {
+    use simsiam::config::Online;
+    use simsiam::objective::infonce_loss_of_queries;
+    let t = 0.5;
+    let o = outputs();
+    let (q, k) = (unit(&Tensor::cat(&[&o.p1, &o.p2], 0)), unit(&Tensor::cat(&[&o.z1, &o.z2], 0)));
+    let n = q.size()[0];
+    let mut want = 0.0;
+    for i in 0..n {
+        let pos = (i + n / 2) % n;
+        let logit = |j: i64| q.get(i).dot(&k.get(j)).double_value(&[]) / t;
+        let den: f64 = (0..n).filter(|&j| j != i).map(|j| logit(j).exp()).sum();
+        want += -(logit(pos).exp() / den).ln();
+    }
+    want /= n as f64;
+    let got = infonce_loss_of_queries(&o.p1, &o.p2, &o.z1, &o.z2, t).double_value(&[]);
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+    for stop in [false, true] {
+        let o = outputs();
+        let cfg = ObjectiveConfig {
+            main_weight: 0.0,
+            infonce: 1.0,
+            infonce_temperature: t,
+            infonce_online: Online::P,
+            infonce_stop_grad: stop,
+            ..Default::default()
+        };
+        let loss = Objective::new(&cfg).pair_loss(&o);
+        assert!((loss.double_value(&[]) - want).abs() < 1e-9);
+        loss.backward();
+        assert!(o.p1.grad().abs().max().double_value(&[]) > 0.0, "the queries learn");
+        let key_grad = o.z1.grad();
+        let reached = key_grad.defined() && key_grad.abs().max().double_value(&[]) > 0.0;
+        assert_eq!(reached, !stop, "infonce_stop_grad = {stop}");
+    }
 }
 
 #[test]
