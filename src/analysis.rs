@@ -44,27 +44,21 @@ impl Centred {
         Tensor::cat(&[eta.view([1]), c.view([1])], 0)
     }
 
-    /// Norms of SimSiam's extra gradient `G_e = Z - P` split into centre and residual (Zhang et
-    /// al. §2.7): `||o_e|| = ||o_z - o_p||` and `mean ||r_e||`, `r_e = (Z - o_z) - (P - o_p)`. `[2]`.
-    pub fn extra_gradient_norms(&self) -> Tensor {
-        let r_e = (&self.zn - &self.o_z) - (&self.pn - &self.o_p);
-        Tensor::stack(
-            &[(&self.o_z - &self.o_p).norm(), r_e.norm_scalaropt_dim(2.0, &[1i64][..], false).mean(Kind::Float)],
-            0,
-        )
-    }
-
     /// The step monitors after the loss, in `train::STEP_STATS` order: `collapse_std` of Z,
-    /// `m_o, m_r, m_r2` of Z and of P, `eta_p*` and `cos(o_e + 0.5 o_p, o_p)`, `||o_e||` and
-    /// `mean ||r_e||`. `[11]`, on the device.
-    pub fn step_monitors(&self) -> Tensor {
+    /// `m_o, m_r, m_r2` of Z and of P, `eta_p*` and `cos(o_e + 0.5 o_p, o_p)`, and
+    /// [`extra_gradient_norms`] of the objective's extra gradient `ge` (NaN, logged as null,
+    /// for objectives without one). `[11]`, on the device.
+    pub fn step_monitors(&self, ge: Option<&Tensor>) -> Tensor {
         Tensor::cat(
             &[
                 collapse_std_of_unit(&self.zn).view([1]),
                 residual_norms(&self.zn, &self.o_z),
                 residual_norms(&self.pn, &self.o_p),
                 self.eta_p(),
-                self.extra_gradient_norms(),
+                ge.map_or_else(
+                    || Tensor::full([2], f64::NAN, (Kind::Float, self.zn.device())),
+                    extra_gradient_norms,
+                ),
             ],
             0,
         )
@@ -85,9 +79,15 @@ pub fn eta_p(z: &Tensor, p: &Tensor) -> Tensor {
     Centred::new(z, p).eta_p()
 }
 
-/// [`Centred::extra_gradient_norms`] of a batch.
-pub fn extra_gradient_norms(z: &Tensor, p: &Tensor) -> Tensor {
-    Centred::new(z, p).extra_gradient_norms()
+/// Norms of an extra gradient `G_e` `[B, d]` split into its centre and residual parts (Zhang
+/// et al. §2.6-2.7): `||o_e||`, `o_e` its batch mean, and `mean ||r_e||`, `r_e = G_e - o_e`.
+/// For SimSiam (`G_e = Z - P`) these are `||o_z - o_p||` and `mean ||(Z - o_z) - (P - o_p)||`.
+/// `[2]`, f32.
+pub fn extra_gradient_norms(ge: &Tensor) -> Tensor {
+    let ge = ge.to_kind(Kind::Float);
+    let o_e = batch_mean(&ge);
+    let r_e = (&ge - &o_e).norm_scalaropt_dim(2.0, &[1i64][..], false);
+    Tensor::stack(&[o_e.norm(), r_e.mean(Kind::Float)], 0)
 }
 
 /// `c(eta) = cos(o_e - eta o_p, o_p)` for eta in [-1, 1] in steps of 0.1 (Zhang et al. Fig. 5a):

@@ -139,6 +139,8 @@ impl CapturedStep {
             inverse_loss: o.inverse_loss.shallow_clone(),
             z1: o.z1.shallow_clone(),
             p1: o.p1.shallow_clone(),
+            z2: o.z2.shallow_clone(),
+            p2: o.p2.shallow_clone(),
         })
     }
 }

@@ -276,7 +276,8 @@ pub(crate) fn overlay(
 }
 
 /// The figures that set runs side by side (an experiment's arms, `simsiam report A B ...`):
-/// the loss, the spread, kNN, Zhang et al.'s m_o of Z and P, the off-diagonal correlation of Z,
+/// the loss, the spread, kNN, Zhang et al.'s m_o of Z and P and the norms of the objective's
+/// extra gradient's centre and residual parts, the off-diagonal correlation of Z,
 /// the backbone's relative update, weight norm and residual branch gain, and the lr. Figures
 /// without any point are for the caller to leave out.
 pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
@@ -292,6 +293,20 @@ pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
         overlay(runs, ("knn", "kNN top-1 (%)", "epoch"), Some("knn"), "epoch", &["knn_top1"]),
         overlay(runs, ("m_o_z", "m_o of Z (1 = collapsed)", "step"), None, "step", &["m_o_z"]),
         overlay(runs, ("m_o_p", "m_o of P (1 = collapsed)", "step"), None, "step", &["m_o_p"]),
+        overlay(
+            runs,
+            ("o_e_norm", "Extra gradient G_e, centre part: |o_e| (Zhang et al.)", "step"),
+            None,
+            "step",
+            &["o_e_norm"],
+        ),
+        overlay(
+            runs,
+            ("r_e_norm", "Extra gradient G_e, residual part: mean |r_e| (Zhang et al.)", "step"),
+            None,
+            "step",
+            &["r_e_norm"],
+        ),
         overlay(
             runs,
             ("corr_offdiag", "Mean |off-diagonal correlation| of Z (eval subset)", "epoch"),

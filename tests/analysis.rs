@@ -89,14 +89,18 @@ fn eta_p_by_hand() {
 
 #[test]
 fn extra_gradient_norms_by_hand() {
-    // Z all e1, P all e2: o_e = e1 - e2 (norm sqrt 2), residuals all 0.
-    let e = |i: i64| Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)).index_fill(1, &Tensor::from_slice(&[i]), 3.0);
-    let r = v(&extra_gradient_norms(&e(0), &e(1)));
+    // SimSiam's G_e = Z - P with Z all e1, P all e2: o_e = e1 - e2 (norm sqrt 2), residuals all 0.
+    let e = |i: i64| Tensor::zeros([4, 3], (Kind::Float, Device::Cpu)).index_fill(1, &Tensor::from_slice(&[i]), 1.0);
+    let r = v(&extra_gradient_norms(&(e(0) - e(1))));
     assert!((r[0] - 2f64.sqrt()).abs() < 1e-6 && r[1].abs() < 1e-6, "{r:?}");
-    // Rows ±e1 for Z and P alike: o_e = 0, r_e = 0.
+    // Rows (1, 0) and (-1, 0): o_e = 0, each residual of norm 1.
     let pm = Tensor::from_slice(&[1.0f32, 0.0, -1.0, 0.0]).view([2, 2]);
-    let r = v(&extra_gradient_norms(&pm, &pm));
-    assert!(r[0].abs() < 1e-6 && r[1].abs() < 1e-6);
+    let r = v(&extra_gradient_norms(&pm));
+    assert!(r[0].abs() < 1e-6 && (r[1] - 1.0).abs() < 1e-6, "{r:?}");
+    // Rows (3, 4) and (1, 0): o_e = (2, 2), residuals (1, 2) and (-1, -2), norm sqrt 5 each.
+    let g = Tensor::from_slice(&[3.0f32, 4.0, 1.0, 0.0]).view([2, 2]);
+    let r = v(&extra_gradient_norms(&g));
+    assert!((r[0] - 8f64.sqrt()).abs() < 1e-6 && (r[1] - 5f64.sqrt()).abs() < 1e-6, "{r:?}");
 }
 
 #[test]

@@ -440,6 +440,40 @@ fn infonce_with_predictor_queries_by_hand_and_its_stop_gradient() {
     }
 }
 
+/// The monitored extra gradient G_e is the target minus its basic part: SimSiam's Z_b - P_b,
+/// the triplet's -Z_n, InfoNCE's -sum lambda_i Z_i, nothing for the naive Siamese and the
+/// symmetric predictor, and none for the dummy gradients.
+#[test]
+fn extra_gradient_is_the_target_minus_its_basic_part() {
+    use simsiam::config::{Form, Online, Target};
+    let o = outputs();
+    let (za, pa, zb, pb) = (unit(&o.z2), unit(&o.p2), unit(&o.z1), unit(&o.p1));
+    let ge = |online, target| {
+        let cfg = ObjectiveConfig { online, target, form: Form::Dot, infonce_temperature: 0.3, ..Default::default() };
+        Objective::new(&cfg).extra_gradient(&o.z2, &o.p2, &o.z1, &o.p1)
+    };
+    let close = |a: Option<Tensor>, b: Tensor| {
+        let a = a.expect("an extra gradient");
+        a.allclose(&b.to_kind(Kind::Float), 1e-5, 1e-6, false)
+    };
+    assert!(close(ge(Online::P, Target::Zb), &zb - &pb), "SimSiam");
+    assert!(close(ge(Online::Z, Target::Zb), zb.zeros_like()), "naive Siamese");
+    assert!(close(ge(Online::P, Target::Pb), zb.zeros_like()), "symmetric predictor");
+    let b = zb.size()[0];
+    let idx: Vec<i64> = (0..b).map(|i| (i + b - 1) % b).collect();
+    let zn = zb.index_select(0, &Tensor::from_slice(&idx));
+    assert!(close(ge(Online::Z, Target::ZbMinusZn), -&zn), "triplet");
+    let soft = weighted_rows(&hand_weights(&za.detach(), &zb.detach(), 0.3), &zb.detach());
+    assert!(close(ge(Online::Z, Target::ZbMinusSoftZn), -soft), "InfoNCE");
+    // With online P, InfoNCE's weights come from P_a.
+    let soft_p = weighted_rows(&hand_weights(&pa.detach(), &zb.detach(), 0.3), &zb.detach());
+    assert!(close(ge(Online::P, Target::ZbMinusSoftZn), -soft_p), "InfoNCE, online P");
+    assert!(ge(Online::Z, Target::Oz).is_none() && ge(Online::Z, Target::Memory).is_none());
+    // SimCLR (only the InfoNCE loss) has no target, so no extra gradient.
+    let simclr = ObjectiveConfig { main_weight: 0.0, infonce: 1.0, ..Default::default() };
+    assert!(Objective::new(&simclr).extra_gradient(&o.z2, &o.p2, &o.z1, &o.p1).is_none());
+}
+
 #[test]
 fn extra_losses_add_with_their_weights() {
     let o = outputs();

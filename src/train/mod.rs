@@ -515,7 +515,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 e.update(Ema::momentum(cfg.model.ema_momentum, pos.global_step, total_steps));
             }
             // The monitors are rank 0's; the others only check their loss.
-            let stats = if lead { step_stats(&out) } else { out.loss.to_kind(Kind::Float).view([1]) };
+            let stats = if lead { step_stats(&out, &objective) } else { out.loss.to_kind(Kind::Float).view([1]) };
             log.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, stats });
 
             pos.step_in_epoch += 1;

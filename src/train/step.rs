@@ -39,9 +39,11 @@ pub struct StepOut {
     pub probe_acc: Tensor,
     /// The inverse predictor's own loss (0 without one).
     pub inverse_loss: Tensor,
-    /// z and p of view 1, for the monitors.
+    /// z and p of both views, for the monitors (detached).
     pub z1: Tensor,
     pub p1: Tensor,
+    pub z2: Tensor,
+    pub p2: Tensor,
 }
 
 /// Targets of a step that come from outside the views.
@@ -129,10 +131,18 @@ pub fn step(
         Some(inv) => objective.inverse_loss(out, inv).detach(),
         None => Tensor::zeros([], (Kind::Float, loss.device())),
     };
-    Ok(StepOut { loss: loss.detach(), probe_acc, inverse_loss, z1: out.z1.detach(), p1: out.p1.detach() })
+    Ok(StepOut {
+        loss: loss.detach(),
+        probe_acc,
+        inverse_loss,
+        z1: out.z1.detach(),
+        p1: out.p1.detach(),
+        z2: out.z2.detach(),
+        p2: out.p2.detach(),
+    })
 }
 
-/// The per-step monitors, in the order of the `[8]` tensor [`step_stats`] returns.
+/// The per-step monitors, in the order of the tensor [`step_stats`] returns.
 pub const STEP_STATS: [&str; 14] = [
     "loss",
     "collapse_std",
@@ -152,14 +162,16 @@ pub const STEP_STATS: [&str; 14] = [
 
 /// The per-step monitors of [`STEP_STATS`] as one tensor on the device, so logging costs one
 /// host sync per flush, not per value: loss, `collapse_std` of z, Zhang et al.'s `m_o, m_r, m_r2`
-/// of Z and of P, `eta_p*` with `cos(o_e + 0.5 o_p, o_p)`, the norms of the extra gradient's
-/// centre and residual parts, and the inverse predictor's loss.
-pub fn step_stats(out: &StepOut) -> Tensor {
+/// of Z and of P, `eta_p*` with `cos(o_e + 0.5 o_p, o_p)`, the norms of the objective's extra
+/// gradient's centre and residual parts (online view 2, target view 1), and the inverse
+/// predictor's loss.
+pub fn step_stats(out: &StepOut, objective: &Objective) -> Tensor {
+    let ge = objective.extra_gradient(&out.z2, &out.p2, &out.z1, &out.p1);
     Tensor::cat(
         &[
             out.loss.to_kind(Kind::Float).view([1]),
             // Z and P normalised and centred once for all of these.
-            analysis::Centred::new(&out.z1, &out.p1).step_monitors(),
+            analysis::Centred::new(&out.z1, &out.p1).step_monitors(ge.as_ref()),
             out.inverse_loss.to_kind(Kind::Float).view([1]),
             out.probe_acc.to_kind(Kind::Float).view([1]),
         ],
