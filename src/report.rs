@@ -2,6 +2,7 @@
 //! HTML page (config, final figures, plots inlined as SVG). Training writes it at the end.
 use crate::error::{Error, Result};
 use plotters::coord::Shift;
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -152,18 +153,24 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
                 (groups.len() - 1, true)
             }
         };
+        // Past the palette (an experiment with ten arms or more), the colours come round again
+        // as dashes: long ones, then short ones.
         let c = COLOURS[i % COLOURS.len()];
-        let line =
-            LineSeries::new(pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()), c.stroke_width(2));
-        let drawn = if pts.len() == 1 {
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(e)?
-        } else {
-            chart.draw_series(line).map_err(e)?
+        let dash = [None, Some((8, 5)), Some((3, 3))][(i / COLOURS.len()).min(2)];
+        let finite = pts.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite());
+        let drawn = match dash {
+            _ if pts.len() == 1 => chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(e)?,
+            None => chart.draw_series(LineSeries::new(finite, c.stroke_width(2))).map_err(e)?,
+            Some((len, gap)) => chart.draw_series(DashedLineSeries::new(finite, len, gap, c.stroke_width(2))).map_err(e)?,
         };
         if first {
-            drawn
-                .label(name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+            let drawn = drawn.label(name.as_str());
+            match dash {
+                None => drawn.legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))),
+                Some((len, gap)) => drawn.legend(move |(x, y)| {
+                    DashedPathElement::new(vec![(x, y), (x + 18, y)], len, gap, c.stroke_width(2))
+                }),
+            };
         }
     }
     if groups.len() > 1 {
