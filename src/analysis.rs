@@ -55,10 +55,7 @@ impl Centred {
                 residual_norms(&self.zn, &self.o_z),
                 residual_norms(&self.pn, &self.o_p),
                 self.eta_p(),
-                ge.map_or_else(
-                    || Tensor::full([2], f64::NAN, (Kind::Float, self.zn.device())),
-                    extra_gradient_norms,
-                ),
+                ge.map_or_else(|| Tensor::full([2], f64::NAN, (Kind::Float, self.zn.device())), extra_gradient_norms),
             ],
             0,
         )

@@ -161,7 +161,9 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
         let drawn = match dash {
             _ if pts.len() == 1 => chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(e)?,
             None => chart.draw_series(LineSeries::new(finite, c.stroke_width(2))).map_err(e)?,
-            Some((len, gap)) => chart.draw_series(DashedLineSeries::new(finite, len, gap, c.stroke_width(2))).map_err(e)?,
+            Some((len, gap)) => {
+                chart.draw_series(DashedLineSeries::new(finite, len, gap, c.stroke_width(2))).map_err(e)?
+            }
         };
         if first {
             let drawn = drawn.label(name.as_str());
