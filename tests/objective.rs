@@ -198,21 +198,13 @@ fn hand_target(
 fn every_target_variant_gives_the_designed_gradient_on_the_online_vector() {
     use simsiam::config::{Form, Online, Target::*};
     // -dL/dx for L = -mean_m X_m . sg(G_m), X = x/||x||: (I - X X^T) G / (M ||x||) (EXPERIMENTS §0).
+    #[rustfmt::skip]
     let targets = [
-        Zb,
-        Pb,
-        PbPlusOe,
-        PbPlusRe,
-        ZbMinusZn,
-        ZbMinusOz,
-        ZbMinusRn,
-        ZbMinusSoftZn,
-        ZbMinusSoftRn,
-        Oz,
-        Ra,
-        Eoa,
-        Memory,
-        Inverse,
+        Zb, Pb, PbPlusOe, PbPlusRe, // SimSiam's split (Zhang et al. Table 4)
+        ZbMinusZn, ZbMinusOz, ZbMinusRn, // the triplet's (Table 3)
+        ZbMinusSoftZn, ZbMinusSoftRn, // InfoNCE's (the unified view)
+        Oz, Ra, // the dummy gradients (Fig. 4)
+        Eoa, Memory, Inverse, // built by the step
     ];
     for target in targets {
         for online in [Online::P, Online::Z] {
