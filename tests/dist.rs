@@ -63,26 +63,47 @@ fn is_param(name: &str) -> bool {
     !name.contains("running_")
 }
 
-/// Trains one process with `single` and two ranks with `double`; returns both weight sets.
-fn one_vs_two(tag: &str, single: &[&str], double: &[&str]) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+/// The logged loss of every step (`metrics.jsonl`).
+fn losses(run: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+    lines.filter(|v| v.get("event").is_none()).map(|v| v["loss"].as_f64().unwrap()).collect()
+}
+
+/// One run's final weights and logged per-step losses.
+type Trained = (HashMap<String, Tensor>, Vec<f64>);
+
+/// Trains one process with `single` and two ranks with `double`; returns both runs.
+fn one_vs_two(tag: &str, single: &[&str], double: &[&str]) -> (Trained, Trained) {
     let tmp = tempfile::tempdir().unwrap();
     let train = data(tmp.path());
     let (one, two) = (tmp.path().join(format!("{tag}-1")), tmp.path().join(format!("{tag}-2")));
     ok(bin().args(args(&train, &one, 1, single)).output().unwrap());
     let text = ok(bin().args(args(&train, &two, 1, double)).args(["--nproc", "2"]).output().unwrap());
     assert!(text.contains("distributed: 2 ranks, gloo, 32 images per rank per step"), "{text}");
-    (weights(&one), weights(&two))
+    ((weights(&one), losses(&one)), (weights(&two), losses(&two)))
+}
+
+/// Largest |a - b| of two loss curves of the same length.
+fn curve_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 #[test]
 fn two_ranks_match_one_process_with_the_same_global_batch() {
     // Without sync BN each rank normalises its own 32 images: one process does the same with
     // BatchNorm over the two halves of its batch (model.bn_splits = 2).
-    let (one, two) = one_vs_two("local-bn", &["model.bn_splits=2"], &[]);
+    let ((one, one_loss), (two, two_loss)) = one_vs_two("local-bn", &["model.bn_splits=2"], &[]);
     let d = max_rel_diff(&one, &two, is_param);
     assert!(d < 1e-4, "parameters differ by {d:e} (relative)");
+    // The logged loss is the global batch's (the mean over the ranks), step by step, not rank
+    // 0's half (which differs from the batch's by up to 3e-2 here).
+    assert_eq!(one_loss.len(), 4);
+    let d = curve_diff(&one_loss, &two_loss);
+    assert!(d < 1e-5, "loss curves differ by {d:e}: {one_loss:?} vs {two_loss:?}");
     // And the comparison can fail: per-rank BN is not whole-batch BN.
-    let (plain, _) = one_vs_two("plain", &[], &[]);
+    let ((plain, _), _) = one_vs_two("plain", &[], &[]);
     let d = max_rel_diff(&plain, &two, is_param);
     assert!(d > 1e-3, "whole-batch BN should differ from per-rank BN, got {d:e}");
 }
@@ -91,9 +112,11 @@ fn two_ranks_match_one_process_with_the_same_global_batch() {
 fn two_ranks_with_sync_bn_match_one_process() {
     // Synchronised BN normalises with the global batch's statistics: exactly one process's BN,
     // running statistics included.
-    let (one, two) = one_vs_two("sync-bn", &[], &["dist.sync_bn=true"]);
+    let ((one, one_loss), (two, two_loss)) = one_vs_two("sync-bn", &[], &["dist.sync_bn=true"]);
     let d = max_rel_diff(&one, &two, |_| true);
     assert!(d < 1e-4, "weights differ by {d:e} (relative)");
+    let d = curve_diff(&one_loss, &two_loss);
+    assert!(d < 1e-5, "loss curves differ by {d:e}: {one_loss:?} vs {two_loss:?}");
 }
 
 #[test]

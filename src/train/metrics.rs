@@ -265,6 +265,28 @@ impl StepLog {
         self.pending.len()
     }
 
+    /// In a data-parallel job, replaces each pending step's loss by its mean over the ranks (one
+    /// all-reduce per flush, on the device). Every rank's loss is over its equal share of the
+    /// global batch, so the mean is the global batch's loss: the curve one process would log.
+    /// The geometry monitors stay rank 0's own share's. Collective: every rank calls it at the
+    /// same flush.
+    pub(super) fn average_losses(&mut self, group: &crate::dist::Group) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // [n]: the loss of each pending step, this rank's.
+        let losses = Tensor::stack(&self.pending.iter().map(|p| p.stats.get(0)).collect::<Vec<_>>(), 0)
+            .to_kind(Kind::Float)
+            .contiguous();
+        group.all_reduce_sum(&losses)?;
+        let mean = losses / group.world as f64;
+        for (i, p) in self.pending.iter_mut().enumerate() {
+            let rest = p.stats.size()[0] - 1;
+            p.stats = Tensor::cat(&[mean.get(i as i64).view([1]), p.stats.narrow(0, 1, rest).to_kind(Kind::Float)], 0);
+        }
+        Ok(())
+    }
+
     /// Fetches the pending step metrics (one host sync for all of them), stops at a non-finite
     /// loss (naming the last good checkpoint), writes one line per step; the summary's final
     /// values follow the last one.

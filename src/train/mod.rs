@@ -395,6 +395,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                       pos: Position|
      -> Result<bool> {
         let had_steps = log.pending() > 0;
+        if let Some(g) = &group {
+            log.average_losses(g)?;
+        }
         let mut flushed = log.flush(summary, last_ckpt);
         // `monitor.weights`: after the lines of the steps just flushed, how far the last one
         // moved each stage's weights (rank 0's file only). A failed write is a failed flush, so
