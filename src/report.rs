@@ -640,6 +640,32 @@ mod tests {
         assert!(super::read_lines(&p).unwrap_err().to_string().contains("line 1: not JSON"));
     }
 
+    /// Past the palette's nine colours, lines come round dashed: the tenth arm's line is drawn in
+    /// many short pieces, the ninth's in one; every arm keeps its legend entry.
+    #[test]
+    fn lines_past_the_palette_are_dashed() {
+        // Every line within the same range, so the axes and grid are the same whatever the count.
+        let line = |i: usize| (format!("arm-{i}"), (0..=40).map(|x| (x as f64, (x + i) as f64 % 40.0)).collect());
+        let svg = |n: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let fig = super::Figure {
+                stem: "f",
+                title: "t",
+                x_label: "step",
+                series: (0..n).map(line).collect(),
+                log_y: false,
+            };
+            super::render(dir.path(), &fig).unwrap()
+        };
+        let pieces = |s: &str| s.matches("<polyline").count() + s.matches("<line").count();
+        let (nine, ten) = (svg(9), svg(10));
+        assert!(pieces(&ten) > pieces(&nine) + 10, "{} vs {}", pieces(&ten), pieces(&nine));
+        let (ten_a, eleven) = (svg(10), svg(11));
+        assert_eq!(ten_a, ten, "rendering is deterministic");
+        assert!(pieces(&eleven) > pieces(&ten) + 10);
+        assert_eq!(eleven.matches("arm-").count(), 11, "every arm once in the legend");
+    }
+
     #[test]
     fn the_legend_goes_where_the_lines_are_not() {
         use plotters::prelude::SeriesLabelPosition::*;
