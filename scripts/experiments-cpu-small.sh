@@ -18,7 +18,8 @@ data="${SIMSIAM_DATA:-../shared/data/cifar10-jpeg}"
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(stop-gradient predictor bn-placement similarity symmetrisation siamese-architectures \
   dummy-gradients triplet-extra-gradient simsiam-extra-gradient simple-predictors covariance moving-average explicit-eoa \
-  decorrelation k-step-alternation oracle-predictor shard-dynamics augmentation-removal)
+  decorrelation k-step-alternation oracle-predictor shard-dynamics augmentation-removal infonce-extra-gradient \
+  simclr-predictor)
 set_name=cpu-small${SEEDS:+-seeds}
 for name in "${names[@]}"; do
   batch=(--batch-size 64)
