@@ -1,6 +1,7 @@
 //! Representation geometry (EXPERIMENTS.md §2.4, §2.10, §3.5): Zhang et al.'s centre/residual
 //! split and the spectral measures of dimensional collapse. Inputs are `[N, D]` matrices.
 use crate::monitor::{collapse_std_of_unit, l2_normalize};
+use crate::objective::Objective;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
@@ -42,6 +43,13 @@ impl Centred {
         let eta = o_e.dot(&o_p) / o_p.dot(&o_p).clamp_min(1e-12);
         let c = Tensor::cosine_similarity(&(&o_e + &o_p * 0.5).unsqueeze(0), &o_p.unsqueeze(0), 1, 1e-8);
         Tensor::cat(&[eta.view([1]), c.view([1])], 0)
+    }
+
+    /// The objective's extra gradient ([`Objective::extra_gradient`]) with this batch as the
+    /// target view and `x_a`, the other view's raw online vector, as the online one: this
+    /// batch's vectors are normalised once for every monitor.
+    pub fn extra_gradient(&self, objective: &Objective, x_a: &Tensor) -> Option<Tensor> {
+        objective.extra_gradient(&unit(x_a), &self.zn, &self.pn)
     }
 
     /// The step monitors after the loss, in `train::STEP_STATS` order: `collapse_std` of Z,

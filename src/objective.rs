@@ -255,37 +255,42 @@ impl Objective {
         }
     }
 
+    /// The online vector among a view's outputs: P or Z (none for the oracle, which the step
+    /// builds).
+    pub fn online_vector<'a>(&self, z: &'a Tensor, p: &'a Tensor) -> Option<&'a Tensor> {
+        match self.cfg.online {
+            Online::P => Some(p),
+            Online::Z => Some(z),
+            Online::Oracle => None,
+        }
+    }
+
     /// Zhang et al.'s extra gradient G_e (§2.6-2.7, §2.11) of this objective for online view a
-    /// and target view b, from their raw outputs `[B, d]`: the target minus its basic part, P_b
-    /// for SimSiam's targets (`zb` with online P: G_e = Z_b - P_b) and the symmetric
-    /// predictor's, Z_b for the naive Siamese's, the triplet's and InfoNCE's; detached, f32.
-    /// None where the target has no basic part (the dummy gradients `oz`, `ra`), is built by the
-    /// step (`eoa`, `memory`, `inverse`), or the loss is not a target's (cross-entropy, oracle,
-    /// or only extra losses: `main_weight = 0`, as SimCLR).
-    /// Computed from this step's vectors, also under k-step alternation (whose targets are cached).
-    pub fn extra_gradient(&self, za: &Tensor, pa: &Tensor, zb: &Tensor, pb: &Tensor) -> Option<Tensor> {
-        let unit = |t: &Tensor| l2_normalize(&t.detach().to_kind(tch::Kind::Float));
-        if self.cfg.similarity == Similarity::CrossEntropy || self.cfg.main_weight == 0.0 {
+    /// and target view b, from normalised X_a (view a's [`Objective::online_vector`]), Z_b and
+    /// P_b `[B, d]`: the target minus its basic part, P_b for SimSiam's targets (`zb` with
+    /// online P: G_e = Z_b - P_b) and the symmetric predictor's, Z_b for the naive Siamese's, the
+    /// triplet's and InfoNCE's; detached. None where the target has no basic part (the dummy
+    /// gradients `oz`, `ra`), is built by the step (`eoa`, `memory`, `inverse`), or the loss is
+    /// not a target's (cross-entropy, oracle, or only extra losses: `main_weight = 0`, as
+    /// SimCLR). Under k-step alternation it is that of this step's vectors, not the cached ones.
+    pub fn extra_gradient(&self, xa: &Tensor, zb: &Tensor, pb: &Tensor) -> Option<Tensor> {
+        let c = &self.cfg;
+        if c.similarity == Similarity::CrossEntropy || c.main_weight == 0.0 || c.online == Online::Oracle {
             return None;
         }
-        let (nza, nzb, npb) = (unit(za), unit(zb), unit(pb));
-        let x = match self.cfg.online {
-            Online::P => unit(pa),
-            Online::Z => nza.shallow_clone(),
-            Online::Oracle => return None,
-        };
-        let basic = match self.cfg.target {
-            Target::Zb if self.cfg.online == Online::P => &npb,
-            Target::Pb | Target::PbPlusOe | Target::PbPlusRe => &npb,
+        let basic = match c.target {
+            Target::Zb if c.online == Online::P => pb,
+            Target::Pb | Target::PbPlusOe | Target::PbPlusRe => pb,
             Target::Zb
             | Target::ZbMinusZn
             | Target::ZbMinusOz
             | Target::ZbMinusRn
             | Target::ZbMinusSoftZn
-            | Target::ZbMinusSoftRn => &nzb,
+            | Target::ZbMinusSoftRn => zb,
             Target::Oz | Target::Ra | Target::Eoa | Target::Memory | Target::Inverse => return None,
         };
-        Some(self.target(&x, &nza, &nzb, &npb, None).detach() - basic)
+        // Z_a enters only the dummy-gradient targets, which have no basic part (above).
+        Some(self.target(xa, xa, zb, pb, None).detach() - basic)
     }
 
     /// The scalar training loss over one pair of views (two pairs for `AsymmetricTwice`), plus

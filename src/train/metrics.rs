@@ -275,14 +275,12 @@ impl StepLog {
             return Ok(());
         }
         // [n]: the loss of each pending step, this rank's.
-        let losses = Tensor::stack(&self.pending.iter().map(|p| p.stats.get(0)).collect::<Vec<_>>(), 0)
-            .to_kind(Kind::Float)
-            .contiguous();
+        let losses = Tensor::stack(&self.pending.iter().map(|p| p.stats.get(0)).collect::<Vec<_>>(), 0);
         group.all_reduce_sum(&losses)?;
         let mean = losses / group.world as f64;
         for (i, p) in self.pending.iter_mut().enumerate() {
             let rest = p.stats.size()[0] - 1;
-            p.stats = Tensor::cat(&[mean.get(i as i64).view([1]), p.stats.narrow(0, 1, rest).to_kind(Kind::Float)], 0);
+            p.stats = Tensor::cat(&[mean.get(i as i64).view([1]), p.stats.narrow(0, 1, rest)], 0);
         }
         Ok(())
     }

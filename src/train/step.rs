@@ -166,12 +166,13 @@ pub const STEP_STATS: [&str; 14] = [
 /// gradient's centre and residual parts (online view 2, target view 1), and the inverse
 /// predictor's loss.
 pub fn step_stats(out: &StepOut, objective: &Objective) -> Tensor {
-    let ge = objective.extra_gradient(&out.z2, &out.p2, &out.z1, &out.p1);
+    // Z and P of view 1 normalised and centred once for all of these.
+    let centred = analysis::Centred::new(&out.z1, &out.p1);
+    let ge = objective.online_vector(&out.z2, &out.p2).and_then(|x| centred.extra_gradient(objective, x));
     Tensor::cat(
         &[
             out.loss.to_kind(Kind::Float).view([1]),
-            // Z and P normalised and centred once for all of these.
-            analysis::Centred::new(&out.z1, &out.p1).step_monitors(ge.as_ref()),
+            centred.step_monitors(ge.as_ref()),
             out.inverse_loss.to_kind(Kind::Float).view([1]),
             out.probe_acc.to_kind(Kind::Float).view([1]),
         ],
