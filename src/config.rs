@@ -506,6 +506,11 @@ pub struct ObjectiveConfig {
     pub infonce_online: Online,
     /// Stop-gradient on the InfoNCE's keys (SimSiam §6.2, "w/ pred. & stop-grad").
     pub infonce_stop_grad: bool,
+    /// Weight of the predictor's own regression loss `½ Σ D(h(sg z_a), sg z_b)` (0 = off). It
+    /// trains h where h gets no gradient from the main loss: on the stop-gradient path, as the
+    /// EOA reading would place it (Zhang et al. Fig. 1c, "mirror SimSiam": `online = "z"`,
+    /// `target = "pb"`, so the target is sg(normalize(h(z_b)))). Only h learns from it.
+    pub predictor_loss: f64,
 }
 
 impl Default for ObjectiveConfig {
@@ -530,6 +535,7 @@ impl Default for ObjectiveConfig {
             infonce_temperature: 0.1,
             infonce_online: Online::Z,
             infonce_stop_grad: false,
+            predictor_loss: 0.0,
         }
     }
 }
@@ -960,11 +966,19 @@ impl Config {
         if ob.infonce_temperature.is_nan() || ob.infonce_temperature <= 0.0 {
             return fail("objective.infonce_temperature", "a positive temperature", ob.infonce_temperature.to_string());
         }
-        if ob.main_weight < 0.0 || ob.decorrelation < 0.0 || ob.infonce < 0.0 {
+        let weights = [ob.main_weight, ob.decorrelation, ob.infonce, ob.predictor_loss];
+        if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
             return fail(
-                "objective.main_weight / decorrelation / infonce",
-                "non-negative weights",
-                format!("{} / {} / {}", ob.main_weight, ob.decorrelation, ob.infonce),
+                "objective.main_weight / decorrelation / infonce / predictor_loss",
+                "finite non-negative weights",
+                format!("{} / {} / {} / {}", ob.main_weight, ob.decorrelation, ob.infonce, ob.predictor_loss),
+            );
+        }
+        if ob.predictor_loss > 0.0 && self.model.predictor == PredictorKind::Identity {
+            return fail(
+                "objective.predictor_loss",
+                "0 with model.predictor = \"identity\" (it has nothing to train)",
+                ob.predictor_loss.to_string(),
             );
         }
         if ob.alternation_k == 0 {

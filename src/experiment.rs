@@ -129,6 +129,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("simple-predictors", include_str!("../experiments/simple-predictors.toml")),
     ("covariance", include_str!("../experiments/covariance.toml")),
     ("explicit-eoa", include_str!("../experiments/explicit-eoa.toml")),
+    ("mirror-simsiam", include_str!("../experiments/mirror-simsiam.toml")),
     ("moving-average", include_str!("../experiments/moving-average.toml")),
     ("decorrelation", include_str!("../experiments/decorrelation.toml")),
     ("k-step-alternation", include_str!("../experiments/k-step-alternation.toml")),

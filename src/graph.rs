@@ -137,6 +137,7 @@ impl CapturedStep {
             loss: o.loss.shallow_clone(),
             probe_acc: o.probe_acc.shallow_clone(),
             inverse_loss: o.inverse_loss.shallow_clone(),
+            predictor_loss: o.predictor_loss.shallow_clone(),
             z1: o.z1.shallow_clone(),
             p1: o.p1.shallow_clone(),
             z2: o.z2.shallow_clone(),
@@ -209,6 +210,7 @@ impl Stepper {
                 (targets.labels.is_some(), "the online probe's labels"),
                 (reducer.is_some(), "a gradient all-reduce"),
                 (model.inverse.is_some(), "an inverse predictor"),
+                (objective.cfg.predictor_loss > 0.0, "the predictor's own loss"),
             ];
             if let Some((_, what)) = outside.iter().find(|(yes, _)| *yes) {
                 eprintln!(

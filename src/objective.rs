@@ -165,6 +165,8 @@ pub struct External {
     pub cached: Option<[Tensor; 2]>,
     /// `Online::Oracle`: h_kappa(z) of each view of the pair, with gradient into z.
     pub oracle: Option<[Tensor; 2]>,
+    /// `predictor_loss > 0`: h(sg z) of each view of the pair, with gradient into h only.
+    pub regressed: Option<[Tensor; 2]>,
 }
 
 #[derive(Debug, Clone)]
@@ -268,8 +270,9 @@ impl Objective {
     /// Zhang et al.'s extra gradient G_e (§2.6-2.7, §2.11) of this objective for online view a
     /// and target view b, from normalised X_a (view a's [`Objective::online_vector`]), Z_b and
     /// P_b `[B, d]`: the target minus its basic part, P_b for SimSiam's targets (`zb` with
-    /// online P: G_e = Z_b - P_b) and the symmetric predictor's, Z_b for the naive Siamese's, the
-    /// triplet's and InfoNCE's; detached. None where the target has no basic part (the dummy
+    /// online P: G_e = Z_b - P_b) and the symmetric predictor's, Z_b for the naive Siamese's,
+    /// mirror SimSiam's (`pb` with online Z: G_e = P_b - Z_b), the triplet's and InfoNCE's;
+    /// detached. None where the target has no basic part (the dummy
     /// gradients `oz`, `ra`), is built by the step (`eoa`, `memory`, `inverse`), or the loss is
     /// not a target's (cross-entropy, oracle, or only extra losses: `main_weight = 0`, as
     /// SimCLR). Under k-step alternation it is that of this step's vectors, not the cached ones.
@@ -280,6 +283,8 @@ impl Objective {
         }
         let basic = match c.target {
             Target::Zb if c.online == Online::P => pb,
+            // Mirror SimSiam (online Z, target P_b): the naive Siamese's basic part, G_e = P_b - Z_b.
+            Target::Pb if c.online == Online::Z => zb,
             Target::Pb | Target::PbPlusOe | Target::PbPlusRe => pb,
             Target::Zb
             | Target::ZbMinusZn
@@ -328,6 +333,9 @@ impl Objective {
         if let Some(inv) = &ext.inverse {
             total = &total + self.inverse_loss(out, inv);
         }
+        if let Some(reg) = &ext.regressed {
+            total = &total + self.predictor_loss(out, reg) * c.predictor_loss;
+        }
         if c.decorrelation > 0.0 {
             let dc = (decorrelation_loss(&out.z1, c.decorrelation_form)
                 + decorrelation_loss(&out.z2, c.decorrelation_form))
@@ -359,20 +367,27 @@ impl Objective {
             * 0.5
     }
 
-    /// The loss's minimum where collapse sits (-1) for SimSiam-like targets in cosine form (-2
-    /// with the inverse predictor's loss added); none for the variants whose minimum depends on
-    /// the batch, and none with extra losses or a re-weighted main loss.
+    /// The predictor's own regression loss `½ [D(h(sg z_1), sg z_2) + D(h(sg z_2), sg z_1)]`
+    /// from `reg = [h(sg z_1), h(sg z_2)]`: h learns to predict the other view's projection,
+    /// what SimSiam's predictor does on the gradient path; nothing reaches the encoder.
+    pub fn predictor_loss(&self, out: &SiameseOutput, reg: &[Tensor; 2]) -> Tensor {
+        (negative_similarity(&reg[0], &stop_grad(&out.z2), Similarity::Cosine)
+            + negative_similarity(&reg[1], &stop_grad(&out.z1), Similarity::Cosine))
+            * 0.5
+    }
+
+    /// The loss's minimum where collapse sits (-1) for SimSiam-like targets in cosine form, less
+    /// 1 for the inverse predictor's loss and `predictor_loss` for the predictor's own (both
+    /// reach their minimum -1 on a collapsed representation); none for the variants whose
+    /// minimum depends on the batch, and none with extra losses or a re-weighted main loss.
     pub fn minimum(&self) -> Option<f64> {
         let unit_target = matches!(self.cfg.target, Target::Zb | Target::Pb | Target::Inverse);
         let extras = self.cfg.main_weight != 1.0 || self.cfg.decorrelation > 0.0 || self.cfg.infonce > 0.0;
         let main =
             (!extras && self.cfg.similarity == Similarity::Cosine && (unit_target || self.cfg.form == Form::Cosine))
                 .then_some(-1.0);
-        // The inverse predictor's own loss L_inv (minimum -1) is part of the total.
-        if self.cfg.target == Target::Inverse {
-            main.map(|m| m - 1.0)
-        } else {
-            main
-        }
+        // The heads' own losses (minimum -1 each, times their weights) are part of the total.
+        let inverse = if self.cfg.target == Target::Inverse { 1.0 } else { 0.0 };
+        main.map(|m| m - inverse - self.cfg.predictor_loss)
     }
 }

@@ -286,7 +286,8 @@ pub(crate) fn overlay(
 
 /// The figures that set runs side by side (an experiment's arms, `simsiam report A B ...`):
 /// the loss, the spread, kNN, Zhang et al.'s m_o of Z and P and the norms of the objective's
-/// extra gradient's centre and residual parts, the off-diagonal correlation of Z,
+/// extra gradient's centre and residual parts, the heads' own losses (inverse predictor,
+/// predictor off the gradient path), the off-diagonal correlation of Z,
 /// the backbone's relative update, weight norm and residual branch gain, and the lr. Figures
 /// without any point are for the caller to leave out.
 pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
@@ -315,6 +316,20 @@ pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
             None,
             "step",
             &["r_e_norm"],
+        ),
+        overlay(
+            runs,
+            ("inverse_loss", "The inverse predictor's own loss L_inv (Zhang et al. Fig. 3)", "step"),
+            None,
+            "step",
+            &["inverse_loss"],
+        ),
+        overlay(
+            runs,
+            ("predictor_loss", "The predictor's own regression loss (predictor off the gradient path)", "step"),
+            None,
+            "step",
+            &["predictor_loss"],
         ),
         overlay(
             runs,
@@ -520,6 +535,16 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
                 series(&steps, "step", &["m_r_z"], "m_r (Z)"),
                 series(&steps, "step", &["m_o_p"], "m_o (P)"),
                 series(&steps, "step", &["m_r_p"], "m_r (P)"),
+            ],
+        },
+        Figure {
+            log_y: false,
+            stem: "head_losses",
+            title: "The heads' own losses (trained apart from the encoder)",
+            x_label: "step",
+            series: vec![
+                series(&steps, "step", &["inverse_loss"], "inverse predictor L_inv"),
+                series(&steps, "step", &["predictor_loss"], "predictor regression"),
             ],
         },
         Figure {

@@ -810,6 +810,7 @@ fn step_computed_targets_train_end_to_end() {
         ("memory", &["objective.target=\"memory\"", "model.predictor=\"identity\""][..]),
         ("eoa", &["objective.target=\"eoa\"", "objective.eoa_k=2"][..]),
         ("inverse", &["objective.target=\"inverse\""][..]),
+        ("mirror", &["objective.online=\"z\"", "objective.target=\"pb\"", "objective.predictor_loss=1.0"][..]),
         ("asym2x", &["objective.symmetry=\"asymmetric_twice\""][..]),
         ("alternation", &["objective.alternation_k=4"][..]),
         ("online-probe", &["monitor.online_probe_lr=0.3"][..]),
@@ -858,6 +859,17 @@ fn step_computed_targets_train_end_to_end() {
                 out.join("checkpoints").join(latest.trim()).join("state.safetensors").is_file(),
                 "bank checkpointed"
             );
+        }
+        // The heads' own losses are logged where the head is trained, null elsewhere.
+        let steps: Vec<_> = metric_lines(&out).into_iter().filter(|v| v.get("loss").is_some()).collect();
+        for (key, head) in [("inverse_loss", "inverse"), ("predictor_loss", "mirror")] {
+            let values: Vec<Option<f64>> = steps.iter().map(|v| v[key].as_f64()).collect();
+            assert_eq!(values.len(), 20, "{name}: {key}");
+            if name == head {
+                assert!(values.iter().all(|v| v.is_some_and(|v| (-1.0..=1.0).contains(&v))), "{name}: {values:?}");
+            } else {
+                assert!(values.iter().all(Option::is_none), "{name}: {key} {values:?}");
+            }
         }
         if name == "inverse" {
             let saved: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(

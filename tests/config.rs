@@ -91,10 +91,16 @@ fn out_of_range_and_mistyped_values_are_errors_naming_the_field() {
         ("run.epochs=0", "run.epochs"),
         ("augment.view_size=48", "augment.view_size"),
         ("augment.view_size=4", "augment.view_size"),
+        ("objective.predictor_loss=-1", "predictor_loss"),
+        ("objective.infonce=nan", "infonce"),
     ] {
         let e = Config::resolve("tiny", None, &[set.into()]).unwrap_err().to_string();
         assert!(e.contains(field), "{set}: {e}");
     }
+    // The predictor's own loss needs a predictor with parameters.
+    let sets = ["objective.predictor_loss=1.0".into(), "model.predictor=\"identity\"".into()];
+    let e = Config::resolve("tiny", None, &sets).unwrap_err().to_string();
+    assert!(e.contains("objective.predictor_loss") && e.contains("identity"), "{e}");
     let e = Config::resolve("tiny", None, &["optim.batch_size=many".into()]).unwrap_err().to_string();
     assert!(e.contains("optim.batch_size"), "{e}");
     let e = Config::resolve("tiny", None, &["model.arch=vgg".into()]).unwrap_err().to_string();

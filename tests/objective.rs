@@ -433,7 +433,7 @@ fn infonce_with_predictor_queries_by_hand_and_its_stop_gradient() {
 }
 
 /// The monitored extra gradient G_e is the target minus its basic part: SimSiam's Z_b - P_b,
-/// the triplet's -Z_n, InfoNCE's -sum lambda_i Z_i, nothing for the naive Siamese and the
+/// mirror SimSiam's P_b - Z_b, the triplet's -Z_n, InfoNCE's -sum lambda_i Z_i, nothing for the naive Siamese and the
 /// symmetric predictor, and none for the dummy gradients.
 #[test]
 fn extra_gradient_is_the_target_minus_its_basic_part() {
@@ -452,6 +452,7 @@ fn extra_gradient_is_the_target_minus_its_basic_part() {
     assert!(close(ge(Online::P, Target::Zb), &zb - &pb), "SimSiam");
     assert!(close(ge(Online::Z, Target::Zb), zb.zeros_like()), "naive Siamese");
     assert!(close(ge(Online::P, Target::Pb), zb.zeros_like()), "symmetric predictor");
+    assert!(close(ge(Online::Z, Target::Pb), &pb - &zb), "mirror SimSiam");
     let b = zb.size()[0];
     let idx: Vec<i64> = (0..b).map(|i| (i + b - 1) % b).collect();
     let zn = zb.index_select(0, &Tensor::from_slice(&idx));
@@ -465,6 +466,42 @@ fn extra_gradient_is_the_target_minus_its_basic_part() {
     // SimCLR (only the InfoNCE loss) has no target, so no extra gradient.
     let simclr = ObjectiveConfig { main_weight: 0.0, infonce: 1.0, ..Default::default() };
     assert!(Objective::new(&simclr).extra_gradient(&pa, &zb, &pb).is_none());
+}
+
+/// Mirror SimSiam (Zhang et al. Fig. 1c): online Z, target sg(P_b), and the predictor's own
+/// regression loss `½ [D(h(sg z1), sg z2) + D(h(sg z2), sg z1)]`, by hand. It adds with its
+/// weight; its gradient reaches the regressed h(sg z) only, never z; the minimum counts it.
+#[test]
+fn the_predictor_s_own_loss_by_hand_and_where_its_gradient_goes() {
+    use simsiam::config::{Online, Target};
+    let o = outputs();
+    let reg = [leaf(21, 5, 7), leaf(22, 5, 7)];
+    let cos = |p: &Tensor, z: &Tensor| (unit(p) * unit(z)).sum_dim_intlist(&[1i64][..], false, Kind::Double);
+    let want = -(cos(&reg[0], &o.z2).mean(Kind::Double) + cos(&reg[1], &o.z1).mean(Kind::Double)) * 0.5;
+    let want = want.double_value(&[]);
+    let mirror =
+        |w: f64| ObjectiveConfig { online: Online::Z, target: Target::Pb, predictor_loss: w, ..Default::default() };
+    let obj = Objective::new(&mirror(0.5));
+    assert!((obj.predictor_loss(&o, &reg).double_value(&[]) - want).abs() < 1e-12);
+    let main = Objective::new(&mirror(0.0)).pair_loss(&o).double_value(&[]);
+    let main_by_hand = -(cos(&o.z1, &o.p2).mean(Kind::Double) + cos(&o.z2, &o.p1).mean(Kind::Double)) * 0.5;
+    assert!((main - main_by_hand.double_value(&[])).abs() < 1e-12, "the target is P_b");
+    let ext = External { regressed: Some([reg[0].shallow_clone(), reg[1].shallow_clone()]), ..Default::default() };
+    let total = obj.loss(std::slice::from_ref(&o), &ext);
+    assert!((total.double_value(&[]) - (main + 0.5 * want)).abs() < 1e-12);
+    total.backward();
+    // dD/dreg0 of -mean cos(reg0, z2), times the weight 0.5 and the ½ of the two views.
+    let c = cos(&reg[0], &o.z2).unsqueeze(1);
+    let g = -(unit(&o.z2) - &c * unit(&reg[0])) / reg[0].norm_scalaropt_dim(2.0, &[1i64][..], true) / 5.0 * 0.25;
+    assert!(reg[0].grad().allclose(&g.detach(), 1e-10, 1e-12, false));
+    // z gets only the main loss's gradient as online vector: the same as without the head loss.
+    let o2 = outputs();
+    Objective::new(&mirror(0.0)).pair_loss(&o2).backward();
+    for (z, z_alone) in [(&o.z1, &o2.z1), (&o.z2, &o2.z2)] {
+        assert!(z.grad().allclose(&z_alone.grad(), 1e-12, 1e-12, false), "the head's loss leaked into z");
+    }
+    assert!(!o.p1.grad().defined() || o.p1.grad().abs().max().double_value(&[]) == 0.0, "P is only a target");
+    assert_eq!(obj.minimum(), Some(-1.5), "both losses at -1 on a collapsed representation");
 }
 
 #[test]

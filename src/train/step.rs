@@ -37,8 +37,10 @@ pub struct StepOut {
     pub loss: Tensor,
     /// The online probe's accuracy on this batch (0 without one).
     pub probe_acc: Tensor,
-    /// The inverse predictor's own loss (0 without one).
+    /// The inverse predictor's own loss (NaN without one).
     pub inverse_loss: Tensor,
+    /// The predictor's own regression loss (NaN when `objective.predictor_loss` is off).
+    pub predictor_loss: Tensor,
     /// z and p of both views, for the monitors (detached).
     pub z1: Tensor,
     pub p1: Tensor,
@@ -80,8 +82,12 @@ pub fn step(
     let out = &pairs[0];
     let inverse =
         model.inverse.as_ref().map(|h| [h.forward_t(&out.p1.detach(), true), h.forward_t(&out.p2.detach(), true)]);
-    let mut memory = targets.memory;
     let c = &objective.cfg;
+    // Mirror SimSiam's h, trained apart from the encoder on detached projections.
+    let regressed = (c.predictor_loss > 0.0).then(|| {
+        [model.predictor.forward_t(&out.z1.detach(), true), model.predictor.forward_t(&out.z2.detach(), true)]
+    });
+    let mut memory = targets.memory;
     let per_image = match &memory {
         Some((bank, idx)) if c.target == Target::Memory => Some(bank.target(idx, &out.z1, &out.z2)),
         _ => targets.eoa,
@@ -93,7 +99,7 @@ pub fn step(
         }
         _ => None,
     };
-    let ext = External { per_image, inverse, cached: targets.cached, oracle };
+    let ext = External { per_image, inverse, cached: targets.cached, oracle, regressed };
     let mut loss = objective.loss(&pairs, &ext);
     // The online probe learns from detached features: it never shapes the representation.
     let mut probe_acc = Tensor::zeros([], (Kind::Float, out.z1.device()));
@@ -102,7 +108,7 @@ pub fn step(
         probe_acc = logits.argmax(1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float);
         loss = &loss + logits.cross_entropy_for_logits(labels);
     }
-    let inverse = ext.inverse;
+    let (inverse, regressed) = (ext.inverse, ext.regressed);
     // A collective that failed inside the forward pass (synchronised BN) stops the step here.
     if let Some(e) = dist::take_forward_error() {
         return Err(e);
@@ -127,14 +133,15 @@ pub fn step(
     if let Some((bank, idx)) = memory.as_mut() {
         bank.update(idx, &out.z1, &out.z2);
     }
-    let inverse_loss = match &inverse {
-        Some(inv) => objective.inverse_loss(out, inv).detach(),
-        None => Tensor::zeros([], (Kind::Float, loss.device())),
-    };
+    // NaN (logged as null) where the head is absent.
+    let none = || Tensor::full([], f64::NAN, (Kind::Float, loss.device()));
+    let inverse_loss = inverse.as_ref().map_or_else(none, |inv| objective.inverse_loss(out, inv).detach());
+    let predictor_loss = regressed.as_ref().map_or_else(none, |reg| objective.predictor_loss(out, reg).detach());
     Ok(StepOut {
         loss: loss.detach(),
         probe_acc,
         inverse_loss,
+        predictor_loss,
         z1: out.z1.detach(),
         p1: out.p1.detach(),
         z2: out.z2.detach(),
@@ -143,7 +150,7 @@ pub fn step(
 }
 
 /// The per-step monitors, in the order of the tensor [`step_stats`] returns.
-pub const STEP_STATS: [&str; 14] = [
+pub const STEP_STATS: [&str; 15] = [
     "loss",
     "collapse_std",
     "m_o_z",
@@ -157,6 +164,7 @@ pub const STEP_STATS: [&str; 14] = [
     "o_e_norm",
     "r_e_norm",
     "inverse_loss",
+    "predictor_loss",
     "online_probe_acc",
 ];
 
@@ -164,7 +172,7 @@ pub const STEP_STATS: [&str; 14] = [
 /// host sync per flush, not per value: loss, `collapse_std` of z, Zhang et al.'s `m_o, m_r, m_r2`
 /// of Z and of P, `eta_p*` with `cos(o_e + 0.5 o_p, o_p)`, the norms of the objective's extra
 /// gradient's centre and residual parts (online view 2, target view 1), and the inverse
-/// predictor's loss.
+/// predictor's and the predictor's own losses.
 pub fn step_stats(out: &StepOut, objective: &Objective) -> Tensor {
     // Z and P of view 1 normalised and centred once for all of these.
     let centred = analysis::Centred::new(&out.z1, &out.p1);
@@ -174,6 +182,7 @@ pub fn step_stats(out: &StepOut, objective: &Objective) -> Tensor {
             out.loss.to_kind(Kind::Float).view([1]),
             centred.step_monitors(ge.as_ref()),
             out.inverse_loss.to_kind(Kind::Float).view([1]),
+            out.predictor_loss.to_kind(Kind::Float).view([1]),
             out.probe_acc.to_kind(Kind::Float).view([1]),
         ],
         0,
