@@ -436,11 +436,22 @@ pub enum Target {
     /// of `eoa_k` fresh views of the image, computed with the current weights.
     Eoa,
     /// A per-image moving average `eta_x <- m eta_x + (1 - m) mean(Z_1, Z_2)` of normalised
-    /// projections (SimSiam §5.2), momentum `memory_momentum`.
+    /// projections (SimSiam §5.2), momentum `memory_momentum` (and `memory_init`,
+    /// `memory_normalize`).
     Memory,
     /// normalize(h_inv(p_b)): the inverse predictor on the stop-gradient path (Zhang et al.
     /// Fig. 2c), trained at the same time by its own loss -cos(h_inv(sg p), sg z).
     Inverse,
+}
+
+/// How the per-image bank of the `memory` target (and the `oracle` predictor) starts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryInit {
+    /// An image's entry is its first visit's value, so its first target is its own views' mean.
+    FirstVisit,
+    /// Every entry starts as a random unit vector, drawn with the run's seed.
+    Random,
 }
 
 /// How the online vector meets the detached target.
@@ -480,6 +491,11 @@ pub struct ObjectiveConfig {
     pub eoa_k: usize,
     /// Momentum m of the `memory` target and of the `oracle` predictor's bank.
     pub memory_momentum: f64,
+    /// How that bank starts: each image's first visit, or random unit vectors (SimSiam §5.2
+    /// does not say).
+    pub memory_init: MemoryInit,
+    /// Average normalised projections into the bank (SimSiam's footnote 5), or raw ones.
+    pub memory_normalize: bool,
     /// Concentration kappa of the `oracle` predictor's softmax.
     pub oracle_kappa: f64,
     /// Leave each image's own bank entry out of the `oracle` predictor (the ablation).
@@ -524,6 +540,8 @@ impl Default for ObjectiveConfig {
             stop_grad: true,
             eoa_k: 8,
             memory_momentum: 0.8,
+            memory_init: MemoryInit::FirstVisit,
+            memory_normalize: true,
             oracle_kappa: 10.0,
             oracle_exclude_self: false,
             main_weight: 1.0,

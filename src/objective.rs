@@ -5,7 +5,7 @@
 //! In general, for a pair of views (a, b): the online vector X (P_a or Z_a) is pulled towards a
 //! target G built from normalised vectors and detached (`stop_grad`); `form` decides whether
 //! the loss is `-X . G` (the negative gradient on X is then exactly G) or `-cos(X, G)`.
-use crate::config::{Decorrelation, Form, ObjectiveConfig, Online, Similarity, Symmetry, Target};
+use crate::config::{Decorrelation, Form, MemoryInit, ObjectiveConfig, Online, Similarity, Symmetry, Target};
 use crate::model::SiameseOutput;
 use crate::monitor::l2_normalize;
 use tch::Tensor;
@@ -86,35 +86,54 @@ fn negative_weights(xa: &Tensor, zb: &Tensor, t: f64) -> Tensor {
     (xa.detach().matmul(&zb.detach().tr()) / t).masked_fill(&eye, f64::NEG_INFINITY).softmax(1, xa.kind())
 }
 
-/// The `memory` target (SimSiam §5.2): a per-image moving average of normalised projections,
-/// `eta_x <- m eta_x + (1 - m) mean(Z_1, Z_2)`, initialised at an image's first visit.
+/// The `memory` target (SimSiam §5.2): a per-image moving average of projections,
+/// `eta_x <- m eta_x + (1 - m) mean(Z_1, Z_2)`, by default of normalised ones (footnote 5) and
+/// initialised at an image's first visit.
 #[derive(Debug)]
 pub struct MemoryBank {
     /// `[N, d]`
     pub eta: Tensor,
-    /// `[N]`, whether each image has been visited.
+    /// `[N]`, whether each image has been visited (or initialised).
     pub seen: Tensor,
     pub momentum: f64,
+    /// Average normalised projections (SimSiam's footnote 5) rather than raw ones.
+    pub normalize: bool,
 }
 
 impl MemoryBank {
+    /// An empty bank: each image's entry starts at its first visit, normalised projections.
     pub fn new(n: i64, d: i64, momentum: f64, device: tch::Device) -> MemoryBank {
         MemoryBank {
             eta: Tensor::zeros([n, d], (tch::Kind::Float, device)),
             seen: Tensor::zeros([n], (tch::Kind::Bool, device)),
             momentum,
+            normalize: true,
         }
     }
 
-    /// The visit's value: the mean of the two views' normalised projections (detached).
-    fn visit(z1: &Tensor, z2: &Tensor) -> Tensor {
-        ((l2_normalize(&z1.detach()) + l2_normalize(&z2.detach())) * 0.5).to_kind(tch::Kind::Float)
+    /// The bank `objective` asks for (`memory_momentum`, `memory_init`, `memory_normalize`);
+    /// a random start draws unit vectors from libtorch's generator (the run's seed).
+    pub fn from_config(n: i64, d: i64, objective: &ObjectiveConfig, device: tch::Device) -> MemoryBank {
+        let mut bank = MemoryBank::new(n, d, objective.memory_momentum, device);
+        bank.normalize = objective.memory_normalize;
+        if objective.memory_init == MemoryInit::Random {
+            bank.eta = l2_normalize(&Tensor::randn([n, d], (tch::Kind::Float, device)));
+            bank.seen = Tensor::ones([n], (tch::Kind::Bool, device));
+        }
+        bank
+    }
+
+    /// The visit's value: the mean of the two views' projections, normalised first unless
+    /// `normalize` is off (detached).
+    fn visit(&self, z1: &Tensor, z2: &Tensor) -> Tensor {
+        let prep = |z: &Tensor| if self.normalize { l2_normalize(&z.detach()) } else { z.detach() };
+        ((prep(z1) + prep(z2)) * 0.5).to_kind(tch::Kind::Float)
     }
 
     /// The targets `sg(eta_x)` of a batch of image indices `[B]`; unseen images get this visit.
     pub fn target(&self, idx: &Tensor, z1: &Tensor, z2: &Tensor) -> Tensor {
         let seen = self.seen.index_select(0, idx).unsqueeze(1);
-        self.eta.index_select(0, idx).where_self(&seen, &Self::visit(z1, z2))
+        self.eta.index_select(0, idx).where_self(&seen, &self.visit(z1, z2))
     }
 
     /// The oracle predictor `h_kappa(z) = sum_j softmax_j(kappa mu_j . Z) sg(f_bar_j)` over the
@@ -122,7 +141,7 @@ impl MemoryBank {
     /// entries of other images, plus this batch's current visit values (which stand in for the
     /// batch's own rows); with `exclude_self`, each image's own candidate is left out.
     pub fn oracle(&self, idx: &Tensor, z1: &Tensor, z2: &Tensor, z: &Tensor, kappa: f64, exclude_self: bool) -> Tensor {
-        let visit = Self::visit(z1, z2); // [B, d], detached
+        let visit = self.visit(z1, z2); // [B, d], detached
         let zn = l2_normalize(z).to_kind(tch::Kind::Float);
         let b = idx.size()[0];
         // Bank rows usable: visited, and not this batch's (they come from `visit`).
@@ -139,7 +158,7 @@ impl MemoryBank {
 
     /// One update per visit.
     pub fn update(&mut self, idx: &Tensor, z1: &Tensor, z2: &Tensor) {
-        let now = Self::visit(z1, z2);
+        let now = self.visit(z1, z2);
         let old = self.eta.index_select(0, idx);
         let seen = self.seen.index_select(0, idx).unsqueeze(1);
         let new = (&old * self.momentum + &now * (1.0 - self.momentum)).where_self(&seen, &now);

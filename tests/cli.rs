@@ -808,6 +808,15 @@ fn step_computed_targets_train_end_to_end() {
     let (tmp, train, test) = data();
     for (name, sets) in [
         ("memory", &["objective.target=\"memory\"", "model.predictor=\"identity\""][..]),
+        (
+            "memory-random-raw",
+            &[
+                "objective.target=\"memory\"",
+                "model.predictor=\"identity\"",
+                "objective.memory_init=\"random\"",
+                "objective.memory_normalize=false",
+            ][..],
+        ),
         ("eoa", &["objective.target=\"eoa\"", "objective.eoa_k=2"][..]),
         ("inverse", &["objective.target=\"inverse\""][..]),
         ("mirror", &["objective.online=\"z\"", "objective.target=\"pb\"", "objective.predictor_loss=1.0"][..]),

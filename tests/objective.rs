@@ -298,6 +298,33 @@ fn memory_bank_moving_average_by_hand() {
     assert_eq!(bank.eta.narrow(0, 0, 2).abs().sum(Kind::Float).double_value(&[]), 0.0);
 }
 
+/// The bank's unspecified details as options (EXPERIMENTS.md §1.7): raw projections averaged
+/// when `memory_normalize` is off; with `memory_init = "random"` every entry starts as a unit
+/// vector, so an image's first target is its entry, not its own views.
+#[test]
+fn memory_bank_options_raw_averages_and_a_random_start() {
+    use simsiam::config::MemoryInit;
+    use simsiam::objective::MemoryBank;
+    let t = |v: &[f32]| Tensor::from_slice(v).view([-1, 2]);
+    let idx = Tensor::from_slice(&[1i64]);
+    let raw = ObjectiveConfig { memory_normalize: false, ..Default::default() };
+    let mut bank = MemoryBank::from_config(3, 2, &raw, Device::Cpu);
+    // First visit: (3, 0) and (0, 2) -> (1.5, 1).
+    assert!(bank.target(&idx, &t(&[3.0, 0.0]), &t(&[0.0, 2.0])).allclose(&t(&[1.5, 1.0]), 1e-6, 1e-7, false));
+    bank.update(&idx, &t(&[3.0, 0.0]), &t(&[0.0, 2.0]));
+    bank.update(&idx, &t(&[5.0, 0.0]), &t(&[1.0, 0.0]));
+    // 0.8 (1.5, 1) + 0.2 (3, 0) = (1.8, 0.8).
+    assert!(bank.eta.narrow(0, 1, 1).allclose(&t(&[1.8, 0.8]), 1e-6, 1e-7, false));
+    let random = ObjectiveConfig { memory_init: MemoryInit::Random, ..Default::default() };
+    let bank = MemoryBank::from_config(5, 4, &random, Device::Cpu);
+    let norms = bank.eta.norm_scalaropt_dim(2.0, &[1i64][..], false);
+    assert!(norms.allclose(&Tensor::ones([5], (Kind::Float, Device::Cpu)), 1e-5, 1e-6, false), "{norms}");
+    assert_eq!(bank.seen.sum(Kind::Int64).int64_value(&[]), 5, "every entry counts as visited");
+    let views = Tensor::ones([1, 4], (Kind::Float, Device::Cpu));
+    let first = bank.target(&idx, &views, &views);
+    assert!(first.allclose(&bank.eta.narrow(0, 1, 1), 0.0, 0.0, false), "its entry, not its views");
+}
+
 #[test]
 fn asymmetric_twice_averages_two_independent_pairs() {
     let (a, b) = (

@@ -321,7 +321,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     opt.wds[2] = 0.0;
 
     let mut memory = (cfg.objective.target == Target::Memory || cfg.objective.online == Online::Oracle)
-        .then(|| MemoryBank::new(train_store.len() as i64, cfg.model.dim, cfg.objective.memory_momentum, device));
+        .then(|| MemoryBank::from_config(train_store.len() as i64, cfg.model.dim, &cfg.objective, device));
     let mut pos = if control.resume {
         restore(cfg, &mut net, &mut opt, &mut memory, &train_store, lead)?
     } else {
