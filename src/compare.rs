@@ -5,7 +5,6 @@
 //! reference script's output (`scripts/reference/simsiam_torch.py`) compares as it is.
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::monitor::verdict;
 use crate::report::{difference_cell, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
 use crate::train::{start_of, tail_of, Summary};
 use serde_json::Value;
@@ -164,9 +163,7 @@ impl Reached {
         let spread = Some(tail.collapse_std_scaled).filter(|_| logs("collapse_std_scaled"));
         let start = start_of(&steps).map(|t| t.collapse_std_scaled).filter(|_| spread.is_some());
         let verdict = match (&r.config, spread) {
-            (Some(cfg), Some(s)) => {
-                Some(verdict(tail.loss, crate::objective::Objective::new(&cfg.objective).minimum(), s, start))
-            }
+            (Some(cfg), Some(s)) => Some(crate::objective::Objective::new(&cfg.objective).verdict(tail.loss, s, start)),
             _ => None,
         };
         Reached {
@@ -290,7 +287,7 @@ pub fn write(runs: &[Compared], out: &Path) -> Result<PathBuf> {
             cell(r.summary.as_ref().map(|s| s.train_seconds), 0),
         );
     }
-    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std and m_o are means over each run's last 10% of logged steps; the verdict applies `monitor::verdict` to them (collapsed: loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 and below half its value at the first step, \"at step 0\"; narrow: below 0.5 otherwise); images/s and training time are from `summary.json` (finished runs).");
+    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std and m_o are means over each run's last 10% of logged steps; the verdict applies `monitor::verdict` to them (collapsed: loss within 0.1 of its minimum, per unit loss, and sqrt(d)·collapse_std below 0.5 and below half its value at the first step, \"at step 0\"; narrow: below 0.5 otherwise); images/s and training time are from `summary.json` (finished runs).");
     if let Some(table) = repeats(runs, &reached) {
         md.push_str(&table);
     }

@@ -6,7 +6,7 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::linear::{self, ProbeConfig, ProbeResult};
-use crate::monitor::{verdict, CollapseVerdict};
+use crate::monitor::CollapseVerdict;
 use crate::report::{difference_cell, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
 use crate::train::{self, run_ends, RunControl, Summary, Tail};
 use serde::{Deserialize, Serialize};
@@ -363,7 +363,7 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
                 r => r?,
             }
         };
-        let loss_min = crate::objective::Objective::new(&cfg.objective).minimum();
+        let objective = crate::objective::Objective::new(&cfg.objective);
         // A summary written before `start` existed: the run's metrics still have its first step.
         let start_spread = match &summary.start {
             Some(t) => Some(arm.space.spread(t)),
@@ -371,7 +371,7 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         };
         let v = match summary.verdict {
             Some(CollapseVerdict::Diverged) => CollapseVerdict::Diverged,
-            _ => verdict(summary.tail.loss, loss_min, arm.space.spread(&summary.tail), start_spread),
+            _ => objective.verdict(summary.tail.loss, arm.space.spread(&summary.tail), start_spread),
         };
         let linear = match &exp.linear {
             Some(pc) => Some(arm_probe(&exp.name, &label, &cfg, pc, &stores)?),
@@ -590,7 +590,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
             );
         }
     }
-    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps; \"at step 0\" is sqrt(d)·collapse_std at the first step, in the space the arm is judged in (Z, or P from its m_o). Collapsed = loss within 0.1 of its minimum and sqrt(d)·collapse_std below 0.5 (m_o > 0.87) and below half its value at step 0 (heads with output BN start near 1; heads without BN start in a narrow cone); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse); narrow = otherwise, the spread below 0.5 (not halved since step 0, or the loss not yet at its minimum); healthy = the spread at 0.5 or above; diverged = the loss became NaN or infinite and the arm stopped there (its figures are those of the steps before).");
+    let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps; \"at step 0\" is sqrt(d)·collapse_std at the first step, in the space the arm is judged in (Z, or P from its m_o). Collapsed = loss within 0.1 of its minimum (per unit loss: twice that where a head's own loss is added, the inverse predictor's or the predictor's) and sqrt(d)·collapse_std below 0.5 (m_o > 0.87) and below half its value at step 0 (heads with output BN start near 1; heads without BN start in a narrow cone); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse); narrow = otherwise, the spread below 0.5 (not halved since step 0, or the loss not yet at its minimum); healthy = the spread at 0.5 or above; diverged = the loss became NaN or infinite and the arm stopped there (its figures are those of the steps before).");
     if !outcome.orders.is_empty() {
         let (head, rule) = if seeded { (" difference of the means (se) |", "---|") } else { ("", "") };
         let _ = writeln!(md, "\n| kNN ordering | held |{head}\n|---|---|{rule}");

@@ -54,7 +54,8 @@ pub enum CollapseVerdict {
 /// its minimum (e.g. above -0.3 for SimSiam's -1), as for a fixed random predictor (Table 1b).
 /// Narrow: otherwise, the spread below 0.5, whatever the loss (a no-BN head's straddles any
 /// band around -0.9). Healthy: the spread at 0.5 or above, the loss not more than 0.7 above
-/// its minimum. Without a start, collapse is judged by the plain thresholds.
+/// its minimum. Without a start, collapse is judged by the plain thresholds. The loss bands are
+/// for one unit cosine loss: [`crate::objective::Objective::verdict`] scales a total of several.
 pub fn verdict(final_loss: f64, loss_min: Option<f64>, scaled_std: f64, start_std: Option<f64>) -> CollapseVerdict {
     let at_min = loss_min.is_none_or(|m| final_loss - m < 0.1);
     let low = scaled_std < 0.5;

@@ -395,6 +395,21 @@ impl Objective {
             * 0.5
     }
 
+    /// How many unit cosine losses the total adds up: 1 for the main loss, plus 1 for the
+    /// inverse predictor's own and `predictor_loss` for the predictor's.
+    pub fn loss_scale(&self) -> f64 {
+        let inverse = if self.cfg.target == Target::Inverse { 1.0 } else { 0.0 };
+        1.0 + inverse + self.cfg.predictor_loss
+    }
+
+    /// [`crate::monitor::verdict`] of a run of this objective, its loss bands per unit of
+    /// [`Objective::loss_scale`]: a total of two cosine losses at -1.85 of its minimum -2 is
+    /// each at -0.925, within the band of -1.
+    pub fn verdict(&self, loss: f64, scaled_std: f64, start_std: Option<f64>) -> crate::monitor::CollapseVerdict {
+        let s = self.loss_scale();
+        crate::monitor::verdict(loss / s, self.minimum().map(|m| m / s), scaled_std, start_std)
+    }
+
     /// The loss's minimum where collapse sits (-1) for SimSiam-like targets in cosine form, less
     /// 1 for the inverse predictor's loss and `predictor_loss` for the predictor's own (both
     /// reach their minimum -1 on a collapsed representation); none for the variants whose
@@ -406,7 +421,6 @@ impl Objective {
             (!extras && self.cfg.similarity == Similarity::Cosine && (unit_target || self.cfg.form == Form::Cosine))
                 .then_some(-1.0);
         // The heads' own losses (minimum -1 each, times their weights) are part of the total.
-        let inverse = if self.cfg.target == Target::Inverse { 1.0 } else { 0.0 };
-        main.map(|m| m - inverse - self.cfg.predictor_loss)
+        main.map(|m| m - (self.loss_scale() - 1.0))
     }
 }

@@ -529,6 +529,20 @@ fn the_predictor_s_own_loss_by_hand_and_where_its_gradient_goes() {
     }
     assert!(!o.p1.grad().defined() || o.p1.grad().abs().max().double_value(&[]) == 0.0, "P is only a target");
     assert_eq!(obj.minimum(), Some(-1.5), "both losses at -1 on a collapsed representation");
+    // Symmetrised, the main loss -½[cos(z1, h(z2)) + cos(z2, h(z1))] pairs the same vectors as
+    // the predictor's own: with h(sg z) = p, weight 1 doubles it. The encoder learns through z
+    // only, h through its own loss only.
+    let same = [o.p1.detach(), o.p2.detach()];
+    let ext = External { regressed: Some([same[0].shallow_clone(), same[1].shallow_clone()]), ..Default::default() };
+    let mirror1 = Objective::new(&mirror(1.0));
+    let total = mirror1.loss(std::slice::from_ref(&o), &ext).double_value(&[]);
+    assert!((total - 2.0 * mirror1.predictor_loss(&o, &same).double_value(&[])).abs() < 1e-12);
+    // Its verdict's loss bands are per unit loss: -1.85 of -2 is -0.925 of -1 (collapsed with
+    // the spread down from 1.0 to 0.3), where the plain band would not call it at the minimum.
+    assert_eq!(mirror1.loss_scale(), 2.0);
+    assert_eq!(mirror1.verdict(-1.85, 0.3, Some(1.0)), CollapseVerdict::Collapsed);
+    assert_eq!(verdict(-1.85, mirror1.minimum(), 0.3, Some(1.0)), CollapseVerdict::Narrow);
+    assert_eq!(mirror1.verdict(-0.5, 0.9, Some(1.0)), CollapseVerdict::NotConverged, "-0.25 a unit");
 }
 
 #[test]

@@ -228,7 +228,7 @@ impl StepLog {
     }
 
     /// At an epoch's end (after its last flush), rank 0: the epoch's mean loss and
-    /// sqrt(d)·collapse_std, judged as the run's summary will be ([`crate::monitor::verdict`],
+    /// sqrt(d)·collapse_std, judged as the run's summary will be ([`crate::objective::Objective::verdict`],
     /// against the spread at step 0). The first epoch judged `Collapsed` is reported once per run:
     /// a `"event": "collapse"` line, and the warning to print, returned: the owner of a long run
     /// wants to know at once, not from the summary at its end.
@@ -236,18 +236,18 @@ impl StepLog {
         &mut self,
         epoch: usize,
         step: usize,
-        loss_min: Option<f64>,
+        objective: &crate::objective::Objective,
     ) -> Result<Option<String>> {
         let (loss_sum, spread_sum, n) = std::mem::replace(&mut self.epoch_sums, (0.0, 0.0, 0));
         let Some(file) = self.file.as_mut().filter(|f| n > 0 && !f.collapse_reported) else { return Ok(None) };
         let (loss, spread) = (loss_sum / n as f64, spread_sum / n as f64);
         let start = file.start_spread;
-        if crate::monitor::verdict(loss, loss_min, spread, start) != crate::monitor::CollapseVerdict::Collapsed {
+        if objective.verdict(loss, spread, start) != crate::monitor::CollapseVerdict::Collapsed {
             return Ok(None);
         }
         file.collapse_reported = true;
         file.write(json!({"event": "collapse", "epoch": epoch, "step": step, "loss": loss, "collapse_std_scaled": spread, "start_collapse_std_scaled": start}))?;
-        let min = loss_min.map_or(String::new(), |m| format!(" (its minimum {m:+.0})"));
+        let min = objective.minimum().map_or(String::new(), |m| format!(" (its minimum {m:+.0})"));
         let at_start = start.map_or(String::new(), |s| format!(" ({s:.3} at step 0)"));
         Ok(Some(format!(
             "warning: the representation has collapsed in epoch {}: mean loss {loss:+.4}{min}, sqrt(d)·collapse_std \
@@ -446,6 +446,11 @@ mod tests {
         assert!(back.final_loss.is_nan() && back.collapse_std_scaled.is_nan());
     }
 
+    /// SimSiam's objective (loss minimum -1).
+    fn simsiam_objective() -> crate::objective::Objective {
+        crate::objective::Objective::new(&crate::config::ObjectiveConfig::default())
+    }
+
     /// The collapse warning: judged on an epoch's means against the spread at step 0, written
     /// once per run, and a resume reads both back from the kept lines.
     #[test]
@@ -464,18 +469,18 @@ mod tests {
         // Epoch 0: spread 0.9 at step 0, then a healthy mean.
         feed(&mut log, 0, 0, -0.2, 0.45);
         feed(&mut log, 0, 1, -0.5, 0.45);
-        assert_eq!(log.collapse_check(0, 1, Some(-1.0)).unwrap(), None);
+        assert_eq!(log.collapse_check(0, 1, &simsiam_objective()).unwrap(), None);
         // Epoch 1: mean loss -0.95, spread 0.2 (below half of 0.9): collapsed.
         feed(&mut log, 1, 2, -0.94, 0.1);
         feed(&mut log, 1, 3, -0.96, 0.1);
-        let warning = log.collapse_check(1, 3, Some(-1.0)).unwrap().expect("reported");
+        let warning = log.collapse_check(1, 3, &simsiam_objective()).unwrap().expect("reported");
         assert!(
             warning.contains("epoch 2") && warning.contains("-0.9500") && warning.contains("0.900 at step 0"),
             "{warning}"
         );
         // Epoch 2: still collapsed, not reported again.
         feed(&mut log, 2, 4, -0.99, 0.05);
-        assert_eq!(log.collapse_check(2, 4, Some(-1.0)).unwrap(), None);
+        assert_eq!(log.collapse_check(2, 4, &simsiam_objective()).unwrap(), None);
         drop(log);
         let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
         let events: Vec<serde_json::Value> = text

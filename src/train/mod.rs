@@ -570,7 +570,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             return interrupted(&net, &opt, pos, &memory);
         }
         // Judged before the epoch monitors write their lines; said after the epoch's own line.
-        let collapse = log.collapse_check(pos.epoch, pos.global_step.saturating_sub(1), objective.minimum())?;
+        let collapse = log.collapse_check(pos.epoch, pos.global_step.saturating_sub(1), &objective)?;
         pos.epoch += 1;
         pos.step_in_epoch = 0;
         let last = pos.epoch == cfg.run.epochs;
@@ -612,7 +612,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     metrics::complete_from_log(&mut summary, &run_dir, (cfg.model.dim as f64).sqrt())?;
     let start = summary.start.as_ref().map(|t| t.collapse_std_scaled);
     let (loss, spread) = (summary.tail.loss, summary.tail.collapse_std_scaled);
-    let verdict = crate::monitor::verdict(loss, objective.minimum(), spread, start);
+    let verdict = objective.verdict(loss, spread, start);
     summary.verdict = Some(verdict);
     eprintln!(
         "collapse verdict: {verdict:?} (last 10% of steps: loss {loss:+.4}, sqrt(d)·collapse_std {spread:.3}{})",
