@@ -129,15 +129,15 @@ second)
     ;;
 exps)
     # Issue 5 on a lease of its own: only the experiments named in EXPS (space-separated; all
-    # 23 when unset), EPOCHS epochs each, WORKERS at a time. A fresh machine starts empty, so
-    # split the 23 over leases by EXPS rather than relying on `experiment` skipping finished arms.
+    # 24 when unset), EPOCHS epochs each, WORKERS at a time. A fresh machine starts empty, so
+    # split the 24 over leases by EXPS rather than relying on `experiment` skipping finished arms.
     libs
     mkdir -p $R
     log "experiments: $WORKERS workers, $EPOCHS epochs"
     for e in ${EXPS:-stop-gradient predictor siamese-architectures moving-average simple-predictors \
         dummy-gradients similarity shard-dynamics oracle-predictor bn-placement symmetrisation output-dim \
         batch-size k-step-alternation triplet-extra-gradient simsiam-extra-gradient decorrelation covariance \
-        dim-sweep augmentation-removal explicit-eoa infonce-extra-gradient simclr-predictor}; do
+        dim-sweep augmentation-removal explicit-eoa infonce-extra-gradient simclr-predictor mirror-simsiam}; do
         echo "exp_$e"
     done | xargs -P "$WORKERS" -I{} bash "$0" task {}
     log "all done"

@@ -165,10 +165,15 @@ impl Inputs {
         cols
     }
 
-    /// An experiment arm's final kNN top-1.
+    /// An experiment arm's final kNN top-1; with seeds (one entry per seed), the mean over them.
     fn arm_knn(&self, experiment: &str, arm: &str) -> Option<f64> {
-        self.experiments[experiment]["arms"].as_array()?.iter().find(|a| a["name"] == arm)?["summary"]["knn_final"]
-            .as_f64()
+        let runs: Vec<f64> = self.experiments[experiment]["arms"]
+            .as_array()?
+            .iter()
+            .filter(|a| a["name"] == arm)
+            .map(|a| a["summary"]["knn_final"].as_f64())
+            .collect::<Option<_>>()?;
+        (!runs.is_empty()).then(|| runs.iter().sum::<f64>() / runs.len() as f64)
     }
 }
 
@@ -669,7 +674,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
     if inp.experiments["augmentation-removal"].is_object() {
         let _ = writeln!(
             md,
-            "Behavioural test (`augmentation-removal`, kNN top-1 %):\n\n| arm | SimSiam | SimCLR |\n|---|---|---|"
+            "Behavioural test (`augmentation-removal`, kNN top-1 %; with seeds, the mean over them):\n\n| arm | SimSiam | SimCLR |\n|---|---|---|"
         );
         for arm in ["full", "no-blur", "no-grayscale", "no-colour-jitter", "crop-flip-only", "crop-only"] {
             let k = |m: &str| fmt(inp.arm_knn("augmentation-removal", &format!("{m}-{arm}")), 1);
@@ -683,9 +688,10 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
         let _ = writeln!(md, "## B7 (C2, causal): training with the non-parametric oracle predictor\n");
         let _ = writeln!(md, "| arm | verdict | sqrt(d)·collapse_std | m_o(z) | kNN top-1 % |\n|---|---|---|---|---|");
         for a in arms {
+            let seed = a["seed"].as_u64().map_or(String::new(), |s| format!(" (seed {s})"));
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} |",
+                "| {}{seed} | {} | {} | {} | {} |",
                 a["name"].as_str().unwrap_or("?"),
                 a["verdict"].as_str().unwrap_or("?"),
                 fmt(num(a, "summary.tail.collapse_std_scaled"), 3),
