@@ -127,6 +127,16 @@ fn without_stop_gradient_it_collapses_with_or_without_predictor() {
     );
 }
 
+/// Mirror SimSiam (Zhang et al. Fig. 1c; `experiments/mirror-simsiam.toml`): the predictor on
+/// the stop-gradient path, trained by its own regression, collapses as the naive Siamese does.
+/// SimSiam's loss with the encoder learning through the target slot instead of h's output.
+#[test]
+fn mirror_simsiam_collapses() {
+    let mirror = run("mirror", &["objective.online=\"z\"", "objective.target=\"pb\"", "objective.predictor_loss=1.0"]);
+    assert_collapsed("mirror SimSiam", &mirror);
+    assert_eq!(mirror.0.verdict, Some(CollapseVerdict::Collapsed), "judged per unit of its two losses");
+}
+
 #[test]
 fn naive_siamese_and_symmetric_predictor_collapse() {
     assert_collapsed("naive Siamese", &run("naive", &["objective.online=\"z\"", "model.predictor=\"identity\""]));
