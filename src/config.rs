@@ -992,10 +992,10 @@ impl Config {
                 format!("{} / {} / {} / {}", ob.main_weight, ob.decorrelation, ob.infonce, ob.predictor_loss),
             );
         }
-        if ob.predictor_loss > 0.0 && self.model.predictor == PredictorKind::Identity {
+        if ob.predictor_loss > 0.0 && (self.model.predictor == PredictorKind::Identity || !self.model.pred_trainable) {
             return fail(
                 "objective.predictor_loss",
-                "0 with model.predictor = \"identity\" (it has nothing to train)",
+                "0 with model.predictor = \"identity\" or model.pred_trainable = false (nothing to train)",
                 ob.predictor_loss.to_string(),
             );
         }

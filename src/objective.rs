@@ -291,10 +291,10 @@ impl Objective {
     /// P_b `[B, d]`: the target minus its basic part, P_b for SimSiam's targets (`zb` with
     /// online P: G_e = Z_b - P_b) and the symmetric predictor's, Z_b for the naive Siamese's,
     /// mirror SimSiam's (`pb` with online Z: G_e = P_b - Z_b), the triplet's and InfoNCE's;
-    /// detached. None where the target has no basic part (the dummy
-    /// gradients `oz`, `ra`), is built by the step (`eoa`, `memory`, `inverse`), or the loss is
-    /// not a target's (cross-entropy, oracle, or only extra losses: `main_weight = 0`, as
-    /// SimCLR). Under k-step alternation it is that of this step's vectors, not the cached ones.
+    /// detached. None where the target has no basic part (the dummy gradients `oz`, `ra`), is
+    /// built by the step (`eoa`, `memory`, `inverse`), or the loss is not a target's
+    /// (cross-entropy, oracle, or only extra losses: `main_weight = 0`, as SimCLR). Under k-step
+    /// alternation it is that of this step's vectors, not the cached ones.
     pub fn extra_gradient(&self, xa: &Tensor, zb: &Tensor, pb: &Tensor) -> Option<Tensor> {
         let c = &self.cfg;
         if c.similarity == Similarity::CrossEntropy || c.main_weight == 0.0 || c.online == Online::Oracle {
