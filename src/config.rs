@@ -525,7 +525,8 @@ pub struct ObjectiveConfig {
     /// Weight of the predictor's own regression loss `½ Σ D(h(sg z_a), sg z_b)` (0 = off). It
     /// trains h where h gets no gradient from the main loss: on the stop-gradient path, as the
     /// EOA reading would place it (Zhang et al. Fig. 1c, "mirror SimSiam": `online = "z"`,
-    /// `target = "pb"`, so the target is sg(normalize(h(z_b)))). Only h learns from it.
+    /// `target = "pb"`, so the target is sg(normalize(h(z_b)))). Only h learns from it; it costs
+    /// a second train-mode forward of h per view, on detached z (h's BN statistics see both).
     pub predictor_loss: f64,
 }
 
