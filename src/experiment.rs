@@ -7,7 +7,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::linear::{self, ProbeConfig, ProbeResult};
 use crate::monitor::CollapseVerdict;
-use crate::report::{difference_cell, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
+use crate::report::{
+    difference, difference_cell, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all,
+};
 use crate::train::{self, run_ends, RunControl, Summary, Tail};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -292,6 +294,20 @@ impl Outcome {
             (n, _) => format!("is not judged yet ({n} arm(s) to train: {})", self.pending.join(", ")),
         }
     }
+
+    /// A claim that did not hold only because of kNN orderings each within two standard errors
+    /// over seeds: every arm's verdict agrees, and no failed ordering is resolved by the seeds.
+    /// (Without seeds there is no standard error, so nothing is called noise.)
+    pub fn failed_only_within_noise(&self) -> bool {
+        let failed: Vec<&String> = self.orders.iter().filter(|(_, h)| *h == Some(false)).map(|(o, _)| o).collect();
+        !self.held
+            && self.arms.iter().all(|a| a.agrees)
+            && !failed.is_empty()
+            && failed.iter().all(|o| {
+                let Some((a, _, b)) = parse_order(o) else { return false };
+                matches!(difference(knn_stats(&self.arms, &a), knn_stats(&self.arms, &b)), Some((d, Some(se))) if d.abs() < 2.0 * se)
+            })
+    }
 }
 
 /// Trains (or resumes, or skips when finished) every arm, or only the arms named in `only`
@@ -527,7 +543,12 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     }
     let (svgs, md_plots) = render_all(&plots, &overlays(&per_arm))?;
     let mut md = String::new();
-    let verdict_line = format!("**{}**", outcome.verdict());
+    let noise = if outcome.failed_only_within_noise() {
+        " (every arm's verdict as expected; the failed kNN ordering differs by less than two standard errors over the seeds: not resolved at this scale)"
+    } else {
+        ""
+    };
+    let verdict_line = format!("**{}**{noise}", outcome.verdict());
     let _ = writeln!(
         md,
         "# {}\n\n**Claim.** {}\n\n**Source.** {}\n\n**Paper.** {}\n\n**Here:** the claim {verdict_line}.\n",
@@ -667,9 +688,61 @@ pub fn summarise(root: &Path) -> Result<String> {
             match (o.pending.is_empty(), o.held) {
                 (false, _) => "pending",
                 (true, true) => "**agree**",
+                (true, false) if o.failed_only_within_noise() =>
+                    "**agree** on every verdict; kNN ordering unresolved (< 2 se)",
                 (true, false) => "**disagree**",
             }
         );
     }
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ArmResult, Expect, Outcome};
+    use crate::monitor::CollapseVerdict;
+    use crate::train::Summary;
+
+    /// Two healthy arms over three seeds with these kNN figures, and the ordering `a > b`.
+    fn outcome(a: [f64; 3], b: [f64; 3], agrees: bool) -> Outcome {
+        let run = |name: &str, seed: u64, knn: f64| ArmResult {
+            name: name.into(),
+            seed: Some(seed),
+            expect: Expect::Healthy,
+            verdict: CollapseVerdict::Healthy,
+            start_spread: None,
+            agrees,
+            summary: Summary { knn_final: Some(knn), ..Summary::new(1, String::new()) },
+            linear: None,
+        };
+        let arms = (0..3).map(|s| run("a", s, a[s as usize])).chain((0..3).map(|s| run("b", s, b[s as usize])));
+        let arms: Vec<ArmResult> = arms.collect();
+        let ordered = a.iter().sum::<f64>() > b.iter().sum::<f64>();
+        Outcome {
+            name: "x".into(),
+            claim: String::new(),
+            source: String::new(),
+            paper: String::new(),
+            arms,
+            orders: vec![("a > b".into(), Some(ordered))],
+            held: agrees && ordered,
+            pending: vec![],
+            command: None,
+        }
+    }
+
+    /// A failed ordering is noise when its difference of the means is within two standard errors
+    /// over the seeds, and only when every arm's verdict agrees.
+    #[test]
+    fn a_failed_ordering_within_two_standard_errors_is_unresolved() {
+        // a - b = -1, se = sqrt(2 * 1/3) = 0.82: within 2 se.
+        let close = outcome([24.0, 25.0, 26.0], [25.0, 26.0, 27.0], true);
+        assert!(!close.held && close.failed_only_within_noise());
+        // a - b = -5 with the same spread: resolved, a real disagreement.
+        let far = outcome([20.0, 21.0, 22.0], [25.0, 26.0, 27.0], true);
+        assert!(!far.held && !far.failed_only_within_noise());
+        // An arm that disagrees is never noise, and a claim that held has nothing to excuse.
+        assert!(!outcome([24.0, 25.0, 26.0], [25.0, 26.0, 27.0], false).failed_only_within_noise());
+        assert!(!outcome([26.0, 27.0, 28.0], [25.0, 26.0, 27.0], true).failed_only_within_noise());
+    }
 }

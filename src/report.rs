@@ -224,14 +224,19 @@ pub(crate) fn mean_sd_cell(m: Option<(f64, f64, usize)>, digits: usize) -> Strin
 /// The difference of two [`mean_sd`]s, `a - b`, as a table cell: with its standard error
 /// sqrt(s_a²/n_a + s_b²/n_b) in brackets where both have repeats; `–` where either is missing.
 pub(crate) fn difference_cell(a: Option<(f64, f64, usize)>, b: Option<(f64, f64, usize)>) -> String {
-    match (a, b) {
-        (Some((m1, s1, n1)), Some((m2, s2, n2))) if n1 > 1 && n2 > 1 => {
-            let se = (s1 * s1 / n1 as f64 + s2 * s2 / n2 as f64).sqrt();
-            format!("{:+.2} ({se:.2})", m1 - m2)
-        }
-        (Some((m1, ..)), Some((m2, ..))) => format!("{:+.2}", m1 - m2),
-        _ => "–".into(),
+    match difference(a, b) {
+        Some((d, Some(se))) => format!("{d:+.2} ({se:.2})"),
+        Some((d, None)) => format!("{d:+.2}"),
+        None => "–".into(),
     }
+}
+
+/// `a - b` of two [`mean_sd`]s and, where both have repeats, its standard error
+/// sqrt(s_a²/n_a + s_b²/n_b).
+pub(crate) fn difference(a: Option<(f64, f64, usize)>, b: Option<(f64, f64, usize)>) -> Option<(f64, Option<f64>)> {
+    let ((m1, s1, n1), (m2, s2, n2)) = (a?, b?);
+    let se = (n1 > 1 && n2 > 1).then(|| (s1 * s1 / n1 as f64 + s2 * s2 / n2 as f64).sqrt());
+    Some((m1 - m2, se))
 }
 
 /// The JSON lines of a metrics file. A last line without its newline that does not parse is
