@@ -143,16 +143,17 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
         mesh.y_label_formatter(&plain);
     }
     mesh.draw().map_err(e)?;
-    // Lines of one name (an experiment arm's seeds) are one group: one colour, one legend entry.
-    let mut groups: Vec<&str> = Vec::new();
+    // Lines of one name (an experiment arm's seeds) are one group: one colour, one legend entry,
+    // which a group without any point (an arm that does not log this value) does not get. The
+    // colour stays the group's place among all runs, the same in every figure.
+    let mut groups: Vec<(&str, bool)> = Vec::new();
     for (name, pts) in shown.iter() {
-        let (i, first) = match groups.iter().position(|g| *g == name) {
-            Some(i) => (i, false),
-            None => {
-                groups.push(name);
-                (groups.len() - 1, true)
-            }
-        };
+        let i = groups.iter().position(|(g, _)| *g == name).unwrap_or_else(|| {
+            groups.push((name, false));
+            groups.len() - 1
+        });
+        let first = !groups[i].1 && !pts.is_empty();
+        groups[i].1 |= first;
         // Past the palette (an experiment with ten arms or more), the colours come round again
         // as dashes: long ones, then short ones.
         let c = COLOURS[i % COLOURS.len()];
@@ -175,7 +176,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -> std::
             };
         }
     }
-    if groups.len() > 1 {
+    if groups.len() > 1 && groups.iter().any(|(_, labelled)| *labelled) {
         chart
             .configure_series_labels()
             .position(legend_corner(&shown, (x0, x1, y0, y1)))
@@ -694,6 +695,27 @@ mod tests {
         assert_eq!(ten_a, ten, "rendering is deterministic");
         assert!(pieces(&eleven) > pieces(&ten) + 10);
         assert_eq!(eleven.matches("arm-").count(), 11, "every arm once in the legend");
+    }
+
+    /// A run that does not log a figure's value (the inverse predictor's loss of the arms without
+    /// one) gets no legend entry there; the runs that do keep theirs.
+    #[test]
+    fn runs_without_points_are_left_out_of_the_legend() {
+        let dir = tempfile::tempdir().unwrap();
+        let fig = super::Figure {
+            stem: "f",
+            title: "t",
+            x_label: "step",
+            series: vec![
+                ("simsiam".into(), vec![]),
+                ("inverse".into(), (0..10).map(|x| (x as f64, -(x as f64) / 10.0)).collect()),
+                ("naive".into(), vec![]),
+            ],
+            log_y: false,
+        };
+        let svg = super::render(dir.path(), &fig).unwrap();
+        let label = |name: &str| svg.lines().any(|l| l.trim() == name);
+        assert!(label("inverse") && !label("simsiam") && !label("naive"), "{svg}");
     }
 
     #[test]
