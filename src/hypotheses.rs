@@ -165,15 +165,13 @@ impl Inputs {
         cols
     }
 
-    /// An experiment arm's final kNN top-1; with seeds (one entry per seed), the mean over them.
+    /// An experiment arm's final kNN top-1; with seeds (one entry per seed), the mean over them,
+    /// as the experiment's own orderings take it ([`crate::report::mean_sd`]).
     fn arm_knn(&self, experiment: &str, arm: &str) -> Option<f64> {
-        let runs: Vec<f64> = self.experiments[experiment]["arms"]
-            .as_array()?
-            .iter()
-            .filter(|a| a["name"] == arm)
-            .map(|a| a["summary"]["knn_final"].as_f64())
-            .collect::<Option<_>>()?;
-        (!runs.is_empty()).then(|| runs.iter().sum::<f64>() / runs.len() as f64)
+        let arms = self.experiments[experiment]["arms"].as_array()?;
+        let runs: Vec<Option<f64>> =
+            arms.iter().filter(|a| a["name"] == arm).map(|a| a["summary"]["knn_final"].as_f64()).collect();
+        crate::report::mean_sd(&runs).map(|(mean, ..)| mean)
     }
 }
 
