@@ -528,6 +528,54 @@ pub struct ObjectiveConfig {
     /// `target = "pb"`, so the target is sg(normalize(h(z_b)))). Only h learns from it; it costs
     /// a second train-mode forward of h per view, on detached z (h's BN statistics see both).
     pub predictor_loss: f64,
+    /// SwAV's swapped prediction over learned prototypes (SimSiam §6.2's SwAV rows).
+    pub swav: SwavConfig,
+}
+
+/// SwAV (Caron et al. 2020) as an extra loss: each view's normalised projection is scored
+/// against K prototypes, Sinkhorn-Knopp turns one view's scores into soft codes that spread the
+/// batch evenly over the prototypes, and the other view predicts those codes (cross-entropy of
+/// a softmax at temperature t). Defaults are SwAV's ImageNet recipe (`main_swav.py`): 3,000
+/// prototypes, t 0.1, epsilon 0.05, 3 iterations, prototypes frozen in the first epoch; two
+/// views, no queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwavConfig {
+    /// Weight of the loss (0 = off). The SwAV method (`--method swav`) sets it to 1 and the
+    /// main loss's weight to 0.
+    pub weight: f64,
+    /// K, the number of prototypes (rows of the `prototypes` matrix `[K, d]`).
+    pub prototypes: i64,
+    /// Temperature of the softmax over prototype scores that predicts the codes.
+    pub temperature: f64,
+    /// Entropy regularisation epsilon of the Sinkhorn-Knopp codes: `exp(scores / epsilon)`.
+    pub epsilon: f64,
+    /// Sinkhorn-Knopp iterations.
+    pub sinkhorn_iterations: usize,
+    /// The predicting side: Z (SwAV) or P = h(z) (SimSiam §6.2, "SwAV w/ predictor"); the
+    /// codes always come from Z.
+    pub online: Online,
+    /// No gradient through the codes (SwAV computes them under `no_grad`); off is SimSiam
+    /// §6.2's "SwAV, remove stop-grad", which the paper reports diverging (NaN).
+    pub stop_grad: bool,
+    /// Epochs at the start during which the prototypes get no update (SwAV's
+    /// `freeze_prototypes_niters`: the first epoch).
+    pub freeze_epochs: usize,
+}
+
+impl Default for SwavConfig {
+    fn default() -> Self {
+        SwavConfig {
+            weight: 0.0,
+            prototypes: 3000,
+            temperature: 0.1,
+            epsilon: 0.05,
+            sinkhorn_iterations: 3,
+            online: Online::Z,
+            stop_grad: true,
+            freeze_epochs: 1,
+        }
+    }
 }
 
 impl Default for ObjectiveConfig {
@@ -555,6 +603,7 @@ impl Default for ObjectiveConfig {
             infonce_online: Online::Z,
             infonce_stop_grad: false,
             predictor_loss: 0.0,
+            swav: SwavConfig::default(),
         }
     }
 }
@@ -728,6 +777,11 @@ pub const METHODS: &[(&str, &str, &str)] = &[
         "byol",
         "BYOL (Grill et al. 2020): predictor, EMA target network (0.99 -> 1)",
         include_str!("../configs/methods/byol.toml"),
+    ),
+    (
+        "swav",
+        "SwAV (Caron et al. 2020): Sinkhorn codes over 3,000 prototypes, swapped prediction, no predictor",
+        include_str!("../configs/methods/swav.toml"),
     ),
 ];
 
@@ -985,13 +1039,32 @@ impl Config {
         if ob.infonce_temperature.is_nan() || ob.infonce_temperature <= 0.0 {
             return fail("objective.infonce_temperature", "a positive temperature", ob.infonce_temperature.to_string());
         }
-        let weights = [ob.main_weight, ob.decorrelation, ob.infonce, ob.predictor_loss];
+        let weights = [ob.main_weight, ob.decorrelation, ob.infonce, ob.predictor_loss, ob.swav.weight];
         if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
             return fail(
-                "objective.main_weight / decorrelation / infonce / predictor_loss",
+                "objective.main_weight / decorrelation / infonce / predictor_loss / swav.weight",
                 "finite non-negative weights",
-                format!("{} / {} / {} / {}", ob.main_weight, ob.decorrelation, ob.infonce, ob.predictor_loss),
+                format!(
+                    "{} / {} / {} / {} / {}",
+                    ob.main_weight, ob.decorrelation, ob.infonce, ob.predictor_loss, ob.swav.weight
+                ),
             );
+        }
+        let sw = &ob.swav;
+        if sw.prototypes < 1 {
+            return fail("objective.swav.prototypes", "at least 1", sw.prototypes.to_string());
+        }
+        if !(sw.temperature > 0.0 && sw.temperature.is_finite()) {
+            return fail("objective.swav.temperature", "a positive temperature", sw.temperature.to_string());
+        }
+        if !(sw.epsilon > 0.0 && sw.epsilon.is_finite()) {
+            return fail("objective.swav.epsilon", "a positive number", sw.epsilon.to_string());
+        }
+        if sw.sinkhorn_iterations == 0 {
+            return fail("objective.swav.sinkhorn_iterations", "at least 1", "0".into());
+        }
+        if sw.online == Online::Oracle {
+            return fail("objective.swav.online", "\"z\" or \"p\"", "\"oracle\"".into());
         }
         if ob.predictor_loss > 0.0 && (self.model.predictor == PredictorKind::Identity || !self.model.pred_trainable) {
             return fail(

@@ -24,6 +24,9 @@ pub enum Expect {
     NotConverged,
     /// No collapse: any verdict but collapsed (or diverged, which is no evidence either way).
     NotCollapsed,
+    /// The loss became NaN or infinite and the run stopped (SimSiam §6.2's "SwAV, remove
+    /// stop-grad").
+    Diverged,
     /// Reported, not judged.
     Any,
 }
@@ -35,6 +38,7 @@ impl Expect {
             Expect::Healthy => v == CollapseVerdict::Healthy,
             Expect::NotConverged => v == CollapseVerdict::NotConverged,
             Expect::NotCollapsed => !matches!(v, CollapseVerdict::Collapsed | CollapseVerdict::Diverged),
+            Expect::Diverged => v == CollapseVerdict::Diverged,
             Expect::Any => true,
         }
     }
@@ -128,6 +132,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("simsiam-extra-gradient", include_str!("../experiments/simsiam-extra-gradient.toml")),
     ("infonce-extra-gradient", include_str!("../experiments/infonce-extra-gradient.toml")),
     ("simclr-predictor", include_str!("../experiments/simclr-predictor.toml")),
+    ("swav-predictor", include_str!("../experiments/swav-predictor.toml")),
     ("simple-predictors", include_str!("../experiments/simple-predictors.toml")),
     ("covariance", include_str!("../experiments/covariance.toml")),
     ("explicit-eoa", include_str!("../experiments/explicit-eoa.toml")),

@@ -202,6 +202,11 @@ impl Stepper {
         targets: StepTargets,
         reducer: Option<&crate::dist::Reducer>,
     ) -> Result<StepOut> {
+        // SwAV's frozen first epoch runs eagerly and does not count towards the warm-up: the
+        // graph is captured once the prototypes train.
+        if targets.freeze_prototypes {
+            return step(model, objective, opt, views, targets, reducer);
+        }
         if matches!(self.state, State::WarmingUp(_) | State::Captured(_)) {
             let outside = [
                 (targets.eoa.is_some(), "EOA targets"),

@@ -5,7 +5,9 @@
 //! In general, for a pair of views (a, b): the online vector X (P_a or Z_a) is pulled towards a
 //! target G built from normalised vectors and detached (`stop_grad`); `form` decides whether
 //! the loss is `-X . G` (the negative gradient on X is then exactly G) or `-cos(X, G)`.
-use crate::config::{Decorrelation, Form, MemoryInit, ObjectiveConfig, Online, Similarity, Symmetry, Target};
+use crate::config::{
+    Decorrelation, Form, MemoryInit, ObjectiveConfig, Online, Similarity, SwavConfig, Symmetry, Target,
+};
 use crate::model::SiameseOutput;
 use crate::monitor::l2_normalize;
 use tch::Tensor;
@@ -75,6 +77,48 @@ pub fn infonce_loss_of_queries(q1: &Tensor, q2: &Tensor, k1: &Tensor, k2: &Tenso
     // f64 inputs in f64 (the hand-checked tests), everything else in f32 as before.
     let kind = if logits.kind() == tch::Kind::Double { tch::Kind::Double } else { tch::Kind::Float };
     logits.log_softmax(-1, kind).nll_loss(&positives)
+}
+
+/// SwAV's Sinkhorn-Knopp codes (Caron et al. 2020, `distributed_sinkhorn` on one process):
+/// prototype scores `[B, K]` -> soft assignments `Q [B, K]`, each row summing to 1 and each
+/// prototype's column to B/K after the last iteration (the equipartition of the batch).
+/// SwAV's normalisations run in the log domain (`log Q -= logsumexp`): the same codes, but
+/// `exp(scores / epsilon)` can neither overflow nor leave a prototype with zero total mass when
+/// epsilon is small. Computed in f32 at least (f64 stays f64).
+pub fn sinkhorn(scores: &Tensor, epsilon: f64, iterations: usize) -> Tensor {
+    let kind = if scores.kind() == tch::Kind::Double { tch::Kind::Double } else { tch::Kind::Float };
+    let mut log_q = (scores.to_kind(kind) / epsilon).tr(); // [K, B]
+    let (k, b) = (log_q.size()[0], log_q.size()[1]);
+    log_q = &log_q - log_q.logsumexp(&[0i64, 1][..], true);
+    for _ in 0..iterations {
+        // Each prototype (row) gets total mass 1/K, then each sample (column) 1/B.
+        log_q = &log_q - log_q.logsumexp(&[1i64][..], true) - (k as f64).ln();
+        log_q = &log_q - log_q.logsumexp(&[0i64][..], true) - (b as f64).ln();
+    }
+    (log_q + (b as f64).ln()).exp().tr() // [B, K]
+}
+
+/// SwAV's swapped prediction over two views: `scores_v = normalize(x_v) C^T` with the
+/// prototypes `C [K, d]` (unit rows: the step normalises them), codes `q_v` from the views'
+/// projections `z_v`, and `L = -½ Σ_v mean_i Σ_k q_{other}[i, k] log softmax(scores_v / t)[i, k]`.
+/// `x_v` is z_v (SwAV) or p_v (with the predictor). With `cfg.stop_grad` the codes are
+/// constants, as SwAV's `no_grad`.
+pub fn swav_loss(x1: &Tensor, x2: &Tensor, z1: &Tensor, z2: &Tensor, prototypes: &Tensor, cfg: &SwavConfig) -> Tensor {
+    let scores = |v: &Tensor| l2_normalize(v).matmul(&prototypes.tr()); // [B, K]
+    let code = |z: &Tensor| {
+        let q = sinkhorn(&scores(z), cfg.epsilon, cfg.sinkhorn_iterations);
+        if cfg.stop_grad {
+            stop_grad(&q)
+        } else {
+            q
+        }
+    };
+    let (q1, q2) = (code(z1), code(z2));
+    let predict = |x: &Tensor, q: &Tensor| {
+        let logp = (scores(x) / cfg.temperature).log_softmax(1, q.kind());
+        -(q * logp).sum_dim_intlist(&[1i64][..], false, q.kind()).mean(q.kind())
+    };
+    (predict(x1, &q2) + predict(x2, &q1)) * 0.5
 }
 
 /// InfoNCE's weights on the negatives (Zhang et al. §2.11): for anchor X_a[i] and target view b,
@@ -172,6 +216,15 @@ fn centre(x: &Tensor) -> Tensor {
     x.mean_dim(&[0i64][..], true, x.kind())
 }
 
+/// An extra loss's vectors of both views: P (after the predictor) or Z (the oracle, which only
+/// the main loss has, falls back to Z).
+fn both_views(out: &SiameseOutput, online: Online) -> (&Tensor, &Tensor) {
+    match online {
+        Online::P => (&out.p1, &out.p2),
+        Online::Z | Online::Oracle => (&out.z1, &out.z2),
+    }
+}
+
 /// Targets that come from outside one pair of views, computed by the training step.
 #[derive(Debug, Default)]
 pub struct External {
@@ -186,6 +239,8 @@ pub struct External {
     pub oracle: Option<[Tensor; 2]>,
     /// `predictor_loss > 0`: h(sg z) of each view of the pair, with gradient into h only.
     pub regressed: Option<[Tensor; 2]>,
+    /// `swav.weight > 0`: the model's prototypes `[K, d]` (trainable).
+    pub prototypes: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -362,13 +417,15 @@ impl Objective {
             total = &total + dc * c.decorrelation;
         }
         if c.infonce > 0.0 {
-            let (q1, q2) = match c.infonce_online {
-                Online::P => (&out.p1, &out.p2),
-                Online::Z | Online::Oracle => (&out.z1, &out.z2),
-            };
+            let (q1, q2) = both_views(out, c.infonce_online);
             let key = |z: &Tensor| if c.infonce_stop_grad { stop_grad(z) } else { z.shallow_clone() };
             let nce = infonce_loss_of_queries(q1, q2, &key(&out.z1), &key(&out.z2), c.infonce_temperature);
             total = &total + nce * c.infonce;
+        }
+        if c.swav.weight > 0.0 {
+            let prototypes = ext.prototypes.as_ref().expect("SwAV's prototypes are the model's, passed by the step");
+            let (x1, x2) = both_views(out, c.swav.online);
+            total = &total + swav_loss(x1, x2, &out.z1, &out.z2, prototypes, &c.swav) * c.swav.weight;
         }
         total
     }
@@ -416,7 +473,10 @@ impl Objective {
     /// minimum depends on the batch, and none with extra losses or a re-weighted main loss.
     pub fn minimum(&self) -> Option<f64> {
         let unit_target = matches!(self.cfg.target, Target::Zb | Target::Pb | Target::Inverse);
-        let extras = self.cfg.main_weight != 1.0 || self.cfg.decorrelation > 0.0 || self.cfg.infonce > 0.0;
+        let extras = self.cfg.main_weight != 1.0
+            || self.cfg.decorrelation > 0.0
+            || self.cfg.infonce > 0.0
+            || self.cfg.swav.weight > 0.0;
         let main =
             (!extras && self.cfg.similarity == Similarity::Cosine && (unit_target || self.cfg.form == Form::Cosine))
                 .then_some(-1.0);

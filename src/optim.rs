@@ -62,6 +62,14 @@ impl Sgd {
         fused::grads_to_none(&ts);
     }
 
+    /// Drops the gradients of the parameters whose names start with `prefix`, so that this
+    /// step leaves them as they are (no weight decay, no momentum), as SwAV's frozen
+    /// prototypes (`p.grad = None`).
+    pub fn drop_grads(&self, prefix: &str) {
+        let ts: Vec<&Tensor> = self.params.iter().filter(|p| p.name.starts_with(prefix)).map(|p| &p.tensor).collect();
+        fused::grads_to_none(&ts);
+    }
+
     /// `d = g + wd * w; buf = m * buf + d (buf = d at first); w -= lr * buf`.
     ///
     /// Plain SGD runs as PyTorch's fused kernel (`_fused_sgd_`: one launch per call on a GPU

@@ -26,6 +26,8 @@ pub const PREDICTOR: &str = "predictor";
 pub const INVERSE_PREDICTOR: &str = "predictor_inverse";
 /// The online linear probe, in its own group (own lr, no weight decay).
 pub const ONLINE_PROBE: &str = "online_probe";
+/// SwAV's prototypes `[K, d]`, in the encoder's group (as in SwAV, one lr for all).
+pub const PROTOTYPES: &str = "prototypes";
 
 /// Both branches' outputs for one pair of views.
 #[derive(Debug)]
@@ -49,6 +51,9 @@ pub struct SimSiam {
     pub inverse: Option<Predictor>,
     /// The online linear probe on detached backbone features (`online_probe_classes > 0`).
     pub online_probe: Option<nn::Linear>,
+    /// SwAV's prototypes `[K, d]` (`objective.swav.weight > 0`): rows kept at unit norm by
+    /// [`SimSiam::normalize_prototypes`] before every step.
+    pub prototypes: Option<Tensor>,
     pub dim: i64,
     /// Train-mode BatchNorm statistics over this many equal parts of the batch (ghost BN).
     pub bn_splits: i64,
@@ -59,7 +64,9 @@ pub struct SimSiam {
 }
 
 impl SimSiam {
-    pub fn new(root: &nn::Path, cfg: &ModelConfig, with_inverse: bool, probe_classes: i64) -> SimSiam {
+    /// With h_inv (`with_inverse`), `prototypes` SwAV prototypes (0 = none) and an online probe
+    /// over `probe_classes` classes (0 = none).
+    pub fn new(root: &nn::Path, cfg: &ModelConfig, with_inverse: bool, prototypes: i64, probe_classes: i64) -> SimSiam {
         let backbone = ResNet::new(&(root / BACKBONE), cfg);
         let projector = Mlp::new(&(root / PROJECTOR), &heads::projector_specs(backbone.out_dim, cfg));
         let predictor = Predictor::new(&(root / PREDICTOR), cfg);
@@ -72,12 +79,16 @@ impl SimSiam {
             };
             nn::linear(root / ONLINE_PROBE, backbone.out_dim, probe_classes, init)
         });
+        // SwAV's `nn.Linear(d, K, bias=False)`: PyTorch's default init, normalised at each step.
+        let prototypes = (prototypes > 0)
+            .then(|| (root / PROTOTYPES).var("weight", &[prototypes, cfg.dim], pytorch_uniform(cfg.dim)));
         SimSiam {
             backbone,
             projector,
             predictor,
             inverse,
             online_probe,
+            prototypes,
             dim: cfg.dim,
             bn_splits: cfg.bn_splits as i64,
             autocast: None,
@@ -108,6 +119,17 @@ impl SimSiam {
                 })
                 .collect()
         })
+    }
+
+    /// SwAV's projection of the prototypes onto the unit sphere, in place and outside autograd,
+    /// as SwAV does at the start of every iteration; a no-op without prototypes.
+    pub fn normalize_prototypes(&self) {
+        if let Some(c) = &self.prototypes {
+            tch::no_grad(|| {
+                let mut c = c.shallow_clone();
+                c.copy_(&crate::monitor::l2_normalize(&c));
+            });
+        }
     }
 
     /// z = f(x): `[B,3,H,W] -> [B, d]`.

@@ -512,6 +512,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 eoa: (cfg.objective.target == Target::Eoa)
                     .then(|| eoa_target(&net.model, &aug, &images_of(s), cfg.objective.eoa_k)),
                 memory: memory.as_mut().map(|bank| (bank, &idx)),
+                freeze_prototypes: net.model.prototypes.is_some() && pos.epoch < cfg.objective.swav.freeze_epochs,
             };
             let out = stepper.step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;
             if let Some(e) = net.ema.as_mut() {

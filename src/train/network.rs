@@ -54,11 +54,14 @@ impl Network {
             }
         };
         let vs = nn::VarStore::new(device);
-        let mut model = SimSiam::new(&vs.root(), &cfg.model, cfg.objective.target == Target::Inverse, probe_classes);
+        let swav = &cfg.objective.swav;
+        let prototypes = if swav.weight > 0.0 { swav.prototypes } else { 0 };
+        let mut model =
+            SimSiam::new(&vs.root(), &cfg.model, cfg.objective.target == Target::Inverse, prototypes, probe_classes);
         fast(&mut model, &vs);
         let ema = cfg.model.ema_target.then(|| {
             let mut evs = nn::VarStore::new(device);
-            let mut emodel = SimSiam::new(&evs.root(), &cfg.model, false, 0);
+            let mut emodel = SimSiam::new(&evs.root(), &cfg.model, false, 0, 0);
             evs.copy(&vs).expect("same architecture");
             fast(&mut emodel, &evs);
             evs.freeze();
@@ -67,7 +70,7 @@ impl Network {
                 online.iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n.clone()).collect();
             names.sort();
             let theirs = evs.variables();
-            // Parameters the target has (not the online probe's nor h_inv's).
+            // Parameters the target has (not the online probe's, h_inv's nor the prototypes).
             let pairs = names
                 .iter()
                 .filter_map(|n| theirs.get(n).map(|t| (t.shallow_clone(), online[n].shallow_clone())))

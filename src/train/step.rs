@@ -5,7 +5,7 @@ use crate::augment::Augmenter;
 use crate::config::{Online, Target};
 use crate::dist::{self, Reducer};
 use crate::error::{Error, Result};
-use crate::model::{SiameseOutput, SimSiam};
+use crate::model::{SiameseOutput, SimSiam, PROTOTYPES};
 use crate::monitor::l2_normalize;
 use crate::objective::{External, MemoryBank, Objective};
 use crate::optim::Sgd;
@@ -59,6 +59,8 @@ pub struct StepTargets<'a> {
     pub cached: Option<[Tensor; 2]>,
     /// Class labels of the batch, for the online probe.
     pub labels: Option<Tensor>,
+    /// SwAV's first epoch(s): the prototypes get no update (`objective.swav.freeze_epochs`).
+    pub freeze_prototypes: bool,
 }
 
 /// The train-mode forward pass of each pair of views (`[x1, x2, x1', x2', ...]`).
@@ -78,6 +80,7 @@ pub fn step(
     reducer: Option<&Reducer>,
 ) -> Result<StepOut> {
     let forward = crate::profile::range(c"forward");
+    model.normalize_prototypes();
     let pairs = forward_pairs(model, views);
     let out = &pairs[0];
     let inverse =
@@ -99,7 +102,8 @@ pub fn step(
         }
         _ => None,
     };
-    let ext = External { per_image, inverse, cached: targets.cached, oracle, regressed };
+    let prototypes = model.prototypes.as_ref().map(Tensor::shallow_clone);
+    let ext = External { per_image, inverse, cached: targets.cached, oracle, regressed, prototypes };
     let mut loss = objective.loss(&pairs, &ext);
     // The online probe learns from detached features: it never shapes the representation.
     let mut probe_acc = Tensor::zeros([], (Kind::Float, out.z1.device()));
@@ -127,6 +131,9 @@ pub fn step(
         None => loss.f_backward()?,
     }
     drop(backward);
+    if targets.freeze_prototypes {
+        opt.drop_grads(PROTOTYPES);
+    }
     let update = crate::profile::range(c"optimizer");
     opt.step();
     drop(update);
