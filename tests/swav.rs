@@ -206,3 +206,51 @@ fn prototypes_are_unit_rows_and_frozen_in_the_first_epoch() {
     net.model.normalize_prototypes();
     assert!(norms(&c).allclose(&norms(&c).ones_like(), 1e-6, 1e-6, false));
 }
+
+/// SwAV's own loop in the exp domain, as tensor ops (`[B, K]` scores -> `[B, K]` codes).
+fn exp_domain_sinkhorn(scores: &Tensor, eps: f64, iters: usize) -> Tensor {
+    let kind = scores.kind();
+    let mut q = (scores / eps).exp().tr(); // [K, B]
+    let (k, b) = (q.size()[0] as f64, q.size()[1] as f64);
+    q = &q / q.sum(kind);
+    for _ in 0..iters {
+        q = &q / q.sum_dim_intlist(&[1i64][..], true, kind) / k;
+        q = &q / q.sum_dim_intlist(&[0i64][..], true, kind) / b;
+    }
+    (q * b).tr()
+}
+
+/// Without the stop-gradient the codes' gradient matters: the log-domain normalisations give
+/// SwAV's exp-domain gradient, not only its values.
+#[test]
+fn log_domain_codes_have_swavs_gradient() {
+    let scores = (leaf(11, 8, 5).detach().tanh()).set_requires_grad(true); // scores in (-1, 1)
+    let weights = leaf(12, 8, 5).detach();
+    let grad_of = |codes: &dyn Fn(&Tensor) -> Tensor| {
+        let s = scores.detach().set_requires_grad(true);
+        (codes(&s) * &weights).sum(Kind::Double).backward();
+        s.grad()
+    };
+    let ours = grad_of(&|s| sinkhorn(s, 0.05, 3));
+    let swav = grad_of(&|s| exp_domain_sinkhorn(s, 0.05, 3));
+    assert!(swav.abs().max().double_value(&[]) > 1e-3, "a gradient worth comparing");
+    assert!(ours.allclose(&swav, 1e-9, 1e-12, false), "max difference {}", (ours - swav).abs().max());
+    // At SwAV's size in f32 (batch 64, 3,000 prototypes, unit vectors), SwAV's own loop is
+    // finite too and the two gradients agree: the log domain is not what keeps a run without
+    // the stop-gradient from overflowing (the swav-predictor experiment's check).
+    let unit = |t: Tensor| &t / t.norm_scalaropt_dim(2.0, &[1i64][..], true);
+    let (z, c) = (unit(leaf(13, 64, 128).detach()), unit(leaf(14, 3000, 128).detach()));
+    let scores = z.matmul(&c.tr()).to_kind(Kind::Float);
+    let weights = leaf(15, 64, 3000).detach().to_kind(Kind::Float);
+    let grad_of = |codes: &dyn Fn(&Tensor) -> Tensor| {
+        let s = scores.detach().set_requires_grad(true);
+        (codes(&s) * &weights).sum(Kind::Float).backward();
+        s.grad()
+    };
+    let ours = grad_of(&|s| sinkhorn(s, 0.05, 3));
+    let swav = grad_of(&|s| exp_domain_sinkhorn(s, 0.05, 3));
+    assert!(bool::try_from(swav.isfinite().all()).unwrap());
+    let scale = swav.abs().max().double_value(&[]);
+    let diff = (&ours - &swav).abs().max().double_value(&[]);
+    assert!(diff < 1e-3 * scale, "f32: max difference {diff} of {scale}");
+}
