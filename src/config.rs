@@ -561,6 +561,15 @@ pub struct SwavConfig {
     /// Epochs at the start during which the prototypes get no update (SwAV's
     /// `freeze_prototypes_niters`: the first epoch).
     pub freeze_epochs: usize,
+    /// SwAV's queue for small batches (`queue_length`; 0 = off): the normalised projections of
+    /// this many recent images per view join the batch in the Sinkhorn-Knopp codes, so that
+    /// the equipartition spans more than one batch. A multiple of `optim.batch_size`; like it,
+    /// global: in a data-parallel job each rank keeps `queue / N` and its codes spread its own
+    /// share over the prototypes (SwAV's distributed Sinkhorn sums over all ranks; here, as
+    /// InfoNCE's negatives and lightly's `SwaVLoss` by default, each rank's are its own).
+    pub queue: usize,
+    /// The epoch from which the queue fills (`epoch_queue_starts`); it is used once full.
+    pub queue_start_epoch: usize,
 }
 
 impl Default for SwavConfig {
@@ -574,6 +583,8 @@ impl Default for SwavConfig {
             online: Online::Z,
             stop_grad: true,
             freeze_epochs: 1,
+            queue: 0,
+            queue_start_epoch: 15,
         }
     }
 }
@@ -1065,6 +1076,13 @@ impl Config {
         }
         if sw.online == Online::Oracle {
             return fail("objective.swav.online", "\"z\" or \"p\"", "\"oracle\"".into());
+        }
+        if !sw.queue.is_multiple_of(o.batch_size) {
+            return fail(
+                "objective.swav.queue",
+                &format!("0 or a multiple of optim.batch_size ({})", o.batch_size),
+                sw.queue.to_string(),
+            );
         }
         if ob.predictor_loss > 0.0 && (self.model.predictor == PredictorKind::Identity || !self.model.pred_trainable) {
             return fail(

@@ -216,6 +216,7 @@ impl Stepper {
                 (reducer.is_some(), "a gradient all-reduce"),
                 (model.inverse.is_some(), "an inverse predictor"),
                 (objective.cfg.predictor_loss > 0.0, "the predictor's own loss"),
+                (targets.swav_queue.is_some(), "SwAV's queue"),
             ];
             if let Some((_, what)) = outside.iter().find(|(yes, _)| *yes) {
                 eprintln!(

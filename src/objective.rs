@@ -102,23 +102,76 @@ pub fn sinkhorn(scores: &Tensor, epsilon: f64, iterations: usize) -> Tensor {
 /// prototypes `C [K, d]` (unit rows: the step normalises them), codes `q_v` from the views'
 /// projections `z_v`, and `L = -½ Σ_v mean_i Σ_k q_{other}[i, k] log softmax(scores_v / t)[i, k]`.
 /// `x_v` is z_v (SwAV) or p_v (with the predictor). With `cfg.stop_grad` the codes are
-/// constants, as SwAV's `no_grad`.
-pub fn swav_loss(x1: &Tensor, x2: &Tensor, z1: &Tensor, z2: &Tensor, prototypes: &Tensor, cfg: &SwavConfig) -> Tensor {
+/// constants, as SwAV's `no_grad`. With a full `queue` `[2, Q, d]` (view v's recent normalised
+/// projections in row v), each view's codes come from Sinkhorn-Knopp over the queue's scores
+/// and the batch's together, the batch's rows kept (SwAV's `[-bs:]`).
+pub fn swav_loss(
+    x: [&Tensor; 2],
+    z: [&Tensor; 2],
+    prototypes: &Tensor,
+    queue: Option<&Tensor>,
+    cfg: &SwavConfig,
+) -> Tensor {
     let scores = |v: &Tensor| l2_normalize(v).matmul(&prototypes.tr()); // [B, K]
-    let code = |z: &Tensor| {
-        let q = sinkhorn(&scores(z), cfg.epsilon, cfg.sinkhorn_iterations);
+    let code = |v: usize| {
+        let s = scores(z[v]);
+        let q = match queue {
+            Some(queue) => {
+                let past = queue.get(v as i64).matmul(&prototypes.tr()); // [Q, K]
+                let q = sinkhorn(
+                    &Tensor::cat(&[past.to_kind(s.kind()), s.shallow_clone()], 0),
+                    cfg.epsilon,
+                    cfg.sinkhorn_iterations,
+                );
+                q.narrow(0, past.size()[0], s.size()[0])
+            }
+            None => sinkhorn(&s, cfg.epsilon, cfg.sinkhorn_iterations),
+        };
         if cfg.stop_grad {
             stop_grad(&q)
         } else {
             q
         }
     };
-    let (q1, q2) = (code(z1), code(z2));
     let predict = |x: &Tensor, q: &Tensor| {
         let logp = (scores(x) / cfg.temperature).log_softmax(1, q.kind());
         -(q * logp).sum_dim_intlist(&[1i64][..], false, q.kind()).mean(q.kind())
     };
-    (predict(x1, &q2) + predict(x2, &q1)) * 0.5
+    (predict(x[0], &code(1)) + predict(x[1], &code(0))) * 0.5
+}
+
+/// SwAV's queue: each view's normalised projections of the last `len` images, newest first,
+/// detached (`queue[i, bs:] = queue[i, :-bs]; queue[i, :bs] = embedding`).
+#[derive(Debug)]
+pub struct SwavQueue {
+    /// `[2, len, d]`
+    pub z: Tensor,
+    /// How many rows hold projections (the rest are the zeros it starts with).
+    pub filled: usize,
+}
+
+impl SwavQueue {
+    pub fn new(len: usize, d: i64, device: tch::Device) -> SwavQueue {
+        SwavQueue { z: Tensor::zeros([2, len as i64, d], (tch::Kind::Float, device)), filled: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.z.size()[1] as usize
+    }
+
+    /// The queue once every row holds a projection (SwAV waits for its last row to be set).
+    pub fn ready(&self) -> Option<Tensor> {
+        (self.filled == self.len()).then(|| self.z.shallow_clone())
+    }
+
+    /// Puts a batch's projections `[B, d]` of both views at the front, dropping the oldest.
+    pub fn push(&mut self, z1: &Tensor, z2: &Tensor) {
+        let b = z1.size()[0];
+        let new = Tensor::stack(&[l2_normalize(&z1.detach()), l2_normalize(&z2.detach())], 0).to_kind(tch::Kind::Float);
+        let keep = (self.len() as i64 - b).max(0);
+        self.z = Tensor::cat(&[new, self.z.narrow(1, 0, keep)], 1).narrow(1, 0, self.len() as i64);
+        self.filled = (self.filled + b as usize).min(self.len());
+    }
 }
 
 /// InfoNCE's weights on the negatives (Zhang et al. §2.11): for anchor X_a[i] and target view b,
@@ -241,6 +294,8 @@ pub struct External {
     pub regressed: Option<[Tensor; 2]>,
     /// `swav.weight > 0`: the model's prototypes `[K, d]` (trainable).
     pub prototypes: Option<Tensor>,
+    /// SwAV's queue `[2, Q, d]`, once full.
+    pub swav_queue: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -425,7 +480,8 @@ impl Objective {
         if c.swav.weight > 0.0 {
             let prototypes = ext.prototypes.as_ref().expect("SwAV's prototypes are the model's, passed by the step");
             let (x1, x2) = both_views(out, c.swav.online);
-            total = &total + swav_loss(x1, x2, &out.z1, &out.z2, prototypes, &c.swav) * c.swav.weight;
+            let swav = swav_loss([x1, x2], [&out.z1, &out.z2], prototypes, ext.swav_queue.as_ref(), &c.swav);
+            total = &total + swav * c.swav.weight;
         }
         total
     }

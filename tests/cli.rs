@@ -803,6 +803,47 @@ fn experiment_runs_every_arm_reports_and_skips_finished_arms() {
     }
 }
 
+/// SwAV with 50 prototypes, as `--method swav` sets it.
+const SWAV: [&str; 4] = [
+    "model.predictor=\"identity\"",
+    "objective.main_weight=0.0",
+    "objective.swav.weight=1.0",
+    "objective.swav.prototypes=50",
+];
+
+/// SwAV's queue and frozen prototypes are part of the state a resume restores: a run paused
+/// after epoch 2 (the queue full since epoch 1) and resumed repeats the uninterrupted run.
+#[test]
+fn swav_with_its_queue_resumes_to_the_same_loss_curve() {
+    let (tmp, train, test) = data();
+    let args = |out: &Path| {
+        let mut a = train_args(&train, &test, out);
+        for s in SWAV.iter().chain(&["objective.swav.queue=64", "objective.swav.queue_start_epoch=1"]) {
+            a.extend(["--set".into(), s.to_string()]);
+        }
+        a
+    };
+    let full = tmp.path().join("full");
+    ok(bin().args(args(&full)).output().unwrap());
+    let want = losses(&full);
+    assert_eq!(want.len(), 60);
+    let part = tmp.path().join("part");
+    let mut paused = args(&part);
+    paused.extend(["--until-epoch".into(), "2".into()]);
+    ok(bin().args(&paused).output().unwrap());
+    ok(bin().args(["train", "--resume", part.to_str().unwrap()]).output().unwrap());
+    let got = losses(&part);
+    assert_eq!(got.len(), 60);
+    for ((s, a), (_, b)) in want.iter().zip(&got) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s}: {a} vs {b}");
+    }
+    // The pause fell where the queue was in use (full), so the resumed steps needed it.
+    let state = part.join("checkpoints/step-000000040/state.safetensors");
+    let saved = tch::Tensor::read_safetensors(&state).unwrap();
+    let filled = saved.iter().find(|(n, _)| n == "swav.queue_filled").map(|(_, t)| t.int64_value(&[]));
+    assert_eq!(filled, Some(64), "full at the pause");
+}
+
 #[test]
 fn step_computed_targets_train_end_to_end() {
     let (tmp, train, test) = data();
@@ -826,6 +867,8 @@ fn step_computed_targets_train_end_to_end() {
         ("oracle", &["objective.online=\"oracle\"", "model.predictor=\"identity\""][..]),
         ("instances-monitor", &["monitor.instances=true", "monitor.instances_n=64", "monitor.instances_k=2"][..]),
         ("byol", &["model.ema_target=true"][..]),
+        ("swav", &SWAV[..]),
+        ("swav-queue", &[&SWAV[..], &["objective.swav.queue=64", "objective.swav.queue_start_epoch=0"]].concat()[..]),
         (
             "simclr",
             &[
@@ -868,6 +911,15 @@ fn step_computed_targets_train_end_to_end() {
                 out.join("checkpoints").join(latest.trim()).join("state.safetensors").is_file(),
                 "bank checkpointed"
             );
+        }
+        if name.starts_with("swav") {
+            let latest = read(&out.join("checkpoints/latest"));
+            let ckpt = out.join("checkpoints").join(latest.trim());
+            let model = tch::Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap();
+            assert!(model.iter().any(|(n, t)| n == "prototypes.weight" && t.size()[0] == 50), "{name}: prototypes");
+            let state = tch::Tensor::read_safetensors(ckpt.join("state.safetensors")).unwrap_or_default();
+            let queue = state.iter().find(|(n, _)| n == "swav.queue").map(|(_, t)| t.size());
+            assert_eq!(queue, (name == "swav-queue").then(|| vec![2, 64, 32]), "{name}: the queue checkpointed");
         }
         // The heads' own losses are logged where the head is trained, null elsewhere.
         let steps: Vec<_> = metric_lines(&out).into_iter().filter(|v| v.get("loss").is_some()).collect();

@@ -4,7 +4,7 @@
 //! normalisation and their frozen first epoch.
 use simsiam::config::{Config, ObjectiveConfig, Online, PredictorKind, SwavConfig};
 use simsiam::model::SiameseOutput;
-use simsiam::objective::{sinkhorn, swav_loss, External, Objective};
+use simsiam::objective::{sinkhorn, swav_loss, External, Objective, SwavQueue};
 use tch::{Device, Kind, Tensor};
 
 /// A `[b, d]` f64 leaf of standard normals from its own seeded generator.
@@ -29,10 +29,14 @@ fn unit_rows(x: &[Vec<f64>]) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// `scores[i][k] = x_i . c_k` as they are.
+fn dot_scores(x: &[Vec<f64>], c: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    x.iter().map(|xi| c.iter().map(|ck| xi.iter().zip(ck).map(|(a, b)| a * b).sum()).collect()).collect()
+}
+
 /// `scores[i][k] = x_i . c_k` of unit rows.
 fn hand_scores(x: &[Vec<f64>], c: &[Vec<f64>]) -> Vec<Vec<f64>> {
-    let x = unit_rows(x);
-    x.iter().map(|xi| c.iter().map(|ck| xi.iter().zip(ck).map(|(a, b)| a * b).sum()).collect()).collect()
+    dot_scores(&unit_rows(x), c)
 }
 
 /// SwAV's `distributed_sinkhorn` (one process), line by line on `[K][B]` nested vectors:
@@ -112,7 +116,7 @@ fn swapped_prediction_loss_by_hand() {
     for online in [Online::Z, Online::P] {
         let cfg = SwavConfig { prototypes: k, online, ..SwavConfig::default() };
         let (x1, x2) = if online == Online::P { (&o.p1, &o.p2) } else { (&o.z1, &o.z2) };
-        let got = swav_loss(x1, x2, &o.z1, &o.z2, &c, &cfg).double_value(&[]);
+        let got = swav_loss([x1, x2], [&o.z1, &o.z2], &c, None, &cfg).double_value(&[]);
         let cr = rows(&c);
         let code = |z: &Tensor| hand_sinkhorn(&hand_scores(&rows(z), &cr), cfg.epsilon, cfg.sinkhorn_iterations);
         let predict = |x: &Tensor, q: &[Vec<f64>]| hand_cross_entropy(q, &hand_scores(&rows(x), &cr), cfg.temperature);
@@ -130,7 +134,7 @@ fn the_codes_stop_gradient_is_where_swav_puts_it() {
     for stop_grad in [true, false] {
         let o = outputs(b, d);
         let cfg = SwavConfig { prototypes: k, online: Online::P, stop_grad, ..SwavConfig::default() };
-        swav_loss(&o.p1, &o.p2, &o.z1, &o.z2, &c, &cfg).backward();
+        swav_loss([&o.p1, &o.p2], [&o.z1, &o.z2], &c, None, &cfg).backward();
         let zg = o.z1.grad();
         let z_moved = zg.defined() && zg.abs().max().double_value(&[]) > 0.0;
         assert_eq!(z_moved, !stop_grad, "stop_grad = {stop_grad}: z gets a gradient only through the codes");
@@ -153,7 +157,7 @@ fn swav_method_and_its_config_errors() {
         Objective::new(&ObjectiveConfig { swav: SwavConfig { prototypes: 7, ..s.clone() }, ..cfg.objective.clone() });
     let ext = External { prototypes: Some(c.shallow_clone()), ..Default::default() };
     let got = obj.loss(std::slice::from_ref(&o), &ext).double_value(&[]);
-    let want = swav_loss(&o.z1, &o.z2, &o.z1, &o.z2, &c, &obj.cfg.swav).double_value(&[]);
+    let want = swav_loss([&o.z1, &o.z2], [&o.z1, &o.z2], &c, None, &obj.cfg.swav).double_value(&[]);
     assert!((got - want).abs() < 1e-12);
     assert_eq!(obj.minimum(), None, "no collapse minimum for an extra loss");
     for (set, field) in [
@@ -163,6 +167,7 @@ fn swav_method_and_its_config_errors() {
         ("objective.swav.sinkhorn_iterations=0", "objective.swav.sinkhorn_iterations"),
         ("objective.swav.online=\"oracle\"", "objective.swav.online"),
         ("objective.swav.weight=-1.0", "swav.weight"),
+        ("objective.swav.queue=100", "objective.swav.queue"),
     ] {
         let e = Config::resolve_method("cifar10", "swav", None, &[set.into()]).unwrap_err().to_string();
         assert!(e.contains(field), "{set}: {e}");
@@ -253,4 +258,44 @@ fn log_domain_codes_have_swavs_gradient() {
     let scale = swav.abs().max().double_value(&[]);
     let diff = (&ours - &swav).abs().max().double_value(&[]);
     assert!(diff < 1e-3 * scale, "f32: max difference {diff} of {scale}");
+}
+
+/// SwAV's queue: newest first, the oldest dropped, ready once full; with it, each view's codes
+/// are Sinkhorn-Knopp over the queue's scores and the batch's together, the batch's rows kept.
+#[test]
+fn the_queue_joins_the_codes_once_full() {
+    let (b, d, k, len) = (4, 6, 5, 8);
+    let mut queue = SwavQueue::new(len, d, Device::Cpu);
+    let batches: Vec<(Tensor, Tensor)> = (0..3).map(|i| (leaf(20 + i, b, d), leaf(30 + i, b, d))).collect();
+    let unit = |t: &Tensor| t.detach() / t.norm_scalaropt_dim(2.0, &[1i64][..], true).detach();
+    queue.push(&batches[0].0, &batches[0].1);
+    assert!(queue.ready().is_none(), "half full");
+    queue.push(&batches[1].0, &batches[1].1);
+    queue.push(&batches[2].0, &batches[2].1);
+    let z = queue.ready().expect("full");
+    assert_eq!(z.size(), [2, len as i64, d]);
+    assert!(!z.requires_grad());
+    // View 1's rows: batch 2 (newest), then batch 1; batch 0 is gone.
+    let want = Tensor::cat(&[unit(&batches[2].0), unit(&batches[1].0)], 0).to_kind(Kind::Float);
+    assert!(z.get(0).allclose(&want, 1e-6, 1e-6, false));
+    let want = Tensor::cat(&[unit(&batches[2].1), unit(&batches[1].1)], 0).to_kind(Kind::Float);
+    assert!(z.get(1).allclose(&want, 1e-6, 1e-6, false));
+
+    let o = outputs(b, d);
+    let c = prototypes(k, d);
+    let cfg = SwavConfig { prototypes: k, ..SwavConfig::default() };
+    let zq = z.to_kind(Kind::Double);
+    let got = swav_loss([&o.z1, &o.z2], [&o.z1, &o.z2], &c, Some(&zq), &cfg).double_value(&[]);
+    let cr = rows(&c);
+    let code = |v: i64, zv: &Tensor| {
+        // The queue holds normalised projections: SwAV scores them as they are.
+        let mut s = dot_scores(&rows(&zq.get(v)), &cr);
+        s.extend(hand_scores(&rows(zv), &cr));
+        hand_sinkhorn(&s, cfg.epsilon, cfg.sinkhorn_iterations).split_off(len)
+    };
+    let predict = |x: &Tensor, q: &[Vec<f64>]| hand_cross_entropy(q, &hand_scores(&rows(x), &cr), cfg.temperature);
+    let want = 0.5 * (predict(&o.z1, &code(1, &o.z2)) + predict(&o.z2, &code(0, &o.z1)));
+    assert!((got - want).abs() < 1e-10, "{got} against {want}");
+    let without = swav_loss([&o.z1, &o.z2], [&o.z1, &o.z2], &c, None, &cfg).double_value(&[]);
+    assert!((got - without).abs() > 1e-6, "the queue changes the codes");
 }

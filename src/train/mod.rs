@@ -19,12 +19,12 @@ use crate::checkpoint::{self, Position};
 use crate::config::{Config, DistBackend, Online, Target};
 use crate::dist::{self, Group, Reducer};
 use crate::error::{Error, Result};
-use crate::objective::{MemoryBank, Objective};
+use crate::objective::Objective;
 use crate::optim::{cosine_lr, Sgd};
 use indicatif::ProgressBar;
 use metrics::{MetricsLog, Pending, StepLog};
 use monitors::EpochMonitors;
-use resume::{restore, save_checkpoint};
+use resume::{restore, save_checkpoint, RunState};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -320,10 +320,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     opt.lrs[2] = cfg.monitor.online_probe_lr;
     opt.wds[2] = 0.0;
 
-    let mut memory = (cfg.objective.target == Target::Memory || cfg.objective.online == Online::Oracle)
-        .then(|| MemoryBank::from_config(train_store.len() as i64, cfg.model.dim, &cfg.objective, device));
+    let mut state = RunState::new(cfg, train_store.len(), world, device);
     let mut pos = if control.resume {
-        restore(cfg, &mut net, &mut opt, &mut memory, &train_store, lead)?
+        restore(cfg, &mut net, &mut opt, &mut state, &train_store, lead)?
     } else {
         Position { train_images: train_store.len(), train_digest: train_store.digest(), ..Position::default() }
     };
@@ -421,10 +420,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         Ok(any[0])
     };
     // Ctrl-C: rank 0 saves a checkpoint at this position; every rank stops.
-    let interrupted = |net: &Network, opt: &Sgd, pos: Position, memory: &Option<MemoryBank>| -> Result<Summary> {
+    let interrupted = |net: &Network, opt: &Sgd, pos: Position, state: &RunState| -> Result<Summary> {
         pb.abandon();
         if lead {
-            let dir = save_checkpoint(cfg, &run_dir, net, opt, timed(pos), memory)?;
+            let dir = save_checkpoint(cfg, &run_dir, net, opt, timed(pos), state)?;
             eprintln!("checkpoint written to {}", dir.display());
         }
         Err(Error::Interrupted { epoch: pos.epoch, step: pos.global_step, dir: run_dir.display().to_string() })
@@ -441,7 +440,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         if control.until_epoch.is_some_and(|u| pos.epoch >= u) {
             pb.finish_and_clear();
             if lead && saved_at != Some(pos.global_step) {
-                save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?;
+                save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &state)?;
             }
             let dir = run_dir.display().to_string();
             return Err(Error::Paused { epoch: pos.epoch, epochs: cfg.run.epochs, dir });
@@ -511,8 +510,9 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 cached,
                 eoa: (cfg.objective.target == Target::Eoa)
                     .then(|| eoa_target(&net.model, &aug, &images_of(s), cfg.objective.eoa_k)),
-                memory: memory.as_mut().map(|bank| (bank, &idx)),
+                memory: state.memory.as_mut().map(|bank| (bank, &idx)),
                 freeze_prototypes: net.model.prototypes.is_some() && pos.epoch < cfg.objective.swav.freeze_epochs,
+                swav_queue: state.swav_queue.as_mut().filter(|_| pos.epoch >= cfg.objective.swav.queue_start_epoch),
             };
             let out = stepper.step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;
             if let Some(e) = net.ema.as_mut() {
@@ -542,7 +542,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 ));
             }
             if stop {
-                return interrupted(&net, &opt, pos, &memory);
+                return interrupted(&net, &opt, pos, &state);
             }
             // In a log file (no bar), a line every few minutes within a long epoch (its end
             // has its own line).
@@ -563,12 +563,12 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 && within
                 && last_save.elapsed().as_secs_f64() >= 60.0 * minutes
             {
-                last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?.display().to_string();
+                last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &state)?.display().to_string();
                 (saved_at, last_save) = (Some(pos.global_step), Instant::now());
             }
         }
         if sync_point(&mut log, &mut summary, &last_ckpt, &opt, pos)? {
-            return interrupted(&net, &opt, pos, &memory);
+            return interrupted(&net, &opt, pos, &state);
         }
         // Judged before the epoch monitors write their lines; said after the epoch's own line.
         let collapse = log.collapse_check(pos.epoch, pos.global_step.saturating_sub(1), &objective)?;
@@ -593,7 +593,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             say(&pb, warning);
         }
         if lead && (pos.epoch % cfg.run.checkpoint_every == 0 || last) {
-            last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &memory)?.display().to_string();
+            last_ckpt = save_checkpoint(cfg, &run_dir, &net, &opt, timed(pos), &state)?.display().to_string();
             (saved_at, last_save) = (Some(pos.global_step), Instant::now());
         }
     }

@@ -1,21 +1,47 @@
 //! Checkpoints of a run's whole training state and the exact resume from them.
 use super::{Ema, Network};
 use crate::checkpoint::{self, Position};
-use crate::config::Config;
+use crate::config::{Config, Online, Target};
 use crate::data::ImageStore;
 use crate::error::{Error, Result};
-use crate::objective::MemoryBank;
+use crate::objective::{MemoryBank, SwavQueue};
 use crate::optim::Sgd;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-/// Training state beyond weights and optimiser, for the checkpoint: the memory bank, the EMA
-/// target network.
-fn extra_state(memory: &Option<MemoryBank>, ema: &Option<Ema>) -> Vec<(String, Tensor)> {
+/// Training state beyond weights, optimiser and BYOL's EMA target: what some objectives keep
+/// across steps, saved in each checkpoint's `state.safetensors`.
+#[derive(Debug, Default)]
+pub struct RunState {
+    /// The `memory` target's (and the `oracle` predictor's) per-image bank.
+    pub memory: Option<MemoryBank>,
+    /// SwAV's queue (`objective.swav.queue`).
+    pub swav_queue: Option<SwavQueue>,
+}
+
+impl RunState {
+    /// What `cfg` needs, fresh, for `n` training images; a rank of `world` keeps its share of
+    /// SwAV's queue.
+    pub fn new(cfg: &Config, n: usize, world: usize, device: tch::Device) -> RunState {
+        let ob = &cfg.objective;
+        let memory = (ob.target == Target::Memory || ob.online == Online::Oracle)
+            .then(|| MemoryBank::from_config(n as i64, cfg.model.dim, ob, device));
+        let swav_queue = (ob.swav.weight > 0.0 && ob.swav.queue > 0)
+            .then(|| SwavQueue::new(ob.swav.queue / world.max(1), cfg.model.dim, device));
+        RunState { memory, swav_queue }
+    }
+}
+
+/// The tensors of [`RunState`] and of the EMA target network, by name, for the checkpoint.
+fn extra_state(state: &RunState, ema: &Option<Ema>) -> Vec<(String, Tensor)> {
     let mut out = Vec::new();
-    if let Some(b) = memory {
+    if let Some(b) = &state.memory {
         out.push(("memory.eta".to_string(), b.eta.shallow_clone()));
         out.push(("memory.seen".to_string(), b.seen.shallow_clone()));
+    }
+    if let Some(q) = &state.swav_queue {
+        out.push(("swav.queue".to_string(), q.z.shallow_clone()));
+        out.push(("swav.queue_filled".to_string(), Tensor::from(q.filled as i64)));
     }
     if let Some(e) = ema {
         out.extend(e.vs.variables().into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
@@ -29,9 +55,9 @@ pub(super) fn save_checkpoint(
     net: &Network,
     opt: &Sgd,
     pos: Position,
-    memory: &Option<MemoryBank>,
+    state: &RunState,
 ) -> Result<PathBuf> {
-    let extra = extra_state(memory, &net.ema);
+    let extra = extra_state(state, &net.ema);
     let refs: Vec<(&str, &Tensor)> = extra.iter().map(|(n, t)| (n.as_str(), t)).collect();
     checkpoint::save(run_dir, &net.vs, opt, pos, &refs, cfg.run.keep_checkpoints)
 }
@@ -44,7 +70,7 @@ pub(super) fn restore(
     cfg: &Config,
     net: &mut Network,
     opt: &mut Sgd,
-    memory: &mut Option<MemoryBank>,
+    run_state: &mut RunState,
     train: &ImageStore,
     lead: bool,
 ) -> Result<Position> {
@@ -75,10 +101,22 @@ pub(super) fn restore(
             tch::no_grad(|| t.copy_(src));
         }
     }
-    if let Some(bank) = memory.as_mut() {
+    if let Some(bank) = run_state.memory.as_mut() {
         let missing = || Error::data(&ckpt, "the memory bank (state.safetensors) is missing");
         bank.eta = state.get("memory.eta").ok_or_else(missing)?.to_device(bank.eta.device());
         bank.seen = state.get("memory.seen").ok_or_else(missing)?.to_device(bank.seen.device());
+    }
+    if let Some(queue) = run_state.swav_queue.as_mut() {
+        let missing = || Error::data(&ckpt, "SwAV's queue (state.safetensors) is missing");
+        let z = state.get("swav.queue").ok_or_else(missing)?;
+        if z.size() != queue.z.size() {
+            return Err(Error::data(
+                &ckpt,
+                format!("SwAV's queue was saved as {:?}, this run keeps {:?}", z.size(), queue.z.size()),
+            ));
+        }
+        queue.z = z.to_device(queue.z.device());
+        queue.filled = state.get("swav.queue_filled").ok_or_else(missing)?.int64_value(&[]) as usize;
     }
     if lead {
         let cfg_path = run_dir.join("config.toml");

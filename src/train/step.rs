@@ -7,7 +7,7 @@ use crate::dist::{self, Reducer};
 use crate::error::{Error, Result};
 use crate::model::{SiameseOutput, SimSiam, PROTOTYPES};
 use crate::monitor::l2_normalize;
-use crate::objective::{External, MemoryBank, Objective};
+use crate::objective::{External, MemoryBank, Objective, SwavQueue};
 use crate::optim::Sgd;
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
@@ -61,6 +61,9 @@ pub struct StepTargets<'a> {
     pub labels: Option<Tensor>,
     /// SwAV's first epoch(s): the prototypes get no update (`objective.swav.freeze_epochs`).
     pub freeze_prototypes: bool,
+    /// SwAV's queue, from `objective.swav.queue_start_epoch` on: used once full, and this
+    /// step's projections pushed after the update.
+    pub swav_queue: Option<&'a mut SwavQueue>,
 }
 
 /// The train-mode forward pass of each pair of views (`[x1, x2, x1', x2', ...]`).
@@ -103,7 +106,16 @@ pub fn step(
         _ => None,
     };
     let prototypes = model.prototypes.as_ref().map(Tensor::shallow_clone);
-    let ext = External { per_image, inverse, cached: targets.cached, oracle, regressed, prototypes };
+    let mut swav_queue = targets.swav_queue;
+    let ext = External {
+        per_image,
+        inverse,
+        cached: targets.cached,
+        oracle,
+        regressed,
+        prototypes,
+        swav_queue: swav_queue.as_ref().and_then(|q| q.ready()),
+    };
     let mut loss = objective.loss(&pairs, &ext);
     // The online probe learns from detached features: it never shapes the representation.
     let mut probe_acc = Tensor::zeros([], (Kind::Float, out.z1.device()));
@@ -139,6 +151,9 @@ pub fn step(
     drop(update);
     if let Some((bank, idx)) = memory.as_mut() {
         bank.update(idx, &out.z1, &out.z2);
+    }
+    if let Some(queue) = swav_queue.as_mut() {
+        queue.push(&out.z1, &out.z2);
     }
     // NaN (logged as null) where the head is absent.
     let none = || Tensor::full([], f64::NAN, (Kind::Float, loss.device()));
