@@ -225,19 +225,22 @@ fn exp_domain_sinkhorn(scores: &Tensor, eps: f64, iters: usize) -> Tensor {
     (q * b).tr()
 }
 
+/// The gradient of `sum(codes(scores) * weights)` with respect to the scores: ours and SwAV's.
+fn code_gradients(scores: &Tensor, weights: &Tensor) -> (Tensor, Tensor) {
+    let grad_of = |codes: &dyn Fn(&Tensor) -> Tensor| {
+        let s = scores.detach().set_requires_grad(true);
+        (codes(&s) * weights).sum(s.kind()).backward();
+        s.grad()
+    };
+    (grad_of(&|s| sinkhorn(s, 0.05, 3)), grad_of(&|s| exp_domain_sinkhorn(s, 0.05, 3)))
+}
+
 /// Without the stop-gradient the codes' gradient matters: the log-domain normalisations give
 /// SwAV's exp-domain gradient, not only its values.
 #[test]
 fn log_domain_codes_have_swavs_gradient() {
-    let scores = (leaf(11, 8, 5).detach().tanh()).set_requires_grad(true); // scores in (-1, 1)
-    let weights = leaf(12, 8, 5).detach();
-    let grad_of = |codes: &dyn Fn(&Tensor) -> Tensor| {
-        let s = scores.detach().set_requires_grad(true);
-        (codes(&s) * &weights).sum(Kind::Double).backward();
-        s.grad()
-    };
-    let ours = grad_of(&|s| sinkhorn(s, 0.05, 3));
-    let swav = grad_of(&|s| exp_domain_sinkhorn(s, 0.05, 3));
+    let scores = leaf(11, 8, 5).detach().tanh(); // in (-1, 1)
+    let (ours, swav) = code_gradients(&scores, &leaf(12, 8, 5).detach());
     assert!(swav.abs().max().double_value(&[]) > 1e-3, "a gradient worth comparing");
     assert!(ours.allclose(&swav, 1e-9, 1e-12, false), "max difference {}", (ours - swav).abs().max());
     // At SwAV's size in f32 (batch 64, 3,000 prototypes, unit vectors), SwAV's own loop is
@@ -246,14 +249,7 @@ fn log_domain_codes_have_swavs_gradient() {
     let unit = |t: Tensor| &t / t.norm_scalaropt_dim(2.0, &[1i64][..], true);
     let (z, c) = (unit(leaf(13, 64, 128).detach()), unit(leaf(14, 3000, 128).detach()));
     let scores = z.matmul(&c.tr()).to_kind(Kind::Float);
-    let weights = leaf(15, 64, 3000).detach().to_kind(Kind::Float);
-    let grad_of = |codes: &dyn Fn(&Tensor) -> Tensor| {
-        let s = scores.detach().set_requires_grad(true);
-        (codes(&s) * &weights).sum(Kind::Float).backward();
-        s.grad()
-    };
-    let ours = grad_of(&|s| sinkhorn(s, 0.05, 3));
-    let swav = grad_of(&|s| exp_domain_sinkhorn(s, 0.05, 3));
+    let (ours, swav) = code_gradients(&scores, &leaf(15, 64, 3000).detach().to_kind(Kind::Float));
     assert!(bool::try_from(swav.isfinite().all()).unwrap());
     let scale = swav.abs().max().double_value(&[]);
     let diff = (&ours - &swav).abs().max().double_value(&[]);
