@@ -19,7 +19,7 @@ names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(stop-gradient predictor bn-placement similarity symmetrisation siamese-architectures \
   dummy-gradients triplet-extra-gradient simsiam-extra-gradient simple-predictors covariance moving-average explicit-eoa \
   decorrelation k-step-alternation oracle-predictor shard-dynamics augmentation-removal infonce-extra-gradient \
-  simclr-predictor mirror-simsiam swav-predictor)
+  simclr-predictor mirror-simsiam swav-predictor method-comparison)
 set_name=cpu-small${SEEDS:+-seeds}
 for name in "${names[@]}"; do
   batch=(--batch-size 64)

@@ -137,7 +137,7 @@ exps)
     for e in ${EXPS:-stop-gradient predictor siamese-architectures moving-average simple-predictors \
         dummy-gradients similarity shard-dynamics oracle-predictor bn-placement symmetrisation output-dim \
         batch-size k-step-alternation triplet-extra-gradient simsiam-extra-gradient decorrelation covariance \
-        dim-sweep augmentation-removal explicit-eoa infonce-extra-gradient simclr-predictor mirror-simsiam swav-predictor}; do
+        dim-sweep augmentation-removal explicit-eoa infonce-extra-gradient simclr-predictor mirror-simsiam swav-predictor method-comparison}; do
         echo "exp_$e"
     done | xargs -P "$WORKERS" -I{} bash "$0" task {}
     log "all done"

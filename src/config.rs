@@ -326,8 +326,10 @@ pub struct ModelConfig {
     /// BYOL: the target branch's z comes from an exponential moving average of the backbone and
     /// projector, not from the online network.
     pub ema_target: bool,
-    /// BYOL's base momentum tau, raised to 1 over training: `1 - (1 - tau)(cos(pi k/K) + 1)/2`.
+    /// BYOL's base momentum tau, raised to 1 over training: `1 - (1 - tau)(cos(pi k/K) + 1)/2`
+    /// (`ema_schedule = "cosine"`), or MoCo's constant momentum (`"constant"`).
     pub ema_momentum: f64,
+    pub ema_schedule: EmaSchedule,
     /// BatchNorm statistics over this many equal parts of each (per-rank) batch ("ghost" BN):
     /// N reproduces, on one device, the per-GPU statistics of N ranks without `dist.sync_bn`.
     pub bn_splits: usize,
@@ -360,6 +362,7 @@ impl Default for ModelConfig {
             init_checkpoint: None,
             ema_target: false,
             ema_momentum: 0.99,
+            ema_schedule: EmaSchedule::Cosine,
             bn_splits: 1,
         }
     }
@@ -454,6 +457,16 @@ pub enum MemoryInit {
     Random,
 }
 
+/// How the EMA target network's momentum moves over training.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EmaSchedule {
+    /// BYOL: from `ema_momentum` to 1 on a cosine.
+    Cosine,
+    /// MoCo: `ema_momentum` throughout.
+    Constant,
+}
+
 /// How the online vector meets the detached target.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -522,6 +535,12 @@ pub struct ObjectiveConfig {
     pub infonce_online: Online,
     /// Stop-gradient on the InfoNCE's keys (SimSiam §6.2, "w/ pred. & stop-grad").
     pub infonce_stop_grad: bool,
+    /// MoCo's negatives (0 = off: SimCLR's in-batch negatives): the InfoNCE's keys come from
+    /// the target branch (the momentum encoder with `model.ema_target`) and each query is set
+    /// against its own key and this many past keys of the other view, a queue that starts as
+    /// random unit vectors; symmetrised over the two views. Global, like `optim.batch_size`:
+    /// each rank of a data-parallel job keeps `infonce_queue / N`.
+    pub infonce_queue: usize,
     /// Weight of the predictor's own regression loss `½ Σ D(h(sg z_a), sg z_b)` (0 = off). It
     /// trains h where h gets no gradient from the main loss: on the stop-gradient path, as the
     /// EOA reading would place it (Zhang et al. Fig. 1c, "mirror SimSiam": `online = "z"`,
@@ -613,6 +632,7 @@ impl Default for ObjectiveConfig {
             infonce_temperature: 0.1,
             infonce_online: Online::Z,
             infonce_stop_grad: false,
+            infonce_queue: 0,
             predictor_loss: 0.0,
             swav: SwavConfig::default(),
         }
@@ -793,6 +813,11 @@ pub const METHODS: &[(&str, &str, &str)] = &[
         "swav",
         "SwAV (Caron et al. 2020): Sinkhorn codes over 3,000 prototypes, swapped prediction, no predictor",
         include_str!("../configs/methods/swav.toml"),
+    ),
+    (
+        "moco",
+        "MoCo v2 (Chen et al. 2020): InfoNCE t 0.2 against a momentum encoder's keys (0.99), 4,096 queued negatives",
+        include_str!("../configs/methods/moco.toml"),
     ),
 ];
 
@@ -1059,6 +1084,13 @@ impl Config {
                     "{} / {} / {} / {} / {}",
                     ob.main_weight, ob.decorrelation, ob.infonce, ob.predictor_loss, ob.swav.weight
                 ),
+            );
+        }
+        if ob.infonce_queue > 0 && ob.infonce == 0.0 {
+            return fail(
+                "objective.infonce_queue",
+                "0 unless objective.infonce > 0 (the queue holds the InfoNCE's negatives)",
+                ob.infonce_queue.to_string(),
             );
         }
         let sw = &ob.swav;

@@ -48,6 +48,10 @@ impl Expect {
 #[serde(deny_unknown_fields)]
 pub struct Arm {
     pub name: String,
+    /// A method overlay (`simsiam`, `simclr`, `byol`, `swav`, `moco`: `--method`) under the
+    /// overrides; SimSiam by default.
+    #[serde(default = "default_method")]
+    pub method: String,
     /// Config overrides (`section.field=value`) on top of the experiment's.
     #[serde(default)]
     pub set: Vec<String>,
@@ -113,6 +117,10 @@ pub struct Experiment {
     pub arms: Vec<Arm>,
 }
 
+fn default_method() -> String {
+    "simsiam".into()
+}
+
 fn default_preset() -> String {
     "cifar10".into()
 }
@@ -133,6 +141,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ("infonce-extra-gradient", include_str!("../experiments/infonce-extra-gradient.toml")),
     ("simclr-predictor", include_str!("../experiments/simclr-predictor.toml")),
     ("swav-predictor", include_str!("../experiments/swav-predictor.toml")),
+    ("method-comparison", include_str!("../experiments/method-comparison.toml")),
     ("simple-predictors", include_str!("../experiments/simple-predictors.toml")),
     ("covariance", include_str!("../experiments/covariance.toml")),
     ("explicit-eoa", include_str!("../experiments/explicit-eoa.toml")),
@@ -227,7 +236,7 @@ impl Experiment {
         }
         let dir = run_dir(out, &arm.name, seed);
         sets.push(format!("run.out_dir={}", toml::Value::String(dir.display().to_string())));
-        Config::resolve(&self.preset, None, &sets)
+        Config::resolve_method(&self.preset, &arm.method, None, &sets)
             .map_err(|e| Error::config(format!("experiment {}, arm {}: {e}", self.name, arm.name)))
     }
 }

@@ -217,6 +217,7 @@ impl Stepper {
                 (model.inverse.is_some(), "an inverse predictor"),
                 (objective.cfg.predictor_loss > 0.0, "the predictor's own loss"),
                 (targets.swav_queue.is_some(), "SwAV's queue"),
+                (targets.infonce_queue.is_some(), "MoCo's queue"),
             ];
             if let Some((_, what)) = outside.iter().find(|(yes, _)| *yes) {
                 eprintln!(

@@ -140,19 +140,27 @@ pub fn swav_loss(
     (predict(x[0], &code(1)) + predict(x[1], &code(0))) * 0.5
 }
 
-/// SwAV's queue: each view's normalised projections of the last `len` images, newest first,
-/// detached (`queue[i, bs:] = queue[i, :-bs]; queue[i, :bs] = embedding`).
+/// A queue of each view's recent normalised projections, newest first, detached
+/// (`queue[i, bs:] = queue[i, :-bs]; queue[i, :bs] = embedding`): SwAV's, which starts empty
+/// and joins the codes once full, and MoCo's of keys, which starts as random unit vectors.
 #[derive(Debug)]
-pub struct SwavQueue {
-    /// `[2, len, d]`
+pub struct ViewQueue {
+    /// `[2, len, d]`: row v holds view v's vectors.
     pub z: Tensor,
     /// How many rows hold projections (the rest are the zeros it starts with).
     pub filled: usize,
 }
 
-impl SwavQueue {
-    pub fn new(len: usize, d: i64, device: tch::Device) -> SwavQueue {
-        SwavQueue { z: Tensor::zeros([2, len as i64, d], (tch::Kind::Float, device)), filled: 0 }
+impl ViewQueue {
+    /// Empty (zeros): SwAV's queue.
+    pub fn new(len: usize, d: i64, device: tch::Device) -> ViewQueue {
+        ViewQueue { z: Tensor::zeros([2, len as i64, d], (tch::Kind::Float, device)), filled: 0 }
+    }
+
+    /// Full of random unit vectors, drawn from libtorch's generator (the run's seed): MoCo's.
+    pub fn random(len: usize, d: i64, device: tch::Device) -> ViewQueue {
+        let z = Tensor::randn([2, len as i64, d], (tch::Kind::Float, device));
+        ViewQueue { z: &z / z.norm_scalaropt_dim(2.0, &[2i64][..], true), filled: len }
     }
 
     fn len(&self) -> usize {
@@ -172,6 +180,19 @@ impl SwavQueue {
         self.z = Tensor::cat(&[new, self.z.narrow(1, 0, keep)], 1).narrow(1, 0, self.len() as i64);
         self.filled = (self.filled + b as usize).min(self.len());
     }
+}
+
+/// MoCo's InfoNCE (He et al. 2020, v2: Chen et al. 2020) for queries `q [B, d]`: each query's
+/// positive is its own key `k [B, d]` (the other view through the momentum encoder, detached),
+/// its negatives the queue's keys `[Q, d]` alone (no in-batch negatives);
+/// `-mean_i log softmax([q_i . k_i, q_i . queue^T] / t)[0]`, all vectors normalised here.
+pub fn moco_loss(q: &Tensor, k: &Tensor, queue: &Tensor, t: f64) -> Tensor {
+    let (q, k) = (l2_normalize(q), l2_normalize(&k.detach()));
+    let positive = (&q * &k).sum_dim_intlist(&[1i64][..], true, q.kind()); // [B, 1]
+    let negatives = q.matmul(&queue.detach().to_kind(q.kind()).tr()); // [B, Q]
+    let logits = Tensor::cat(&[positive, negatives], 1) / t;
+    let kind = if logits.kind() == tch::Kind::Double { tch::Kind::Double } else { tch::Kind::Float };
+    -logits.log_softmax(1, kind).select(1, 0).mean(kind)
 }
 
 /// InfoNCE's weights on the negatives (Zhang et al. §2.11): for anchor X_a[i] and target view b,
@@ -296,6 +317,8 @@ pub struct External {
     pub prototypes: Option<Tensor>,
     /// SwAV's queue `[2, Q, d]`, once full.
     pub swav_queue: Option<Tensor>,
+    /// MoCo's queue of keys `[2, Q, d]` (`infonce_queue > 0`): row v holds view v's keys.
+    pub infonce_queue: Option<Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -473,8 +496,16 @@ impl Objective {
         }
         if c.infonce > 0.0 {
             let (q1, q2) = both_views(out, c.infonce_online);
-            let key = |z: &Tensor| if c.infonce_stop_grad { stop_grad(z) } else { z.shallow_clone() };
-            let nce = infonce_loss_of_queries(q1, q2, &key(&out.z1), &key(&out.z2), c.infonce_temperature);
+            let t = c.infonce_temperature;
+            let nce = match &ext.infonce_queue {
+                // MoCo: keys from the target branch (the momentum encoder), negatives from the
+                // queue of the other view's past keys, symmetrised.
+                Some(queue) => (moco_loss(q1, t2, &queue.get(1), t) + moco_loss(q2, t1, &queue.get(0), t)) * 0.5,
+                None => {
+                    let key = |z: &Tensor| if c.infonce_stop_grad { stop_grad(z) } else { z.shallow_clone() };
+                    infonce_loss_of_queries(q1, q2, &key(&out.z1), &key(&out.z2), t)
+                }
+            };
             total = &total + nce * c.infonce;
         }
         if c.swav.weight > 0.0 {

@@ -811,37 +811,53 @@ const SWAV: [&str; 4] = [
     "objective.swav.prototypes=50",
 ];
 
-/// SwAV's queue and frozen prototypes are part of the state a resume restores: a run paused
-/// after epoch 2 (the queue full since epoch 1) and resumed repeats the uninterrupted run.
+/// MoCo v2 with a queue of 64 keys, as `--method moco` sets it.
+const MOCO: [&str; 8] = [
+    "model.predictor=\"identity\"",
+    "model.ema_target=true",
+    "model.ema_schedule=\"constant\"",
+    "objective.main_weight=0.0",
+    "objective.infonce=1.0",
+    "objective.infonce_temperature=0.2",
+    "objective.infonce_queue=64",
+    "model.ema_momentum=0.99",
+];
+
+/// The queues are part of the state a resume restores, SwAV's (with its frozen prototypes)
+/// and MoCo's keys: a run paused after epoch 2 (SwAV's queue full since epoch 1) and resumed
+/// repeats the uninterrupted run.
 #[test]
-fn swav_with_its_queue_resumes_to_the_same_loss_curve() {
+fn runs_with_queues_resume_to_the_same_loss_curve() {
     let (tmp, train, test) = data();
-    let args = |out: &Path| {
-        let mut a = train_args(&train, &test, out);
-        for s in SWAV.iter().chain(&["objective.swav.queue=64", "objective.swav.queue_start_epoch=1"]) {
-            a.extend(["--set".into(), s.to_string()]);
+    let swav = [&SWAV[..], &["objective.swav.queue=64", "objective.swav.queue_start_epoch=1"]].concat();
+    for (name, sets) in [("swav", &swav[..]), ("infonce", &MOCO[..])] {
+        let args = |out: &Path| {
+            let mut a = train_args(&train, &test, out);
+            for s in sets {
+                a.extend(["--set".into(), s.to_string()]);
+            }
+            a
+        };
+        let full = tmp.path().join(format!("{name}-full"));
+        ok(bin().args(args(&full)).output().unwrap());
+        let want = losses(&full);
+        assert_eq!(want.len(), 60);
+        let part = tmp.path().join(format!("{name}-part"));
+        let mut paused = args(&part);
+        paused.extend(["--until-epoch".into(), "2".into()]);
+        ok(bin().args(&paused).output().unwrap());
+        ok(bin().args(["train", "--resume", part.to_str().unwrap()]).output().unwrap());
+        let got = losses(&part);
+        assert_eq!(got.len(), 60);
+        for ((s, a), (_, b)) in want.iter().zip(&got) {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "{name} step {s}: {a} vs {b}");
         }
-        a
-    };
-    let full = tmp.path().join("full");
-    ok(bin().args(args(&full)).output().unwrap());
-    let want = losses(&full);
-    assert_eq!(want.len(), 60);
-    let part = tmp.path().join("part");
-    let mut paused = args(&part);
-    paused.extend(["--until-epoch".into(), "2".into()]);
-    ok(bin().args(&paused).output().unwrap());
-    ok(bin().args(["train", "--resume", part.to_str().unwrap()]).output().unwrap());
-    let got = losses(&part);
-    assert_eq!(got.len(), 60);
-    for ((s, a), (_, b)) in want.iter().zip(&got) {
-        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s}: {a} vs {b}");
+        // The pause fell where the queue was in use (full), so the resumed steps needed it.
+        let state = part.join("checkpoints/step-000000040/state.safetensors");
+        let saved = tch::Tensor::read_safetensors(&state).unwrap();
+        let filled = saved.iter().find(|(n, _)| *n == format!("{name}.queue_filled")).map(|(_, t)| t.int64_value(&[]));
+        assert_eq!(filled, Some(64), "{name}: full at the pause");
     }
-    // The pause fell where the queue was in use (full), so the resumed steps needed it.
-    let state = part.join("checkpoints/step-000000040/state.safetensors");
-    let saved = tch::Tensor::read_safetensors(&state).unwrap();
-    let filled = saved.iter().find(|(n, _)| n == "swav.queue_filled").map(|(_, t)| t.int64_value(&[]));
-    assert_eq!(filled, Some(64), "full at the pause");
 }
 
 #[test]
@@ -869,6 +885,7 @@ fn step_computed_targets_train_end_to_end() {
         ("byol", &["model.ema_target=true"][..]),
         ("swav", &SWAV[..]),
         ("swav-queue", &[&SWAV[..], &["objective.swav.queue=64", "objective.swav.queue_start_epoch=0"]].concat()[..]),
+        ("moco", &MOCO[..]),
         (
             "simclr",
             &[
@@ -911,6 +928,14 @@ fn step_computed_targets_train_end_to_end() {
                 out.join("checkpoints").join(latest.trim()).join("state.safetensors").is_file(),
                 "bank checkpointed"
             );
+        }
+        if name == "moco" {
+            let latest = read(&out.join("checkpoints/latest"));
+            let state = out.join("checkpoints").join(latest.trim()).join("state.safetensors");
+            let saved = tch::Tensor::read_safetensors(state).unwrap();
+            let queue = saved.iter().find(|(n, _)| n == "infonce.queue").map(|(_, t)| t.size());
+            assert_eq!(queue, Some(vec![2, 64, 32]), "MoCo's keys checkpointed");
+            assert!(saved.iter().any(|(n, _)| n.starts_with("ema.")), "with the momentum encoder");
         }
         if name.starts_with("swav") {
             let latest = read(&out.join("checkpoints/latest"));

@@ -130,6 +130,27 @@ fn every_shipped_experiment_parses_and_every_arm_resolves() {
     }
 }
 
+/// An arm's `method` is the `--method` overlay under its overrides; an unknown one is an error
+/// naming the experiment, the arm and the methods there are.
+#[test]
+fn an_arms_method_is_its_overlay() {
+    use simsiam::config::PredictorKind;
+    use simsiam::experiment::Experiment;
+    let out = std::path::Path::new("/tmp/unused");
+    let e = Experiment::find("method-comparison").unwrap();
+    let arm = |n: &str| e.arms.iter().find(|a| a.name == n).unwrap();
+    let moco = e.arm_config(arm("moco"), out, &["objective.infonce_queue=512".into()]).unwrap();
+    assert!(moco.model.ema_target && moco.objective.infonce == 1.0 && moco.objective.infonce_queue == 512);
+    assert_eq!(moco.model.predictor, PredictorKind::Identity);
+    let simsiam = e.arm_config(arm("simsiam"), out, &[]).unwrap();
+    assert!(!simsiam.model.ema_target && simsiam.objective.infonce == 0.0 && simsiam.objective.swav.weight == 0.0);
+    assert_eq!(e.arm_config(arm("swav"), out, &[]).unwrap().objective.swav.weight, 1.0);
+    let text = "name = \"x\"\nclaim = \"c\"\nsource = \"s\"\npaper = \"p\"\n[[arm]]\nname = \"a\"\nmethod = \"dino\"\nexpect = \"any\"\n";
+    let e = Experiment::parse(text, "x").unwrap();
+    let err = e.arm_config(&e.arms[0], out, &[]).unwrap_err().to_string();
+    assert!(err.contains("arm a") && err.contains("dino") && err.contains("moco"), "{err}");
+}
+
 /// An experiment's `[linear]` recipe: fields left out keep `eval linear`'s defaults; a bad value
 /// or an unknown field is an error naming it.
 #[test]

@@ -4,7 +4,7 @@
 //! normalisation and their frozen first epoch.
 use simsiam::config::{Config, ObjectiveConfig, Online, PredictorKind, SwavConfig};
 use simsiam::model::SiameseOutput;
-use simsiam::objective::{sinkhorn, swav_loss, External, Objective, SwavQueue};
+use simsiam::objective::{sinkhorn, swav_loss, External, Objective, ViewQueue};
 use tch::{Device, Kind, Tensor};
 
 /// A `[b, d]` f64 leaf of standard normals from its own seeded generator.
@@ -261,7 +261,7 @@ fn log_domain_codes_have_swavs_gradient() {
 #[test]
 fn the_queue_joins_the_codes_once_full() {
     let (b, d, k, len) = (4, 6, 5, 8);
-    let mut queue = SwavQueue::new(len, d, Device::Cpu);
+    let mut queue = ViewQueue::new(len, d, Device::Cpu);
     let batches: Vec<(Tensor, Tensor)> = (0..3).map(|i| (leaf(20 + i, b, d), leaf(30 + i, b, d))).collect();
     let unit = |t: &Tensor| t.detach() / t.norm_scalaropt_dim(2.0, &[1i64][..], true).detach();
     queue.push(&batches[0].0, &batches[0].1);

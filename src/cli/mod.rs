@@ -189,7 +189,7 @@ pub(crate) struct ConfigArgs {
     /// Base preset (see `simsiam presets`).
     #[arg(long, default_value = "cifar10")]
     pub(crate) preset: String,
-    /// Method overlay: simsiam, simclr, byol or swav (same backbone, augmentation and schedule).
+    /// Method overlay: simsiam, simclr, byol, swav or moco (same backbone, augmentation and schedule).
     #[arg(long, default_value = "simsiam")]
     pub(crate) method: String,
     /// A TOML file merged over the preset.

@@ -513,10 +513,16 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 memory: state.memory.as_mut().map(|bank| (bank, &idx)),
                 freeze_prototypes: net.model.prototypes.is_some() && pos.epoch < cfg.objective.swav.freeze_epochs,
                 swav_queue: state.swav_queue.as_mut().filter(|_| pos.epoch >= cfg.objective.swav.queue_start_epoch),
+                infonce_queue: state.infonce_queue.as_mut(),
             };
             let out = stepper.step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;
             if let Some(e) = net.ema.as_mut() {
-                e.update(Ema::momentum(cfg.model.ema_momentum, pos.global_step, total_steps));
+                e.update(Ema::momentum_at(
+                    cfg.model.ema_schedule,
+                    cfg.model.ema_momentum,
+                    pos.global_step,
+                    total_steps,
+                ));
             }
             // The monitors are rank 0's; the others only check their loss.
             let stats = if lead { step_stats(&out, &objective) } else { out.loss.to_kind(Kind::Float).view([1]) };

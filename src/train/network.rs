@@ -1,6 +1,6 @@
 //! The network a run trains: the model with its variables, BYOL's EMA target, the optimiser's
 //! parameter groups.
-use crate::config::{Config, Target};
+use crate::config::{Config, EmaSchedule, Target};
 use crate::model::{SimSiam, INVERSE_PREDICTOR, ONLINE_PROBE, PREDICTOR};
 use crate::optim::Param;
 use tch::{nn, Device, Tensor};
@@ -35,6 +35,14 @@ impl Ema {
     pub fn momentum(tau_base: f64, step: usize, total: usize) -> f64 {
         let frac = step as f64 / total.max(1) as f64;
         1.0 - (1.0 - tau_base) * ((std::f64::consts::PI * frac).cos() + 1.0) / 2.0
+    }
+
+    /// The momentum of step `step` of `total` under `schedule`.
+    pub fn momentum_at(schedule: EmaSchedule, tau_base: f64, step: usize, total: usize) -> f64 {
+        match schedule {
+            EmaSchedule::Cosine => Ema::momentum(tau_base, step, total),
+            EmaSchedule::Constant => tau_base,
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use crate::checkpoint::{self, Position};
 use crate::config::{Config, Online, Target};
 use crate::data::ImageStore;
 use crate::error::{Error, Result};
-use crate::objective::{MemoryBank, SwavQueue};
+use crate::objective::{MemoryBank, ViewQueue};
 use crate::optim::Sgd;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -16,7 +16,9 @@ pub struct RunState {
     /// The `memory` target's (and the `oracle` predictor's) per-image bank.
     pub memory: Option<MemoryBank>,
     /// SwAV's queue (`objective.swav.queue`).
-    pub swav_queue: Option<SwavQueue>,
+    pub swav_queue: Option<ViewQueue>,
+    /// MoCo's queue of keys (`objective.infonce_queue`).
+    pub infonce_queue: Option<ViewQueue>,
 }
 
 impl RunState {
@@ -27,8 +29,19 @@ impl RunState {
         let memory = (ob.target == Target::Memory || ob.online == Online::Oracle)
             .then(|| MemoryBank::from_config(n as i64, cfg.model.dim, ob, device));
         let swav_queue = (ob.swav.weight > 0.0 && ob.swav.queue > 0)
-            .then(|| SwavQueue::new(ob.swav.queue / world.max(1), cfg.model.dim, device));
-        RunState { memory, swav_queue }
+            .then(|| ViewQueue::new(ob.swav.queue / world.max(1), cfg.model.dim, device));
+        let infonce_queue = (ob.infonce > 0.0 && ob.infonce_queue > 0)
+            .then(|| ViewQueue::random(ob.infonce_queue / world.max(1), cfg.model.dim, device));
+        RunState { memory, swav_queue, infonce_queue }
+    }
+
+    /// The queues by the name their tensors have in a checkpoint.
+    fn queues(&self) -> [(&'static str, &Option<ViewQueue>); 2] {
+        [("swav", &self.swav_queue), ("infonce", &self.infonce_queue)]
+    }
+
+    fn queues_mut(&mut self) -> [(&'static str, &mut Option<ViewQueue>); 2] {
+        [("swav", &mut self.swav_queue), ("infonce", &mut self.infonce_queue)]
     }
 }
 
@@ -39,9 +52,11 @@ fn extra_state(state: &RunState, ema: &Option<Ema>) -> Vec<(String, Tensor)> {
         out.push(("memory.eta".to_string(), b.eta.shallow_clone()));
         out.push(("memory.seen".to_string(), b.seen.shallow_clone()));
     }
-    if let Some(q) = &state.swav_queue {
-        out.push(("swav.queue".to_string(), q.z.shallow_clone()));
-        out.push(("swav.queue_filled".to_string(), Tensor::from(q.filled as i64)));
+    for (name, queue) in state.queues() {
+        if let Some(q) = queue {
+            out.push((format!("{name}.queue"), q.z.shallow_clone()));
+            out.push((format!("{name}.queue_filled"), Tensor::from(q.filled as i64)));
+        }
     }
     if let Some(e) = ema {
         out.extend(e.vs.variables().into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
@@ -106,17 +121,18 @@ pub(super) fn restore(
         bank.eta = state.get("memory.eta").ok_or_else(missing)?.to_device(bank.eta.device());
         bank.seen = state.get("memory.seen").ok_or_else(missing)?.to_device(bank.seen.device());
     }
-    if let Some(queue) = run_state.swav_queue.as_mut() {
-        let missing = || Error::data(&ckpt, "SwAV's queue (state.safetensors) is missing");
-        let z = state.get("swav.queue").ok_or_else(missing)?;
+    for (name, queue) in run_state.queues_mut() {
+        let Some(queue) = queue else { continue };
+        let missing = || Error::data(&ckpt, format!("the {name} queue (state.safetensors) is missing"));
+        let z = state.get(&format!("{name}.queue")).ok_or_else(missing)?;
         if z.size() != queue.z.size() {
             return Err(Error::data(
                 &ckpt,
-                format!("SwAV's queue was saved as {:?}, this run keeps {:?}", z.size(), queue.z.size()),
+                format!("the {name} queue was saved as {:?}, this run keeps {:?}", z.size(), queue.z.size()),
             ));
         }
         queue.z = z.to_device(queue.z.device());
-        queue.filled = state.get("swav.queue_filled").ok_or_else(missing)?.int64_value(&[]) as usize;
+        queue.filled = state.get(&format!("{name}.queue_filled")).ok_or_else(missing)?.int64_value(&[]) as usize;
     }
     if lead {
         let cfg_path = run_dir.join("config.toml");

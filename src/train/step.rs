@@ -7,7 +7,7 @@ use crate::dist::{self, Reducer};
 use crate::error::{Error, Result};
 use crate::model::{SiameseOutput, SimSiam, PROTOTYPES};
 use crate::monitor::l2_normalize;
-use crate::objective::{External, MemoryBank, Objective, SwavQueue};
+use crate::objective::{External, MemoryBank, Objective, ViewQueue};
 use crate::optim::Sgd;
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
@@ -63,7 +63,9 @@ pub struct StepTargets<'a> {
     pub freeze_prototypes: bool,
     /// SwAV's queue, from `objective.swav.queue_start_epoch` on: used once full, and this
     /// step's projections pushed after the update.
-    pub swav_queue: Option<&'a mut SwavQueue>,
+    pub swav_queue: Option<&'a mut ViewQueue>,
+    /// MoCo's queue of keys: the negatives, then this step's keys pushed after the update.
+    pub infonce_queue: Option<&'a mut ViewQueue>,
 }
 
 /// The train-mode forward pass of each pair of views (`[x1, x2, x1', x2', ...]`).
@@ -107,6 +109,12 @@ pub fn step(
     };
     let prototypes = model.prototypes.as_ref().map(Tensor::shallow_clone);
     let mut swav_queue = targets.swav_queue;
+    let mut infonce_queue = targets.infonce_queue;
+    // MoCo's keys: the target branch's z (the momentum encoder's), else this step's.
+    let keys = infonce_queue.is_some().then(|| match &targets.cached {
+        Some([a, b]) => [a.detach(), b.detach()],
+        None => [out.z1.detach(), out.z2.detach()],
+    });
     let ext = External {
         per_image,
         inverse,
@@ -115,6 +123,7 @@ pub fn step(
         regressed,
         prototypes,
         swav_queue: swav_queue.as_ref().and_then(|q| q.ready()),
+        infonce_queue: infonce_queue.as_ref().and_then(|q| q.ready()),
     };
     let mut loss = objective.loss(&pairs, &ext);
     // The online probe learns from detached features: it never shapes the representation.
@@ -154,6 +163,9 @@ pub fn step(
     }
     if let Some(queue) = swav_queue.as_mut() {
         queue.push(&out.z1, &out.z2);
+    }
+    if let (Some(queue), Some([k1, k2])) = (infonce_queue.as_mut(), &keys) {
+        queue.push(k1, k2);
     }
     // NaN (logged as null) where the head is absent.
     let none = || Tensor::full([], f64::NAN, (Kind::Float, loss.device()));
