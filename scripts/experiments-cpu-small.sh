@@ -5,7 +5,8 @@
 # `simsiam experiment NAME` on a GPU with the defaults). The experiments whose arms differ in
 # what these overrides fix keep their own values of it: output-dim and dim-sweep their d (and the
 # predictor's d/4 hidden width; the projector's hidden width stays 2048, as in SimSiam App. B),
-# batch-size its batch (on 4,096 images, so that batch 1024 still takes 4 steps an epoch).
+# batch-size its batch (on 4,096 images, so that batch 1024 still takes 4 steps an epoch);
+# method-comparison's MoCo keeps 512 keys, half the 1,024 images (4,096 would repeat each image).
 # With no names it runs every experiment but these three; name them to run them.
 # Reports go to docs/results/cpu-small/<name>/ (report.md, outcome.json, plots/*.png).
 # SEEDS=0,1,2 runs every arm once per seed (`--seeds`) into runs/cpu-small-seeds/<name>/ and
@@ -28,6 +29,7 @@ for name in "${names[@]}"; do
   case $name in
   output-dim | dim-sweep) dims=() ;;
   batch-size) batch=() images=4096 ;;
+  method-comparison) dims+=(--set objective.infonce_queue=512) ;;
   esac
   ./target/release/simsiam experiment "$name" ${SEEDS:+--seeds $SEEDS} --out "runs/$set_name/$name" --device cpu \
     --data "$data/train.tar.gz" --test-data "$data/test.tar.gz" --epochs 12 "${batch[@]}" \

@@ -1086,13 +1086,6 @@ impl Config {
                 ),
             );
         }
-        if ob.infonce_queue > 0 && ob.infonce == 0.0 {
-            return fail(
-                "objective.infonce_queue",
-                "0 unless objective.infonce > 0 (the queue holds the InfoNCE's negatives)",
-                ob.infonce_queue.to_string(),
-            );
-        }
         let sw = &ob.swav;
         if sw.prototypes < 1 {
             return fail("objective.swav.prototypes", "at least 1", sw.prototypes.to_string());

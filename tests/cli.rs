@@ -858,6 +858,13 @@ fn runs_with_queues_resume_to_the_same_loss_curve() {
         let filled = saved.iter().find(|(n, _)| *n == format!("{name}.queue_filled")).map(|(_, t)| t.int64_value(&[]));
         assert_eq!(filled, Some(64), "{name}: full at the pause");
     }
+    // MoCo's queue must be shorter than the data, or it holds each image's own keys.
+    let mut args = train_args(&train, &test, &tmp.path().join("too-long"));
+    for s in MOCO.iter().chain(&["objective.infonce_queue=640"]) {
+        args.extend(["--set".into(), s.to_string()]);
+    }
+    let err = user_error(bin().args(&args).output().unwrap());
+    assert!(err.contains("objective.infonce_queue: 640 keys") && err.contains("640 images"), "{err}");
 }
 
 #[test]

@@ -294,6 +294,14 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     if test_store.is_some() && !knn_on && lead {
         eprintln!("note: the kNN monitor is off: it needs class folders in both the training and the held-out data");
     }
+    let queue = cfg.objective.infonce_queue;
+    if cfg.objective.infonce > 0.0 && queue >= train_store.len() {
+        return Err(Error::config(format!(
+            "objective.infonce_queue: {queue} keys, but the training data holds {} images: the queue would hold \
+             each image's own earlier keys among its negatives; use fewer keys than images",
+            train_store.len()
+        )));
+    }
     tch::manual_seed(cfg.run.seed as i64);
     let probe_classes = if cfg.monitor.online_probe_lr > 0.0 { train_store.num_classes() as i64 } else { 0 };
     let mut net = Network::build(cfg, device, probe_classes);
