@@ -29,7 +29,7 @@ for name in "${names[@]}"; do
   case $name in
   output-dim | dim-sweep) dims=() ;;
   batch-size) batch=() images=4096 ;;
-  method-comparison) dims+=(--set objective.infonce_queue=512) ;;
+  method-comparison) dims+=(--arm-set moco:objective.infonce_queue=512) ;;
   esac
   ./target/release/simsiam experiment "$name" ${SEEDS:+--seeds $SEEDS} --out "runs/$set_name/$name" --device cpu \
     --data "$data/train.tar.gz" --test-data "$data/test.tar.gz" --epochs 12 "${batch[@]}" \

@@ -63,6 +63,10 @@ pub struct Arm {
     /// Start from the final weights of this (earlier) arm: protocols in phases (Fig. 5b).
     #[serde(default)]
     pub start_from: Option<String>,
+    /// Overrides of this arm alone from the command line (`--arm-set ARM:key=value`), applied
+    /// after every other.
+    #[serde(skip)]
+    pub command_line_set: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -212,6 +216,27 @@ impl Experiment {
         }
     }
 
+    /// Applies `--arm-set ARM:section.field=value` overrides to their arms; an unknown arm or a
+    /// value without `ARM:` is an error naming the flag.
+    pub fn set_arms(&mut self, specs: &[String]) -> Result<()> {
+        for spec in specs {
+            let (name, set) = spec
+                .split_once(':')
+                .filter(|(_, set)| set.contains('='))
+                .ok_or_else(|| Error::config(format!("--arm-set {spec:?}: expected ARM:section.field=value")))?;
+            let names: Vec<&str> = self.arms.iter().map(|a| a.name.as_str()).collect();
+            let known = names.join(", ");
+            let arm = self.arms.iter_mut().find(|a| a.name == name).ok_or_else(|| {
+                Error::config(format!(
+                    "--arm-set {spec:?}: experiment {} has no arm {name:?} (its arms: {known})",
+                    self.name
+                ))
+            })?;
+            arm.command_line_set.push(set.to_string());
+        }
+        Ok(())
+    }
+
     /// The runs of each arm: one per seed in `seeds`, or one (`None`) with the config's seed.
     pub fn runs(&self) -> Vec<Option<u64>> {
         if self.seeds.is_empty() {
@@ -230,7 +255,8 @@ impl Experiment {
     /// [`Experiment::arm_config`] for one of the arm's runs: with a seed, that seed and the
     /// folder `<arm>/seed-<seed>`.
     pub fn arm_run_config(&self, arm: &Arm, out: &Path, extra: &[String], seed: Option<u64>) -> Result<Config> {
-        let mut sets: Vec<String> = self.set.iter().chain(&arm.set).chain(extra).cloned().collect();
+        let mut sets: Vec<String> =
+            self.set.iter().chain(&arm.set).chain(extra).chain(&arm.command_line_set).cloned().collect();
         if let Some(s) = seed {
             sets.push(format!("run.seed={s}"));
         }

@@ -145,6 +145,21 @@ fn an_arms_method_is_its_overlay() {
     let simsiam = e.arm_config(arm("simsiam"), out, &[]).unwrap();
     assert!(!simsiam.model.ema_target && simsiam.objective.infonce == 0.0 && simsiam.objective.swav.weight == 0.0);
     assert_eq!(e.arm_config(arm("swav"), out, &[]).unwrap().objective.swav.weight, 1.0);
+    // `--arm-set`: one arm's override, after the command line's own.
+    let mut e2 = e.clone();
+    e2.set_arms(&["moco:objective.infonce_queue=512".into()]).unwrap();
+    let arm2 = |n: &str| e2.arms.iter().find(|a| a.name == n).unwrap();
+    let global = ["objective.infonce_queue=64".to_string()];
+    assert_eq!(e2.arm_config(arm2("moco"), out, &global).unwrap().objective.infonce_queue, 512);
+    assert_eq!(
+        e2.arm_config(arm2("simclr"), out, &[]).unwrap().objective.infonce_queue,
+        0,
+        "SimCLR keeps its negatives"
+    );
+    for (spec, want) in [("mocco:optim.base_lr=1", "no arm \"mocco\""), ("moco", "ARM:section.field=value")] {
+        let err = e2.clone().set_arms(&[spec.to_string()]).unwrap_err().to_string();
+        assert!(err.contains("--arm-set") && err.contains(want), "{err}");
+    }
     let text = "name = \"x\"\nclaim = \"c\"\nsource = \"s\"\npaper = \"p\"\n[[arm]]\nname = \"a\"\nmethod = \"dino\"\nexpect = \"any\"\n";
     let e = Experiment::parse(text, "x").unwrap();
     let err = e.arm_config(&e.arms[0], out, &[]).unwrap_err().to_string();

@@ -35,6 +35,10 @@ pub(crate) struct ExperimentArgs {
     /// kNN and orderings on the means, with their spread (the experiment's `seeds`).
     #[arg(long, value_delimiter = ',', value_name = "S,...")]
     seeds: Vec<u64>,
+    /// An override of one arm alone, after every other (repeatable): e.g. `--arm-set
+    /// moco:objective.infonce_queue=512`.
+    #[arg(long, value_name = "ARM:KEY=VALUE")]
+    arm_set: Vec<String>,
     #[command(flatten)]
     over: Overrides,
 }
@@ -51,8 +55,9 @@ pub(crate) fn run(a: ExperimentArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let ExperimentArgs { name, out, arms, linear, linear_epochs, seeds, over, .. } = a;
+    let ExperimentArgs { name, out, arms, linear, linear_epochs, seeds, arm_set, over, .. } = a;
     let mut exp = simsiam::experiment::Experiment::find(name.as_deref().expect("clap requires it"))?;
+    exp.set_arms(&arm_set)?;
     if !seeds.is_empty() {
         exp.seeds = seeds;
         exp.check_seeds("--seeds")?;
