@@ -3,14 +3,14 @@
 //! rows on the device -> two views -> step, as training runs it), after warm-up.
 //! Benchmarks live here, not in the test suite.
 use crate::augment::Augmenter;
-use crate::config::Config;
+use crate::config::{Config, Online, Target};
 use crate::data::ImageStore;
 use crate::error::{Error, Result};
 use crate::graph::Stepper;
-use crate::objective::Objective;
+use crate::objective::{External, Objective};
 use crate::optim::Sgd;
 use crate::prefetch::Prefetcher;
-use crate::train::{forward_pairs, step, views, Network, StepTargets};
+use crate::train::{forward_pairs, step, views, Network, RunState, StepTargets};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -107,10 +107,23 @@ pub fn measure(
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(cfg.run.cudnn_benchmark);
     }
+    let ob = &cfg.objective;
+    let from_the_loop = [
+        (ob.target == Target::Eoa, "objective.target = \"eoa\""),
+        (ob.target == Target::Memory, "objective.target = \"memory\""),
+        (ob.online == Online::Oracle, "objective.online = \"oracle\""),
+        (ob.alternation_k > 1, "objective.alternation_k > 1"),
+    ];
+    if let Some((_, what)) = from_the_loop.iter().find(|(on, _)| *on) {
+        return Err(Error::config(format!(
+            "simsiam bench: {what}: its targets come from the training loop, which bench does not run; \
+             time `simsiam train` instead"
+        )));
+    }
     tch::manual_seed(cfg.run.seed as i64);
     let b = cfg.optim.batch_size as i64;
     let s = cfg.data.image_size as i64;
-    let net = Network::new(cfg, device);
+    let mut net = Network::new(cfg, device);
     let objective = Objective::new(&cfg.objective);
     let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let mut opt = Sgd::new(net.params(cfg), 2, cfg.optim.momentum, cfg.optim.weight_decay);
@@ -130,6 +143,8 @@ pub fn measure(
     }
     .place(device, cfg.data.store)?;
     let order = Tensor::randperm(rows, (Kind::Int64, store.images.device()));
+    // BYOL's and MoCo's target network and the queues: their work is part of a step.
+    let mut state = RunState::new(cfg, rows as usize, 1, device);
     let batch = |i: usize| store.gather(&order.narrow(0, (i as i64 % STORE_BATCHES) * b, b), device);
     let images = batch(0);
     let n = objective.views();
@@ -144,10 +159,27 @@ pub fn measure(
     let mut prefetch = Prefetcher::new(cfg.run.prefetch && mode == Mode::EndToEnd, device);
     let prefetch_on = prefetch.on();
     let mut iteration = 0;
+    // One training step as the loop takes it: the EMA target's projections, the queues, the
+    // step, the EMA update.
+    let mut train_step = |xs: &[Tensor], stepper: &mut Stepper, opt: &mut Sgd| -> Result<()> {
+        let cached =
+            net.ema.as_ref().map(|e| tch::no_grad(|| [e.model.encode(&xs[0], true), e.model.encode(&xs[1], true)]));
+        let targets = StepTargets {
+            cached,
+            swav_queue: state.swav_queue.as_mut(),
+            infonce_queue: state.infonce_queue.as_mut(),
+            ..Default::default()
+        };
+        drop(stepper.step(&net.model, &objective, opt, xs, targets, None)?);
+        if let Some(e) = net.ema.as_mut() {
+            e.update(cfg.model.ema_momentum);
+        }
+        Ok(())
+    };
     // One iteration; true once the steps are replays of a captured graph.
     let mut once = || -> Result<bool> {
         match mode {
-            Mode::Step => drop(stepper.step(&net.model, &objective, &mut opt, &fixed, StepTargets::default(), None)?),
+            Mode::Step => train_step(&fixed, &mut stepper, &mut opt)?,
             Mode::Augment => drop(views(&aug, &images, n)),
             Mode::EndToEnd => {
                 iteration += 1;
@@ -157,9 +189,15 @@ pub fn measure(
                     prefetch.ahead(iteration + 1, || views(&aug, &batch(iteration + 1), n))?;
                     xs
                 };
-                drop(stepper.step(&net.model, &objective, &mut opt, &xs, StepTargets::default(), None)?)
+                train_step(&xs, &mut stepper, &mut opt)?
             }
-            Mode::Forward => drop(objective.loss(&forward_pairs(&net.model, &fixed), &Default::default())),
+            Mode::Forward => {
+                let ext = External {
+                    prototypes: net.model.prototypes.as_ref().map(Tensor::shallow_clone),
+                    ..Default::default()
+                };
+                drop(objective.loss(&forward_pairs(&net.model, &fixed), &ext))
+            }
             // The update alone, on the gradients the warm-up left (zero_grad would drop them).
             Mode::Optimizer => opt.step(),
         }

@@ -537,6 +537,34 @@ fn bench_times_and_profiles_a_step() {
     assert!(md.contains("augmentation: crop + flip sampling"), "{md}");
 }
 
+/// Every method's step is benchmarked as training takes it (BYOL's and MoCo's target network,
+/// the queues), the forward pass too; targets only the training loop can make are refused.
+#[test]
+fn bench_times_every_method_and_refuses_loop_targets() {
+    let bench = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["bench", "--preset", "tiny", "--device", "cpu", "--batch-size", "8", "--warmup", "1", "--steps", "1"]);
+        for s in common::SMALL_MODEL {
+            c.args(["--set", s]);
+        }
+        c.args(extra);
+        c.output().unwrap()
+    };
+    for method in ["simclr", "moco", "byol", "swav"] {
+        let extra = ["--method", method, "--mode", "step,forward", "--set", "objective.infonce_queue=16"];
+        let stdout = ok(bench(&extra));
+        assert_eq!(stdout.lines().count(), 2, "{method}: {stdout}");
+    }
+    for (set, what) in [
+        ("objective.target=\"memory\"", "objective.target = \"memory\""),
+        ("objective.target=\"eoa\"", "objective.target = \"eoa\""),
+        ("objective.alternation_k=2", "objective.alternation_k > 1"),
+    ] {
+        let err = user_error(bench(&["--set", set]));
+        assert!(err.contains(what) && err.contains("simsiam train"), "{err}");
+    }
+}
+
 #[test]
 fn bad_flags_are_clear_errors_not_panics() {
     let (tmp, train, test) = data();

@@ -10,7 +10,7 @@ mod stores;
 
 pub use metrics::{run_ends, start_of, tail_of, weights_event, write_diverged_summary, Summary, Tail};
 pub use network::{Ema, Network};
-pub use resume::{load_run, load_run_at, run_config};
+pub use resume::{load_run, load_run_at, run_config, RunState};
 pub use step::{eoa_target, forward_pairs, step, step_stats, views, StepOut, StepTargets, STEP_STATS};
 pub use stores::{load_data, SharedStores};
 
@@ -24,7 +24,7 @@ use crate::optim::{cosine_lr, Sgd};
 use indicatif::ProgressBar;
 use metrics::{MetricsLog, Pending, StepLog};
 use monitors::EpochMonitors;
-use resume::{restore, save_checkpoint, RunState};
+use resume::{restore, save_checkpoint};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
