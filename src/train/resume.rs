@@ -23,7 +23,7 @@ pub struct RunState {
 
 impl RunState {
     /// What `cfg` needs, fresh, for `n` training images; a rank of `world` keeps its share of
-    /// SwAV's queue.
+    /// each queue (MoCo's starts as random unit vectors, from libtorch's seeded generator).
     pub fn new(cfg: &Config, n: usize, world: usize, device: tch::Device) -> RunState {
         let ob = &cfg.objective;
         let memory = (ob.target == Target::Memory || ob.online == Online::Oracle)
