@@ -1167,6 +1167,11 @@ fn the_binary_runs_without_ld_library_path() {
     let out = bin().env_remove("LD_LIBRARY_PATH").args(["presets", "tiny"]).output().unwrap();
     let text = ok(out);
     assert!(text.contains("[model]"), "{text}");
+    // The list names the presets and the methods that go over them.
+    let list = ok(bin().arg("presets").output().unwrap());
+    for name in ["cifar10", "tiny", "methods (--method", "simclr", "moco", "byol", "swav"] {
+        assert!(list.contains(name), "{name}: {list}");
+    }
 }
 
 /// `train --print-config`: the resolved config (with the lr it implies), loadable as a config,

@@ -13,7 +13,7 @@ mod train;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use simsiam::config::{Config, PRESETS};
+use simsiam::config::{Config, METHODS, PRESETS};
 use simsiam::train::RunControl;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -69,7 +69,7 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// List the shipped presets, or print one resolved config as TOML.
+    /// List the shipped presets and methods, or print one resolved preset as TOML.
     Presets {
         /// Print this preset's full resolved config.
         name: Option<String>,
@@ -116,6 +116,10 @@ pub fn run() -> Result<()> {
         }
         Cmd::Presets { name: None } => {
             for (n, about, _) in PRESETS {
+                println!("{n:<10} {about}");
+            }
+            println!("\nmethods (--method, over any preset):");
+            for (n, about, _) in METHODS {
                 println!("{n:<10} {about}");
             }
             Ok(())
