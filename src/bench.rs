@@ -162,10 +162,8 @@ pub fn measure(
     // One training step as the loop takes it: the EMA target's projections, the queues, the
     // step, the EMA update.
     let mut train_step = |xs: &[Tensor], stepper: &mut Stepper, opt: &mut Sgd| -> Result<()> {
-        let cached =
-            net.ema.as_ref().map(|e| tch::no_grad(|| [e.model.encode(&xs[0], true), e.model.encode(&xs[1], true)]));
         let targets = StepTargets {
-            cached,
+            cached: net.ema.as_ref().map(|e| e.projections(xs)),
             swav_queue: state.swav_queue.as_mut(),
             infonce_queue: state.infonce_queue.as_mut(),
             ..Default::default()

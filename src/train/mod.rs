@@ -508,11 +508,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                     (xs, None)
                 }
             };
-            // BYOL: the target branch's z from the EMA network (train-mode BN, as BYOL).
-            let cached = match &net.ema {
-                Some(e) => Some(tch::no_grad(|| [e.model.encode(&xs[0], true), e.model.encode(&xs[1], true)])),
-                None => cached,
-            };
+            let cached = net.ema.as_ref().map(|e| e.projections(&xs)).or(cached);
             let targets = StepTargets {
                 labels: net.model.online_probe.as_ref().map(|_| train_dev.labels.index_select(0, &idx)),
                 cached,
@@ -525,12 +521,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             };
             let out = stepper.step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;
             if let Some(e) = net.ema.as_mut() {
-                e.update(Ema::momentum_at(
-                    cfg.model.ema_schedule,
-                    cfg.model.ema_momentum,
-                    pos.global_step,
-                    total_steps,
-                ));
+                let m = &cfg.model;
+                e.update(Ema::momentum_at(m.ema_schedule, m.ema_momentum, pos.global_step, total_steps));
             }
             // The monitors are rank 0's; the others only check their loss.
             let stats = if lead { step_stats(&out, &objective) } else { out.loss.to_kind(Kind::Float).view([1]) };

@@ -22,6 +22,12 @@ pub struct Ema {
 }
 
 impl Ema {
+    /// BYOL's and MoCo's target branch: both views' z from the EMA network (train-mode BN, as
+    /// BYOL), detached.
+    pub fn projections(&self, xs: &[Tensor]) -> [Tensor; 2] {
+        tch::no_grad(|| [self.model.encode(&xs[0], true), self.model.encode(&xs[1], true)])
+    }
+
     /// `xi <- tau xi + (1 - tau) theta` for every parameter.
     pub fn update(&mut self, tau: f64) {
         tch::no_grad(|| {
