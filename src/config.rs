@@ -1008,6 +1008,7 @@ impl Config {
         if self.run.epochs == 0 {
             return fail("run.epochs", "at least 1", "0".into());
         }
+        crate::device::DeviceSpec::parse(&self.run.device)?;
         if self.run.checkpoint_every == 0 {
             return fail("run.checkpoint_every", "at least 1", "0".into());
         }

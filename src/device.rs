@@ -23,20 +23,38 @@ pub fn load_cuda_backend() {
     });
 }
 
-/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU).
+/// What a `run.device` string asks for, before asking the machine what it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Auto,
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    /// Parses `cpu`, `cuda`, `cuda:N` or `auto`; the syntax only, so that a config written for
+    /// a GPU machine can be checked (`--print-config`) on any machine.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let bad = || Error::config(format!("run.device: expected cpu, cuda, cuda:N or auto, got {spec:?}"));
+        match spec {
+            "cpu" => Ok(Self::Cpu),
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda(0)),
+            s => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Self::Cuda).ok_or_else(bad),
+        }
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available, else CPU) into a device this
+/// machine has.
 pub fn parse_device(spec: &str) -> Result<Device> {
+    let spec = DeviceSpec::parse(spec)?;
     load_cuda_backend();
     let cuda_count = tch::Cuda::device_count() as usize;
-    let bad = || Error::config(format!("run.device: expected cpu, cuda, cuda:N or auto, got {spec:?}"));
     match spec {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if cuda_count > 0 { Device::Cuda(0) } else { Device::Cpu }),
-        "cuda" => cuda_device(0, cuda_count),
-        s if s.starts_with("cuda:") => {
-            let n: usize = s[5..].parse().map_err(|_| bad())?;
-            cuda_device(n, cuda_count)
-        }
-        _ => Err(bad()),
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto => Ok(if cuda_count > 0 { Device::Cuda(0) } else { Device::Cpu }),
+        DeviceSpec::Cuda(n) => cuda_device(n, cuda_count),
     }
 }
 

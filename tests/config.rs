@@ -93,6 +93,8 @@ fn out_of_range_and_mistyped_values_are_errors_naming_the_field() {
         ("augment.view_size=4", "augment.view_size"),
         ("objective.predictor_loss=-1", "predictor_loss"),
         ("objective.infonce=nan", "infonce"),
+        ("run.device=\"gpu\"", "run.device"),
+        ("run.device=\"cuda:x\"", "run.device"),
     ] {
         let e = Config::resolve("tiny", None, &[set.into()]).unwrap_err().to_string();
         assert!(e.contains(field), "{set}: {e}");
@@ -108,6 +110,10 @@ fn out_of_range_and_mistyped_values_are_errors_naming_the_field() {
     assert!(e.contains("optim.batch_size"), "{e}");
     let e = Config::resolve("tiny", None, &["model.arch=vgg".into()]).unwrap_err().to_string();
     assert!(e.contains("model.arch") && e.contains("resnet18"), "{e}");
+    // A device this machine lacks is still a well-formed config (checked where it would run).
+    for ok in ["cpu", "auto", "cuda", "cuda:3"] {
+        Config::resolve("tiny", None, &[format!("run.device=\"{ok}\"")]).unwrap();
+    }
 }
 
 #[test]
