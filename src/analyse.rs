@@ -332,25 +332,18 @@ pub fn plots(dir: &std::path::Path, out: &serde_json::Map<String, Value>) -> cra
                 (name.to_string(), pts)
             })
             .collect();
-        figs.push(Figure {
-            log_y: false,
-            stem: "dimension",
-            title: "B4: cumulative explained variance",
-            x_label: "components",
-            series,
-        });
+        figs.push(Figure::new("dimension", "B4: cumulative explained variance", "components", series));
     }
     if let Some(rows) = out.get("instances").and_then(|v| v["by_size"].as_array()) {
         let line = |key: &str| -> Vec<(f64, f64)> {
             rows.iter().filter_map(|r| Some((r["instances"].as_f64()?, r["id"][key].as_f64()?))).collect()
         };
-        figs.push(Figure {
-            log_y: false,
-            stem: "instances",
-            title: "B2: instance identification from one view",
-            x_label: "instances N",
-            series: vec![("top-1".into(), line("top1")), ("top-5".into(), line("top5"))],
-        });
+        figs.push(Figure::new(
+            "instances",
+            "B2: instance identification from one view",
+            "instances N",
+            vec![("top-1".into(), line("top1")), ("top-5".into(), line("top5"))],
+        ));
     }
     figs.iter()
         .map(|f| {

@@ -455,17 +455,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
     };
     let hstar = dyn_series("predictor.cos_h_hstar");
     if !hstar.is_empty() {
-        figure(
-            &mut md,
-            &plots,
-            Figure {
-                log_y: false,
-                stem: "b1-cos-h-hstar",
-                title: "B1: cos(h, h*) over training",
-                x_label: "epoch",
-                series: hstar,
-            },
-        )?;
+        figure(&mut md, &plots, Figure::new("b1-cos-h-hstar", "B1: cos(h, h*) over training", "epoch", hstar))?;
     }
 
     // B2.
@@ -494,17 +484,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
             (n.clone(), rows.iter().filter_map(|r| Some((num(r, "instances")?, num(r, "id.top1")?))).collect())
         })
         .collect();
-    figure(
-        &mut md,
-        &plots,
-        Figure {
-            log_y: false,
-            stem: "b2-id-vs-n",
-            title: "B2: instance-ID top-1 (%) against N",
-            x_label: "instances N",
-            series: id_vs_n,
-        },
-    )?;
+    figure(&mut md, &plots, Figure::new("b2-id-vs-n", "B2: instance-ID top-1 (%) against N", "instances N", id_vs_n))?;
     // B6 from the training monitor.
     let monitored: Vec<Series> = inp
         .methods
@@ -533,13 +513,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
         figure(
             &mut md,
             &plots,
-            Figure {
-                log_y: false,
-                stem: "b6-id-over-training",
-                title: "B6: instance-ID top-1 (%) during training",
-                x_label: "epoch",
-                series: monitored,
-            },
+            Figure::new("b6-id-over-training", "B6: instance-ID top-1 (%) during training", "epoch", monitored),
         )?;
     }
 
@@ -576,13 +550,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
     figure(
         &mut md,
         &plots,
-        Figure {
-            log_y: false,
-            stem: "b3-pairwise",
-            title: "B3: pairwise centre similarity mu.mu' (fraction of pairs)",
-            x_label: "mu.mu'",
-            series: hist,
-        },
+        Figure::new("b3-pairwise", "B3: pairwise centre similarity mu.mu' (fraction of pairs)", "mu.mu'", hist),
     )?;
     for (key, stem, title) in [
         ("shards.centre_uniformity", "b3-uniformity-over-training", "B3: centre uniformity over training"),
@@ -594,7 +562,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
     ] {
         let series = dyn_series(key);
         if !series.is_empty() {
-            figure(&mut md, &plots, Figure { log_y: false, stem, title, x_label: "epoch", series })?;
+            figure(&mut md, &plots, Figure::new(stem, title, "epoch", series))?;
         }
     }
 
@@ -641,13 +609,7 @@ pub fn write(inp: &Inputs, out: &Path, command: &str) -> Result<PathBuf> {
     figure(
         &mut md,
         &plots,
-        Figure {
-            log_y: false,
-            stem: "b4-centres-cumulative",
-            title: "B4: cumulative explained variance of the centres",
-            x_label: "components",
-            series: cum,
-        },
+        Figure::new("b4-centres-cumulative", "B4: cumulative explained variance of the centres", "components", cum),
     )?;
 
     // B5.

@@ -20,6 +20,18 @@ pub(crate) struct Figure {
     pub log_y: bool,
 }
 
+impl Figure {
+    /// A figure on a linear y axis.
+    pub fn new(stem: &'static str, title: &'static str, x_label: &'static str, series: Vec<Series>) -> Self {
+        Self { stem, title, x_label, series, log_y: false }
+    }
+
+    /// The same figure on a logarithmic y axis.
+    pub fn log_y(self) -> Self {
+        Self { log_y: true, ..self }
+    }
+}
+
 const COLOURS: [RGBColor; 9] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -287,7 +299,7 @@ pub(crate) fn overlay(
             series(&rows, x, y, name)
         })
         .collect();
-    Figure { log_y: false, stem, title, x_label, series }
+    Figure::new(stem, title, x_label, series)
 }
 
 /// The figures that set runs side by side (an experiment's arms, `simsiam report A B ...`):
@@ -344,16 +356,14 @@ pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
             "epoch",
             &["geometry", "z_off_diagonal", "corr_abs"],
         ),
-        Figure {
-            log_y: true,
-            ..overlay(
-                runs,
-                ("update_backbone", "Relative update |Δw|/|w| of the backbone's weights per step", "step"),
-                Some("weights"),
-                "step",
-                &["update", "backbone"],
-            )
-        },
+        overlay(
+            runs,
+            ("update_backbone", "Relative update |Δw|/|w| of the backbone's weights per step", "step"),
+            Some("weights"),
+            "step",
+            &["update", "backbone"],
+        )
+        .log_y(),
         overlay(
             runs,
             ("norm_backbone", "Norm |w| of the backbone's weights", "step"),
@@ -361,16 +371,14 @@ pub(crate) fn overlays(runs: &Runs) -> Vec<Figure> {
             "step",
             &["norm", "backbone"],
         ),
-        Figure {
-            log_y: true,
-            ..overlay(
-                runs,
-                ("branch_gain", "Residual branch gain: mean |gamma| of the blocks' last BN", "step"),
-                Some("weights"),
-                "step",
-                &["branch_gain", "backbone"],
-            )
-        },
+        overlay(
+            runs,
+            ("branch_gain", "Residual branch gain: mean |gamma| of the blocks' last BN", "step"),
+            Some("weights"),
+            "step",
+            &["branch_gain", "backbone"],
+        )
+        .log_y(),
         overlay(runs, ("lr", "Learning rate (encoder)", "step"), None, "step", &["lr"]),
     ]
 }
@@ -510,104 +518,74 @@ pub fn write_report(run: &Path) -> Result<PathBuf> {
     let inst: Vec<&Value> = rows.iter().filter(|r| r["event"] == "instances").collect();
     let weights: Vec<&Value> = rows.iter().filter(|r| r["event"] == "weights").collect();
     let figures = [
-        Figure {
-            log_y: false,
-            stem: "loss",
-            title: "Training loss (minimum -1)",
-            x_label: "step",
-            series: vec![series(&steps, "step", &["loss"], "loss")],
-        },
-        Figure {
-            log_y: false,
-            stem: "knn",
-            title: "kNN top-1 (%)",
-            x_label: "epoch",
-            series: vec![series(&knn, "epoch", &["knn_top1"], "kNN top-1")],
-        },
-        Figure {
-            log_y: false,
-            stem: "collapse_std",
-            title: "collapse_std x sqrt(d) (1 = spread, 0 = collapsed)",
-            x_label: "step",
-            series: vec![series(&steps, "step", &["collapse_std_scaled"], "sqrt(d) collapse_std")],
-        },
-        Figure {
-            log_y: false,
-            stem: "centre_residual",
-            title: "Zhang et al.: m_o and m_r of Z and P",
-            x_label: "step",
-            series: vec![
+        Figure::new("loss", "Training loss (minimum -1)", "step", vec![series(&steps, "step", &["loss"], "loss")]),
+        Figure::new("knn", "kNN top-1 (%)", "epoch", vec![series(&knn, "epoch", &["knn_top1"], "kNN top-1")]),
+        Figure::new(
+            "collapse_std",
+            "collapse_std x sqrt(d) (1 = spread, 0 = collapsed)",
+            "step",
+            vec![series(&steps, "step", &["collapse_std_scaled"], "sqrt(d) collapse_std")],
+        ),
+        Figure::new(
+            "centre_residual",
+            "Zhang et al.: m_o and m_r of Z and P",
+            "step",
+            vec![
                 series(&steps, "step", &["m_o_z"], "m_o (Z)"),
                 series(&steps, "step", &["m_r_z"], "m_r (Z)"),
                 series(&steps, "step", &["m_o_p"], "m_o (P)"),
                 series(&steps, "step", &["m_r_p"], "m_r (P)"),
             ],
-        },
-        Figure {
-            log_y: false,
-            stem: "head_losses",
-            title: "The heads' own losses (trained apart from the encoder)",
-            x_label: "step",
-            series: vec![
+        ),
+        Figure::new(
+            "head_losses",
+            "The heads' own losses (trained apart from the encoder)",
+            "step",
+            vec![
                 series(&steps, "step", &["inverse_loss"], "inverse predictor L_inv"),
                 series(&steps, "step", &["predictor_loss"], "predictor regression"),
             ],
-        },
-        Figure {
-            log_y: false,
-            stem: "effective_rank",
-            title: "Effective rank (eval subset)",
-            x_label: "epoch",
-            series: vec![
+        ),
+        Figure::new(
+            "effective_rank",
+            "Effective rank (eval subset)",
+            "epoch",
+            vec![
                 series(&geo, "epoch", &["geometry", "z", "effective_rank"], "z (projector)"),
                 series(&geo, "epoch", &["geometry", "y", "effective_rank"], "y (backbone)"),
             ],
-        },
-        Figure {
-            log_y: false,
-            stem: "instances",
-            title: "Instance identification (B6): top-1 (%) and 100 x between-fraction",
-            x_label: "epoch",
-            series: vec![series(&inst, "epoch", &["top1"], "instance-ID top-1 (%)"), {
+        ),
+        Figure::new(
+            "instances",
+            "Instance identification (B6): top-1 (%) and 100 x between-fraction",
+            "epoch",
+            vec![series(&inst, "epoch", &["top1"], "instance-ID top-1 (%)"), {
                 let (n, p) = series(&inst, "epoch", &["between_fraction"], "100 x between fraction");
                 (n, p.into_iter().map(|(x, y)| (x, 100.0 * y)).collect())
             }],
-        },
-        Figure {
-            log_y: true,
-            stem: "weights_update",
-            title: "Relative update |Δw|/|w| per step, by stage",
-            x_label: "step",
-            series: per_stage(&weights, "update"),
-        },
-        Figure {
-            log_y: true,
-            stem: "branch_gain",
-            title: "Residual branch gain: mean |gamma| of each block's last BN, by stage",
-            x_label: "step",
-            series: per_stage(&weights, "branch_gain"),
-        },
-        Figure {
-            log_y: false,
-            stem: "weights_norm",
-            title: "Weight norm |w|, by stage",
-            x_label: "step",
-            series: per_stage(&weights, "norm"),
-        },
-        Figure {
-            log_y: false,
-            stem: "lr",
-            title: "Learning rate (encoder)",
-            x_label: "step",
-            series: vec![series(&steps, "step", &["lr"], "lr")],
-        },
-        Figure {
-            log_y: false,
-            stem: "throughput",
-            title: "Throughput (images/s, two views each)",
-            x_label: "step",
-            series: vec![series(&steps, "step", &["images_per_s"], "images/s")],
-        },
+        ),
+        Figure::new(
+            "weights_update",
+            "Relative update |Δw|/|w| per step, by stage",
+            "step",
+            per_stage(&weights, "update"),
+        )
+        .log_y(),
+        Figure::new(
+            "branch_gain",
+            "Residual branch gain: mean |gamma| of each block's last BN, by stage",
+            "step",
+            per_stage(&weights, "branch_gain"),
+        )
+        .log_y(),
+        Figure::new("weights_norm", "Weight norm |w|, by stage", "step", per_stage(&weights, "norm")),
+        Figure::new("lr", "Learning rate (encoder)", "step", vec![series(&steps, "step", &["lr"], "lr")]),
+        Figure::new(
+            "throughput",
+            "Throughput (images/s, two views each)",
+            "step",
+            vec![series(&steps, "step", &["images_per_s"], "images/s")],
+        ),
     ];
     let dir = run.join("report");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -679,13 +657,7 @@ mod tests {
         let line = |i: usize| (format!("arm-{i}"), (0..=40).map(|x| (x as f64, (x + i) as f64 % 40.0)).collect());
         let svg = |n: usize| {
             let dir = tempfile::tempdir().unwrap();
-            let fig = super::Figure {
-                stem: "f",
-                title: "t",
-                x_label: "step",
-                series: (0..n).map(line).collect(),
-                log_y: false,
-            };
+            let fig = super::Figure::new("f", "t", "step", (0..n).map(line).collect());
             super::render(dir.path(), &fig).unwrap()
         };
         let pieces = |s: &str| s.matches("<polyline").count() + s.matches("<line").count();
@@ -702,17 +674,16 @@ mod tests {
     #[test]
     fn runs_without_points_are_left_out_of_the_legend() {
         let dir = tempfile::tempdir().unwrap();
-        let fig = super::Figure {
-            stem: "f",
-            title: "t",
-            x_label: "step",
-            series: vec![
+        let fig = super::Figure::new(
+            "f",
+            "t",
+            "step",
+            vec![
                 ("simsiam".into(), vec![]),
                 ("inverse".into(), (0..10).map(|x| (x as f64, -(x as f64) / 10.0)).collect()),
                 ("naive".into(), vec![]),
             ],
-            log_y: false,
-        };
+        );
         let svg = super::render(dir.path(), &fig).unwrap();
         let label = |name: &str| svg.lines().any(|l| l.trim() == name);
         assert!(label("inverse") && !label("simsiam") && !label("naive"), "{svg}");
