@@ -7,9 +7,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::linear::{self, ProbeConfig, ProbeResult};
 use crate::monitor::CollapseVerdict;
-use crate::report::{
-    difference, difference_cell, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all,
-};
+use crate::report::{difference, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
 use crate::train::{self, run_ends, RunControl, Summary, Tail};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -335,18 +333,18 @@ impl Outcome {
         }
     }
 
-    /// A claim that did not hold only because of kNN orderings each within two standard errors
-    /// over seeds: every arm's verdict agrees, and no failed ordering is resolved by the seeds.
+    /// A claim that did not hold only because of kNN orderings the seeds do not resolve (a
+    /// two-sided t-test of the difference of the means at p >= 0.05, paired by seed where every
+    /// seed ran in both arms): every arm's verdict agrees, and no failed ordering is resolved.
     /// (Without seeds there is no standard error, so nothing is called noise.)
     pub fn failed_only_within_noise(&self) -> bool {
         let failed: Vec<&String> = self.orders.iter().filter(|(_, h)| *h == Some(false)).map(|(o, _)| o).collect();
         !self.held
             && self.arms.iter().all(|a| a.agrees)
             && !failed.is_empty()
-            && failed.iter().all(|o| {
-                let Some((a, _, b)) = parse_order(o) else { return false };
-                matches!(difference(knn_stats(&self.arms, &a), knn_stats(&self.arms, &b)), Some((d, Some(se))) if d.abs() < 2.0 * se)
-            })
+            && failed
+                .iter()
+                .all(|o| order_gap(&self.arms, o).is_some_and(|gap| gap.test().is_some() && !gap.resolved()))
     }
 }
 
@@ -509,14 +507,100 @@ fn knn_stats(arms: &[ArmResult], name: &str) -> Option<(f64, f64, usize)> {
     mean_sd(&arms.iter().filter(|a| a.name == name).map(|a| a.summary.knn_final).collect::<Vec<_>>())
 }
 
-/// Over seeds, an ordering's `left - right` difference of the arms' kNN means with its standard
-/// error ([`difference_cell`]); `None` for unseeded outcomes (one run per arm: no spread).
+/// Over seeds, an ordering's `left - right`: the difference of the arms' kNN means, its
+/// standard errors, and a two-sided t-test of it.
+struct Gap {
+    diff: f64,
+    /// Paired by seed, where every seed ran in both arms: (sd of the per-seed differences /
+    /// sqrt(seeds), seeds - 1 degrees of freedom).
+    paired: Option<(f64, f64)>,
+    /// sqrt(s_a²/n_a + s_b²/n_b) with Welch's degrees of freedom.
+    unpaired: Option<(f64, f64)>,
+}
+
+impl Gap {
+    /// The standard error and degrees of freedom that say whether the gap is resolved: paired
+    /// by seed where it can be, since an experiment's arms of one seed start from the same
+    /// weights, so what differs from seed to seed cancels in each seed's difference; else the
+    /// unpaired ones.
+    fn test(&self) -> Option<(f64, f64)> {
+        self.paired.or(self.unpaired)
+    }
+
+    /// The two-sided p-value of `diff = 0` under Student's t with [`Gap::test`]'s se and
+    /// degrees of freedom.
+    fn p_value(&self) -> Option<f64> {
+        use statrs::distribution::{ContinuousCDF, StudentsT};
+        let (se, df) = self.test()?;
+        if se == 0.0 {
+            return Some(if self.diff == 0.0 { 1.0 } else { 0.0 });
+        }
+        let t = StudentsT::new(0.0, 1.0, df).ok()?;
+        Some(2.0 * t.sf((self.diff / se).abs()))
+    }
+
+    /// Resolved: a difference the seeds tell from noise, a two-sided t-test at p < 0.05.
+    fn resolved(&self) -> bool {
+        self.p_value().is_some_and(|p| p < 0.05)
+    }
+
+    fn cell(&self) -> String {
+        let p = self.p_value().map_or(String::new(), |p| format!(", p {}", p_text(p)));
+        match (self.paired, self.unpaired) {
+            (Some((se, _)), Some((u, _))) => {
+                format!("{:+.2} (se {se:.2} paired by seed{p}, unpaired se {u:.2})", self.diff)
+            }
+            (None, Some((u, _))) => format!("{:+.2} (se {u:.2}{p})", self.diff),
+            _ => format!("{:+.2}", self.diff),
+        }
+    }
+}
+
+/// A p-value: two decimals, three below 0.01, `< 0.001` below that.
+fn p_text(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        let digits = if p < 0.01 { 3 } else { 2 };
+        format!("{p:.digits$}")
+    }
+}
+
+/// An ordering's [`Gap`]; `None` without a kNN figure on either side.
+fn order_gap(arms: &[ArmResult], order: &str) -> Option<Gap> {
+    let (a, _, b) = parse_order(order)?;
+    let (sa, sb) = (knn_stats(arms, &a)?, knn_stats(arms, &b)?);
+    let (diff, _) = difference(Some(sa), Some(sb))?;
+    let unpaired = (sa.2 > 1 && sb.2 > 1).then(|| {
+        let (va, vb) = (sa.1 * sa.1 / sa.2 as f64, sb.1 * sb.1 / sb.2 as f64);
+        let welch = (va + vb).powi(2) / (va * va / (sa.2 - 1) as f64 + vb * vb / (sb.2 - 1) as f64);
+        // Equal arms (no spread in either) leave Welch's formula 0/0: the pooled df then.
+        ((va + vb).sqrt(), if welch.is_finite() { welch } else { (sa.2 + sb.2 - 2) as f64 })
+    });
+    let knn = |name: &str| -> Vec<(Option<u64>, f64)> {
+        let runs = arms.iter().filter(|r| r.name == name);
+        runs.filter_map(|r| Some((r.seed, r.summary.knn_final.filter(|x| x.is_finite())?))).collect()
+    };
+    let (ka, kb) = (knn(&a), knn(&b));
+    let diffs: Vec<Option<f64>> = ka
+        .iter()
+        .filter_map(|(seed, x)| {
+            let (_, y) = kb.iter().find(|(s, _)| s.is_some() && s == seed)?;
+            Some(Some(x - y))
+        })
+        .collect();
+    let matched = diffs.len() > 1 && diffs.len() == ka.len() && diffs.len() == kb.len();
+    let paired = mean_sd(&diffs).filter(|_| matched).map(|(_, sd, n)| (sd / (n as f64).sqrt(), (n - 1) as f64));
+    Some(Gap { diff, paired, unpaired })
+}
+
+/// Over seeds, an ordering's [`Gap`] as a table cell; `None` for unseeded outcomes (one run per
+/// arm: no spread).
 fn order_difference(arms: &[ArmResult], order: &str) -> Option<String> {
     if !arms.iter().any(|a| a.seed.is_some()) {
         return None;
     }
-    let (a, _, b) = parse_order(order)?;
-    Some(difference_cell(knn_stats(arms, &a), knn_stats(arms, &b)))
+    Some(order_gap(arms, order).map_or_else(|| "–".into(), |g| g.cell()))
 }
 
 /// Each arm's runs, in the order the arms first appear: one run per arm without seeds, one per
@@ -584,7 +668,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     let (svgs, md_plots) = render_all(&plots, &overlays(&per_arm))?;
     let mut md = String::new();
     let noise = if outcome.failed_only_within_noise() {
-        " (every arm's verdict as expected; the failed kNN ordering differs by less than two standard errors over the seeds: not resolved at this scale)"
+        " (every arm's verdict as expected; the seeds do not resolve the failed kNN ordering, a t-test of the difference at p >= 0.05: not resolved at this scale)"
     } else {
         ""
     };
@@ -653,7 +737,7 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     }
     let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps; \"at step 0\" is sqrt(d)·collapse_std at the first step, in the space the arm is judged in (Z, or P from its m_o). Collapsed = loss within 0.1 of its minimum (per unit loss: twice that where a head's own loss is added, the inverse predictor's or the predictor's) and sqrt(d)·collapse_std below 0.5 (m_o > 0.87) and below half its value at step 0 (heads with output BN start near 1; heads without BN start in a narrow cone); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse); narrow = otherwise, the spread below 0.5 (not halved since step 0, or the loss not yet at its minimum); healthy = the spread at 0.5 or above; diverged = the loss became NaN or infinite and the arm stopped there (its figures are those of the steps before).");
     if !outcome.orders.is_empty() {
-        let (head, rule) = if seeded { (" difference of the means (se) |", "---|") } else { ("", "") };
+        let (head, rule) = if seeded { (" difference of the means (standard error) |", "---|") } else { ("", "") };
         let _ = writeln!(md, "\n| kNN ordering | held |{head}\n|---|---|{rule}");
         for (o, h) in &outcome.orders {
             let held = match h {
@@ -729,7 +813,7 @@ pub fn summarise(root: &Path) -> Result<String> {
                 (false, _) => "pending",
                 (true, true) => "**agree**",
                 (true, false) if o.failed_only_within_noise() =>
-                    "**agree** on every verdict; kNN ordering unresolved (< 2 se)",
+                    "**agree** on every verdict; kNN ordering unresolved (p >= 0.05)",
                 (true, false) => "**disagree**",
             }
         );
@@ -771,18 +855,41 @@ mod tests {
         }
     }
 
-    /// A failed ordering is noise when its difference of the means is within two standard errors
-    /// over the seeds, and only when every arm's verdict agrees.
+    /// A failed ordering is noise when a two-sided t-test of the difference of the means gives
+    /// p >= 0.05 over the seeds, and only when every arm's verdict agrees. The test is paired by
+    /// seed: on the spread of the per-seed differences, not of each arm's figures.
     #[test]
-    fn a_failed_ordering_within_two_standard_errors_is_unresolved() {
-        // a - b = -1, se = sqrt(2 * 1/3) = 0.82: within 2 se.
-        let close = outcome([24.0, 25.0, 26.0], [25.0, 26.0, 27.0], true);
+    fn a_failed_ordering_the_seeds_do_not_resolve_is_unresolved() {
+        // Per-seed differences -1, +1, -2: mean -0.67, sd 1.53, paired se 0.88, t 0.76 on 2
+        // degrees of freedom: p 0.53.
+        let close = outcome([24.0, 27.0, 25.0], [25.0, 26.0, 27.0], true);
         assert!(!close.held && close.failed_only_within_noise());
+        let gap = super::order_gap(&close.arms, "a > b").unwrap();
+        let (se, df) = gap.paired.unwrap();
+        assert!((se - (7.0f64 / 9.0).sqrt()).abs() < 1e-12 && df == 2.0, "{se} {df}");
+        // Student's t on 2 df: P(|T| > t) = 1 - t / sqrt(2 + t²).
+        let t = (2.0 / 3.0) / se;
+        assert!((gap.p_value().unwrap() - (1.0 - t / (2.0 + t * t).sqrt())).abs() < 1e-9);
+        assert_eq!(gap.cell(), "-0.67 (se 0.88 paired by seed, p 0.53, unpaired se 1.05)");
         // a - b = -5 with the same spread: resolved, a real disagreement.
         let far = outcome([20.0, 21.0, 22.0], [25.0, 26.0, 27.0], true);
         assert!(!far.held && !far.failed_only_within_noise());
+        // A difference of -1 in every seed: the arms' own spread (unpaired se 0.82) would call
+        // it noise, but it is the same in each seed, so resolved.
+        let steady = outcome([24.0, 25.0, 26.0], [25.0, 26.0, 27.0], true);
+        assert!(!steady.held && !steady.failed_only_within_noise());
+        let gap = super::order_gap(&steady.arms, "a > b").unwrap();
+        assert!((gap.diff + 1.0).abs() < 1e-12 && gap.paired == Some((0.0, 2.0)) && gap.p_value() == Some(0.0));
+        // Unpaired, equal spreads and counts: se sqrt(2/3), Welch's df 4.
+        let (u, df) = gap.unpaired.unwrap();
+        assert!((u - (2.0f64 / 3.0).sqrt()).abs() < 1e-12 && (df - 4.0).abs() < 1e-12, "{u} {df}");
+        // Seeds that ran in one arm only: no pairing, the unpaired test.
+        let mut partial = close.clone();
+        partial.arms.retain(|r| !(r.name == "b" && r.seed == Some(2)));
+        let gap = super::order_gap(&partial.arms, "a > b").unwrap();
+        assert!(gap.paired.is_none() && gap.test() == gap.unpaired);
         // An arm that disagrees is never noise, and a claim that held has nothing to excuse.
-        assert!(!outcome([24.0, 25.0, 26.0], [25.0, 26.0, 27.0], false).failed_only_within_noise());
+        assert!(!outcome([24.0, 27.0, 25.0], [25.0, 26.0, 27.0], false).failed_only_within_noise());
         assert!(!outcome([26.0, 27.0, 28.0], [25.0, 26.0, 27.0], true).failed_only_within_noise());
     }
 }
