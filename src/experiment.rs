@@ -520,9 +520,11 @@ struct Gap {
 
 impl Gap {
     /// The standard error and degrees of freedom that say whether the gap is resolved: paired
-    /// by seed where it can be, since an experiment's arms of one seed start from the same
-    /// weights, so what differs from seed to seed cancels in each seed's difference; else the
-    /// unpaired ones.
+    /// by seed where it can be, else the unpaired ones. An experiment's arms of one seed draw
+    /// their initial weights and their views from that seed (the arms of `method-comparison`
+    /// start from one sqrt(d)·collapse_std per seed), so what varies from seed to seed largely
+    /// cancels in each seed's difference; pairs from different seeds stay independent, which is
+    /// all the paired test needs.
     fn test(&self) -> Option<(f64, f64)> {
         self.paired.or(self.unpaired)
     }
@@ -751,6 +753,15 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
             };
             let _ = writeln!(md, "| {o} | {held} |{diff}");
         }
+        let _ = writeln!(
+            md,
+            "\nAn ordering holds when the arms' kNN means are in its order (`>=` allows the left 0.5 points below the right).{}",
+            if seeded {
+                " Over seeds, a failed ordering is resolved when a two-sided t-test of the difference of the means gives p < 0.05, paired by seed where every seed ran in both arms (seeds - 1 degrees of freedom), else Welch's; a claim that failed only on unresolved orderings, every arm's verdict as expected, is unresolved rather than a disagreement."
+            } else {
+                ""
+            }
+        );
     }
     let _ = writeln!(md, "\n{md_plots}");
     let md_path = out.join("report.md");
