@@ -181,7 +181,9 @@ impl Reached {
 /// The groups of repeats (`LABEL=A,B,...`) summarised, each other run as a group of one (a
 /// reference, say): their tail means and verdicts, then kNN by epoch as mean ± sd (runs), and
 /// each group's difference from the first group with its standard error
-/// (sqrt(s1²/n1 + s2²/n2), where both have repeats). `None` without groups.
+/// (sqrt(s1²/n1 + s2²/n2), where both have repeats) and Welch's two-sided p (runs of two
+/// groups are not paired: a group's runs need not share seeds with another's). `None` without
+/// groups.
 fn repeats(runs: &[Compared], reached: &[Reached]) -> Option<String> {
     if runs.iter().all(|r| r.group.is_none()) {
         return None;
@@ -224,7 +226,7 @@ fn repeats(runs: &[Compared], reached: &[Reached]) -> Option<String> {
         md,
         "\nkNN top-1 (%) by epoch:\n\n| epoch | {} |{}\n|---|{}{}",
         groups.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(" | "),
-        rest.iter().map(|(n, _)| format!(" {n} − {} (se) |", first.0)).collect::<String>(),
+        rest.iter().map(|(n, _)| format!(" {n} − {} (se, Welch's p) |", first.0)).collect::<String>(),
         "---|".repeat(groups.len()),
         "---|".repeat(rest.len())
     );
@@ -347,9 +349,17 @@ mod tests {
         // a: loss -0.6 ± sqrt(0.02) = 0.1414; kNN at 2: 31 ± sqrt(2); b: 35 ± sqrt(8);
         // b − a = +4 with se sqrt(2/2 + 8/2) = sqrt(5) = 2.236.
         assert!(md.contains("| a | 2 | -0.6000 ± 0.1414 (2) | 0.900 ± 0.000 (2) | – | – |"), "{md}");
-        assert!(md.contains("| epoch | a | b | b − a (se) |"), "{md}");
-        assert!(md.contains("| 2 | 31.00 ± 1.41 (2) | 35.00 ± 2.83 (2) | +4.00 (2.24) |"), "{md}");
-        assert!(md.contains("| 0 | 30.00 ± 0.00 (2) | 29.00 ± 0.00 (2) | -1.00 (0.00) |"), "{md}");
+        // Welch's degrees of freedom: (1 + 4)² / (1² + 4²) = 25/17; t = 4/sqrt(5).
+        let (d, test) = crate::report::difference(Some((35.0, 8f64.sqrt(), 2)), Some((31.0, 2f64.sqrt(), 2))).unwrap();
+        let (se, df) = test.unwrap();
+        assert!(d == 4.0 && (se - 5f64.sqrt()).abs() < 1e-12 && (df - 25.0 / 17.0).abs() < 1e-12, "{se} {df}");
+        let p = crate::report::t_test_p(d, se, df).unwrap();
+        assert!(p > 0.2 && p < 0.35, "{p}");
+        assert!(md.contains("| epoch | a | b | b − a (se, Welch's p) |"), "{md}");
+        let cell = format!("+4.00 (se 2.24, p {})", crate::report::p_text(p));
+        assert!(md.contains(&format!("| 2 | 31.00 ± 1.41 (2) | 35.00 ± 2.83 (2) | {cell} |")), "{md}");
+        // No spread on either side: a difference is certain (p 0), by the pooled 2 df.
+        assert!(md.contains("| 0 | 30.00 ± 0.00 (2) | 29.00 ± 0.00 (2) | -1.00 (se 0.00, p < 0.001) |"), "{md}");
         let single = [run("a", 1, -0.5, [30.0, 30.0])];
         let md = repeats(&single, &[Reached::of(&single[0])]).unwrap();
         assert!(md.contains("| 2 | 30.00 (1) |"), "one run: no sd: {md}");
@@ -360,7 +370,7 @@ mod tests {
         let mixed = [run("a", 1, -0.5, [30.0, 30.0]), run("a", 2, -0.7, [30.0, 32.0]), lone];
         let reached: Vec<Reached> = mixed.iter().map(Reached::of).collect();
         let md = repeats(&mixed, &reached).unwrap();
-        assert!(md.contains("| epoch | a | a#1 | a#1 − a (se) |"), "{md}");
+        assert!(md.contains("| epoch | a | a#1 | a#1 − a (se, Welch's p) |"), "{md}");
         assert!(md.contains("| 2 | 31.00 ± 1.41 (2) | 30.00 (1) | -1.00 |"), "{md}");
     }
 }

@@ -7,7 +7,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::eval::linear::{self, ProbeConfig, ProbeResult};
 use crate::monitor::CollapseVerdict;
-use crate::report::{difference, markdown_page, mean_sd, mean_sd_cell, overlays, read_lines, render_all};
+use crate::report::{
+    difference, markdown_page, mean_sd, mean_sd_cell, overlays, p_text, read_lines, render_all, t_test_p,
+};
 use crate::train::{self, run_ends, RunControl, Summary, Tail};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -514,7 +516,7 @@ struct Gap {
     /// Paired by seed, where every seed ran in both arms: (sd of the per-seed differences /
     /// sqrt(seeds), seeds - 1 degrees of freedom).
     paired: Option<(f64, f64)>,
-    /// sqrt(s_a²/n_a + s_b²/n_b) with Welch's degrees of freedom.
+    /// sqrt(s_a²/n_a + s_b²/n_b) with Welch's degrees of freedom ([`difference`]).
     unpaired: Option<(f64, f64)>,
 }
 
@@ -532,13 +534,8 @@ impl Gap {
     /// The two-sided p-value of `diff = 0` under Student's t with [`Gap::test`]'s se and
     /// degrees of freedom.
     fn p_value(&self) -> Option<f64> {
-        use statrs::distribution::{ContinuousCDF, StudentsT};
         let (se, df) = self.test()?;
-        if se == 0.0 {
-            return Some(if self.diff == 0.0 { 1.0 } else { 0.0 });
-        }
-        let t = StudentsT::new(0.0, 1.0, df).ok()?;
-        Some(2.0 * t.sf((self.diff / se).abs()))
+        t_test_p(self.diff, se, df)
     }
 
     /// Resolved: a difference the seeds tell from noise, a two-sided t-test at p < 0.05.
@@ -558,27 +555,10 @@ impl Gap {
     }
 }
 
-/// A p-value: two decimals, three below 0.01, `< 0.001` below that.
-fn p_text(p: f64) -> String {
-    if p < 0.001 {
-        "< 0.001".into()
-    } else {
-        let digits = if p < 0.01 { 3 } else { 2 };
-        format!("{p:.digits$}")
-    }
-}
-
 /// An ordering's [`Gap`]; `None` without a kNN figure on either side.
 fn order_gap(arms: &[ArmResult], order: &str) -> Option<Gap> {
     let (a, _, b) = parse_order(order)?;
-    let (sa, sb) = (knn_stats(arms, &a)?, knn_stats(arms, &b)?);
-    let (diff, _) = difference(Some(sa), Some(sb))?;
-    let unpaired = (sa.2 > 1 && sb.2 > 1).then(|| {
-        let (va, vb) = (sa.1 * sa.1 / sa.2 as f64, sb.1 * sb.1 / sb.2 as f64);
-        let welch = (va + vb).powi(2) / (va * va / (sa.2 - 1) as f64 + vb * vb / (sb.2 - 1) as f64);
-        // Equal arms (no spread in either) leave Welch's formula 0/0: the pooled df then.
-        ((va + vb).sqrt(), if welch.is_finite() { welch } else { (sa.2 + sb.2 - 2) as f64 })
-    });
+    let (diff, unpaired) = difference(knn_stats(arms, &a), knn_stats(arms, &b))?;
     let knn = |name: &str| -> Vec<(Option<u64>, f64)> {
         let runs = arms.iter().filter(|r| r.name == name);
         runs.filter_map(|r| Some((r.seed, r.summary.knn_final.filter(|x| x.is_finite())?))).collect()

@@ -234,22 +234,54 @@ pub(crate) fn mean_sd_cell(m: Option<(f64, f64, usize)>, digits: usize) -> Strin
     }
 }
 
-/// The difference of two [`mean_sd`]s, `a - b`, as a table cell: with its standard error
-/// sqrt(s_a²/n_a + s_b²/n_b) in brackets where both have repeats; `–` where either is missing.
+/// The difference of two [`mean_sd`]s, `a - b`, as a table cell: with its standard error and
+/// Welch's two-sided p in brackets where both have repeats; `–` where either is missing.
 pub(crate) fn difference_cell(a: Option<(f64, f64, usize)>, b: Option<(f64, f64, usize)>) -> String {
     match difference(a, b) {
-        Some((d, Some(se))) => format!("{d:+.2} ({se:.2})"),
+        Some((d, Some((se, df)))) => {
+            let p = t_test_p(d, se, df).map_or(String::new(), |p| format!(", p {}", p_text(p)));
+            format!("{d:+.2} (se {se:.2}{p})")
+        }
         Some((d, None)) => format!("{d:+.2}"),
         None => "–".into(),
     }
 }
 
 /// `a - b` of two [`mean_sd`]s and, where both have repeats, its standard error
-/// sqrt(s_a²/n_a + s_b²/n_b).
-pub(crate) fn difference(a: Option<(f64, f64, usize)>, b: Option<(f64, f64, usize)>) -> Option<(f64, Option<f64>)> {
+/// sqrt(s_a²/n_a + s_b²/n_b) with Welch's degrees of freedom (the pooled n_a + n_b - 2 where
+/// neither side has any spread, which leaves Welch's formula 0/0).
+pub(crate) fn difference(
+    a: Option<(f64, f64, usize)>,
+    b: Option<(f64, f64, usize)>,
+) -> Option<(f64, Option<(f64, f64)>)> {
     let ((m1, s1, n1), (m2, s2, n2)) = (a?, b?);
-    let se = (n1 > 1 && n2 > 1).then(|| (s1 * s1 / n1 as f64 + s2 * s2 / n2 as f64).sqrt());
-    Some((m1 - m2, se))
+    let test = (n1 > 1 && n2 > 1).then(|| {
+        let (v1, v2) = (s1 * s1 / n1 as f64, s2 * s2 / n2 as f64);
+        let welch = (v1 + v2).powi(2) / (v1 * v1 / (n1 - 1) as f64 + v2 * v2 / (n2 - 1) as f64);
+        ((v1 + v2).sqrt(), if welch.is_finite() { welch } else { (n1 + n2 - 2) as f64 })
+    });
+    Some((m1 - m2, test))
+}
+
+/// The two-sided p-value of a difference `diff` with standard error `se` under Student's t on
+/// `df` degrees of freedom; with no spread at all, 1 for no difference and 0 for any other.
+pub(crate) fn t_test_p(diff: f64, se: f64, df: f64) -> Option<f64> {
+    use statrs::distribution::{ContinuousCDF, StudentsT};
+    if se == 0.0 {
+        return Some(if diff == 0.0 { 1.0 } else { 0.0 });
+    }
+    let t = StudentsT::new(0.0, 1.0, df).ok()?;
+    Some(2.0 * t.sf((diff / se).abs()))
+}
+
+/// A p-value: two decimals, three below 0.01, `< 0.001` below that.
+pub(crate) fn p_text(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        let digits = if p < 0.01 { 3 } else { 2 };
+        format!("{p:.digits$}")
+    }
 }
 
 /// The JSON lines of a metrics file. A last line without its newline that does not parse is
