@@ -87,9 +87,9 @@ fn moco_method_its_queue_and_momentum() {
     assert_eq!((o.main_weight, o.infonce, o.infonce_temperature, o.infonce_queue), (0.0, 1.0, 0.2, 4096));
     // MoCo's momentum stays put; BYOL's rises to 1.
     for step in [0, 50, 100] {
-        assert_eq!(Ema::momentum_at(EmaSchedule::Constant, 0.99, step, 100), 0.99);
+        assert_eq!(Ema::momentum(EmaSchedule::Constant, 0.99, step, 100), 0.99);
     }
-    assert_eq!(Ema::momentum_at(EmaSchedule::Cosine, 0.99, 100, 100), 1.0);
+    assert_eq!(Ema::momentum(EmaSchedule::Cosine, 0.99, 100, 100), 1.0);
     // The queue starts full of random unit vectors: negatives from the first step.
     let q = ViewQueue::random(16, 8, Device::Cpu);
     let z = q.ready().expect("usable at once");

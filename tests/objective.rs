@@ -589,7 +589,7 @@ fn cached_targets_equal_to_the_current_ones_are_simsiam() {
 
 #[test]
 fn byol_ema_update_and_schedule_by_hand() {
-    use simsiam::config::Config;
+    use simsiam::config::{Config, EmaSchedule};
     use simsiam::train::{Ema, Network};
     let cfg = Config::resolve_method("tiny", "byol", None, &[]).unwrap();
     assert!(cfg.model.ema_target && cfg.model.ema_momentum == 0.99);
@@ -607,9 +607,9 @@ fn byol_ema_update_and_schedule_by_hand() {
     assert!(after.allclose(&(&before + 0.1), 1e-6, 1e-7, false));
     assert!(!net.ema.as_ref().unwrap().vs.variables()[name].requires_grad(), "the target takes no gradient");
     // tau_k = 1 - (1 - 0.99)(cos(pi k/K) + 1)/2: 0.99 at the start, 0.995 halfway, 1 at the end.
-    assert!((Ema::momentum(0.99, 0, 100) - 0.99).abs() < 1e-12);
-    assert!((Ema::momentum(0.99, 50, 100) - 0.995).abs() < 1e-12);
-    assert!((Ema::momentum(0.99, 100, 100) - 1.0).abs() < 1e-12);
+    assert!((Ema::momentum(EmaSchedule::Cosine, 0.99, 0, 100) - 0.99).abs() < 1e-12);
+    assert!((Ema::momentum(EmaSchedule::Cosine, 0.99, 50, 100) - 0.995).abs() < 1e-12);
+    assert!((Ema::momentum(EmaSchedule::Cosine, 0.99, 100, 100) - 1.0).abs() < 1e-12);
 }
 
 #[test]

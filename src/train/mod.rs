@@ -522,7 +522,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             let out = stepper.step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;
             if let Some(e) = net.ema.as_mut() {
                 let m = &cfg.model;
-                e.update(Ema::momentum_at(m.ema_schedule, m.ema_momentum, pos.global_step, total_steps));
+                e.update(Ema::momentum(m.ema_schedule, m.ema_momentum, pos.global_step, total_steps));
             }
             // The monitors are rank 0's; the others only check their loss.
             let stats = if lead { step_stats(&out, &objective) } else { out.loss.to_kind(Kind::Float).view([1]) };

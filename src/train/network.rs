@@ -37,16 +37,15 @@ impl Ema {
         });
     }
 
-    /// BYOL's schedule: `1 - (1 - tau_base)(cos(pi k / K) + 1) / 2`, from tau_base to 1.
-    pub fn momentum(tau_base: f64, step: usize, total: usize) -> f64 {
-        let frac = step as f64 / total.max(1) as f64;
-        1.0 - (1.0 - tau_base) * ((std::f64::consts::PI * frac).cos() + 1.0) / 2.0
-    }
-
-    /// The momentum of step `step` of `total` under `schedule`.
-    pub fn momentum_at(schedule: EmaSchedule, tau_base: f64, step: usize, total: usize) -> f64 {
+    /// The momentum of step `step` of `total`: BYOL's cosine schedule
+    /// `1 - (1 - tau_base)(cos(pi k / K) + 1) / 2`, from tau_base to 1, or MoCo's constant
+    /// tau_base.
+    pub fn momentum(schedule: EmaSchedule, tau_base: f64, step: usize, total: usize) -> f64 {
         match schedule {
-            EmaSchedule::Cosine => Ema::momentum(tau_base, step, total),
+            EmaSchedule::Cosine => {
+                let frac = step as f64 / total.max(1) as f64;
+                1.0 - (1.0 - tau_base) * ((std::f64::consts::PI * frac).cos() + 1.0) / 2.0
+            }
             EmaSchedule::Constant => tau_base,
         }
     }
