@@ -312,9 +312,10 @@ pub struct Outcome {
     pub source: String,
     pub paper: String,
     pub arms: Vec<ArmResult>,
-    /// (ordering, held?)
+    /// (ordering, are the arms' kNN means in its order?); `None` without a kNN figure.
     pub orders: Vec<(String, Option<bool>)>,
-    /// Over the finished arms; the claim is judged only once `pending` is empty.
+    /// [`Outcome::judgement`] is [`Judgement::Agrees`] over the finished arms (for readers of
+    /// `outcome.json`; the claim is judged only once `pending` is empty).
     pub held: bool,
     /// Arms not trained yet (`--arms` chose others).
     #[serde(default)]
@@ -325,26 +326,58 @@ pub struct Outcome {
     pub command: Option<String>,
 }
 
+/// How a claim, or one of its kNN orderings, came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Judgement {
+    Agrees,
+    /// Every arm's verdict as expected, but the seeds do not resolve a kNN ordering (a
+    /// two-sided t-test of the difference of the means at p >= 0.05).
+    Unresolved,
+    Disagrees,
+}
+
 impl Outcome {
-    /// "held", "did not hold", or "pending (N arms to train)".
+    /// "held", "is unresolved", "did not hold", or "is not judged yet (N arms to train)".
     pub fn verdict(&self) -> String {
-        match (self.pending.len(), self.held) {
-            (0, true) => "held".into(),
-            (0, false) => "did not hold".into(),
-            (n, _) => format!("is not judged yet ({n} arm(s) to train: {})", self.pending.join(", ")),
+        if !self.pending.is_empty() {
+            let n = self.pending.len();
+            return format!("is not judged yet ({n} arm(s) to train: {})", self.pending.join(", "));
+        }
+        match self.judgement() {
+            Judgement::Agrees => "held".into(),
+            Judgement::Unresolved => "is unresolved".into(),
+            Judgement::Disagrees => "did not hold".into(),
         }
     }
 
-    /// A claim that did not hold only because of kNN orderings the seeds do not resolve (a
-    /// two-sided t-test of the difference of the means at p >= 0.05, paired by seed where every
-    /// seed ran in both arms): every arm's verdict agrees, and no failed ordering is resolved.
-    /// (Without seeds there is no standard error, so nothing is called noise.)
-    pub fn failed_only_within_noise(&self) -> bool {
-        let failed: Vec<&String> = self.orders.iter().filter(|(_, h)| *h == Some(false)).map(|(o, _)| o).collect();
-        !self.held
-            && self.arms.iter().all(|a| a.agrees)
-            && !failed.is_empty()
-            && failed.iter().all(|o| order_gap(&self.arms, o).and_then(|gap| gap.p_value()).is_some_and(|p| p >= 0.05))
+    /// The claim over the finished arms: it disagrees when an arm's verdict does or an ordering
+    /// does ([`order_judgement`]), is unresolved when an ordering is, and agrees otherwise.
+    pub fn judgement(&self) -> Judgement {
+        if !self.arms.iter().all(|a| a.agrees) {
+            return Judgement::Disagrees;
+        }
+        let orders = self.orders.iter().filter_map(|(o, held)| Some(order_judgement(&self.arms, o, (*held)?)));
+        orders.max().unwrap_or(Judgement::Agrees)
+    }
+}
+
+/// An ordering whose arms' kNN means are (`held`) or are not in its order. With one run per
+/// arm there is no spread, so the order of the two figures decides. Over seeds a two-sided
+/// t-test of the difference of the means ([`Gap`]) decides, and the two kinds of claim differ:
+/// `a > b` claims a gain, so it agrees only when in order at p < 0.05; `a >= b` claims no loss,
+/// so it agrees when in order (the left at most 0.5 points below). Either disagrees only when
+/// out of order at p < 0.05; the rest is unresolved. (A symmetric rule: a claimed gain needs
+/// the evidence a disagreement needs.)
+fn order_judgement(arms: &[ArmResult], order: &str, held: bool) -> Judgement {
+    let strict = parse_order(order).is_some_and(|(_, strict, _)| strict);
+    let Some(p) = order_gap(arms, order).and_then(|g| g.p_value()) else {
+        return if held { Judgement::Agrees } else { Judgement::Disagrees };
+    };
+    match (held, p < 0.05) {
+        (true, true) => Judgement::Agrees,
+        (true, false) if !strict => Judgement::Agrees,
+        (false, true) => Judgement::Disagrees,
+        _ => Judgement::Unresolved,
     }
 }
 
@@ -456,18 +489,18 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
             (o.clone(), held)
         })
         .collect();
-    let held = arms.iter().all(|a| a.agrees) && orders.iter().all(|(_, h)| *h != Some(false));
-    let outcome = Outcome {
+    let mut outcome = Outcome {
         name: exp.name.clone(),
         claim: exp.claim.clone(),
         source: exp.source.clone(),
         paper: exp.paper.clone(),
         arms,
         orders,
-        held,
+        held: false,
         pending,
         command: control.command.clone(),
     };
+    outcome.held = outcome.judgement() == Judgement::Agrees;
     write_report(exp, out, &outcome)?;
     Ok(outcome)
 }
@@ -642,8 +675,8 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     }
     let (svgs, md_plots) = render_all(&plots, &overlays(&per_arm))?;
     let mut md = String::new();
-    let noise = if outcome.failed_only_within_noise() {
-        " (every arm's verdict as expected; the seeds do not resolve the failed kNN ordering, a t-test of the difference at p >= 0.05: not resolved at this scale)"
+    let noise = if outcome.pending.is_empty() && outcome.judgement() == Judgement::Unresolved {
+        " (every arm's verdict as expected; the seeds do not resolve a kNN ordering: a t-test of the difference of the means gives p >= 0.05)"
     } else {
         ""
     };
@@ -712,27 +745,33 @@ pub fn write_report(exp: &Experiment, out: &Path, outcome: &Outcome) -> Result<P
     }
     let _ = writeln!(md, "\nLoss, sqrt(d)·collapse_std, m_o and m_r are means over each arm's last 10% of steps; \"at step 0\" is sqrt(d)·collapse_std at the first step, in the space the arm is judged in (Z, or P from its m_o). Collapsed = loss within 0.1 of its minimum (per unit loss: twice that where a head's own loss is added, the inverse predictor's or the predictor's) and sqrt(d)·collapse_std below 0.5 (m_o > 0.87) and below half its value at step 0 (heads with output BN start near 1; heads without BN start in a narrow cone); not converged = loss more than 0.7 above its minimum (SimSiam's footnote 4: chance accuracy alone is not collapse); narrow = otherwise, the spread below 0.5 (not halved since step 0, or the loss not yet at its minimum); healthy = the spread at 0.5 or above; diverged = the loss became NaN or infinite and the arm stopped there (its figures are those of the steps before).");
     if !outcome.orders.is_empty() {
-        let (head, rule) = if seeded { (" difference of the means (standard error) |", "---|") } else { ("", "") };
-        let _ = writeln!(md, "\n| kNN ordering | held |{head}\n|---|---|{rule}");
+        let (head, rule) =
+            if seeded { (" difference of the means (standard error) | judged |", "---|---|") } else { ("", "") };
+        let _ = writeln!(md, "\n| kNN ordering | in order |{head}\n|---|---|{rule}");
         for (o, h) in &outcome.orders {
-            let held = match h {
+            let in_order = match h {
                 Some(true) => "yes",
                 Some(false) => "**no**",
                 None => "– (no kNN)",
             };
+            let judged = |held| match order_judgement(&outcome.arms, o, held) {
+                Judgement::Agrees => "agrees",
+                Judgement::Unresolved => "unresolved",
+                Judgement::Disagrees => "**disagrees**",
+            };
             let diff = match (seeded, order_difference(&outcome.arms, o)) {
-                (true, d) => format!(" {} |", d.unwrap_or_else(|| "–".into())),
+                (true, d) => format!(" {} | {} |", d.unwrap_or_else(|| "–".into()), h.map_or("–", judged)),
                 (false, _) => String::new(),
             };
-            let _ = writeln!(md, "| {o} | {held} |{diff}");
+            let _ = writeln!(md, "| {o} | {in_order} |{diff}");
         }
         let _ = writeln!(
             md,
-            "\nAn ordering holds when the arms' kNN means are in its order (`>=` allows the left 0.5 points below the right).{}",
+            "\nAn ordering is in order when the arms' kNN means are (`>=` allows the left 0.5 points below the right).{}",
             if seeded {
-                " Over seeds, a failed ordering is resolved when a two-sided t-test of the difference of the means gives p < 0.05, paired by seed where every seed ran in both arms (seeds - 1 degrees of freedom), else Welch's; a claim that failed only on unresolved orderings, every arm's verdict as expected, is unresolved rather than a disagreement."
+                " Over seeds it is judged by a two-sided t-test of the difference of the means, paired by seed where every seed ran in both arms (seeds - 1 degrees of freedom), else Welch's: `a > b` claims a gain and agrees only when in order at p < 0.05; `a >= b` claims no loss and agrees when in order; either disagrees only when out of order at p < 0.05, and is unresolved otherwise. A claim whose arms' verdicts are all as expected is unresolved when an ordering is."
             } else {
-                ""
+                " Without seeds there is no spread: the order of the figures decides."
             }
         );
     }
@@ -793,12 +832,11 @@ pub fn summarise(root: &Path) -> Result<String> {
             o.source.replace('|', "/"),
             o.paper.replace('|', "/"),
             ours.join("; "),
-            match (o.pending.is_empty(), o.held) {
+            match (o.pending.is_empty(), o.judgement()) {
                 (false, _) => "pending",
-                (true, true) => "**agree**",
-                (true, false) if o.failed_only_within_noise() =>
-                    "**agree** on every verdict; kNN ordering unresolved (p >= 0.05)",
-                (true, false) => "**disagree**",
+                (true, Judgement::Agrees) => "**agree**",
+                (true, Judgement::Unresolved) => "**agree** on every verdict; kNN ordering unresolved (p >= 0.05)",
+                (true, Judgement::Disagrees) => "**disagree**",
             }
         );
     }
@@ -807,7 +845,7 @@ pub fn summarise(root: &Path) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ArmResult, Expect, Outcome};
+    use super::{ArmResult, Expect, Judgement, Outcome};
     use crate::monitor::CollapseVerdict;
     use crate::train::Summary;
 
@@ -839,15 +877,15 @@ mod tests {
         }
     }
 
-    /// A failed ordering is noise when a two-sided t-test of the difference of the means gives
-    /// p >= 0.05 over the seeds, and only when every arm's verdict agrees. The test is paired by
-    /// seed: on the spread of the per-seed differences, not of each arm's figures.
+    /// An ordering out of order is unresolved when a two-sided t-test of the difference of the
+    /// means gives p >= 0.05 over the seeds, and only when every arm's verdict agrees. The test
+    /// is paired by seed: on the spread of the per-seed differences, not of each arm's figures.
     #[test]
     fn a_failed_ordering_the_seeds_do_not_resolve_is_unresolved() {
         // Per-seed differences -1, +1, -2: mean -0.67, sd 1.53, paired se 0.88, t 0.76 on 2
         // degrees of freedom: p 0.53.
         let close = outcome([24.0, 27.0, 25.0], [25.0, 26.0, 27.0], true);
-        assert!(!close.held && close.failed_only_within_noise());
+        assert!(!close.held && close.judgement() == Judgement::Unresolved);
         let gap = super::order_gap(&close.arms, "a > b").unwrap();
         let (se, df) = gap.paired.unwrap();
         assert!((se - (7.0f64 / 9.0).sqrt()).abs() < 1e-12 && df == 2.0, "{se} {df}");
@@ -857,11 +895,11 @@ mod tests {
         assert_eq!(gap.cell(), "-0.67 (se 0.88 paired by seed, p 0.53, unpaired se 1.05)");
         // a - b = -5 with the same spread: resolved, a real disagreement.
         let far = outcome([20.0, 21.0, 22.0], [25.0, 26.0, 27.0], true);
-        assert!(!far.held && !far.failed_only_within_noise());
+        assert_eq!(far.judgement(), Judgement::Disagrees);
         // A difference of -1 in every seed: the arms' own spread (unpaired se 0.82) would call
         // it noise, but it is the same in each seed, so resolved.
         let steady = outcome([24.0, 25.0, 26.0], [25.0, 26.0, 27.0], true);
-        assert!(!steady.held && !steady.failed_only_within_noise());
+        assert_eq!(steady.judgement(), Judgement::Disagrees);
         let gap = super::order_gap(&steady.arms, "a > b").unwrap();
         assert!((gap.diff + 1.0).abs() < 1e-12 && gap.paired == Some((0.0, 2.0)) && gap.p_value() == Some(0.0));
         // Unpaired, equal spreads and counts: se sqrt(2/3), Welch's df 4.
@@ -872,8 +910,34 @@ mod tests {
         partial.arms.retain(|r| !(r.name == "b" && r.seed == Some(2)));
         let gap = super::order_gap(&partial.arms, "a > b").unwrap();
         assert!(gap.paired.is_none() && gap.test() == gap.unpaired);
-        // An arm that disagrees is never noise, and a claim that held has nothing to excuse.
-        assert!(!outcome([24.0, 27.0, 25.0], [25.0, 26.0, 27.0], false).failed_only_within_noise());
-        assert!(!outcome([26.0, 27.0, 28.0], [25.0, 26.0, 27.0], true).failed_only_within_noise());
+        // An arm that disagrees makes the claim disagree, whatever the orderings.
+        assert_eq!(outcome([24.0, 27.0, 25.0], [25.0, 26.0, 27.0], false).judgement(), Judgement::Disagrees);
+    }
+
+    /// `a > b` claims a gain: in order on the means it agrees only when the seeds resolve it
+    /// (p < 0.05), as a disagreement must be resolved. `a >= b` claims no loss: in order, it
+    /// agrees at any p.
+    #[test]
+    fn a_claimed_gain_agrees_only_when_resolved() {
+        // +1 in every seed: p 0.
+        let steady = outcome([26.0, 27.0, 28.0], [25.0, 26.0, 27.0], true);
+        assert!(steady.held && steady.judgement() == Judgement::Agrees);
+        // Per-seed differences 0, +2, -1: mean +0.33, paired se 0.88, p 0.74.
+        let close = outcome([25.0, 28.0, 26.0], [25.0, 26.0, 27.0], true);
+        assert_eq!(close.judgement(), Judgement::Unresolved);
+        let no_loss = Outcome { orders: vec![("a >= b".into(), Some(true))], ..close.clone() };
+        assert_eq!(no_loss.judgement(), Judgement::Agrees);
+        // One run per arm has no spread: the order of the two figures decides.
+        let mut single = close.clone();
+        single.arms.retain(|r| r.seed == Some(1));
+        assert_eq!(single.judgement(), Judgement::Agrees);
+        single.orders = vec![("b > a".into(), Some(false))];
+        assert_eq!(single.judgement(), Judgement::Disagrees);
+        // A claim with a pending arm is not judged yet; without kNN an ordering is not judged.
+        let pending = Outcome { pending: vec!["c".into()], ..close.clone() };
+        assert!(pending.verdict().starts_with("is not judged yet (1 arm(s) to train: c)"));
+        assert_eq!(close.verdict(), "is unresolved");
+        let no_knn = Outcome { orders: vec![("a > b".into(), None)], ..close };
+        assert_eq!(no_knn.judgement(), Judgement::Agrees);
     }
 }
