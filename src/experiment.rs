@@ -350,6 +350,11 @@ impl Outcome {
         }
     }
 
+    /// The outcome with `held` set from [`Outcome::judgement`] (what `outcome.json` readers see).
+    fn judged(self) -> Self {
+        Self { held: self.judgement() == Judgement::Agrees, ..self }
+    }
+
     /// The claim over the finished arms: it disagrees when an arm's verdict does or an ordering
     /// does ([`order_judgement`]), is unresolved when an ordering is, and agrees otherwise.
     pub fn judgement(&self) -> Judgement {
@@ -489,7 +494,7 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
             (o.clone(), held)
         })
         .collect();
-    let mut outcome = Outcome {
+    let outcome = Outcome {
         name: exp.name.clone(),
         claim: exp.claim.clone(),
         source: exp.source.clone(),
@@ -499,8 +504,8 @@ pub fn run(exp: &Experiment, out: &Path, extra: &[String], control: &RunControl,
         held: false,
         pending,
         command: control.command.clone(),
-    };
-    outcome.held = outcome.judgement() == Judgement::Agrees;
+    }
+    .judged();
     write_report(exp, out, &outcome)?;
     Ok(outcome)
 }
@@ -871,10 +876,11 @@ mod tests {
             paper: String::new(),
             arms,
             orders: vec![("a > b".into(), Some(ordered))],
-            held: agrees && ordered,
+            held: false,
             pending: vec![],
             command: None,
         }
+        .judged()
     }
 
     /// An ordering out of order is unresolved when a two-sided t-test of the difference of the
@@ -924,7 +930,7 @@ mod tests {
         assert!(steady.held && steady.judgement() == Judgement::Agrees);
         // Per-seed differences 0, +2, -1: mean +0.33, paired se 0.88, p 0.74.
         let close = outcome([25.0, 28.0, 26.0], [25.0, 26.0, 27.0], true);
-        assert_eq!(close.judgement(), Judgement::Unresolved);
+        assert!(!close.held && close.judgement() == Judgement::Unresolved);
         let no_loss = Outcome { orders: vec![("a >= b".into(), Some(true))], ..close.clone() };
         assert_eq!(no_loss.judgement(), Judgement::Agrees);
         // One run per arm has no spread: the order of the two figures decides.
