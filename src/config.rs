@@ -915,11 +915,15 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        // A bad field is blamed on what set it last: a flag, the file, or the preset.
+        // A bad field is blamed on what set it last: a flag, the file, or the preset. A flag
+        // sets a field when its key is the field, a section above it, or (for an unknown
+        // section, which the error names alone) a key below it.
         let origin = |field: &str| {
             let sets = |key: &str| {
                 let key = key.trim();
-                field == key || field.strip_prefix(key).is_some_and(|rest| rest.starts_with(['.', '[']))
+                field == key
+                    || field.strip_prefix(key).is_some_and(|rest| rest.starts_with(['.', '[']))
+                    || key.strip_prefix(field).is_some_and(|rest| rest.starts_with('.'))
             };
             if let Some(o) = overrides.iter().rev().find(|o| o.split_once('=').is_some_and(|(k, _)| sets(k))) {
                 return format!("--set {o}");

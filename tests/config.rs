@@ -61,6 +61,11 @@ fn unknown_key_is_an_error_naming_it() {
     let e = Config::resolve("tiny", Some(&f), &[]).unwrap_err().to_string();
     assert!(e.contains("epochz") && e.contains("run"), "{e}");
     assert!(e.contains(&format!("{}: field `run.epochz`", f.display())), "the file is named: {e}");
+    // An unknown section set by a flag is blamed on the flag, not on the preset.
+    let e = Config::resolve("tiny", None, &["optimizer.lr=0.1".into()]).unwrap_err().to_string();
+    assert!(e.contains("--set optimizer.lr=0.1: field `optimizer`"), "{e}");
+    let e = Config::resolve("tiny", None, &["optim.sched.kind=1".into()]).unwrap_err().to_string();
+    assert!(e.contains("--set optim.sched.kind=1: field `optim.sched`"), "{e}");
     let e = Config::resolve("cifar11", None, &[]).unwrap_err().to_string();
     assert!(e.contains("cifar11") && e.contains("cifar10"), "{e}");
 }
