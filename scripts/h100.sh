@@ -34,6 +34,15 @@ job() {
     log "end $name rc=$? after $((SECONDS - t0)) s"
 }
 
+# Packs what $R holds into $OUT/res.tgz.* (pieces of at most 16 MiB come back: join them with
+# `cat res.tgz.* | tar xz`), staged outside $OUT so that a kill mid-pack leaves the last pack.
+pack() {
+    rm -rf /tmp/pack && mkdir -p /tmp/pack
+    tar czf - -C $R --exclude='*.safetensors' --exclude='*.npy' . | split -b 15m - /tmp/pack/res.tgz.
+    rm -f "$OUT"/res.tgz.*
+    mv /tmp/pack/res.tgz.* "$OUT"/
+}
+
 libs() {
     LD_LIBRARY_PATH=$(python3 -c "import torch,os;print(os.path.dirname(torch.__file__))")/lib
     export LD_LIBRARY_PATH
@@ -58,12 +67,21 @@ start)
     echo "started $plan (pid $!)"
     ;;
 wait)
+    # A call that outruns its limit is killed with its pipeline, before a pack at the end
+    # could run, and the lease's last call may get less than asked (the device time left):
+    # so what is done is packed every minute as well as at the end.
     end=$((SECONDS + ${2:-540}))
-    while [ $SECONDS -lt $end ] && ! grep -q "^.* all done" $R/timeline.txt 2>/dev/null; do sleep 5; done
+    next_pack=$((SECONDS + 60))
+    while [ $SECONDS -lt $end ] && ! grep -q "^.* all done" $R/timeline.txt 2>/dev/null; do
+        sleep 5
+        if [ $SECONDS -ge $next_pack ]; then
+            pack
+            next_pack=$((SECONDS + 60))
+        fi
+    done
     tail -n 40 $R/timeline.txt
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-    # Files come back in pieces of at most 16 MiB: join with `cat res.tgz.* | tar xz`.
-    tar czf - -C $R --exclude='*.safetensors' --exclude='*.npy' . | split -b 15m - "$OUT/res.tgz."
+    pack
     ls -la "$OUT"
     ;;
 all)
