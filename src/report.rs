@@ -228,7 +228,7 @@ fn rasterise(fig: &Figure) -> std::result::Result<Vec<u8>, String> {
 /// few line colours and their anti-aliased blends: with a palette of 256 colours (exact when the
 /// image has no more, else NeuQuant's) it looks the same and takes about a sixth of the bytes
 /// of plotters' RGB PNG, which matters for results committed by the hundred.
-pub fn write_indexed_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
+fn write_indexed_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
     let (palette, indices) = palette_indices(rgb);
     let fail = |m: String| Error::data(path, format!("cannot write PNG: {m}"));
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
@@ -246,7 +246,7 @@ pub fn write_indexed_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Re
 
 /// An RGB image's palette (`3 x n` bytes, n <= 256) and each pixel's index into it: every colour
 /// exactly when there are at most 256, else NeuQuant's 256 (sampling every 10th pixel).
-pub fn palette_indices(rgb: &[u8]) -> (Vec<u8>, Vec<u8>) {
+fn palette_indices(rgb: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut index: std::collections::HashMap<[u8; 3], u8> = std::collections::HashMap::new();
     let mut palette = Vec::new();
     let mut indices = Vec::with_capacity(rgb.len() / 3);
