@@ -238,12 +238,33 @@ pub fn load_position(ckpt: &Path) -> Result<Position> {
     serde_json::from_str(&text).map_err(|e| Error::data(&p, format!("not a checkpoint position: {e}")))
 }
 
-/// Loads model weights into `vs`, with a message naming the file on mismatch.
+/// Loads model weights into `vs`. On failure the message names the file and says which of
+/// the two usual causes it is: a damaged file, or weights of another model (then the first
+/// weight missing from the file or of another shape, which points at the config field).
 pub fn load_model(vs: &mut VarStore, ckpt: &Path) -> Result<()> {
     let f = ckpt.join("model.safetensors");
-    vs.load(&f).map_err(|e| {
-        Error::data(&f, format!("cannot load weights into this model (does the config match the checkpoint?): {e}"))
-    })
+    vs.load(&f).map_err(|e| Error::data(&f, why_not_loaded(vs, &f, &e)))
+}
+
+/// Why `vs.load(f)` failed with `e`. Only on the error path: it reads the file again.
+fn why_not_loaded(vs: &VarStore, f: &Path, e: &tch::TchError) -> String {
+    let saved: std::collections::HashMap<String, tch::Tensor> = match tch::Tensor::read_safetensors(f) {
+        Ok(t) => t.into_iter().collect(),
+        Err(read) => return format!("damaged or not a safetensors file (cut short by a full disk or a copy?): {read}"),
+    };
+    let mut names: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let other = "the checkpoint is of another model: does the run's config match the one it was trained with?";
+    for (name, var) in names {
+        match saved.get(&name) {
+            None => return format!("{other} the file has no weight `{name}` (of shape {:?})", var.size()),
+            Some(t) if t.size() != var.size() => {
+                return format!("{other} `{name}` is {:?} in the file, {:?} in this model", t.size(), var.size())
+            }
+            Some(_) => {}
+        }
+    }
+    format!("cannot load weights into this model: {e}")
 }
 
 /// The extra training state saved with a checkpoint (empty when there is none).
@@ -262,6 +283,35 @@ pub fn load_extra(ckpt: &Path) -> Result<std::collections::HashMap<String, tch::
 mod tests {
     use super::*;
     use crate::optim::{Param, Sgd};
+
+    /// A failed load says which cause it is: a damaged file, a missing weight, another shape.
+    #[test]
+    fn a_failed_load_names_its_cause() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vs = VarStore::new(tch::Device::Cpu);
+        let w = vs.root().zeros("w", &[3]);
+        let opt = Sgd::new(vec![Param { name: "w".into(), tensor: w, group: 0 }], 1, 0.9, 0.0);
+        save(tmp.path(), &vs, &opt, Position::default(), &[], 1).unwrap();
+        let ckpt = latest(tmp.path()).unwrap().unwrap();
+        let load_into = |shape: &[i64], extra: bool| {
+            let mut other = VarStore::new(tch::Device::Cpu);
+            other.root().zeros("w", shape);
+            if extra {
+                (other.root() / "predictor").zeros("bias", &[2]);
+            }
+            load_model(&mut other, &ckpt).unwrap_err().to_string()
+        };
+        load_model(&mut VarStore::new(tch::Device::Cpu), &ckpt).unwrap();
+        let e = load_into(&[4], false);
+        assert!(e.contains("model.safetensors") && e.contains("`w` is [3] in the file, [4] in this model"), "{e}");
+        let e = load_into(&[3], true);
+        assert!(e.contains("has no weight `predictor.bias` (of shape [2])"), "{e}");
+        let f = ckpt.join("model.safetensors");
+        let bytes = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+        let e = load_into(&[3], false);
+        assert!(e.contains("damaged or not a safetensors file"), "{e}");
+    }
 
     /// Saves keep the newest `keep`, point `latest` at the newest, and clear what a killed save
     /// left behind.
