@@ -17,7 +17,8 @@ resnet18 with a 3x3 stem and no max-pool, Kaiming fan-out init),
 2-layer projector Linear-BN-ReLU-Linear-BN(affine=False), predictor 2048-512-2048, symmetric
 negative cosine with stop-gradient. SGD lr 0.06 (0.03 x 512/256), momentum 0.9, wd 5e-4,
 predictor lr constant. Views: lightly's `SimSiamTransform(input_size=32, gaussian_blur=0)`.
-One JSON line per step: loss, collapse_std (lightly's std_of_l2_normalized of z).
+One JSON line per step: loss, collapse_std (lightly's std_of_l2_normalized of z) and
+sqrt(d) x collapse_std (`collapse_std_scaled`, as `simsiam train` logs it).
 """
 
 import argparse
@@ -204,7 +205,9 @@ def main():
             loss.backward()
             before = [p.detach().clone() for p in model.backbone.parameters() if p.dim() >= 2]
             opt.step()
-            row = {"step": step, "loss": loss.item(), "collapse_std": std_of_l2_normalized(z0.detach()).item(),
+            std = std_of_l2_normalized(z0.detach()).item()
+            # `collapse_std_scaled` as `simsiam train` logs it: sqrt(d) x collapse_std (1 = spread).
+            row = {"step": step, "loss": loss.item(), "collapse_std": std, "collapse_std_scaled": std * math.sqrt(z0.shape[1]),
                    "seconds": time.time() - t0, **weights(model.backbone, before)}
             f.write(json.dumps(row) + "\n")
             f.flush()
