@@ -54,6 +54,17 @@ int64_t ss_cuda_total_memory(int device) {
   }
 }
 
+/// The device's compute capability as `10 * major + minor` (80 for an A100, 90 for an H100, 70
+/// for a V100), or -1 on error.
+int ss_cuda_capability(int device) {
+  try {
+    auto* p = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(device));
+    return 10 * p->major + p->minor;
+  } catch (...) {
+    return -1;
+  }
+}
+
 /// Starts capturing the current stream's work (not the default stream: see
 /// `ss_cuda_stream_push`) into a new graph: until `ss_cuda_graph_end`, kernels are recorded,
 /// not run. Returns the graph, or null with `*err` set.

@@ -212,7 +212,7 @@ gap)
     # accuracy gap to the peer (58.3% kNN at 60 epochs): SimSiam 60 epochs with torchvision's
     # ResNet (the official code's) and with the peer's lightly ResNet (no zero-init, nn.Conv2d's
     # own conv init, no stem ReLU), both at once (shared GPU: no timings from them), compared;
-    # then each speed option alone and the host store.
+    # then each speed option alone, the host store and fp16.
     libs
     mkdir -p $R
     job gpu-tests 120 .device/gpu-tests --test-threads 1
@@ -234,6 +234,9 @@ gap)
         job bench-host-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
             --mode end-to-end --set 'data.store="host"'
     done
+    # fp16 with loss scaling (`auto` on pre-Ampere GPUs), on the H100 beside bf16's figure above.
+    job bench-fp16-512 60 $B bench --preset cifar10 --device cuda --batch-size 512 --warmup 10 --steps 40 \
+        --mode step,end-to-end --set 'run.precision="fp16"'
     log "all done"
     ;;
 blog)

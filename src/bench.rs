@@ -128,6 +128,7 @@ pub fn measure(
     let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
     let mut opt = Sgd::new(net.params(cfg), 2, cfg.optim.momentum, cfg.optim.weight_decay);
     opt.fused = cfg.optim.fused;
+    opt.loss_scaler = crate::precision::LossScaler::for_autocast(net.model.autocast, device);
     opt.lrs = vec![cfg.optim.init_lr(); 2];
     // A store of four batches, placed and read as training places and reads it (`data.store`):
     // a slice of the epoch's order where the store lives, then a gather of those rows (and for
@@ -245,7 +246,7 @@ pub fn measure(
         steps,
         images_per_s: (b as usize * steps) as f64 / secs,
         ms_per_step: secs * 1e3 / steps as f64,
-        precision: net.model.autocast.map(|k| format!("{k:?}").to_lowercase()).unwrap_or_else(|| "fp32".into()),
+        precision: crate::precision::name(net.model.autocast).into(),
         channels_last: net.model.channels_last,
         cuda_graph: captured,
         prefetch: prefetch_on,

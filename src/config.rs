@@ -42,8 +42,11 @@ pub struct RunConfig {
     pub threads: usize,
     /// On CUDA, let cuDNN autotune convolution algorithms (fast; not bit-reproducible).
     pub cudnn_benchmark: bool,
-    /// The network's forward pass: `auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or
-    /// `bf16`. Weights, optimiser, BN statistics and the loss stay fp32 either way.
+    /// The network's forward pass: `auto`, `fp32`, `bf16` or `fp16` (autocast; fp16 with dynamic
+    /// loss scaling, as PyTorch's `GradScaler`). `auto` is what the device's tensor cores run
+    /// fastest: bf16 from compute capability 8.0 (A100, H100), fp16 on 7.x (V100, T4: no bf16
+    /// tensor cores), fp32 on older GPUs and the CPU. Weights, optimiser, BN statistics and the
+    /// loss stay fp32 either way.
     pub precision: Precision,
     /// On CUDA, convolution weights and inputs in the channels-last layout (tensor-core friendly).
     pub channels_last: bool,
@@ -66,6 +69,7 @@ pub enum Precision {
     Auto,
     Fp32,
     Bf16,
+    Fp16,
 }
 
 impl Default for RunConfig {

@@ -74,7 +74,10 @@ fn cuda_device(n: usize, count: usize) -> Result<Device> {
 pub fn describe(device: Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
-        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Cuda(i) => match cuda_helper().ok().and_then(|h| h.capability(i)) {
+            Some((major, minor)) => format!("cuda:{i} (compute capability {major}.{minor})"),
+            None => format!("cuda:{i}"),
+        },
         other => format!("{other:?}"),
     }
 }
@@ -87,6 +90,7 @@ pub struct CudaHelper {
     peak_allocated: unsafe extern "C" fn(device: c_int) -> i64,
     reset_peak: unsafe extern "C" fn(device: c_int),
     total_memory: unsafe extern "C" fn(device: c_int) -> i64,
+    capability: unsafe extern "C" fn(device: c_int) -> c_int,
     graph_begin: unsafe extern "C" fn(err: *mut *mut c_char) -> *mut c_void,
     graph_end: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
     graph_replay: unsafe extern "C" fn(graph: *mut c_void, err: *mut *mut c_char),
@@ -115,6 +119,13 @@ impl CudaHelper {
     pub fn total_memory(&self, device: usize) -> Option<u64> {
         let bytes = unsafe { (self.total_memory)(device as c_int) };
         (bytes > 0).then_some(bytes as u64)
+    }
+
+    /// The GPU's compute capability `(major, minor)` ((8, 0) for an A100, (9, 0) for an H100),
+    /// if CUDA can say.
+    pub fn capability(&self, device: usize) -> Option<(u32, u32)> {
+        let c = unsafe { (self.capability)(device as c_int) };
+        (c >= 0).then_some((c as u32 / 10, c as u32 % 10))
     }
 
     /// Starts capturing the current (non-default) stream's work into a new CUDA graph.
@@ -267,6 +278,7 @@ fn load_helper() -> std::result::Result<CudaHelper, String> {
             peak_allocated: cast(sym(c"ss_cuda_peak_allocated")?),
             reset_peak: cast(sym(c"ss_cuda_reset_peak")?),
             total_memory: cast(sym(c"ss_cuda_total_memory")?),
+            capability: cast(sym(c"ss_cuda_capability")?),
             graph_begin: cast(sym(c"ss_cuda_graph_begin")?),
             graph_end: cast(sym(c"ss_cuda_graph_end")?),
             graph_replay: cast(sym(c"ss_cuda_graph_replay")?),

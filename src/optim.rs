@@ -2,6 +2,7 @@
 //! groups and state that can be saved: tch's optimiser cannot export its momentum buffers,
 //! which an exact resume needs. Also the lr schedule (linear scaling, warm-up, cosine).
 use crate::error::{Error, Result};
+use crate::precision::LossScaler;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tch::Tensor;
@@ -32,6 +33,10 @@ pub struct Sgd {
     /// reads when it runs instead of `lrs` (the caller keeps them equal to `lrs`): what a
     /// captured CUDA graph needs, since it replays its kernels with the arguments they had.
     pub lr_tensors: Option<Vec<Tensor>>,
+    /// fp16 autocast's dynamic loss scaling: the step unscales the gradients, skips the update
+    /// if they overflowed and adjusts the scale ([`LossScaler`]); the training step multiplies
+    /// the loss by its scale before the backward pass.
+    pub loss_scaler: Option<LossScaler>,
     bufs: Vec<Option<Tensor>>,
 }
 
@@ -47,6 +52,7 @@ impl Sgd {
             lars_trust: None,
             fused: true,
             lr_tensors: None,
+            loss_scaler: None,
             bufs: (0..n).map(|_| None).collect(),
         }
     }
@@ -74,7 +80,14 @@ impl Sgd {
     ///
     /// Plain SGD runs as PyTorch's fused kernel (`_fused_sgd_`: one launch per call on a GPU
     /// instead of about six per parameter), one call per lr/wd group and first step (a first
-    /// step sets the buffer instead of decaying it); LARS runs per parameter.
+    /// step sets the buffer instead of decaying it); LARS runs per parameter. With a
+    /// [`LossScaler`] the gradients are unscaled first and a step whose gradients overflowed
+    /// changes nothing (the fused kernel reads the flag on the device; the per-parameter form
+    /// reads it on the host), then the scale is updated.
+    ///
+    /// # Panics
+    /// If libtorch refuses to unscale the gradients, which only gradients on another device
+    /// than the scaler's could make it do (a bug, as a failed tensor op in tch).
     pub fn step(&mut self) {
         let mut calls: BTreeMap<(usize, bool), Vec<usize>> = BTreeMap::new();
         for (i, p) in self.params.iter().enumerate() {
@@ -82,6 +95,13 @@ impl Sgd {
                 calls.entry((p.group, self.bufs[i].is_none())).or_default().push(i);
             }
         }
+        if let Some(scaler) = &self.loss_scaler {
+            let grads: Vec<Tensor> = calls.values().flatten().map(|&i| self.params[i].tensor.grad()).collect();
+            if let Err(e) = scaler.unscale(&grads) {
+                panic!("unscaling the fp16 gradients failed: {}", e.lines().next().unwrap_or_default())
+            }
+        }
+        let mut skipped = None;
         for ((group, first), idx) in calls {
             if self.fused && self.lars_trust.is_none() {
                 match self.fused_update(group, first, &idx) {
@@ -90,7 +110,16 @@ impl Sgd {
                     Err(e) => self.fused_failed(&e),
                 }
             }
-            self.update_per_param(&idx);
+            // The reference form reads the overflow flag on the host, once per step.
+            let skip = *skipped.get_or_insert_with(|| {
+                self.loss_scaler.as_ref().is_some_and(|s| s.found_inf().double_value(&[0]) != 0.0)
+            });
+            if !skip {
+                self.update_per_param(&idx);
+            }
+        }
+        if let Some(scaler) = self.loss_scaler.as_mut() {
+            scaler.update();
         }
     }
 
@@ -99,16 +128,21 @@ impl Sgd {
         let ws: Vec<Tensor> = idx.iter().map(|&i| self.params[i].tensor.shallow_clone()).collect();
         let gs: Vec<Tensor> = ws.iter().map(|w| w.grad()).collect();
         // New buffers laid out as their parameters (channels-last too): the kernel works on storage.
+        // A step that may be skipped (loss scaling) starts them at zero as a later step, which
+        // is the same update (`buf = m * 0 + d`) and leaves a valid buffer if it is skipped.
+        let found_inf = self.loss_scaler.as_ref().map(|s| s.found_inf());
+        let fresh = |w: &Tensor| if found_inf.is_some() { w.zeros_like() } else { w.empty_like() };
         let bs: Vec<Tensor> = idx
             .iter()
             .zip(&ws)
-            .map(|(&i, w)| self.bufs[i].as_ref().map_or_else(|| w.empty_like(), |b| b.shallow_clone()))
+            .map(|(&i, w)| self.bufs[i].as_ref().map_or_else(|| fresh(w), |b| b.shallow_clone()))
             .collect();
         let lr = match &self.lr_tensors {
             Some(t) => fused::Lr::Tensor(&t[group]),
             None => fused::Lr::Value(self.lrs[group]),
         };
-        tch::no_grad(|| fused::sgd(&ws, &gs, &bs, self.wds[group], self.momentum, lr, first))?;
+        let first_kernel = first && found_inf.is_none();
+        tch::no_grad(|| fused::sgd(&ws, &gs, &bs, self.wds[group], self.momentum, lr, first_kernel, found_inf))?;
         if first {
             for (&i, b) in idx.iter().zip(bs) {
                 self.bufs[i] = Some(b);
@@ -179,13 +213,17 @@ impl Sgd {
         (!rows.is_empty()).then(|| (names, Tensor::stack(&rows, 0)))
     }
 
+    /// The momentum buffers by parameter name, and the loss scaler's state if there is one.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let named: Vec<(String, Tensor)> = self
+        let mut named: Vec<(String, Tensor)> = self
             .params
             .iter()
             .zip(&self.bufs)
             .filter_map(|(p, b)| b.as_ref().map(|b| (p.name.clone(), b.shallow_clone())))
             .collect();
+        if let Some(scaler) = &self.loss_scaler {
+            named.extend(scaler.state().map(|(n, t)| (n.to_string(), t.shallow_clone())));
+        }
         let refs: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
         crate::checkpoint::write_safetensors(&refs, path)
     }
@@ -202,6 +240,9 @@ impl Sgd {
                 b.copy_(t);
                 b
             });
+        }
+        if let Some(scaler) = self.loss_scaler.as_mut() {
+            scaler.load(&saved);
         }
         Ok(())
     }
@@ -234,6 +275,7 @@ mod fused {
             lr: f64,
             lr_tensor: *mut c_void,
             first: c_int,
+            found_inf: *mut c_void,
             err: *mut *mut c_char,
         );
         fn ss_grads_to_none(ts: *const *mut c_void, n: c_int);
@@ -254,7 +296,9 @@ mod fused {
         Tensor(&'a Tensor),
     }
 
-    /// One `_fused_sgd_` call over tensors of one device, dtype and (per tensor) layout.
+    /// One `_fused_sgd_` call over tensors of one device, dtype and (per tensor) layout; a
+    /// no-op where `found_inf` (`[1]` fp32) is non-zero.
+    #[allow(clippy::too_many_arguments)]
     pub fn sgd(
         ws: &[Tensor],
         gs: &[Tensor],
@@ -263,6 +307,7 @@ mod fused {
         momentum: f64,
         lr: Lr,
         first: bool,
+        found_inf: Option<&Tensor>,
     ) -> Result<(), String> {
         let (w, g, b) = (ptrs(ws), ptrs(gs), ptrs(bs));
         let (n, first) = (w.len() as c_int, first as c_int);
@@ -270,9 +315,10 @@ mod fused {
             Lr::Value(v) => (v, std::ptr::null_mut()),
             Lr::Tensor(t) => (0.0, t.as_ptr() as *mut c_void),
         };
+        let found_inf = found_inf.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void);
         // SAFETY: live `at::Tensor*`s (tch's `as_ptr`) borrowed for the call.
         crate::ffi::call(|err| unsafe {
-            ss_fused_sgd(w.as_ptr(), g.as_ptr(), b.as_ptr(), n, wd, momentum, lr, lr_tensor, first, err)
+            ss_fused_sgd(w.as_ptr(), g.as_ptr(), b.as_ptr(), n, wd, momentum, lr, lr_tensor, first, found_inf, err)
         })
         .map_err(first_line)
     }

@@ -895,6 +895,54 @@ fn runs_with_queues_resume_to_the_same_loss_curve() {
     assert!(err.contains("objective.infonce_queue: 640 keys") && err.contains("640 images"), "{err}");
 }
 
+/// `run.precision = "fp16"` (what `auto` picks on a V100 or a T4) on the CPU's autocast: the
+/// run follows the fp32 run step by step (within 1e-2: fp16 keeps about 3 digits, and over
+/// longer runs the two drift apart as any two precisions do), says how it computed, and keeps
+/// its loss scaler's state in each checkpoint, so that a paused run resumes to the same curve.
+/// 64 images, 2 steps an epoch: the CPU's fp16 kernels are some 20 times slower than fp32's.
+#[test]
+fn fp16_run_follows_fp32_and_resumes_with_its_loss_scale() {
+    let (tmp, train, test) = data();
+    let args = |out: &Path, precision: &str| {
+        let mut a = train_args(&train, &test, out);
+        for s in [
+            &format!("run.precision=\"{precision}\""),
+            "data.train_limit=64",
+            "monitor.knn_every=0",
+            "monitor.knn_at_init=false",
+        ] {
+            a.extend(["--set".into(), s.to_string()]);
+        }
+        a
+    };
+    let fp32 = tmp.path().join("fp32");
+    ok(bin().args(args(&fp32, "fp32")).output().unwrap());
+    let full = tmp.path().join("fp16");
+    ok(bin().args(args(&full, "fp16")).output().unwrap());
+    let (want, got) = (losses(&fp32), losses(&full));
+    assert_eq!((want.len(), got.len()), (6, 6));
+    for ((s, a), (_, b)) in want.iter().zip(&got) {
+        assert!((a - b).abs() < 1e-2, "step {s}: loss {a} fp32, {b} fp16");
+    }
+    assert_ne!(want, got, "fp16 autocast did not run");
+    let summary = std::fs::read_to_string(full.join("summary.json")).unwrap();
+    assert!(summary.contains("\"precision\": \"fp16 autocast with loss scaling\""), "{summary}");
+    let part = tmp.path().join("fp16-part");
+    let mut paused = args(&part, "fp16");
+    paused.extend(["--until-epoch".into(), "2".into()]);
+    ok(bin().args(&paused).output().unwrap());
+    let saved = tch::Tensor::read_safetensors(part.join("checkpoints/step-000000004/optim.safetensors")).unwrap();
+    let value = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, t)| t.double_value(&[0]));
+    // 4 steps without an overflow: the scale as it started, 4 clean steps counted.
+    assert_eq!((value("loss_scaler.scale"), value("loss_scaler.growth_tracker")), (Some(65536.0), Some(4.0)));
+    ok(bin().args(["train", "--resume", part.to_str().unwrap()]).output().unwrap());
+    let resumed = losses(&part);
+    assert_eq!(resumed.len(), 6);
+    for ((s, a), (_, b)) in got.iter().zip(&resumed) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s}: {a} uninterrupted, {b} resumed");
+    }
+}
+
 #[test]
 fn step_computed_targets_train_end_to_end() {
     let (tmp, train, test) = data();

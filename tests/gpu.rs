@@ -139,6 +139,14 @@ fn cuda_fused_sgd_equals_the_per_parameter_update() {
     common::fused_sgd_equals_per_parameter(dev);
 }
 
+/// fp16's loss-scaled update on the GPU (the fused kernel reads the overflow flag on the
+/// device): overflowed steps skipped, the rest equal to plain SGD.
+#[test]
+fn cuda_loss_scaled_sgd_skips_overflowed_steps_and_otherwise_equals_plain_sgd() {
+    let Some(dev) = cuda() else { return };
+    common::loss_scaled_sgd_matches_plain_sgd(dev);
+}
+
 /// `run.cuda_graph`: after the eager warm-up, the step captured once and replayed equals the
 /// eager steps (same views, same per-step lr), and a replay reads the lr of its own step; for
 /// SimSiam and for SwAV (whose step also normalises its prototypes in place).
@@ -274,6 +282,27 @@ fn assert_curves_follow_the_plain_run(runs: &[(&str, &[&str])]) {
             assert!((a - b).abs() < 2e-3, "{name}, step {s}: loss {a} plain, {b}");
         }
     }
+}
+
+/// fp16 autocast with loss scaling on the GPU (what `run.precision = "auto"` picks on a V100 or
+/// a T4): a run's loss curve follows the fp32 run's, and with the step captured as a CUDA graph
+/// (the scaler's unscale, overflow flag and update all on the device) it follows the eager fp16
+/// run. The device line names the GPU's compute capability, from which `auto` chose.
+#[test]
+fn cuda_fp16_training_follows_fp32_and_runs_as_a_graph() {
+    let Some(dev) = cuda() else { return };
+    assert!(simsiam::device::describe(dev).contains("compute capability"), "{}", simsiam::device::describe(dev));
+    let tmp = tempfile::tempdir().unwrap();
+    let fp32 = gpu_loss_curve(tmp.path(), "fp32", &["run.precision=\"fp32\"", "run.channels_last=false"]);
+    let fp16 = gpu_loss_curve(tmp.path(), "fp16", &["run.precision=\"fp16\""]);
+    let graph = gpu_loss_curve(tmp.path(), "fp16-graph", &["run.precision=\"fp16\"", "run.cuda_graph=true"]);
+    assert_eq!((fp16.len(), graph.len()), (fp32.len(), fp32.len()));
+    for (s, ((a, b), c)) in fp32.iter().zip(&fp16).zip(&graph).enumerate() {
+        assert!((a - b).abs() < 2e-2, "step {s}: loss {a} fp32, {b} fp16");
+        assert!((b - c).abs() < 2e-3, "step {s}: loss {b} fp16 eager, {c} fp16 graph");
+    }
+    let summary = std::fs::read_to_string(tmp.path().join("fp16/summary.json")).unwrap();
+    assert!(summary.contains("fp16 autocast with loss scaling"), "{summary}");
 }
 
 /// Training on a GPU with `run.prefetch`, alone and with `run.cuda_graph`, follows the plain

@@ -34,6 +34,14 @@ fn fused_sgd_equals_the_per_parameter_update() {
     common::fused_sgd_equals_per_parameter(Device::Cpu);
 }
 
+/// fp16's loss scaling in the update: an overflowed step is skipped whole (weights, momentum)
+/// and halves the scale; the other steps equal plain SGD exactly, fused and per parameter, and
+/// the scaler's state is saved and loaded with the momentum buffers.
+#[test]
+fn loss_scaled_sgd_skips_overflowed_steps_and_otherwise_equals_plain_sgd() {
+    common::loss_scaled_sgd_matches_plain_sgd(Device::Cpu);
+}
+
 /// The `weights` monitor after one step, by hand. Loss `sum_i c_i |w_i|² / 2` (gradient
 /// `c_i w_i`), wd 0.1, so the first step's buffer is `(c_i + 0.1) w_i` and it moves `w_i` by
 /// `lr (c_i + 0.1) |w_i|` to `(1 - lr (c_i + 0.1)) w_i`. Encoder lr 0.2, predictor lr 0.1:

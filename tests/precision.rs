@@ -1,10 +1,14 @@
-//! The speed options must not change what is learned: bf16 autocast (checked on the CPU's
-//! autocast, the same mechanism as CUDA's) keeps weights and loss in fp32 and stays close to
-//! the fp32 forward; channels-last weights compute the same function and save as usual.
+//! The speed options must not change what is learned: bf16 and fp16 autocast (checked on the
+//! CPU's autocast, the same mechanism as CUDA's) keep weights and loss in fp32 and stay close
+//! to fp32; fp16's loss scaler keeps the gradients fp16 would flush to zero; `auto` picks the
+//! precision the GPU's tensor cores run; channels-last weights compute the same function and
+//! save as usual.
 use simsiam::config::{Config, Precision};
 use simsiam::objective::{External, Objective};
 use simsiam::optim::Sgd;
-use simsiam::precision::{autocast_kind, channels_last, is_channels_last, vars_to_channels_last};
+use simsiam::precision::{
+    auto_for_capability, autocast, autocast_kind, channels_last, is_channels_last, vars_to_channels_last, LossScaler,
+};
 use simsiam::train::Network;
 use tch::{Device, Kind, Tensor};
 
@@ -19,11 +23,86 @@ fn small(extra: &[&str]) -> Config {
 }
 
 #[test]
-fn precision_auto_is_bf16_on_cuda_only() {
+fn precision_auto_follows_the_gpu_generation() {
     assert_eq!(autocast_kind(Precision::Auto, Device::Cpu), None);
-    assert_eq!(autocast_kind(Precision::Auto, Device::Cuda(0)), Some(Kind::BFloat16));
     assert_eq!(autocast_kind(Precision::Fp32, Device::Cuda(0)), None);
     assert_eq!(autocast_kind(Precision::Bf16, Device::Cpu), Some(Kind::BFloat16));
+    assert_eq!(autocast_kind(Precision::Fp16, Device::Cpu), Some(Kind::Half));
+    // Without a visible GPU the capability is unknown: bf16, as on the H100 (capability 9.0).
+    assert_eq!(autocast_kind(Precision::Auto, Device::Cuda(0)), Some(Kind::BFloat16));
+    let gpus = [
+        ("H100", Some((9, 0)), Some(Kind::BFloat16)),
+        ("A100", Some((8, 0)), Some(Kind::BFloat16)),
+        ("RTX 3090", Some((8, 6)), Some(Kind::BFloat16)),
+        ("RTX 5090", Some((12, 0)), Some(Kind::BFloat16)),
+        ("T4", Some((7, 5)), Some(Kind::Half)),
+        ("V100", Some((7, 0)), Some(Kind::Half)),
+        ("P100", Some((6, 0)), None),
+        ("unknown", None, Some(Kind::BFloat16)),
+    ];
+    for (gpu, capability, want) in gpus {
+        assert_eq!(auto_for_capability(capability), want, "{gpu}");
+    }
+}
+
+/// `GradScaler`'s arithmetic by hand: the loss times 2^16; gradients divided by it with no
+/// overflow found; an inf or a NaN anywhere flags the step and halves the scale; 2,000 clean
+/// steps in a row double it.
+#[test]
+fn loss_scaler_scales_unscales_and_adapts_as_pytorch_gradscaler() {
+    let mut s = LossScaler::new(Device::Cpu);
+    assert_eq!(s.scale_loss(&Tensor::from(-0.75f32)).double_value(&[]), -0.75 * 65536.0);
+    let grads = [Tensor::from_slice(&[65536.0f32, -131072.0]), Tensor::from_slice(&[16384.0f32])];
+    s.unscale(&grads).unwrap();
+    assert_eq!(Vec::<f32>::try_from(&grads[0]).unwrap(), [1.0, -2.0]);
+    assert_eq!(Vec::<f32>::try_from(&grads[1]).unwrap(), [0.25]);
+    assert_eq!(s.found_inf().double_value(&[0]), 0.0);
+    s.update();
+    assert_eq!((s.scale.double_value(&[0]), s.growth_tracker.int64_value(&[0])), (65536.0, 1));
+    for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+        let grads = [Tensor::from_slice(&[1.0f32]), Tensor::from_slice(&[2.0f32, bad])];
+        let before = s.scale.double_value(&[0]);
+        s.unscale(&grads).unwrap();
+        assert_eq!(s.found_inf().double_value(&[0]), 1.0, "{bad}");
+        s.update();
+        assert_eq!((s.scale.double_value(&[0]), s.growth_tracker.int64_value(&[0])), (before / 2.0, 0), "{bad}");
+    }
+    let _ = s.growth_tracker.fill_(LossScaler::GROWTH_INTERVAL - 1);
+    s.unscale(&[Tensor::from_slice(&[1.0f32])]).unwrap();
+    s.update();
+    assert_eq!((s.scale.double_value(&[0]), s.growth_tracker.int64_value(&[0])), (65536.0 / 8.0 * 2.0, 0));
+}
+
+/// Why fp16 needs the scaler: a weight gradient of 1e-8 (fp16's smallest subnormal is 6e-8)
+/// is lost in an fp16 matmul's backward pass; scaled by 2^16 it survives and, unscaled,
+/// equals the fp32 gradient to fp16's precision. bf16 (fp32's exponent range) keeps it unscaled.
+#[test]
+fn fp16_loses_tiny_gradients_that_loss_scaling_keeps() {
+    let x = Tensor::full([1, 8], 1e-4, (Kind::Float, Device::Cpu));
+    let w0 = Tensor::full([3, 8], 0.5, (Kind::Float, Device::Cpu));
+    // d loss / d w = 1e-4 x: each entry 1e-8.
+    let grad = |kind: Option<Kind>, scaler: Option<&LossScaler>| {
+        let w = w0.copy().set_requires_grad(true);
+        let loss =
+            autocast(kind, Device::Cpu, || x.linear(&w, None::<Tensor>)).to_kind(Kind::Float).sum(Kind::Float) * 1e-4;
+        match scaler {
+            Some(s) => {
+                s.scale_loss(&loss).backward();
+                s.unscale(&[w.grad()]).unwrap();
+            }
+            None => loss.backward(),
+        }
+        w.grad()
+    };
+    let fp32 = grad(None, None);
+    assert!((fp32.mean(Kind::Float).double_value(&[]) - 1e-8).abs() < 1e-12);
+    let lost = grad(Some(Kind::Half), None);
+    assert!(lost.abs().max().double_value(&[]) < 1e-8, "fp16 without scaling kept {lost}");
+    let kept = grad(Some(Kind::Half), Some(&LossScaler::new(Device::Cpu)));
+    let rel = ((&kept - &fp32).abs().max() / 1e-8).double_value(&[]);
+    assert!(rel < 1e-2, "loss-scaled fp16 gradient off by {rel} of its size");
+    let bf16 = grad(Some(Kind::BFloat16), None);
+    assert!(((&bf16 - &fp32).abs().max() / 1e-8).double_value(&[]) < 2e-2);
 }
 
 #[test]

@@ -37,6 +37,10 @@ pub struct Summary {
     pub train_seconds: f64,
     pub images_per_s: f64,
     pub device: String,
+    /// How the forward pass computed: [`crate::precision::describe`] of `run.precision` on
+    /// `device` (empty in older summaries).
+    #[serde(default)]
+    pub precision: String,
     /// [`crate::BUILD`] of the invocation that wrote it (empty in older summaries).
     #[serde(default)]
     pub build: String,
@@ -59,6 +63,7 @@ impl Summary {
             train_seconds: 0.0,
             images_per_s: 0.0,
             device,
+            precision: String::new(),
             build: crate::BUILD.to_string(),
         }
     }

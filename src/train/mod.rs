@@ -21,6 +21,7 @@ use crate::dist::{self, Group, Reducer};
 use crate::error::{Error, Result};
 use crate::objective::Objective;
 use crate::optim::{cosine_lr, Sgd};
+use crate::precision::LossScaler;
 use indicatif::ProgressBar;
 use metrics::{MetricsLog, Pending, StepLog};
 use monitors::EpochMonitors;
@@ -261,13 +262,20 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let local_batch = batch / world;
     if lead {
         eprintln!(
-            "data: {} training images{} ({}, {}px) loaded in {:.1}s; device {}",
+            "data: {} training images{} ({}, {}px) loaded in {:.1}s; device {}, {}",
             train_store.len(),
             test_store.as_ref().map(|t| format!(", {} test images", t.len())).unwrap_or_default(),
             if train_store.labelled() { format!("{} classes", train_store.num_classes()) } else { "unlabelled".into() },
             train_store.image_size(),
             t_load.elapsed().as_secs_f64(),
-            crate::device::describe(device)
+            crate::device::describe(device),
+            crate::precision::describe(crate::precision::autocast_kind(cfg.run.precision, device))
+        );
+    }
+    if lead && !device.is_cuda() && cfg.run.precision == crate::config::Precision::Fp16 {
+        eprintln!(
+            "note: run.precision = \"fp16\" on the CPU: libtorch's CPU fp16 convolutions are some 100 times slower \
+             than fp32's (it is meant for V100- and T4-class GPUs); \"auto\" trains in fp32 here"
         );
     }
     if device.is_cuda() {
@@ -325,6 +333,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let params = net.params(cfg);
     let mut opt = Sgd::new(params, 3, cfg.optim.momentum, cfg.optim.weight_decay);
     opt.fused = cfg.optim.fused;
+    opt.loss_scaler = LossScaler::for_autocast(net.model.autocast, device);
     opt.lrs[2] = cfg.monitor.online_probe_lr;
     opt.wds[2] = 0.0;
 
@@ -353,6 +362,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     let mut log = StepLog::new(file, batch, cfg.model.dim);
 
     let mut summary = Summary::new(cfg.run.epochs, crate::device::describe(device));
+    summary.precision = crate::precision::describe(net.model.autocast).to_string();
     let monitors = EpochMonitors::new(cfg, &train_dev, test_dev.as_ref(), knn_on, &aug, device);
     // The latest kNN top-1, for the progress bar (the summary's come from the metrics file).
     let mut last_knn: Option<f64> = None;

@@ -141,15 +141,18 @@ pub fn step(
     drop(forward);
     opt.zero_grad();
     let backward = crate::profile::range(c"backward");
+    // fp16: the loss times the scaler's scale (the update divides the gradients by it).
+    let scaled = opt.loss_scaler.as_ref().map(|s| s.scale_loss(&loss));
+    let to_differentiate = scaled.as_ref().unwrap_or(&loss);
     match reducer {
         Some(r) => {
-            r.prepare(&loss)?;
-            loss.f_backward().map_err(|e| Error::Distributed {
+            r.prepare(to_differentiate)?;
+            to_differentiate.f_backward().map_err(|e| Error::Distributed {
                 rank: Some(r.rank()),
                 msg: format!("the backward pass (gradient all-reduce) failed ({}): {e}", dist::PEER_FAILURE),
             })?;
         }
-        None => loss.f_backward()?,
+        None => to_differentiate.f_backward()?,
     }
     drop(backward);
     if targets.freeze_prototypes {

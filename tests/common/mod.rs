@@ -137,3 +137,89 @@ pub fn fused_sgd_equals_per_parameter(dev: tch::Device) {
     }
     assert!(simsiam::precision::is_channels_last(&reference[0]));
 }
+
+/// SGD with fp16's loss scaler on `dev` (tests/optim.rs, tests/gpu.rs), fused and per
+/// parameter: a step whose scaled gradients hold an inf or a NaN changes no weight and no
+/// momentum buffer and halves the scale (the first step here, so no buffer exists yet); every
+/// other step equals plain SGD on the unscaled gradients, exactly (the scale is a power of two),
+/// and the scale and its count of clean steps survive a save and load of the optimiser state.
+pub fn loss_scaled_sgd_matches_plain_sgd(dev: tch::Device) {
+    use simsiam::optim::{Param, Sgd};
+    use simsiam::precision::LossScaler;
+    use tch::{Kind, Tensor};
+    let shapes: [&[i64]; 3] = [&[8, 3, 3, 3], &[16, 8], &[5]];
+    let init: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, dev))).collect();
+    let grads: Vec<Vec<Tensor>> =
+        (0..4).map(|_| shapes.iter().map(|s| Tensor::randn(*s, (Kind::Float, dev))).collect()).collect();
+    let run = |fused: bool, scaled: bool| {
+        let ws: Vec<Tensor> = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+        let params =
+            ws.iter().enumerate().map(|(i, w)| Param { name: format!("p{i}"), tensor: w.shallow_clone(), group: 0 });
+        let mut opt = Sgd::new(params.collect(), 1, 0.9, 5e-4);
+        opt.fused = fused;
+        opt.lrs = vec![0.1];
+        opt.loss_scaler = scaled.then(|| LossScaler::new(dev));
+        let tmp = tempfile::tempdir().unwrap();
+        // The scaled runs start with an overflowed step that plain SGD never takes.
+        let steps: Vec<(bool, &Vec<Tensor>)> = if scaled {
+            std::iter::once((true, &grads[0])).chain(grads[1..].iter().map(|g| (false, g))).collect()
+        } else {
+            grads[1..].iter().map(|g| (false, g)).collect()
+        };
+        for (s, (overflow, gs)) in steps.into_iter().enumerate() {
+            opt.zero_grad();
+            // d loss / d w_i = g_i (an inf in p1's first entry, a NaN in p2's, when it overflows).
+            let terms: Vec<Tensor> = ws
+                .iter()
+                .zip(gs)
+                .enumerate()
+                .map(|(i, (w, g))| {
+                    let g = match (overflow, i) {
+                        (true, 1) => g.flatten(0, -1).index_fill(0, &Tensor::from(0i64).to_device(dev), f64::INFINITY),
+                        (true, 2) => g.index_fill(0, &Tensor::from(0i64).to_device(dev), f64::NAN),
+                        _ => g.flatten(0, -1),
+                    };
+                    (w.flatten(0, -1) * g).sum(Kind::Float)
+                })
+                .collect();
+            let loss = Tensor::stack(&terms, 0).sum(Kind::Float);
+            let before: Vec<Tensor> = ws.iter().map(|w| w.copy()).collect();
+            match &opt.loss_scaler {
+                Some(sc) => sc.scale_loss(&loss).backward(),
+                None => loss.backward(),
+            }
+            opt.step();
+            if overflow {
+                for (w, b) in ws.iter().zip(&before) {
+                    assert!(w.equal(b), "fused {fused}: an overflowed step moved a weight");
+                }
+                let sc = opt.loss_scaler.as_ref().unwrap();
+                assert_eq!(sc.found_inf().double_value(&[0]), 1.0);
+                assert_eq!(sc.scale.double_value(&[0]), LossScaler::INIT_SCALE / 2.0);
+            }
+            if s == 2 {
+                let f = tmp.path().join("opt.safetensors");
+                opt.save(&f).unwrap();
+                if let Some(sc) = opt.loss_scaler.as_mut() {
+                    let _ = sc.scale.fill_(1.0);
+                    let _ = sc.growth_tracker.fill_(0);
+                }
+                opt.load(&f).unwrap();
+            }
+        }
+        assert_eq!(opt.fused, fused, "no fallback");
+        if let Some(sc) = &opt.loss_scaler {
+            // One overflow, then three clean steps (the save and load in between).
+            assert_eq!(sc.scale.double_value(&[0]), LossScaler::INIT_SCALE / 2.0);
+            assert_eq!(sc.growth_tracker.int64_value(&[0]), 3);
+        }
+        ws
+    };
+    let reference = run(false, false);
+    for fused in [false, true] {
+        for (a, b) in run(fused, true).iter().zip(&reference) {
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "fused {fused}, loss-scaled: max difference {diff} from plain SGD");
+        }
+    }
+}
