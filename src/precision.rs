@@ -85,6 +85,8 @@ pub struct LossScaler {
     pub growth_tracker: Tensor,
     /// `[1]` fp32: 1 if the last step's gradients overflowed, else 0.
     found_inf: Tensor,
+    /// `[1]` fp32: the steps skipped so far (exact to 2^24).
+    skipped: Tensor,
 }
 
 impl LossScaler {
@@ -103,6 +105,7 @@ impl LossScaler {
             scale: Tensor::full([1], Self::INIT_SCALE, (Kind::Float, device)),
             growth_tracker: Tensor::zeros([1], (Kind::Int, device)),
             found_inf: Tensor::zeros([1], (Kind::Float, device)),
+            skipped: Tensor::zeros([1], (Kind::Float, device)),
         }
     }
 
@@ -141,6 +144,7 @@ impl LossScaler {
     /// After the step: halve the scale if it overflowed, double it after `GROWTH_INTERVAL`
     /// clean steps in a row (`GradScaler.update`).
     pub fn update(&mut self) {
+        let _ = self.skipped.g_add_(&self.found_inf);
         let _ = self.scale.internal_amp_update_scale_(
             &self.growth_tracker,
             &self.found_inf,
@@ -150,9 +154,18 @@ impl LossScaler {
         );
     }
 
+    /// How many steps were skipped for overflowed gradients so far (a host sync).
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped.double_value(&[0]) as u64
+    }
+
     /// The state to save, by name.
-    pub fn state(&self) -> [(&'static str, &Tensor); 2] {
-        [("loss_scaler.scale", &self.scale), ("loss_scaler.growth_tracker", &self.growth_tracker)]
+    pub fn state(&self) -> [(&'static str, &Tensor); 3] {
+        [
+            ("loss_scaler.scale", &self.scale),
+            ("loss_scaler.growth_tracker", &self.growth_tracker),
+            ("loss_scaler.skipped_steps", &self.skipped),
+        ]
     }
 
     /// Restores what [`LossScaler::state`] saved (a name missing from `saved` keeps its value).

@@ -918,7 +918,8 @@ fn fp16_run_follows_fp32_and_resumes_with_its_loss_scale() {
     let fp32 = tmp.path().join("fp32");
     ok(bin().args(args(&fp32, "fp32")).output().unwrap());
     let full = tmp.path().join("fp16");
-    ok(bin().args(args(&full, "fp16")).output().unwrap());
+    let said = ok(bin().args(args(&full, "fp16")).output().unwrap());
+    assert!(said.contains("fp16 loss scaling: 0 of 6 steps skipped"), "{said}");
     let (want, got) = (losses(&fp32), losses(&full));
     assert_eq!((want.len(), got.len()), (6, 6));
     for ((s, a), (_, b)) in want.iter().zip(&got) {
@@ -927,14 +928,16 @@ fn fp16_run_follows_fp32_and_resumes_with_its_loss_scale() {
     assert_ne!(want, got, "fp16 autocast did not run");
     let summary = std::fs::read_to_string(full.join("summary.json")).unwrap();
     assert!(summary.contains("\"precision\": \"fp16 autocast with loss scaling\""), "{summary}");
+    assert!(summary.contains("\"loss_scale\": 65536.0") && summary.contains("\"skipped_steps\": 0"), "{summary}");
     let part = tmp.path().join("fp16-part");
     let mut paused = args(&part, "fp16");
     paused.extend(["--until-epoch".into(), "2".into()]);
     ok(bin().args(&paused).output().unwrap());
     let saved = tch::Tensor::read_safetensors(part.join("checkpoints/step-000000004/optim.safetensors")).unwrap();
     let value = |name: &str| saved.iter().find(|(n, _)| n == name).map(|(_, t)| t.double_value(&[0]));
-    // 4 steps without an overflow: the scale as it started, 4 clean steps counted.
-    assert_eq!((value("loss_scaler.scale"), value("loss_scaler.growth_tracker")), (Some(65536.0), Some(4.0)));
+    // 4 steps without an overflow: the scale as it started, 4 clean steps counted, none skipped.
+    let state = ["loss_scaler.scale", "loss_scaler.growth_tracker", "loss_scaler.skipped_steps"].map(value);
+    assert_eq!(state, [Some(65536.0), Some(4.0), Some(0.0)]);
     ok(bin().args(["train", "--resume", part.to_str().unwrap()]).output().unwrap());
     let resumed = losses(&part);
     assert_eq!(resumed.len(), 6);

@@ -46,8 +46,8 @@ fn precision_auto_follows_the_gpu_generation() {
 }
 
 /// `GradScaler`'s arithmetic by hand: the loss times 2^16; gradients divided by it with no
-/// overflow found; an inf or a NaN anywhere flags the step and halves the scale; 2,000 clean
-/// steps in a row double it.
+/// overflow found; an inf or a NaN anywhere flags the step (counted as skipped) and halves the
+/// scale; 2,000 clean steps in a row double it.
 #[test]
 fn loss_scaler_scales_unscales_and_adapts_as_pytorch_gradscaler() {
     let mut s = LossScaler::new(Device::Cpu);
@@ -67,6 +67,7 @@ fn loss_scaler_scales_unscales_and_adapts_as_pytorch_gradscaler() {
         s.update();
         assert_eq!((s.scale.double_value(&[0]), s.growth_tracker.int64_value(&[0])), (before / 2.0, 0), "{bad}");
     }
+    assert_eq!(s.skipped_steps(), 3);
     let _ = s.growth_tracker.fill_(LossScaler::GROWTH_INTERVAL - 1);
     s.unscale(&[Tensor::from_slice(&[1.0f32])]).unwrap();
     s.update();

@@ -129,6 +129,12 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
         "final loss {:+.4}, collapse_std {:.4} (x sqrt(d) = {:.3})",
         s.final_loss, s.collapse_std, s.collapse_std_scaled
     );
+    if let (Some(skipped), Some(scale)) = (s.skipped_steps, s.loss_scale) {
+        println!(
+            "fp16 loss scaling: {skipped} of {} steps skipped (gradients overflowed); final scale {scale}",
+            s.steps
+        );
+    }
     match (s.knn_init, s.knn_final) {
         (Some(i), Some(f)) => println!(
             "kNN top-1 (k={}, t={}): at initialisation {i:.2}%, trained {f:.2}% ({:+.2} points)",

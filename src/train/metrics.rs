@@ -41,6 +41,12 @@ pub struct Summary {
     /// `device` (empty in older summaries).
     #[serde(default)]
     pub precision: String,
+    /// fp16 only: the loss scale at the end and the steps skipped because their gradients
+    /// overflowed (the whole run's, resumes included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
     /// [`crate::BUILD`] of the invocation that wrote it (empty in older summaries).
     #[serde(default)]
     pub build: String,
@@ -64,6 +70,8 @@ impl Summary {
             images_per_s: 0.0,
             device,
             precision: String::new(),
+            loss_scale: None,
+            skipped_steps: None,
             build: crate::BUILD.to_string(),
         }
     }

@@ -622,6 +622,10 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     } else {
         pace.images_per_s(pos)
     };
+    if let Some(scaler) = &opt.loss_scaler {
+        summary.loss_scale = Some(scaler.scale.double_value(&[0]));
+        summary.skipped_steps = Some(scaler.skipped_steps());
+    }
     if !lead {
         return Ok(summary);
     }
