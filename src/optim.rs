@@ -196,9 +196,11 @@ impl Sgd {
     /// a step does to the function is `|Δw|/|w|`, which falls as `lr/|w|²`: the initial scale
     /// sets the pace of learning until weight decay has shrunk the norms. Parameters that the
     /// last step did not update (no gradient, or no step yet) are left out: `None` if that is
-    /// all of them.
+    /// all of them. A step the loss scaler skipped (fp16 overflow) moved nothing: `|Δw| = 0`.
     pub fn update_norms(&self) -> Option<(Vec<&str>, Tensor)> {
         let (names, rows): (Vec<&str>, Vec<Tensor>) = tch::no_grad(|| {
+            // 0 if the last step was skipped, else 1 (on the device).
+            let moved = self.loss_scaler.as_ref().map(|s| -s.found_inf().view([]) + 1.0);
             self.params
                 .iter()
                 .zip(&self.bufs)
@@ -206,6 +208,7 @@ impl Sgd {
                     let b = b.as_ref().filter(|_| p.tensor.dim() >= 2 && p.tensor.grad().defined())?;
                     let w = p.tensor.norm();
                     let step = b.norm() * self.lrs[p.group];
+                    let step = moved.as_ref().map_or_else(|| step.shallow_clone(), |m| &step * m);
                     Some((p.name.as_str(), Tensor::stack(&[w, step], 0)))
                 })
                 .unzip()

@@ -42,6 +42,36 @@ fn loss_scaled_sgd_skips_overflowed_steps_and_otherwise_equals_plain_sgd() {
     common::loss_scaled_sgd_matches_plain_sgd(Device::Cpu);
 }
 
+/// The `weights` monitor under fp16 loss scaling: a step skipped for overflowed gradients moved
+/// no weight, so its relative update reads 0 (the momentum buffer still holds the step before's),
+/// and the next clean step's reads as plain SGD's.
+#[test]
+fn a_skipped_step_reports_no_update() {
+    use simsiam::optim::{Param, Sgd};
+    use simsiam::precision::LossScaler;
+    let w = Tensor::from_slice(&[3.0f32, 4.0]).view([1, 2]).set_requires_grad(true);
+    let mut opt = Sgd::new(vec![Param { name: "w".into(), tensor: w.shallow_clone(), group: 0 }], 1, 0.9, 0.0);
+    opt.lrs = vec![0.1];
+    opt.loss_scaler = Some(LossScaler::new(Device::Cpu));
+    // d loss / d w = g.
+    let step = |opt: &mut Sgd, g: [f32; 2]| {
+        opt.zero_grad();
+        let loss = (&w * Tensor::from_slice(&g).view([1, 2])).sum(tch::Kind::Float);
+        opt.loss_scaler.as_ref().unwrap().scale_loss(&loss).backward();
+        opt.step();
+        let (_, norms) = opt.update_norms().unwrap();
+        Vec::<f32>::try_from(norms.flatten(0, -1)).unwrap()
+    };
+    // Clean: buf = g = (0.6, 0.8), |Δw| = 0.1, w = (2.94, 3.92), |w| = 4.9.
+    let first = step(&mut opt, [0.6, 0.8]);
+    assert!((first[0] - 4.9).abs() < 1e-5 && (first[1] - 0.1).abs() < 1e-6, "{first:?}");
+    let skipped = step(&mut opt, [f32::INFINITY, 0.0]);
+    assert!((skipped[0] - 4.9).abs() < 1e-5 && skipped[1] == 0.0, "{skipped:?}");
+    // Clean again: buf = 0.9 (0.6, 0.8) + (0.6, 0.8) = 1.9 (0.6, 0.8), |Δw| = 0.19, |w| = 4.71.
+    let after = step(&mut opt, [0.6, 0.8]);
+    assert!((after[0] - 4.71).abs() < 1e-5 && (after[1] - 0.19).abs() < 1e-6, "{after:?}");
+}
+
 /// The `weights` monitor after one step, by hand. Loss `sum_i c_i |w_i|² / 2` (gradient
 /// `c_i w_i`), wd 0.1, so the first step's buffer is `(c_i + 0.1) w_i` and it moves `w_i` by
 /// `lr (c_i + 0.1) |w_i|` to `(1 - lr (c_i + 0.1)) w_i`. Encoder lr 0.2, predictor lr 0.1:
