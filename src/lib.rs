@@ -10,9 +10,9 @@
 //! - **judging it**: [`eval`] (kNN, linear probe), [`experiment`] (the seeds' claims, one
 //!   command each), [`instances`] and [`analyse`] (the blog's estimators, B1-B5), [`hypotheses`]
 //!   (C1-C6 from those measurements);
-//! - **running it fast and wide**: [`precision`] (bf16, channels-last), [`prefetch`] and
-//!   [`graph`] (overlap, CUDA graphs), [`dist`] (data-parallel), [`device`], [`bench`](mod@bench) and
-//!   [`profile`] (where the time goes);
+//! - **running it fast and wide**: [`precision`] (bf16 / fp16 autocast, channels-last),
+//!   [`prefetch`] and [`graph`] (overlap, CUDA graphs), [`dist`] (data-parallel), [`device`],
+//!   [`bench`](mod@bench) and [`profile`] (where the time goes);
 //! - **handing it over**: [`export`] (safetensors in torchvision's layout, `.npy` embeddings),
 //!   [`import`] (starting from weights trained elsewhere, PyTorch checkpoints included),
 //!   [`torch_save`] (PyTorch's file format, read and written without Python);
