@@ -218,9 +218,9 @@ gap)
     job gpu-tests 120 .device/gpu-tests --test-threads 1
     for b in 512 1024; do
         job bench-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
-            --mode step,augment,end-to-end --profile $R/prof-$b --profile-steps 3
+            --mode step,augment,end-to-end,train --profile $R/prof-$b --profile-steps 3
         job bench-both-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
-            --mode step,end-to-end --set run.cuda_graph=true --set run.prefetch=true --profile $R/prof-both-$b --profile-steps 3
+            --mode step,end-to-end,train --set run.cuda_graph=true --set run.prefetch=true --profile $R/prof-both-$b --profile-steps 3
     done
     printf '%s\n' gap_torchvision gap_lightly | xargs -P 2 -I{} bash "$0" task {}
     job gap-compare 30 $B report torchvision=$R/gap-torchvision lightly=$R/gap-lightly --out $R/gap-compare

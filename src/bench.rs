@@ -1,6 +1,7 @@
 //! `simsiam bench`: throughput of the training step alone (views already on the device), of
-//! the augmentation alone, and end to end (uint8 store, placed by `data.store` -> the batch's
-//! rows on the device -> two views -> step, as training runs it), after warm-up.
+//! the augmentation alone, end to end (uint8 store, placed by `data.store` -> the batch's rows
+//! on the device -> two views -> step), and as `simsiam train` runs it (end to end plus the
+//! per-step monitors and their flush), after warm-up.
 //! Benchmarks live here, not in the test suite.
 use crate::augment::Augmenter;
 use crate::config::{Config, Online, Target};
@@ -10,7 +11,7 @@ use crate::graph::Stepper;
 use crate::objective::{External, Objective};
 use crate::optim::Sgd;
 use crate::prefetch::Prefetcher;
-use crate::train::{forward_pairs, step, views, Network, RunState, StepTargets};
+use crate::train::{forward_pairs, step, step_stats, views, Network, RunState, StepOut, StepTargets};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -23,8 +24,14 @@ pub enum Mode {
     Step,
     /// Two augmented views from the uint8 store.
     Augment,
-    /// Store -> augmentation -> step, as training runs it.
+    /// Store -> augmentation -> step.
     EndToEnd,
+    /// `end-to-end` plus what the training loop adds to a step: the per-step monitors
+    /// (`train::step_stats`: loss, collapse_std, m_o/m_r of Z and P, eta_p*, the extra
+    /// gradient's norms), computed on the device every step, and every `monitor.log_every`
+    /// steps their copy to the host (the loop's one sync per flush; the JSON lines are not
+    /// written). What `simsiam train` trains at, kNN passes and checkpoints aside.
+    Train,
     /// Part of `step`: the forward pass and the loss (autograd recording, no backward).
     Forward,
     /// Part of `step`: the SGD update (on the gradients of one step; dropping them before the
@@ -157,30 +164,33 @@ pub fn measure(
     // `run.cuda_graph`: the warm-up's first steps are eager, then the step is captured.
     let mut stepper = Stepper::new(cfg.run.cuda_graph, device);
     // `run.prefetch`: end to end, the next iteration's views are queued before this step.
-    let mut prefetch = Prefetcher::new(cfg.run.prefetch && mode == Mode::EndToEnd, device);
+    let end_to_end = matches!(mode, Mode::EndToEnd | Mode::Train);
+    let mut prefetch = Prefetcher::new(cfg.run.prefetch && end_to_end, device);
+    // `train`: the monitors of the steps since the last flush, on the device.
+    let mut pending: Vec<Tensor> = Vec::new();
     let prefetch_on = prefetch.on();
     let mut iteration = 0;
     // One training step as the loop takes it: the EMA target's projections, the queues, the
     // step, the EMA update.
-    let mut train_step = |xs: &[Tensor], stepper: &mut Stepper, opt: &mut Sgd| -> Result<()> {
+    let mut train_step = |xs: &[Tensor], stepper: &mut Stepper, opt: &mut Sgd| -> Result<StepOut> {
         let targets = StepTargets {
             cached: net.ema.as_ref().map(|e| e.projections(xs)),
             swav_queue: state.swav_queue.as_mut(),
             infonce_queue: state.infonce_queue.as_mut(),
             ..Default::default()
         };
-        drop(stepper.step(&net.model, &objective, opt, xs, targets, None)?);
+        let out = stepper.step(&net.model, &objective, opt, xs, targets, None)?;
         if let Some(e) = net.ema.as_mut() {
             e.update(cfg.model.ema_momentum);
         }
-        Ok(())
+        Ok(out)
     };
     // One iteration; true once the steps are replays of a captured graph.
     let mut once = || -> Result<bool> {
         match mode {
-            Mode::Step => train_step(&fixed, &mut stepper, &mut opt)?,
+            Mode::Step => drop(train_step(&fixed, &mut stepper, &mut opt)?),
             Mode::Augment => drop(views(&aug, &images, n)),
-            Mode::EndToEnd => {
+            Mode::EndToEnd | Mode::Train => {
                 iteration += 1;
                 let xs = {
                     let _r = crate::profile::range(c"augment");
@@ -188,7 +198,16 @@ pub fn measure(
                     prefetch.ahead(iteration + 1, || views(&aug, &batch(iteration + 1), n))?;
                     xs
                 };
-                train_step(&xs, &mut stepper, &mut opt)?
+                let out = train_step(&xs, &mut stepper, &mut opt)?;
+                if mode == Mode::Train {
+                    let _r = crate::profile::range(c"monitors");
+                    pending.push(step_stats(&out, &objective));
+                    if pending.len() >= cfg.monitor.log_every {
+                        let rows = Tensor::stack(&pending, 0).to_kind(Kind::Double).to_device(Device::Cpu);
+                        drop(rows);
+                        pending.clear();
+                    }
+                }
             }
             Mode::Forward => {
                 let ext = External {
@@ -207,7 +226,7 @@ pub fn measure(
         captured = once()?;
     }
     // With a graph wanted, the capture happens before the timing, however short the warm-up.
-    let steps_mode = matches!(mode, Mode::Step | Mode::EndToEnd);
+    let steps_mode = matches!(mode, Mode::Step | Mode::EndToEnd | Mode::Train);
     for _ in 0..=crate::graph::WARMUP_STEPS {
         if captured || !(steps_mode && cfg.run.cuda_graph && device.is_cuda()) {
             break;

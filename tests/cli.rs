@@ -513,14 +513,14 @@ fn bench_times_and_profiles_a_step() {
     let dir = tmp.path().join("prof");
     let mut c = bin();
     c.args(["bench", "--preset", "tiny", "--device", "cpu", "--batch-size", "8", "--warmup", "1", "--steps", "2"]);
-    c.args(["--mode", "step,end-to-end", "--profile-steps", "2", "--profile"]).arg(&dir);
+    c.args(["--mode", "step,end-to-end,train", "--profile-steps", "2", "--profile"]).arg(&dir);
     for s in common::SMALL_MODEL {
         c.args(["--set", s]);
     }
     let stdout = ok(c.output().unwrap());
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
-    for (l, mode) in lines.iter().zip(["step", "end_to_end"]) {
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for (l, mode) in lines.iter().zip(["step", "end_to_end", "train"]) {
         assert_eq!(l["mode"], mode);
         assert_eq!((l["image_size"].as_u64(), l["view_size"].as_u64()), (Some(32), Some(32)));
         assert!(l["images_per_s"].as_f64().unwrap() > 0.0);
@@ -535,6 +535,13 @@ fn bench_times_and_profiles_a_step() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("end_to_end-profile.json")).unwrap()).unwrap();
     assert_eq!(json["steps"], 2);
     assert!(md.contains("augmentation: crop + flip sampling"), "{md}");
+    // `train` is end to end plus the per-step monitors: more operators per step.
+    let events = |mode: &str| {
+        let text = std::fs::read_to_string(dir.join(format!("{mode}-profile.json"))).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["host"]["events_per_step"].as_f64().unwrap()
+    };
+    let (e2e, train) = (events("end_to_end"), events("train"));
+    assert!(train > e2e + 50.0, "{train} events per step in train mode, {e2e} end to end");
 }
 
 /// Every method's step is benchmarked as training takes it (BYOL's and MoCo's target network,

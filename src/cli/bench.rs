@@ -8,8 +8,9 @@ use std::path::PathBuf;
 pub(crate) struct BenchArgs {
     #[command(flatten)]
     cfg: ConfigArgs,
-    /// What to time (several allowed).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "step,augment,end-to-end")]
+    /// What to time (several allowed): `train` is `end-to-end` plus the per-step monitors and
+    /// their flush, as `simsiam train` runs a step.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "step,augment,end-to-end,train")]
     mode: Vec<simsiam::bench::Mode>,
     /// Untimed iterations first (cuDNN autotuning, allocator warm-up).
     #[arg(long, default_value_t = 5)]
