@@ -2,30 +2,42 @@
 //! `configs/*.toml` change only what differs. Any field can be overridden with
 //! `--set section.field=value`, and the resolved config is saved with each run.
 use crate::error::{Error, Result};
+use documented::DocumentedFieldsOpt;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The run: where it writes, its seed, device, schedule length, checkpoints and speed options.
     pub run: RunConfig,
+    /// The images: where they are, their format, the stored size and where the store lives.
     pub data: DataConfig,
+    /// The training views: SimSiam's / MoCo v2's augmentation, and the normalisation.
     pub augment: AugmentConfig,
+    /// The encoder (backbone + projector), the predictor, their initialisation, BYOL's EMA target.
     pub model: ModelConfig,
+    /// The loss as a value: online vector, target, form, similarity, symmetry, extra losses.
     pub objective: ObjectiveConfig,
+    /// SGD: batch, lr (linear scaling, cosine), momentum, weight decay, the predictor's lr.
     pub optim: OptimConfig,
+    /// What a run measures as it trains: kNN, per-step metrics, geometry, weights.
     pub monitor: MonitorConfig,
+    /// Data-parallel training: backend, synchronised BN, timeouts, gradient buckets.
     pub dist: DistConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     /// Folder for metrics, checkpoints, the resolved config and the report.
     pub out_dir: PathBuf,
+    /// Seeds the initialisation, the data order, the augmentations and the data subsets: a run
+    /// repeats from its config and seed.
     pub seed: u64,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
     pub device: String,
+    /// Length of the schedule: the cosine lr decay runs over this many epochs.
     pub epochs: usize,
     /// Write a checkpoint every this many epochs (and always at the end).
     pub checkpoint_every: usize,
@@ -118,13 +130,15 @@ pub enum StorePlace {
     Host,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
     /// Training images (labels are used only by the monitors).
     pub train: Option<PathBuf>,
     /// Held-out images for the kNN monitor and evaluation.
     pub test: Option<PathBuf>,
+    /// `auto` (from the path: `.tar`/`.tar.gz`/`.tgz`, CIFAR `.bin` files or folders of them, a
+    /// folder of class folders), `cifar10`, `cifar100`, `folder` or `tar`.
     pub format: DataFormat,
     /// Side of the square images kept in the store (resize shorter side + centre crop).
     pub image_size: usize,
@@ -158,25 +172,34 @@ impl Default for DataConfig {
 }
 
 /// SimSiam / MoCo v2 augmentation (torchvision definitions), two independent views per image.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct AugmentConfig {
     /// RandomResizedCrop area range, as a fraction of the image.
     pub crop_scale: [f64; 2],
     /// RandomResizedCrop aspect-ratio range.
     pub crop_ratio: [f64; 2],
+    /// Horizontal flip probability.
     pub flip_p: f64,
     /// Probability of applying colour jitter (its four parts in random order per image).
     pub jitter_p: f64,
+    /// ColorJitter brightness strength: a factor uniform in [max(0, 1 - s), 1 + s].
     pub brightness: f64,
+    /// ColorJitter contrast strength, as brightness.
     pub contrast: f64,
+    /// ColorJitter saturation strength, as brightness.
     pub saturation: f64,
+    /// ColorJitter hue shift: uniform in [-hue, hue] (at most 0.5).
     pub hue: f64,
+    /// RandomGrayscale probability (ITU-R 601-2 luma).
     pub grayscale_p: f64,
     /// Gaussian blur probability; negative = auto (0.5 above 32 px, off at 32 px and below).
     pub blur_p: f64,
+    /// Gaussian blur sigma range, in pixels.
     pub blur_sigma: [f64; 2],
+    /// Per-channel normalisation mean (CIFAR-10's by default; ImageNet's in that preset).
     pub mean: [f64; 3],
+    /// Per-channel normalisation standard deviation.
     pub std: [f64; 3],
     /// Side of the views the network sees: RandomResizedCrop's output, and the centre crop
     /// evaluation takes of a stored image. 0 = `data.image_size`. Smaller than the store, the
@@ -281,9 +304,10 @@ pub enum PredictorKind {
     Bias,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// Backbone: `resnet18`, `resnet34` or `resnet50` (torchvision's layout).
     pub arch: Arch,
     /// 3x3 stride-1 stem without max-pool (the CIFAR variant).
     pub cifar_stem: bool,
@@ -299,16 +323,24 @@ pub struct ModelConfig {
     pub stem_relu: bool,
     /// Projector layers (2 for CIFAR, 3 for ImageNet).
     pub proj_layers: usize,
+    /// Width of the projector's hidden layers.
     pub proj_hidden: i64,
     /// Output dimension d of the projector (and predictor).
     pub dim: i64,
+    /// BatchNorm after each hidden layer of the projector (SimSiam Table 3).
     pub proj_hidden_bn: bool,
+    /// BatchNorm on the projector's output (SimSiam: yes).
     pub proj_output_bn: bool,
+    /// Learnable scale and shift in that output BN (the official code: none).
     pub proj_output_bn_affine: bool,
+    /// The predictor h: `mlp` (the paper's bottleneck), `identity` (no predictor), `linear`
+    /// (one FC layer) or `bias` (h(z) = z + b).
     pub predictor: PredictorKind,
     /// Predictor hidden width (d/4 in the paper).
     pub pred_hidden: i64,
+    /// BatchNorm after the predictor's hidden layer (SimSiam: yes).
     pub pred_hidden_bn: bool,
+    /// BatchNorm on the predictor's output (SimSiam Table 3d: unstable).
     pub pred_output_bn: bool,
     /// Linear predictor: with a bias term.
     pub pred_bias: bool,
@@ -333,6 +365,7 @@ pub struct ModelConfig {
     /// BYOL's base momentum tau, raised to 1 over training: `1 - (1 - tau)(cos(pi k/K) + 1)/2`
     /// (`ema_schedule = "cosine"`), or MoCo's constant momentum (`"constant"`).
     pub ema_momentum: f64,
+    /// How `ema_momentum` moves: `cosine` (BYOL, to 1) or `constant` (MoCo).
     pub ema_schedule: EmaSchedule,
     /// BatchNorm statistics over this many equal parts of each (per-rank) batch ("ghost" BN):
     /// N reproduces, on one device, the per-GPU statistics of N ranks without `dist.sync_bn`.
@@ -494,13 +527,24 @@ pub enum Decorrelation {
 }
 
 /// The loss as a value (SimSiam eq. 4 and its ablations, Zhang et al.'s gradient variants).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct ObjectiveConfig {
+    /// The vector of view a that carries the gradient: `p` (SimSiam), `z` (naive Siamese,
+    /// triplet, dummy gradients) or `oracle` (the blog's non-parametric optimal predictor).
     pub online: Online,
+    /// The detached target the online vector is pulled towards: `zb` (SimSiam), `pb`,
+    /// `pb_plus_oe`, `pb_plus_re`, `zb_minus_zn`, `zb_minus_oz`, `zb_minus_rn`,
+    /// `zb_minus_soft_zn`, `zb_minus_soft_rn`, `oz`, `ra`, `eoa`, `memory` or `inverse`
+    /// (Zhang et al. §2.5-2.7; EXPERIMENTS.md §5).
     pub target: Target,
+    /// `cosine` (-cos(online, target), SimSiam's D) or `dot` (-X . G with the raw target, whose
+    /// negative gradient on X is exactly G).
     pub form: Form,
+    /// `cosine` or `cross_entropy` (softmax over channels, SimSiam §4.5).
     pub similarity: Similarity,
+    /// `symmetric` (the paper's loss), `asymmetric` or `asymmetric_twice` (two pairs per
+    /// image, SimSiam §4.6).
     pub symmetry: Symmetry,
     /// Stop-gradient on the target branch (Fig. 2).
     pub stop_grad: bool,
@@ -528,6 +572,7 @@ pub struct ObjectiveConfig {
     pub alternation_bn_train: bool,
     /// Weight of the de-correlation regulariser on normalised Z of both views (0 = off).
     pub decorrelation: f64,
+    /// `correlation` (off-diagonal correlations squared) or `covariance` (VICReg's term).
     pub decorrelation_form: Decorrelation,
     /// Weight of an InfoNCE loss between the two views' normalised Z, in-batch negatives
     /// (0 = off).
@@ -561,7 +606,7 @@ pub struct ObjectiveConfig {
 /// a softmax at temperature t). Defaults are SwAV's ImageNet recipe (`main_swav.py`): 3,000
 /// prototypes, t 0.1, epsilon 0.05, 3 iterations, prototypes frozen in the first epoch; two
 /// views, no queue.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct SwavConfig {
     /// Weight of the loss (0 = off). The SwAV method (`--method swav`) sets it to 1 and the
@@ -643,12 +688,14 @@ impl Default for ObjectiveConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
+    /// Images per step (the global batch in a data-parallel job; each image gives two views).
     pub batch_size: usize,
     /// lr = base_lr x batch_size / 256.
     pub base_lr: f64,
+    /// SGD momentum.
     pub momentum: f64,
     /// Applied to every parameter, BN included (SimSiam App. A).
     pub weight_decay: f64,
@@ -665,7 +712,7 @@ pub struct OptimConfig {
 
 /// Data-parallel training (`simsiam train --nproc N`, or N ranks started by torchrun / Slurm).
 /// `optim.batch_size` is the global batch: each rank takes `batch_size / N` images per step.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistConfig {
     /// Collectives: `nccl` on CUDA, `gloo` on CPU; `auto` picks by device.
@@ -724,12 +771,14 @@ impl OptimConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, DocumentedFieldsOpt)]
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorConfig {
     /// Run the kNN monitor every this many epochs (0 = only at the start and end).
     pub knn_every: usize,
+    /// Neighbours of the weighted kNN classifier (200 in the SSL literature).
     pub knn_k: usize,
+    /// Its temperature: each neighbour votes with weight exp(cos / t).
     pub knn_t: f64,
     /// Fetch per-step metrics from the device every this many steps (one sync each time).
     pub log_every: usize,
@@ -745,7 +794,9 @@ pub struct MonitorConfig {
     /// two centres" fraction, mean resultant length) on the first `instances_n` test images with
     /// `instances_k` views each, at every monitor epoch.
     pub instances: bool,
+    /// Test images of the instance-identification monitor (`instances`).
     pub instances_n: usize,
+    /// Views per image of that monitor.
     pub instances_k: usize,
     /// Images of the fixed subset on which the geometry monitor (effective rank, RankMe, PCA
     /// dimensions, off-diagonal covariance) runs at each kNN epoch.
@@ -959,6 +1010,18 @@ impl Config {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// [`Config::to_toml`] with each section's and field's doc comment above it as `#` lines
+    /// (`simsiam presets NAME --explain`): the same values, so it reads back as the same config.
+    pub fn to_toml_explained(&self) -> String {
+        let mut doc: toml_edit::DocumentMut = self.to_toml().parse().expect("our own TOML parses");
+        for (section, item) in doc.iter_mut() {
+            if let Some(table) = item.as_table_mut() {
+                explain_table(table, "", &section);
+            }
+        }
+        doc.to_string().trim_start().to_string()
     }
 
     /// Range checks; each error names the field and the expected range.
@@ -1182,5 +1245,46 @@ impl Config {
             return fail("monitor.log_every", "at least 1", "0".into());
         }
         Ok(())
+    }
+}
+
+/// The doc comment of field `field` of the TOML table `section` (`run`, `objective.swav`, ...;
+/// `""` for the sections themselves), as written in this file.
+pub fn field_doc(section: &str, field: &str) -> Option<&'static str> {
+    let doc = match section {
+        "" => Config::get_field_docs(field),
+        "run" => RunConfig::get_field_docs(field),
+        "data" => DataConfig::get_field_docs(field),
+        "augment" => AugmentConfig::get_field_docs(field),
+        "model" => ModelConfig::get_field_docs(field),
+        "objective" => ObjectiveConfig::get_field_docs(field),
+        "objective.swav" => SwavConfig::get_field_docs(field),
+        "optim" => OptimConfig::get_field_docs(field),
+        "monitor" => MonitorConfig::get_field_docs(field),
+        "dist" => DistConfig::get_field_docs(field),
+        _ => return None,
+    };
+    doc.ok()
+}
+
+/// `doc` as TOML comment lines, each ending in a newline.
+fn comment(doc: &str) -> String {
+    doc.lines().map(|l| if l.is_empty() { "#\n".to_string() } else { format!("# {l}\n") }).collect()
+}
+
+/// Puts the doc comment of table `name` (within `parent`) above its header, and each of its
+/// fields' above the field, recursing into sub-tables (`[objective.swav]`).
+fn explain_table(table: &mut toml_edit::Table, parent: &str, name: &str) {
+    let path = if parent.is_empty() { name.to_string() } else { format!("{parent}.{name}") };
+    if let Some(doc) = field_doc(parent, name) {
+        table.decor_mut().set_prefix(format!("\n{}", comment(doc)));
+    }
+    let keys: Vec<String> = table.iter().map(|(k, _)| k.to_string()).collect();
+    for key in keys {
+        if let Some(sub) = table.get_mut(&key).and_then(|i| i.as_table_mut()) {
+            explain_table(sub, &path, &key);
+        } else if let (Some(doc), Some(mut k)) = (field_doc(&path, &key), table.key_mut(&key)) {
+            k.leaf_decor_mut().set_prefix(comment(doc));
+        }
     }
 }

@@ -1230,6 +1230,20 @@ fn the_binary_runs_without_ld_library_path() {
     for name in ["cifar10", "tiny", "methods (--method", "simclr", "moco", "byol", "swav"] {
         assert!(list.contains(name), "{name}: {list}");
     }
+    // `--explain`: the same preset with each field's meaning above it, readable as a config.
+    let explained = ok(bin().args(["presets", "tiny", "--explain"]).output().unwrap());
+    assert!(explained.contains("# Width of the projector's hidden layers.\nproj_hidden = "), "{explained}");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("explained.toml");
+    std::fs::write(&file, &explained).unwrap();
+    let again =
+        ok(bin().args(["train", "--preset", "tiny", "--print-config", "--config"]).arg(&file).output().unwrap());
+    assert!(again.contains("width = 8"), "{again}");
+    // Without a preset there is nothing to explain: clap's usage error (exit 2), not a panic.
+    let out = bin().args(["presets", "--explain"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("<NAME>") && !err.contains("panicked"), "{err}");
 }
 
 /// `train --print-config`: the resolved config (with the lr it implies), loadable as a config,

@@ -193,3 +193,34 @@ fn an_experiments_linear_probe_recipe_is_checked() {
     let err = Experiment::parse(&format!("{base}[linear]\nepoch = 3\n{arm}"), "x").unwrap_err().to_string();
     assert!(err.contains("epoch"), "{err}");
 }
+
+/// `simsiam presets NAME --explain`: every section and every field of the config says what it
+/// is (a field added without a doc comment fails here), and the commented TOML reads back as
+/// the same config.
+#[test]
+fn every_config_field_is_explained() {
+    use simsiam::config::field_doc;
+    let cfg = Config::resolve("cifar10", None, &[]).unwrap();
+    let plain: toml::Table = cfg.to_toml().parse().unwrap();
+    let mut missing = Vec::new();
+    let mut check = |table: &str, field: &str| {
+        if field_doc(table, field).is_none() {
+            missing.push(if table.is_empty() { field.to_string() } else { format!("{table}.{field}") });
+        }
+    };
+    for (section, fields) in &plain {
+        check("", section);
+        for (field, value) in fields.as_table().unwrap() {
+            check(section, field);
+            // A sub-table (`[objective.swav]`): its own fields.
+            for sub in value.as_table().into_iter().flat_map(|t| t.keys()) {
+                check(&format!("{section}.{field}"), sub);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "config fields without a doc comment: {missing:?}");
+    let explained = cfg.to_toml_explained();
+    assert!(explained.contains("# The network's forward pass: `auto`, `fp32`, `bf16` or `fp16`"), "{explained}");
+    let back: Config = toml::from_str(&explained).unwrap();
+    assert_eq!(back, cfg);
+}

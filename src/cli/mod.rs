@@ -73,6 +73,9 @@ enum Cmd {
     Presets {
         /// Print this preset's full resolved config.
         name: Option<String>,
+        /// With NAME: each section and field with its meaning above it, as `#` comments.
+        #[arg(long, requires = "name")]
+        explain: bool,
     },
 }
 
@@ -114,7 +117,7 @@ pub fn run() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Presets { name: None } => {
+        Cmd::Presets { name: None, .. } => {
             for (n, about, _) in PRESETS {
                 println!("{n:<10} {about}");
             }
@@ -124,8 +127,9 @@ pub fn run() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Presets { name: Some(n) } => {
-            print!("{}", Config::resolve(&n, None, &[])?.to_toml());
+        Cmd::Presets { name: Some(n), explain } => {
+            let cfg = Config::resolve(&n, None, &[])?;
+            print!("{}", if explain { cfg.to_toml_explained() } else { cfg.to_toml() });
             Ok(())
         }
     }
