@@ -11,7 +11,7 @@ use crate::graph::Stepper;
 use crate::objective::{External, Objective};
 use crate::optim::Sgd;
 use crate::prefetch::Prefetcher;
-use crate::train::{forward_pairs, step, step_stats, views, Network, RunState, StepOut, StepTargets};
+use crate::train::{forward_pairs, step, views, Network, RunState, StepOut, StepTargets};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,11 +26,10 @@ pub enum Mode {
     Augment,
     /// Store -> augmentation -> step.
     EndToEnd,
-    /// `end-to-end` plus what the training loop adds to a step: the per-step monitors
-    /// (`train::step_stats`: loss, collapse_std, m_o/m_r of Z and P, eta_p*, the extra
-    /// gradient's norms), computed on the device every step, and every `monitor.log_every`
-    /// steps their copy to the host (the loop's one sync per flush; the JSON lines are not
-    /// written). What `simsiam train` trains at, kNN passes and checkpoints aside.
+    /// `end-to-end` plus what the training loop adds to a step: every `monitor.log_every`
+    /// steps, the copy of the per-step monitors to the host (the loop's one sync per flush;
+    /// the JSON lines are not written). What `simsiam train` trains at, kNN passes and
+    /// checkpoints aside.
     Train,
     /// Part of `step`: the forward pass and the loss (autograd recording, no backward).
     Forward,
@@ -200,8 +199,7 @@ pub fn measure(
                 };
                 let out = train_step(&xs, &mut stepper, &mut opt)?;
                 if mode == Mode::Train {
-                    let _r = crate::profile::range(c"monitors");
-                    pending.push(step_stats(&out, &objective));
+                    pending.push(out.stats);
                     if pending.len() >= cfg.monitor.log_every {
                         let rows = Tensor::stack(&pending, 0).to_kind(Kind::Double).to_device(Device::Cpu);
                         drop(rows);

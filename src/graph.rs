@@ -116,7 +116,8 @@ impl CapturedStep {
 
     /// One step: `views` copied into the graph's inputs, the lr tensors set from `opt.lrs`,
     /// the graph replayed. The outputs alias the graph's, valid until the next replay (work
-    /// queued on the stream before it, as the monitors' reductions are, sees them).
+    /// queued on the stream before it sees them), except the monitors' `stats`, copied out
+    /// (one small kernel), since the loop keeps them until its next flush.
     pub fn run(&self, opt: &Sgd, views: &[Tensor]) -> Result<StepOut> {
         if views.len() != self.views.len() || views.iter().zip(&self.views).any(|(a, b)| a.size() != b.size()) {
             return Err(capture_error("a step's views differ in number or shape from the captured ones"));
@@ -142,6 +143,7 @@ impl CapturedStep {
             p1: o.p1.shallow_clone(),
             z2: o.z2.shallow_clone(),
             p2: o.p2.shallow_clone(),
+            stats: o.stats.copy(),
         })
     }
 }

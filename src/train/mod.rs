@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// The seed of step `s`: every step re-seeds libtorch's generator, so a resumed run draws the
 /// same augmentations as an uninterrupted one.
@@ -534,8 +534,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 let m = &cfg.model;
                 e.update(Ema::momentum(m.ema_schedule, m.ema_momentum, pos.global_step, total_steps));
             }
-            // The monitors are rank 0's; the others only check their loss.
-            let stats = if lead { step_stats(&out, &objective) } else { out.loss.to_kind(Kind::Float).view([1]) };
+            // The monitors are rank 0's to log; the others only check their loss (row[0]).
+            let stats = out.stats;
             log.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, stats });
 
             pos.step_in_epoch += 1;

@@ -46,6 +46,9 @@ pub struct StepOut {
     pub p1: Tensor,
     pub z2: Tensor,
     pub p2: Tensor,
+    /// The per-step monitors of [`STEP_STATS`] ([`step_stats`]), computed as part of the step
+    /// so that a captured CUDA graph computes them too, with no launches of their own.
+    pub stats: Tensor,
 }
 
 /// Targets of a step that come from outside the views.
@@ -174,7 +177,7 @@ pub fn step(
     let none = || Tensor::full([], f64::NAN, (Kind::Float, loss.device()));
     let inverse_loss = inverse.as_ref().map_or_else(none, |inv| objective.inverse_loss(out, inv).detach());
     let predictor_loss = regressed.as_ref().map_or_else(none, |reg| objective.predictor_loss(out, reg).detach());
-    Ok(StepOut {
+    let mut step_out = StepOut {
         loss: loss.detach(),
         probe_acc,
         inverse_loss,
@@ -183,7 +186,12 @@ pub fn step(
         p1: out.p1.detach(),
         z2: out.z2.detach(),
         p2: out.p2.detach(),
-    })
+        stats: Tensor::new(),
+    };
+    let monitors = crate::profile::range(c"monitors");
+    step_out.stats = tch::no_grad(|| step_stats(&step_out, objective));
+    drop(monitors);
+    Ok(step_out)
 }
 
 /// The per-step monitors, in the order of the tensor [`step_stats`] returns.
