@@ -1,7 +1,7 @@
 //! `simsiam bench`: throughput of the training step alone (views already on the device), of
 //! the augmentation alone, end to end (uint8 store, placed by `data.store` -> the batch's rows
 //! on the device -> two views -> step), and as `simsiam train` runs it (end to end plus the
-//! per-step monitors and their flush), after warm-up.
+//! flush of the per-step monitors to the host), after warm-up.
 //! Benchmarks live here, not in the test suite.
 use crate::augment::Augmenter;
 use crate::config::{Config, Online, Target};
@@ -20,7 +20,8 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
-    /// Forward + backward + update on views already on the device.
+    /// Forward + backward + update on views already on the device, with the per-step monitors
+    /// the step computes on the device (`train::step_stats`).
     Step,
     /// Two augmented views from the uint8 store.
     Augment,
