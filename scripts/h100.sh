@@ -215,7 +215,7 @@ gap)
     # then each speed option alone, the host store and fp16.
     libs
     mkdir -p $R
-    job gpu-tests 120 .device/gpu-tests --test-threads 1
+    job gpu-tests 180 .device/gpu-tests --test-threads 1
     for b in 512 1024; do
         job bench-$b 60 $B bench --preset cifar10 --device cuda --batch-size $b --warmup 10 --steps 40 \
             --mode step,augment,end-to-end,train --profile $R/prof-$b --profile-steps 3
