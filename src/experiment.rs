@@ -356,7 +356,7 @@ impl Outcome {
     }
 
     /// The claim over the finished arms: it disagrees when an arm's verdict does or an ordering
-    /// does ([`order_judgement`]), is unresolved when an ordering is, and agrees otherwise.
+    /// does (`order_judgement`), is unresolved when an ordering is, and agrees otherwise.
     pub fn judgement(&self) -> Judgement {
         if !self.arms.iter().all(|a| a.agrees) {
             return Judgement::Disagrees;
