@@ -1234,9 +1234,12 @@ fn the_binary_runs_without_ld_library_path() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("explained.toml");
     std::fs::write(&file, &explained).unwrap();
-    let again =
-        ok(bin().args(["train", "--preset", "tiny", "--print-config", "--config"]).arg(&file).output().unwrap());
-    assert!(again.contains("width = 8"), "{again}");
+    let again = ok(bin()
+        .args(["train", "--preset", "tiny", "--print-config", "--explain", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap());
+    assert!(again.contains("# Channels of the first stage") && again.contains("width = 8"), "{again}");
     // Without a preset there is nothing to explain: clap's usage error (exit 2), not a panic.
     let out = bin().args(["presets", "--explain"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -35,6 +35,9 @@ pub(crate) struct TrainArgs {
     /// resolved and checked; with --resume, the run's) as TOML, and exit without training.
     #[arg(long)]
     print_config: bool,
+    /// With --print-config: each section and field with its meaning above it, as `#` comments.
+    #[arg(long, requires = "print_config")]
+    explain: bool,
 }
 
 /// `simsiam train`: a new run, a resumed one, or the launcher of local data-parallel ranks.
@@ -71,7 +74,7 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
             o.batch_size,
             o.init_lr()
         );
-        print!("{}", cfg.to_toml());
+        print!("{}", if a.explain { cfg.to_toml_explained() } else { cfg.to_toml() });
         return Ok(());
     }
     let control = interruptible(RunControl {
