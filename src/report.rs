@@ -567,8 +567,14 @@ fn figures_table(run: &Path, steps: &[&Value], knn: &[&Value], collapse: Option<
                 .unwrap_or_default();
             let build =
                 if s.build.is_empty() { String::new() } else { format!(" Built with {}.", html_escape(&s.build)) };
+            // How it computed (older summaries do not say), and fp16's skipped steps.
+            let precision = match (s.precision.as_str(), s.skipped_steps) {
+                ("", _) => String::new(),
+                (p, Some(k)) => format!(", {}, {k} steps skipped for overflowed gradients", html_escape(p)),
+                (p, None) => format!(", {}", html_escape(p)),
+            };
             format!(
-                "<p><b>Finished</b>: {} epochs, {} steps in {:.1} s ({:.0} images/s) on {}{verdict}.{build}</p>",
+                "<p><b>Finished</b>: {} epochs, {} steps in {:.1} s ({:.0} images/s) on {}{precision}{verdict}.{build}</p>",
                 s.epochs,
                 s.steps,
                 s.train_seconds,

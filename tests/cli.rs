@@ -127,9 +127,13 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     let html = std::fs::read_to_string(full.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("kNN top-1") && html.contains("[optim]"), "self-contained report");
     // What it reached, readably: the monitors at the start and at the end, kNN, the verdict.
-    for want in
-        ["<b>Finished</b>: 3 epochs, 60 steps", "<th>last 10% of steps</th>", "collapse verdict: <b>", "(epoch 0)"]
-    {
+    for want in [
+        "<b>Finished</b>: 3 epochs, 60 steps",
+        "on cpu (1 threads), fp32;",
+        "<th>last 10% of steps</th>",
+        "collapse verdict: <b>",
+        "(epoch 0)",
+    ] {
         assert!(html.contains(want), "{want:?} in the report");
     }
     // The build that wrote it, as `--version` says it.
@@ -934,6 +938,8 @@ fn fp16_run_follows_fp32_and_resumes_with_its_loss_scale() {
     let summary = std::fs::read_to_string(full.join("summary.json")).unwrap();
     assert!(summary.contains("\"precision\": \"fp16 autocast with loss scaling\""), "{summary}");
     assert!(summary.contains("\"loss_scale\": 65536.0") && summary.contains("\"skipped_steps\": 0"), "{summary}");
+    let html = std::fs::read_to_string(full.join("report.html")).unwrap();
+    assert!(html.contains("fp16 autocast with loss scaling, 0 steps skipped for overflowed gradients"), "{html}");
     let part = tmp.path().join("fp16-part");
     let mut paused = args(&part, "fp16");
     paused.extend(["--until-epoch".into(), "2".into()]);
