@@ -133,10 +133,8 @@ pub fn measure(
     let mut net = Network::new(cfg, device);
     let objective = Objective::new(&cfg.objective);
     let aug = Augmenter::new(&cfg.augment, cfg.data.image_size, device);
-    let mut opt = Sgd::new(net.params(cfg), 2, cfg.optim.momentum, cfg.optim.weight_decay);
-    opt.fused = cfg.optim.fused;
-    opt.loss_scaler = crate::precision::LossScaler::for_autocast(net.model.autocast, device);
-    opt.lrs = vec![cfg.optim.init_lr(); 2];
+    let mut opt = net.optimizer(cfg);
+    opt.lrs[..2].fill(cfg.optim.init_lr());
     // A store of four batches, placed and read as training places and reads it (`data.store`):
     // a slice of the epoch's order where the store lives, then a gather of those rows (and for
     // a host store, the copy from pinned memory).

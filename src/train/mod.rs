@@ -21,7 +21,6 @@ use crate::dist::{self, Group, Reducer};
 use crate::error::{Error, Result};
 use crate::objective::Objective;
 use crate::optim::{cosine_lr, Sgd};
-use crate::precision::LossScaler;
 use indicatif::ProgressBar;
 use metrics::{MetricsLog, Pending, StepLog};
 use monitors::EpochMonitors;
@@ -330,12 +329,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     // Each rank draws its shard's views as one process would draw the global batch's.
     let aug =
         Augmenter::new(&cfg.augment, cfg.data.image_size, device).sharded((rank * local_batch) as i64, batch as i64);
-    let params = net.params(cfg);
-    let mut opt = Sgd::new(params, 3, cfg.optim.momentum, cfg.optim.weight_decay);
-    opt.fused = cfg.optim.fused;
-    opt.loss_scaler = LossScaler::for_autocast(net.model.autocast, device);
-    opt.lrs[2] = cfg.monitor.online_probe_lr;
-    opt.wds[2] = 0.0;
+    let mut opt = net.optimizer(cfg);
 
     let mut state = RunState::new(cfg, train_store.len(), world, device);
     let mut pos = if control.resume {

@@ -2,7 +2,8 @@
 //! parameter groups.
 use crate::config::{Config, EmaSchedule, Target};
 use crate::model::{SimSiam, INVERSE_PREDICTOR, ONLINE_PROBE, PREDICTOR};
-use crate::optim::Param;
+use crate::optim::{Param, Sgd};
+use crate::precision::LossScaler;
 use tch::{nn, Device, Tensor};
 
 /// A model with its variables, built from a config on a device.
@@ -131,5 +132,18 @@ impl Network {
                 Param { name, tensor, group }
             })
             .collect()
+    }
+
+    /// The training optimiser over [`Network::params`]: SGD with the recipe's momentum and
+    /// weight decay (none for the online probe, whose constant lr is set here), PyTorch's fused
+    /// update as `optim.fused` says, and the loss scaler fp16 autocast needs. The lrs of the
+    /// encoder and the predictor are the caller's, step by step.
+    pub fn optimizer(&self, cfg: &Config) -> Sgd {
+        let mut opt = Sgd::new(self.params(cfg), 3, cfg.optim.momentum, cfg.optim.weight_decay);
+        opt.fused = cfg.optim.fused;
+        opt.loss_scaler = LossScaler::for_autocast(self.model.autocast, self.vs.device());
+        opt.lrs[2] = cfg.monitor.online_probe_lr;
+        opt.wds[2] = 0.0;
+        opt
     }
 }
