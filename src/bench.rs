@@ -140,13 +140,12 @@ pub fn measure(
     // a host store, the copy from pinned memory).
     const STORE_BATCHES: i64 = 4;
     let rows = STORE_BATCHES * b;
-    let store = ImageStore {
-        images: Tensor::randint(256, [rows, s, s, 3], (Kind::Uint8, Device::Cpu)),
-        labels: Tensor::zeros([rows], (Kind::Int64, Device::Cpu)),
-        classes: Vec::new(),
-        names: vec![String::new(); rows as usize],
-        skipped: 0,
-    }
+    let store = ImageStore::new(
+        Tensor::randint(256, [rows, s, s, 3], (Kind::Uint8, Device::Cpu)),
+        Tensor::zeros([rows], (Kind::Int64, Device::Cpu)),
+        Vec::new(),
+        vec![String::new(); rows as usize],
+    )
     .place(device, cfg.data.store)?;
     let order = Tensor::randperm(rows, (Kind::Int64, store.images.device()));
     // BYOL's and MoCo's target network and the queues: their work is part of a step.

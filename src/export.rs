@@ -112,9 +112,8 @@ fn for_each_embedding(
     mut f: impl FnMut(Tensor, Tensor) -> Result<()>,
 ) -> Result<()> {
     tch::no_grad(|| {
-        let n = store.images.size()[0];
-        for s in (0..n).step_by(batch as usize) {
-            let x = aug.eval_view(&store.images.narrow(0, s, batch.min(n - s)));
+        for rows in store.batches(batch) {
+            let x = aug.eval_view(&rows);
             // One forward pass, under the run's precision options as in training.
             let (y, z) = model.features_and_projection(&x, false);
             f(y.to_device(Device::Cpu), z.to_device(Device::Cpu))?;

@@ -426,6 +426,112 @@ fn the_disk_cache_maps_decoded_stores_and_follows_changes_to_the_source() {
     assert!(files(".tmp").is_empty(), "no temporary files left");
 }
 
+/// A store mapped from the disk cache reads what is asked of it, ahead of use, and no more:
+/// one byte read brings in its own page, not the next rows (`MADV_RANDOM`: the kernel's
+/// read-around would take them too, and under memory pressure those reads evict each other),
+/// rows named by `will_need` are in memory before they are touched, and `batches` reads each
+/// next batch ahead; the pixels are the decoded ones throughout. Residency is `mincore`'s, after
+/// the file's pages are dropped from the page cache; where they cannot be dropped (a tmpfs
+/// holds its files in memory), the test says so and checks the pixels only.
+#[test]
+fn a_cached_store_reads_ahead_only_what_is_named() {
+    use simsiam::config::DataConfig;
+    use simsiam::data::{open, ImageStore};
+    use std::os::fd::AsRawFd;
+    // On the disk, not in /tmp, which may be a tmpfs.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (root, cache) = (tmp.path().join("images"), tmp.path().join("cache"));
+    // Rows of 192 KiB, so that a batch of 45 (8.4 MiB) is more than one read-ahead request
+    // takes (`read_ahead_kb`: 128 KiB by default, 8 MiB on the development machine).
+    let (n, size) = (100i64, 256usize);
+    for i in 0..n {
+        let class = ["a", "b"][i as usize % 2];
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        common::save_rgb(&root.join(format!("{class}/{i:02}.png")), size as u32, size as u32, i as u64);
+    }
+    let d = DataConfig { image_size: size, cache_dir: Some(cache.clone()), ..Default::default() };
+    let plain = load(&root, DataFormat::Auto, Split::Train, size, false).unwrap();
+    let decoded = open(&root, Split::Train, &d).unwrap();
+    assert!(decoded.is_mapped() && !plain.is_mapped());
+    assert!(decoded.images.equal(&plain.images));
+    drop(decoded);
+    let file = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "u8"))
+        .unwrap();
+    // Drops the file's pages from the page cache (clean and mapped by no one: all of them).
+    let evict = || {
+        let f = std::fs::File::open(&file).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: a valid descriptor; the advice only drops clean cached pages.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    };
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let row = size * size * 3;
+    // How many of row r's pages are in memory.
+    let resident = |s: &ImageStore, r: usize| -> usize {
+        let start = s.images.data_ptr() as usize + r * row;
+        let aligned = start & !(page - 1);
+        let pages = (start + row - aligned).div_ceil(page);
+        let mut v = vec![0u8; pages];
+        // SAFETY: the range lies in the store's mapping; `v` has a byte per page.
+        assert_eq!(unsafe { libc::mincore(aligned as *mut libc::c_void, start + row - aligned, v.as_mut_ptr()) }, 0);
+        v.iter().filter(|&&b| b & 1 == 1).count()
+    };
+    let pages_of = |r: usize| {
+        let start = r * row;
+        (start + row).div_ceil(page) - start / page
+    };
+    // Read-ahead is asynchronous: waits up to 5 s for `rows` to be whole in memory, and
+    // returns those that are not.
+    let missing = |s: &ImageStore, rows: &[usize]| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let missing: Vec<usize> = rows.iter().copied().filter(|&r| resident(s, r) < pages_of(r)).collect();
+            if missing.is_empty() || t0.elapsed().as_secs() >= 5 {
+                return missing;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+
+    evict();
+    let store = open(&root, Split::Train, &d).unwrap();
+    assert!(store.is_mapped());
+    let cold = (0..n as usize).all(|r| resident(&store, r) == 0);
+    if cold {
+        // One byte of row 5: its page, and no read-around into rows 7 on.
+        assert_eq!(store.images.int64_value(&[5, 0, 0, 0]), plain.images.int64_value(&[5, 0, 0, 0]));
+        assert!(resident(&store, 5) >= 1);
+        let around: Vec<usize> = (7..n as usize).filter(|&r| resident(&store, r) > 0).collect();
+        assert!(around.is_empty(), "rows read around a one-byte read: {around:?}");
+        // Named rows arrive before they are touched; the rows between them do not.
+        store.will_need(&tch::Tensor::from_slice(&[20i64, 33]));
+        assert_eq!(missing(&store, &[20, 33]), [0usize; 0]);
+        assert_eq!(resident(&store, 26), 0);
+    } else {
+        eprintln!("note: {} stays in the page cache after POSIX_FADV_DONTNEED: residency not checked", file.display());
+    }
+    // `batches`: every row in order, the whole next batch read ahead of its turn.
+    let mut batches = store.batches(45);
+    let first = batches.next().unwrap();
+    if cold {
+        let late = missing(&store, &(45..90).collect::<Vec<_>>());
+        assert!(late.is_empty(), "rows of the second batch not read while the first is used: {late:?}");
+        assert_eq!(resident(&store, 95), 0, "no further than the next batch");
+    }
+    let all: Vec<tch::Tensor> = std::iter::once(first).chain(batches).collect();
+    assert_eq!(all.iter().map(|b| b.size()[0]).collect::<Vec<_>>(), [45, 45, 10]);
+    assert!(tch::Tensor::cat(&all, 0).equal(&plain.images));
+    // Gathers read the decoded pixels; placed on the CPU, the store is still the mapping.
+    let idx = tch::Tensor::from_slice(&[99i64, 0, 20]);
+    assert!(store.gather(&idx, tch::Device::Cpu).equal(&plain.images.index_select(0, &idx)));
+    assert!(store.place(tch::Device::Cpu, simsiam::config::StorePlace::Auto).unwrap().is_mapped());
+    // A subset is a copy in memory.
+    assert!(!store.subset(10, 0).is_mapped());
+}
+
 /// The digest a resume compares: the same images under other names (moved data) give the same
 /// one; a changed pixel of a sampled image, a changed label or another class name do not.
 #[test]
@@ -433,12 +539,13 @@ fn a_stores_digest_is_its_images_not_their_place() {
     use simsiam::data::ImageStore;
     let n = 3000; // more than the 1,024 sampled rows: image 0 and every ~3rd are read
     let images = tch::Tensor::randint(256, [n, 8, 8, 3], (Kind::Uint8, tch::Device::Cpu));
-    let store = |images: &tch::Tensor, labels: &tch::Tensor, classes: &[&str], dir: &str| ImageStore {
-        images: images.copy(),
-        labels: labels.copy(),
-        classes: classes.iter().map(|c| c.to_string()).collect(),
-        names: (0..n).map(|i| format!("{dir}/img{i}.png")).collect(),
-        skipped: 0,
+    let store = |images: &tch::Tensor, labels: &tch::Tensor, classes: &[&str], dir: &str| {
+        ImageStore::new(
+            images.copy(),
+            labels.copy(),
+            classes.iter().map(|c| c.to_string()).collect(),
+            (0..n).map(|i| format!("{dir}/img{i}.png")).collect(),
+        )
     };
     let labels = tch::Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(2);
     let base = store(&images, &labels, &["a", "b"], "/data");

@@ -17,13 +17,12 @@ fn cfg() -> Config {
 
 fn store(n: i64) -> ImageStore {
     tch::manual_seed(5);
-    ImageStore {
-        images: Tensor::randint(256, [n, 32, 32, 3], (Kind::Uint8, Device::Cpu)),
-        labels: Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3),
-        classes: vec!["a".into(), "b".into(), "c".into()],
-        names: (0..n).map(|i| format!("img{i}.png")).collect(),
-        skipped: 0,
-    }
+    ImageStore::new(
+        Tensor::randint(256, [n, 32, 32, 3], (Kind::Uint8, Device::Cpu)),
+        Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3),
+        vec!["a".into(), "b".into(), "c".into()],
+        (0..n).map(|i| format!("img{i}.png")).collect(),
+    )
 }
 
 #[test]

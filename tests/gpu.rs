@@ -325,13 +325,12 @@ fn cuda_prefetch_and_graph_training_follow_the_plain_run() {
 fn cuda_host_store_gathers_and_trains_as_the_device_store() {
     use simsiam::config::StorePlace;
     let Some(dev) = cuda() else { return };
-    let store = simsiam::data::ImageStore {
-        images: Tensor::randint(256, [2048, 32, 32, 3], (Kind::Uint8, Device::Cpu)),
-        labels: Tensor::zeros([2048], (Kind::Int64, Device::Cpu)),
-        classes: Vec::new(),
-        names: vec![String::new(); 2048],
-        skipped: 0,
-    };
+    let store = simsiam::data::ImageStore::new(
+        Tensor::randint(256, [2048, 32, 32, 3], (Kind::Uint8, Device::Cpu)),
+        Tensor::zeros([2048], (Kind::Int64, Device::Cpu)),
+        Vec::new(),
+        vec![String::new(); 2048],
+    );
     let on_gpu = store.place(dev, StorePlace::Device).unwrap();
     let on_host = store.place(dev, StorePlace::Host).unwrap();
     assert!(!on_gpu.on_host_for(dev) && on_host.on_host_for(dev));

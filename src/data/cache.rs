@@ -111,13 +111,8 @@ fn read(key: &str, pixels: &Path, header: &Path) -> std::result::Result<Option<I
     let images = Tensor::f_from_file(&pixels.to_string_lossy(), false, want as i64, (Kind::Uint8, Device::Cpu))
         .map_err(|e| format!("cannot map {}: {e}", pixels.display()))?
         .view(shape);
-    Ok(Some(ImageStore {
-        images,
-        labels: Tensor::from_slice(&h.labels),
-        classes: h.classes,
-        names: h.names,
-        skipped: h.skipped,
-    }))
+    let store = ImageStore::new(images, Tensor::from_slice(&h.labels), h.classes, h.names);
+    Ok(Some(ImageStore { skipped: h.skipped, ..store }.into_mapped()))
 }
 
 /// What a cached store was made from (see the module's doc).

@@ -115,13 +115,12 @@ pub(crate) fn load(path: &Path, kind: CifarKind, split: Split, image_size: usize
         }
     }
     let n = labels.len() as i64;
-    Ok(ImageStore {
-        images: Tensor::from_slice(&pixels).view([n, 32, 32, 3]),
-        labels: Tensor::from_slice(&labels).to_kind(Kind::Int64),
-        classes: class_names(meta_dir, kind),
+    Ok(ImageStore::new(
+        Tensor::from_slice(&pixels).view([n, 32, 32, 3]),
+        Tensor::from_slice(&labels).to_kind(Kind::Int64),
+        class_names(meta_dir, kind),
         names,
-        skipped: 0,
-    })
+    ))
 }
 
 /// Writes images (`[N, 32, 32, 3]` uint8, HWC) and labels as one CIFAR binary batch file.

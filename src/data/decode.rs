@@ -133,5 +133,8 @@ pub(crate) fn decode_all(
     let label = |class: &String| classes.binary_search(class).map_or(-1, |c| c as i64);
     let labels: Vec<i64> = kept.clone().map(|(_, class)| label(class)).collect();
     let names = kept.map(|(name, _)| name.clone()).collect();
-    Ok(ImageStore { images, labels: Tensor::from_slice(&labels), classes, names, skipped })
+    let store = ImageStore { skipped, ..ImageStore::new(images, Tensor::from_slice(&labels), classes, names) };
+    // Decoded into the cache's file, the rows are read from its mapping (a copy when some were
+    // skipped: the file is then written again from it).
+    Ok(if file.is_some() && skipped == 0 { store.into_mapped() } else { store })
 }

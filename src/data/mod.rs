@@ -7,6 +7,7 @@ mod cache;
 mod cifar;
 mod decode;
 mod folder;
+mod mapped;
 
 pub use cifar::{write_cifar_batch, CifarKind};
 pub use decode::decode_to_square;
@@ -36,9 +37,32 @@ pub struct ImageStore {
     pub names: Vec<String>,
     /// Images skipped as unreadable (only with `skip_corrupt`).
     pub skipped: usize,
+    /// Whether `images` is a file of the disk cache (`data.cache_dir`) mapped into memory, whose
+    /// pages the kernel reads as batches touch them and evicts under memory pressure: its reads
+    /// are then advised ([`ImageStore::will_need`], [`ImageStore::batches`]).
+    mapped: bool,
 }
 
 impl ImageStore {
+    /// A store of images in memory: `images` `[N, H, W, 3]` uint8, `labels` `[N]` int64 (-1
+    /// unlabelled), the sorted class names and one name per image.
+    pub fn new(images: Tensor, labels: Tensor, classes: Vec<String>, names: Vec<String>) -> ImageStore {
+        ImageStore { images, labels, classes, names, skipped: 0, mapped: false }
+    }
+
+    /// This store, its images being a mapping of a disk-cache file: marked as read in random
+    /// order, and its reads advised from now on (see `mapped`).
+    fn into_mapped(self) -> ImageStore {
+        mapped::read_in_random_order(&self.images);
+        ImageStore { mapped: true, ..self }
+    }
+
+    /// Whether the images are a mapping of the disk cache's file (`data.cache_dir`), read from
+    /// the disk as they are used, rather than held in memory.
+    pub fn is_mapped(&self) -> bool {
+        self.mapped
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -64,8 +88,9 @@ impl ImageStore {
         h.update(labels.iter().flat_map(|l| l.to_le_bytes()).collect::<Vec<u8>>());
         let sample = n.min(1024);
         if sample > 0 {
-            let idx: Vec<i64> = (0..sample).map(|i| i * n / sample).collect();
-            let rows = self.images.index_select(0, &tch::Tensor::from_slice(&idx).to_device(self.images.device()));
+            let idx = tch::Tensor::from_slice(&(0..sample).map(|i| i * n / sample).collect::<Vec<i64>>());
+            self.will_need(&idx);
+            let rows = self.images.index_select(0, &idx.to_device(self.images.device()));
             h.update(Vec::<u8>::try_from(rows.to_device(tch::Device::Cpu).flatten(0, -1)).expect("uint8 images"));
         }
         // 64 bits are plenty to tell two datasets apart, and keep a position `Copy`.
@@ -116,6 +141,7 @@ impl ImageStore {
             names: idx.iter().map(|&i| self.names[i as usize].clone()).collect(),
             classes: self.classes,
             skipped: self.skipped,
+            mapped: false,
         }
     }
 
@@ -142,6 +168,8 @@ impl ImageStore {
         Ok(ImageStore {
             images: self.images.f_to_device(device).map_err(too_big)?,
             labels: self.labels.f_to_device(device).map_err(too_big)?,
+            // Staying on the CPU is no copy: the same mapping.
+            mapped: self.mapped && device == Device::Cpu,
             ..self.clone_meta()
         })
     }
@@ -193,6 +221,35 @@ impl ImageStore {
         rows.pin_memory(device).to_device_(device, Kind::Uint8, true, false)
     }
 
+    /// The images in order, `batch` rows at a time (`[b, H, W, 3]` views, no copy). From a
+    /// mapped store each batch's successor is read ahead while the batch is used.
+    pub fn batches(&self, batch: i64) -> impl Iterator<Item = Tensor> + '_ {
+        let n = self.images.size()[0];
+        (0..n).step_by(batch.max(1) as usize).map(move |s| {
+            let b = batch.min(n - s);
+            if self.mapped {
+                // This batch too when it is the first; then each time the one after.
+                let from = if s == 0 { 0 } else { s + b };
+                mapped::will_need(&self.images, from..(s + 2 * b).min(n));
+            }
+            self.images.narrow(0, s, b)
+        })
+    }
+
+    /// Asks the kernel to read rows `rows` (`[B]` int64 on the CPU) of a mapped store in the
+    /// background: the training loop names the next batch's rows while this one trains, so
+    /// their gather finds them in memory instead of waiting on the disk. Nothing for a store in
+    /// memory.
+    pub fn will_need(&self, rows: &Tensor) {
+        if !self.mapped {
+            return;
+        }
+        // The order is a hint's input only: a tensor that is not host int64 gives no hint.
+        for r in Vec::<i64>::try_from(rows).unwrap_or_default() {
+            mapped::will_need(&self.images, r..r + 1);
+        }
+    }
+
     /// Another handle on the same images and labels (no copy).
     pub fn shallow_clone(&self) -> ImageStore {
         ImageStore { images: self.images.shallow_clone(), labels: self.labels.shallow_clone(), ..self.clone_meta() }
@@ -206,6 +263,7 @@ impl ImageStore {
             classes: self.classes.clone(),
             names: self.names.clone(),
             skipped: self.skipped,
+            mapped: self.mapped,
         }
     }
 }

@@ -13,10 +13,10 @@ pub fn extract_features(model: &SimSiam, store: &ImageStore, aug: &Augmenter, ba
         let n = store.images.size()[0];
         // Seconds on CIFAR, minutes on ImageNet: a line every few minutes says how far it is.
         let progress = crate::progress::Progress::log_only(n as u64, "kNN features");
-        let chunks: Vec<Tensor> = (0..n)
-            .step_by(batch as usize)
-            .map(|s| {
-                let x = aug.eval_view(&store.images.narrow(0, s, batch.min(n - s)));
+        let chunks: Vec<Tensor> = store
+            .batches(batch)
+            .map(|rows| {
+                let x = aug.eval_view(&rows);
                 let f = l2_normalize(&model.features(&x, false).to_kind(Kind::Float));
                 progress.inc(x.size()[0] as u64);
                 f

@@ -122,14 +122,7 @@ fn features(model: &SimSiam, images: &Tensor, aug: &Augmenter, augment: bool) ->
 }
 
 fn all_features(model: &SimSiam, store: &ImageStore, aug: &Augmenter) -> Tensor {
-    let n = store.images.size()[0];
-    Tensor::cat(
-        &(0..n)
-            .step_by(512)
-            .map(|s| features(model, &store.images.narrow(0, s, 512.min(n - s)), aug, false))
-            .collect::<Vec<_>>(),
-        0,
-    )
+    Tensor::cat(&store.batches(512).map(|rows| features(model, &rows, aug, false)).collect::<Vec<_>>(), 0)
 }
 
 /// Trains a linear head on `train_x` `[N, C]` (or on features computed per batch from

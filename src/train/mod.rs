@@ -499,6 +499,13 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                     cache.push_back((xs, z));
                 }
             }
+            // A store mapped from the disk cache: the rows of the batch that the next gather
+            // takes (two steps on when `run.prefetch` makes the next views before this step)
+            // are read from the disk while this step runs.
+            let ahead = s + 1 + usize::from(prefetch.on());
+            if ahead < steps_per_epoch {
+                train_dev.will_need(&slice_of(&order_host, ahead));
+            }
             let idx = batch_of(s);
             let n_views = objective.views();
             let (xs, cached) = match cache.pop_front() {
