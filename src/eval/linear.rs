@@ -139,25 +139,30 @@ fn fit(
     use rand::SeedableRng;
     let dim = test_x.size()[1];
     let device = test_x.device();
+    // Seeded before the head's initial weights are drawn: the probe is its config's.
+    tch::manual_seed(cfg.seed as i64);
     let mut head = Head::new(dim, classes, cfg, device);
     let n = train_y.size()[0] as usize;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut last_loss = Tensor::zeros([], (Kind::Float, device));
-    tch::manual_seed(cfg.seed as i64);
     let pb = crate::progress::Progress::new(cfg.epochs as u64, "probe epochs");
     for epoch in 0..cfg.epochs {
         head.opt.lrs[0] = cosine_lr(cfg.lr, epoch as f64, cfg.epochs, 0);
         let mut order: Vec<i64> = (0..n as i64).collect();
         order.shuffle(&mut rng);
-        for chunk in order.chunks(cfg.batch_size) {
+        let chunks: Vec<&[i64]> = order.chunks(cfg.batch_size).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
             let idx = Tensor::from_slice(chunk).to_device(device);
             let x = match &train {
                 Source::Features(f) => f.index_select(0, &idx),
-                Source::Images { model, images, aug } => {
+                Source::Images { model, store, aug } => {
+                    // A store mapped from the disk cache reads the next batch while this one is used.
+                    if let Some(next) = chunks.get(i + 1) {
+                        store.will_need(&Tensor::from_slice(next));
+                    }
                     // A host store (`data.store`) gathers with the indices on the host.
-                    let at = if images.device() == device { idx.shallow_clone() } else { Tensor::from_slice(chunk) };
-                    let rows = images.index_select(0, &at);
-                    features(model, &rows, aug, true)
+                    let at = if store.on_host_for(device) { Tensor::from_slice(chunk) } else { idx.shallow_clone() };
+                    features(model, &store.gather(&at, device), aug, true)
                 }
             };
             last_loss = head.step(&x, &train_y.index_select(0, &idx));
@@ -172,7 +177,7 @@ fn fit(
 
 enum Source<'a> {
     Features(Tensor),
-    Images { model: &'a SimSiam, images: &'a Tensor, aug: &'a Augmenter },
+    Images { model: &'a SimSiam, store: &'a ImageStore, aug: &'a Augmenter },
 }
 
 /// Linear probe on precomputed features (`[N, C]`, labels `[N]`).
@@ -198,7 +203,7 @@ pub fn probe(
     let test_x = all_features(model, test, aug);
     let classes = train.num_classes() as i64;
     let source = if cfg.augment {
-        Source::Images { model, images: &train.images, aug }
+        Source::Images { model, store: train, aug }
     } else {
         Source::Features(all_features(model, train, aug))
     };
