@@ -7,10 +7,10 @@
 //!   rows of a 256 px store), and when the store does not fit, those reads evict each other
 //!   before they are used. One epoch over a 7.3 GiB store in a 1 GiB memory cgroup took 464 s,
 //!   102 s without the limit (BENCHMARKS.md, "Stores larger than memory").
-//! - **the next rows, read ahead** (`MADV_WILLNEED`): the training loop names the next batch's
-//!   rows, and [`super::ImageStore::batches`] the next batch of a pass in order, so the reads are
-//!   queued at once while the current batch is used, instead of one fault at a time in the
-//!   next gather.
+//! - **the next rows, read ahead** (`MADV_WILLNEED`): the training loop and the linear probe
+//!   name the next batch's rows, and [`super::ImageStore::batches`] the next batch of a pass in
+//!   order, so the reads are queued at once while the current batch is used, instead of one
+//!   fault at a time in the next gather.
 //!
 //! Both are hints: they change when pages are read, never what the store holds.
 use std::ops::Range;
@@ -26,9 +26,9 @@ pub(super) fn will_need(images: &Tensor, rows: Range<i64>) {
     advise(images, rows, libc::MADV_WILLNEED);
 }
 
-/// The most that one `MADV_WILLNEED` is sure to read: Linux reads at most the larger of the
-/// device's optimal request and its read-ahead window (`read_ahead_kb`, 128 KiB by default)
-/// per call, and drops the rest of a longer range.
+/// How much one `MADV_WILLNEED` asks for. Linux cuts a longer range short: on the development
+/// machine one call read 8 MiB, its disk's `read_ahead_kb`, and an 8.4 MiB batch advised whole
+/// came in without its last five rows. 128 KiB is the default `read_ahead_kb`.
 const WILLNEED_CHUNK: usize = 128 << 10;
 
 /// `madvise` over the bytes of `rows` of `images` (`[N, ...]` uint8 on the CPU, rows laid out

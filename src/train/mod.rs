@@ -503,7 +503,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             // takes (two steps on when `run.prefetch` makes the next views before this step)
             // are read from the disk while this step runs.
             let ahead = s + 1 + usize::from(prefetch.on());
-            if ahead < steps_per_epoch {
+            if train_dev.is_mapped() && ahead < steps_per_epoch {
                 train_dev.will_need(&slice_of(&order_host, ahead));
             }
             let idx = batch_of(s);
