@@ -927,6 +927,12 @@ fn holds(table: &toml::Table, field: &str) -> bool {
     cur.is_some()
 }
 
+/// `path` from the current folder: its canonical form when it exists (no `..`, links
+/// followed), else the lexical absolute path; unchanged if neither can be had.
+pub fn absolute(path: &Path) -> PathBuf {
+    path.canonicalize().or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Applies one `section.field=value` override.
 pub fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
     let (key, raw) =
@@ -988,7 +994,22 @@ impl Config {
                 _ => format!("preset {preset}"),
             }
         };
-        Self::from_table(table, origin)
+        let mut cfg = Self::from_table(table, origin)?;
+        cfg.absolute_paths();
+        Ok(cfg)
+    }
+
+    /// Makes the input paths (data, cache, weights to start from) absolute, read from the
+    /// current folder as given: the run's saved config then works from any folder, for `eval`,
+    /// `embed`, `analyse` and `--resume` alike. (`run.out_dir` stays as given: the run
+    /// folder is always named again when it is used.)
+    pub fn absolute_paths(&mut self) {
+        let (d, m) = (&mut self.data, &mut self.model);
+        for p in [&mut d.train, &mut d.test, &mut d.cache_dir, &mut m.init_from, &mut m.init_checkpoint] {
+            if let Some(path) = p.as_mut() {
+                *path = absolute(path);
+            }
+        }
     }
 
     /// Reads a saved config (a run's `config.toml`).

@@ -493,6 +493,49 @@ fn resume_finds_moved_data_and_refuses_other_data() {
     assert!(std::fs::read_to_string(&cfg_path).unwrap().contains("moved.bin"), "a refused resume changes nothing");
 }
 
+/// A run started with relative paths (`--data train.bin` in the data's folder) is used from
+/// another folder: its saved config holds the data's absolute paths, so `eval`, `analyse` and
+/// `--resume` find them. Data that are missing are named with the folder a relative path was
+/// read from.
+#[test]
+fn a_run_started_with_relative_paths_is_used_from_any_folder() {
+    let (tmp, train, test) = data();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let mut args = one_epoch_args(Path::new("train.bin"), Path::new("test.bin"), Path::new("r"));
+    args.extend(["--set".into(), "data.cache_dir=\"cache\"".into()]);
+    ok(bin().current_dir(tmp.path()).args(&args).output().unwrap());
+    let saved = read(&tmp.path().join("r/config.toml"));
+    let abs = |p: &Path| p.canonicalize().unwrap().display().to_string();
+    for (path, what) in [(&train, "data.train"), (&test, "data.test")] {
+        assert!(saved.contains(&format!("= \"{}\"", abs(path))), "{what} saved as an absolute path:\n{saved}");
+    }
+    assert!(saved.contains(&format!("cache_dir = \"{}\"", abs(tmp.path()) + "/cache")), "{saved}");
+    let run = Path::new("../r");
+    let knn = ok(bin().current_dir(&elsewhere).args(["eval", "knn"]).arg(run).args(["--k", "20"]).output().unwrap());
+    assert!(knn.contains("knn_top1"), "{knn}");
+    let analysed = ok(bin()
+        .current_dir(&elsewhere)
+        .args(["analyse", "dimension"])
+        .arg(run)
+        .args(["--n", "64", "--k", "2"])
+        .output()
+        .unwrap());
+    assert!(tmp.path().join("r/analysis/dimension.json").is_file(), "{analysed}");
+    edit_config(&tmp.path().join("r"), &[("epochs = 1", "epochs = 2")]);
+    ok(bin().current_dir(&elsewhere).args(["train", "--resume"]).arg(run).output().unwrap());
+    assert_eq!(losses(&tmp.path().join("r")).len(), 40, "2 epochs x 20 steps");
+    // Missing data, given relative: the error names the field and the folder it was read from.
+    let err = user_error(
+        bin().current_dir(&elsewhere).args(["eval", "knn"]).arg(run).args(["--data", "train.bin"]).output().unwrap(),
+    );
+    assert!(
+        err.contains("train.bin: data.train (--data): no such file or folder")
+            && err.contains(&format!("read from the current folder, {}", elsewhere.display())),
+        "{err}"
+    );
+}
+
 #[test]
 fn non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let (tmp, train, test) = data();

@@ -75,9 +75,18 @@ pub(crate) fn run(a: AnalyseArgs) -> Result<()> {
     anyhow::ensure!(k >= 2, "--k: expected at least 2 views per image (a centre and its spread), got {k}");
     anyhow::ensure!(n >= 10, "--n: expected at least 10 images, got {n}");
     let (cfg, device) = train::run_config(&run, device)?;
-    let path = data
-        .or_else(|| cfg.data.test.clone())
-        .context("no data: the run has no held-out data (data.test) to analyse; pass --data PATH")?;
+    let path = match data {
+        Some(p) => p,
+        None => {
+            let p = cfg
+                .data
+                .test
+                .clone()
+                .context("no data: the run has no held-out data (data.test) to analyse; pass --data PATH")?;
+            simsiam::data::missing(&p, &format!("data.test of {} (other images: --data)", run.display()))?;
+            p
+        }
+    };
     let store = simsiam::data::open(&path, simsiam::data::Split::Test, &cfg.data)?;
     anyhow::ensure!(store.len() >= 10, "{}: at least 10 images needed", path.display());
     if n > store.len() {

@@ -321,13 +321,24 @@ pub fn load(
     open(path, split, &DataConfig { format, image_size, skip_corrupt, ..Default::default() })
 }
 
+/// An error when `path` does not exist: it says which folder a relative path was read from,
+/// and begins with `what` (a field or flag and how to name other data) when given.
+pub fn missing(path: &Path, what: &str) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let from = match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => format!(" (read from the current folder, {})", cwd.display()),
+        _ => String::new(),
+    };
+    Err(Error::data(path, format!("{what}{}no such file or folder{from}", if what.is_empty() { "" } else { ": " })))
+}
+
 /// Loads a split as the config's `[data]` fields say, choosing the reader from `data.format`
 /// (or from the path), through the disk cache of `data.cache_dir` (when set) for archives and
 /// image folders, whose decoding is the slow part.
 pub fn open(path: &Path, split: Split, d: &DataConfig) -> Result<ImageStore> {
-    if !path.exists() {
-        return Err(Error::data(path, "no such file or folder"));
-    }
+    missing(path, "")?;
     let format = match d.format {
         DataFormat::Auto => detect(path)?,
         f => f,

@@ -10,6 +10,10 @@ pub fn load_data(cfg: &Config) -> Result<(ImageStore, Option<ImageStore>)> {
     let d = &cfg.data;
     let train_path =
         d.train.as_ref().ok_or_else(|| Error::config("data.train: no training data given (pass --data PATH)"))?;
+    data::missing(train_path, "data.train (--data)")?;
+    if let Some(p) = &d.test {
+        data::missing(p, "data.test (--test-data)")?;
+    }
     let train = data::open(train_path, Split::Train, d)?.subset(d.train_limit, cfg.run.seed);
     let test = match &d.test {
         Some(p) => Some(data::open(p, Split::Test, d)?.subset(d.test_limit, cfg.run.seed.wrapping_add(1)).aligned_to(
