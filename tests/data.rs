@@ -387,6 +387,11 @@ fn the_disk_cache_maps_decoded_stores_and_follows_changes_to_the_source() {
     let pixels = files(".u8");
     assert_eq!((pixels.len(), files(".json").len()), (1, 1));
     assert_eq!(std::fs::metadata(&pixels[0]).unwrap().len(), 3 * 8 * 8 * 3);
+    // The pixels are as readable as the header (libtorch alone would make them owner-only):
+    // a cache folder shared by several users serves them all.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&pixels[0]), mode(&files(".json")[0]), "the pixels' permissions are the header's");
     // The second load reads the cache: a byte changed there comes back.
     let mut raw = std::fs::read(&pixels[0]).unwrap();
     raw[0] = raw[0].wrapping_add(1);

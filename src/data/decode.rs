@@ -77,9 +77,15 @@ pub(crate) fn decode_all(
                 ),
             )
         })?,
-        Some(f) => Tensor::f_from_file(&f.to_string_lossy(), true, (n * row) as i64, (Kind::Uint8, Device::Cpu))
-            .map_err(|e| Error::data(f, format!("cannot map a {gib:.2} GiB store file: {}", first_line(e))))?
-            .view(shape),
+        Some(f) => {
+            // Created here first, with the permissions of any file this process writes (the
+            // umask's): libtorch would create it readable by its owner alone, and a cache
+            // folder shared by a team would then serve no one else.
+            std::fs::File::create(f).map_err(|e| Error::io(f, e))?;
+            Tensor::f_from_file(&f.to_string_lossy(), true, (n * row) as i64, (Kind::Uint8, Device::Cpu))
+                .map_err(|e| Error::data(f, format!("cannot map a {gib:.2} GiB store file: {}", first_line(e))))?
+                .view(shape)
+        }
     };
     // The address as an integer, so that the decoding closures can share it.
     let base = images.data_ptr() as usize;
