@@ -238,6 +238,74 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
 
 /// `run.checkpoint_minutes`: checkpoints within an epoch, so that a job killed outright
 /// (SIGKILL: no Ctrl-C checkpoint) resumes from its last one and repeats the run's loss curve.
+/// Ctrl-C while the data load: the run stops before its first step, with the initial weights
+/// saved (exit 130), and `--resume` then trains the uninterrupted run's loss curve. The data
+/// are a tar archive behind a named pipe, so that the load waits, deterministically, until the
+/// interrupt has been taken.
+#[test]
+fn ctrl_c_while_the_data_load_stops_before_the_first_step() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let images = tmp.path().join("images");
+    for i in 0..64u64 {
+        let class = images.join(if i % 2 == 0 { "a" } else { "b" });
+        std::fs::create_dir_all(&class).unwrap();
+        common::save_rgb(&class.join(format!("{i:02}.png")), 32, 32, i);
+    }
+    let archive = tmp.path().join("train.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    b.append_dir_all(".", &images).unwrap();
+    b.finish().unwrap();
+    drop(b);
+    let fifo = tmp.path().join("piped.tar");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let args = |data: &Path, out: &Path| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["train", "--preset", "tiny", "--device", "cpu", "--epochs", "2", "--batch-size", "16", "--seed", "3"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        a.extend(["--data".into(), data.display().to_string(), "--out".into(), out.display().to_string()]);
+        for s in common::SMALL_MODEL.iter().chain(&["data.format=\"tar\"", "monitor.log_every=1"]) {
+            a.extend(["--set".into(), s.to_string()]);
+        }
+        a
+    };
+    let full = tmp.path().join("full");
+    ok(bin().args(args(&archive, &full)).output().unwrap());
+    let want = losses(&full);
+    assert_eq!(want.len(), 8, "2 epochs x 4 steps");
+
+    let run = tmp.path().join("r");
+    let mut child = bin().args(args(&fifo, &run)).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut wait_for = |text: &str, said: &mut String| loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no {text:?} in:\n{said}");
+        said.push_str(&line);
+        if line.contains(text) {
+            break;
+        }
+    };
+    // The handler is installed before the run folder is named, and the load then waits on the pipe.
+    wait_for("run folder:", &mut said);
+    // SAFETY: signalling a child process of this test.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    wait_for("interrupt (Ctrl-C or SIGTERM)", &mut said);
+    std::fs::write(&fifo, std::fs::read(&archive).unwrap()).unwrap();
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{said}");
+    assert!(said.contains("interrupted at epoch 0, step 0; checkpoint saved"), "{said}");
+    assert!(run.join("checkpoints/step-000000000").is_dir(), "the initial weights are saved: {said}");
+    assert!(losses(&run).is_empty(), "no step was trained");
+    // The resume reads the same images from the archive itself, and trains the whole curve.
+    ok(bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&archive).output().unwrap());
+    assert_eq!(losses(&run), want, "the resumed run's losses are the uninterrupted run's");
+}
+
 #[test]
 fn a_killed_run_resumes_from_its_last_timed_checkpoint() {
     let (tmp, train, test) = data();

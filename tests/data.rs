@@ -431,6 +431,42 @@ fn the_disk_cache_maps_decoded_stores_and_follows_changes_to_the_source() {
     assert!(files(".tmp").is_empty(), "no temporary files left");
 }
 
+/// A decode stopped for good (a second Ctrl-C, a kill) leaves its temporary pixels file, a
+/// store's worth of disk: the next load through the cache removes it. Temporaries of live
+/// processes (a decode in progress) and of other machines sharing the folder are kept.
+#[test]
+fn the_disk_cache_removes_what_stopped_decodes_left() {
+    use simsiam::config::DataConfig;
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, cache) = (tmp.path().join("images"), tmp.path().join("cache"));
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    common::save_rgb(&root.join("a/1.png"), 8, 8, 1);
+    std::fs::create_dir_all(&cache).unwrap();
+    // This machine's name as the cache writes it (letters, digits and '-').
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    assert_eq!(unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) }, 0);
+    let host: String = String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == 0).unwrap()])
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    let dead = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id();
+    dead.wait_with_output().unwrap();
+    let mut live = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let name = |host: &str, pid: u32| cache.join(format!("0123456789abcdef01234567.u8.{host}.{pid}.tmp"));
+    let (left, running, elsewhere) = (name(&host, dead_pid), name(&host, live.id()), name("other-machine", dead_pid));
+    for f in [&left, &running, &elsewhere] {
+        std::fs::write(f, [0u8; 64]).unwrap();
+    }
+    let d = DataConfig { image_size: 8, cache_dir: Some(cache.clone()), ..Default::default() };
+    assert_eq!(simsiam::data::open(&root, Split::Train, &d).unwrap().len(), 1);
+    live.kill().unwrap();
+    live.wait().unwrap();
+    assert!(!left.exists(), "the dead process's temporary is removed");
+    assert!(running.exists() && elsewhere.exists(), "a live process's and another machine's are kept");
+}
+
 /// A store mapped from the disk cache reads what is asked of it, ahead of use, and no more:
 /// one byte read brings in its own page, not the next rows (`MADV_RANDOM`: the kernel's
 /// read-around would take them too, and under memory pressure those reads evict each other),

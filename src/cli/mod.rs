@@ -264,7 +264,10 @@ pub(crate) fn interruptible(control: RunControl) -> Result<RunControl> {
             eprintln!("second interrupt: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("interrupt (Ctrl-C or SIGTERM): finishing this step and saving a checkpoint (Ctrl-C again to abort)");
+        eprintln!(
+            "interrupt (Ctrl-C or SIGTERM): stopping after this step, or before the first if training has not \
+             started, and saving a checkpoint (Ctrl-C again to abort)"
+        );
     })
     .context("installing the Ctrl-C handler")?;
     Ok(control)

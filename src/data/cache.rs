@@ -37,6 +37,7 @@ struct Header {
 /// in `dir` when it holds this key, else decoded into it.
 pub(crate) fn load(path: &Path, format: DataFormat, d: &DataConfig, dir: &Path) -> Result<ImageStore> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    remove_abandoned(dir);
     let key = key(path, format, d)?;
     let stem: String = Sha256::digest(key.as_bytes()).iter().take(12).map(|b| format!("{b:02x}")).collect();
     let pixels = dir.join(format!("{stem}.u8"));
@@ -56,7 +57,7 @@ pub(crate) fn load(path: &Path, format: DataFormat, d: &DataConfig, dir: &Path) 
     // Decoded into a file of this process's own, renamed into place when complete, so that
     // processes decoding the same source at once (an experiment's parallel workers) never
     // read each other's half-written rows.
-    let tmp = dir.join(format!("{stem}.u8.{}.tmp", std::process::id()));
+    let tmp = dir.join(format!("{stem}.u8.{}.{}.tmp", host(), std::process::id()));
     let decoded = decode_into(path, format, d, &tmp).and_then(|store| {
         std::fs::rename(&tmp, &pixels).map_err(|e| Error::io(&pixels, e))?;
         Ok(store)
@@ -76,6 +77,49 @@ pub(crate) fn load(path: &Path, format: DataFormat, d: &DataConfig, dir: &Path) 
     crate::checkpoint::write_atomic(&header, serde_json::to_string(&h).expect("json").as_bytes())?;
     eprintln!("data: {} decoded into the cache ({})", path.display(), pixels.display());
     Ok(store)
+}
+
+/// This machine's name, which a temporary file carries beside the pid: a cache folder on a
+/// shared disk is seen by other machines' processes, whose pids mean nothing here.
+fn host() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let name = if ok { &buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())] } else { &[][..] };
+    let name: String =
+        String::from_utf8_lossy(name).chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+/// Removes the temporary pixel files in `dir` that processes of this machine left when they
+/// died while decoding (a second Ctrl-C, a kill, an OOM): a store's worth of disk each,
+/// which no later load would otherwise reclaim. Files of live processes and of other
+/// machines are left alone.
+fn remove_abandoned(dir: &Path) {
+    let (this_host, Ok(entries)) = (host(), std::fs::read_dir(dir)) else { return };
+    for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // `<stem>.u8.<host>.<pid>.tmp`
+        let Some((_, rest)) = name.strip_suffix(".tmp").and_then(|n| n.split_once(".u8.")) else { continue };
+        let Some((host, pid)) = rest.rsplit_once('.') else { continue };
+        let Some(pid) = pid.parse::<libc::pid_t>().ok().filter(|&p| p > 0) else { continue };
+        // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if host == this_host && !alive {
+            let gib = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as f64 / (1u64 << 30) as f64;
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    eprintln!("note: removed {} ({gib:.2} GiB), left by a decode that was stopped", path.display())
+                }
+                Err(e) => eprintln!("note: cannot remove {}, left by a decode that was stopped: {e}", path.display()),
+            }
+        }
+    }
 }
 
 /// Decodes the archive or folder `path` into the file `tmp`, complete and on disk on return.

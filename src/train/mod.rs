@@ -448,6 +448,21 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         eprintln!("warning: run.prefetch: this run's targets draw augmentations too (EOA or k-step alternation); the views are made in turn");
     }
     let mut prefetch = crate::prefetch::Prefetcher::new(cfg.run.prefetch && !draws_more, device);
+    // Ctrl-C while the data loaded or the monitors at initialisation ran: stop before the first
+    // step, a new run with its initial weights saved (so that `--resume` starts it where it
+    // would have), a resumed one as its checkpoint left it. (A job's ranks agree at their first
+    // sync point instead.)
+    if group.is_none() && control.interrupt.load(Ordering::SeqCst) && pos.epoch < cfg.run.epochs {
+        if saved_at == Some(pos.global_step) {
+            pb.abandon();
+            return Err(Error::Interrupted {
+                epoch: pos.epoch,
+                step: pos.global_step,
+                dir: run_dir.display().to_string(),
+            });
+        }
+        return interrupted(&net, &opt, pos, &state);
+    }
     while pos.epoch < cfg.run.epochs {
         if control.until_epoch.is_some_and(|u| pos.epoch >= u) {
             pb.finish_and_clear();
