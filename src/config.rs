@@ -927,10 +927,16 @@ fn holds(table: &toml::Table, field: &str) -> bool {
     cur.is_some()
 }
 
-/// `path` from the current folder: its canonical form when it exists (no `..`, links
-/// followed), else the lexical absolute path; unchanged if neither can be had.
+/// `path` made absolute from the current folder. Links are kept (`/data/imagenet` stays so
+/// when `/data` is a link, and follows it if it is moved), except in a path with `..`, which
+/// is resolved on disk where it exists (a `..` after a link is not its lexical parent).
+/// Unchanged if the current folder cannot be read.
 pub fn absolute(path: &Path) -> PathBuf {
-    path.canonicalize().or_else(|_| std::path::absolute(path)).unwrap_or_else(|_| path.to_path_buf())
+    let Ok(abs) = std::path::absolute(path) else { return path.to_path_buf() };
+    if abs.components().any(|c| c == std::path::Component::ParentDir) {
+        return abs.canonicalize().unwrap_or(abs);
+    }
+    abs
 }
 
 /// Applies one `section.field=value` override.

@@ -18,9 +18,11 @@ use std::path::Path;
 use std::time::UNIX_EPOCH;
 use tch::{Device, Kind, Tensor};
 
-/// Bumped when the files' layout changes.
+/// Bumped when the files' layout, or the pixels decoding gives, change.
 /// 2: folders' fingerprints cover every level (class folders' subfolders are read since).
-const VERSION: u32 = 2;
+/// 3: the resize lands on torchvision's pixels where the long side does not scale to a whole
+///    pixel count (it was rounded, and the crop's offset floored: a pixel's shift).
+const VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Header {

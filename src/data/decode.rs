@@ -26,16 +26,18 @@ pub fn decode_to_square(bytes: &[u8], size: usize) -> std::result::Result<Vec<u8
     if w as usize == size && h as usize == size {
         return Ok(rgb.into_raw());
     }
-    // Resize the shorter side to `size`, then take the centre square (torchvision's
-    // Resize(size) + CenterCrop(size)).
-    let s = size as f64;
-    let scale = s / (w.min(h) as f64);
-    let nw = ((w as f64 * scale).round() as u32).max(size as u32);
-    let nh = ((h as f64 * scale).round() as u32).max(size as u32);
+    // Resize the shorter side to `size`, then take the centre square: torchvision's
+    // Resize(size) + CenterCrop(size) to the pixel. Its long side is truncated,
+    // int(size * long / short), and its crop's offset is int(round((n - size) / 2)), Python's
+    // round (half to even): rounding either differently shifts or stretches the image by a pixel.
+    let size32 = size as u32;
+    let (short, long) = (w.min(h), w.max(h));
+    let new_long = ((size as f64 * long as f64 / short as f64) as u32).max(size32);
+    let (nw, nh) = if w <= h { (size32, new_long) } else { (new_long, size32) };
     let resized = image::imageops::resize(&rgb, nw, nh, FilterType::Triangle);
-    let x0 = (nw - size as u32) / 2;
-    let y0 = (nh - size as u32) / 2;
-    let crop = image::imageops::crop_imm(&resized, x0, y0, size as u32, size as u32).to_image();
+    let offset = |n: u32| ((n - size32) as f64 / 2.0).round_ties_even() as u32;
+    let (x0, y0) = (offset(nw), offset(nh));
+    let crop = image::imageops::crop_imm(&resized, x0, y0, size32, size32).to_image();
     Ok(crop.into_raw())
 }
 
