@@ -486,6 +486,10 @@ fn data_describes_a_dataset_and_fills_the_cache() {
     assert_eq!((v["images"].as_u64(), v["classes"].as_u64(), v["image_size"].as_u64()), (Some(5), Some(2), Some(16)));
     assert_eq!(v["per_class"], serde_json::json!({"cats": 3, "dogs": 2}));
     assert_eq!(v["store_mib"].as_f64(), Some(5.0 * 16.0 * 16.0 * 3.0 / 1048576.0));
+    assert_eq!(v["source_short_side"], serde_json::json!({"min": 16, "median": 16, "max": 16}));
+    // A store far smaller than the images says so.
+    let (_, text) = run(&["--set", "data.image_size=8"]);
+    assert!(text.contains("shorter sides are 16-16 px (median 16); the store shrinks them to 8 px"), "{text}");
     let set = format!("data.cache_dir={:?}", cache.display().to_string());
     let (first, text) = run(&["--set", &set]);
     assert!(text.contains("decoded into the cache"), "{text}");

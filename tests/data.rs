@@ -431,6 +431,36 @@ fn the_disk_cache_maps_decoded_stores_and_follows_changes_to_the_source() {
     assert!(files(".tmp").is_empty(), "no temporary files left");
 }
 
+/// A decoded store knows its sources' shorter sides (through the disk cache too), and says
+/// when its size shrinks the images a lot (a CIFAR preset on one's own photos) or enlarges
+/// most of them.
+#[test]
+fn a_store_knows_its_sources_sizes_and_notes_a_large_resize() {
+    use simsiam::config::DataConfig;
+    use simsiam::data::{open, Sides};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    for (i, (w, h)) in [(8, 8), (10, 12), (20, 16)].into_iter().enumerate() {
+        common::save_rgb(&root.join(format!("a/{i}.png")), w, h, i as u64);
+    }
+    let want = Some(Sides { min: 8, median: 10, max: 16 });
+    let plain = DataConfig { image_size: 8, ..Default::default() };
+    assert_eq!(open(&root, Split::Train, &plain).unwrap().source_sides, want);
+    let cached = DataConfig { cache_dir: Some(tmp.path().join("cache")), ..plain.clone() };
+    assert_eq!(open(&root, Split::Train, &cached).unwrap().source_sides, want, "decoded into the cache");
+    let mapped = open(&root, Split::Train, &cached).unwrap();
+    assert!(mapped.is_mapped());
+    assert_eq!(mapped.source_sides, want, "read back from the cache");
+    assert_eq!(mapped.subset(2, 0).source_sides, want, "a subset keeps them");
+    let sides = want.unwrap();
+    assert!(sides.note(5).unwrap().contains("shrinks them to 5 px"), "median 10 >= 2 x 5");
+    assert_eq!(sides.note(8), None);
+    assert_eq!(sides.note(14), None, "3 x 10 >= 2 x 14");
+    assert!(sides.note(16).unwrap().contains("enlarges most of them to 16 px"), "3 x 10 < 2 x 16");
+    assert_eq!(Sides::of(Vec::new()), None);
+}
+
 /// A decode stopped for good (a second Ctrl-C, a kill) leaves its temporary pixels file, a
 /// store's worth of disk: the next load through the cache removes it. Temporaries of live
 /// processes (a decode in progress) and of other machines sharing the folder are kept.

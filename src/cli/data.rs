@@ -38,6 +38,7 @@ pub(crate) fn run(a: DataArgs) -> Result<()> {
             "images": store.len(),
             "skipped": store.skipped,
             "image_size": store.image_size(),
+            "source_short_side": store.source_sides,
             "store_mib": store.bytes() as f64 / (1u64 << 20) as f64,
             "labelled": store.labelled(),
             "classes": store.num_classes(),

@@ -33,6 +33,8 @@ struct Header {
     names: Vec<String>,
     labels: Vec<i64>,
     skipped: usize,
+    #[serde(default)]
+    source_sides: Option<super::Sides>,
 }
 
 /// The store of the archive or folder `path` (`format` is `Tar` or `Folder`), from the cache
@@ -75,6 +77,7 @@ pub(crate) fn load(path: &Path, format: DataFormat, d: &DataConfig, dir: &Path) 
         names: store.names.clone(),
         labels: Vec::<i64>::try_from(&store.labels).expect("int64 labels"),
         skipped: store.skipped,
+        source_sides: store.source_sides,
     };
     crate::checkpoint::write_atomic(&header, serde_json::to_string(&h).expect("json").as_bytes())?;
     eprintln!("data: {} decoded into the cache ({})", path.display(), pixels.display());
@@ -158,7 +161,7 @@ fn read(key: &str, pixels: &Path, header: &Path) -> std::result::Result<Option<I
         .map_err(|e| format!("cannot map {}: {e}", pixels.display()))?
         .view(shape);
     let store = ImageStore::new(images, Tensor::from_slice(&h.labels), h.classes, h.names);
-    Ok(Some(ImageStore { skipped: h.skipped, ..store }.into_mapped()))
+    Ok(Some(ImageStore { skipped: h.skipped, source_sides: h.source_sides, ..store }.into_mapped()))
 }
 
 /// What a cached store was made from (see the module's doc).

@@ -10,6 +10,11 @@ use tch::{Device, Kind, Tensor};
 /// Decodes one encoded image to `size x size x 3` RGB bytes. A JPEG without its end-of-image
 /// marker is reported as truncated (decoders otherwise fill the missing rows silently).
 pub fn decode_to_square(bytes: &[u8], size: usize) -> std::result::Result<Vec<u8>, String> {
+    decode_square(bytes, size).map(|(px, _)| px)
+}
+
+/// [`decode_to_square`], with the source's shorter side.
+fn decode_square(bytes: &[u8], size: usize) -> std::result::Result<(Vec<u8>, u32), String> {
     let format = image::guess_format(bytes).map_err(|e| format!("not a JPEG, PNG, WebP, BMP or TIFF image: {e}"))?;
     if format == image::ImageFormat::Jpeg {
         let tail = &bytes[bytes.len().saturating_sub(64)..];
@@ -24,7 +29,7 @@ pub fn decode_to_square(bytes: &[u8], size: usize) -> std::result::Result<Vec<u8
         return Err("empty image".into());
     }
     if w as usize == size && h as usize == size {
-        return Ok(rgb.into_raw());
+        return Ok((rgb.into_raw(), h));
     }
     // Resize the shorter side to `size`, then take the centre square: torchvision's
     // Resize(size) + CenterCrop(size) to the pixel. Its long side is truncated,
@@ -38,7 +43,7 @@ pub fn decode_to_square(bytes: &[u8], size: usize) -> std::result::Result<Vec<u8
     let offset = |n: u32| ((n - size32) as f64 / 2.0).round_ties_even() as u32;
     let (x0, y0) = (offset(nw), offset(nh));
     let crop = image::imageops::crop_imm(&resized, x0, y0, size32, size32).to_image();
-    Ok(crop.into_raw())
+    Ok((crop.into_raw(), short))
 }
 
 /// Decodes all images in parallel, each straight into its row of one `[N, size, size, 3]`
@@ -92,32 +97,30 @@ pub(crate) fn decode_all(
     // The address as an integer, so that the decoding closures can share it.
     let base = images.data_ptr() as usize;
     let pb = crate::progress::Progress::new(n as u64, "images decoded");
-    let failures: Vec<Option<String>> = bytes
+    // Each image's shorter side, or why it cannot be read.
+    let decoded: Vec<std::result::Result<u32, String>> = bytes
         .into_par_iter()
         .enumerate()
         .map(|(i, b)| {
-            let decoded = decode_to_square(&b.read()?, size);
+            let decoded = decode_square(&b.read()?, size);
             pb.inc(1);
-            Ok(match decoded {
-                Ok(px) => {
-                    assert_eq!(px.len(), row, "decode_to_square gives size x size x 3 bytes");
-                    // SAFETY: `images` is a fresh, contiguous uint8 CPU tensor of `n * row` bytes
-                    // that nothing else reads while the images are decoded, and each image i
-                    // writes only its own row, bytes `i * row .. (i + 1) * row`.
-                    unsafe { std::ptr::copy_nonoverlapping(px.as_ptr(), (base + i * row) as *mut u8, row) };
-                    None
-                }
-                Err(msg) => Some(msg),
-            })
+            Ok(decoded.map(|(px, short)| {
+                assert_eq!(px.len(), row, "decode_to_square gives size x size x 3 bytes");
+                // SAFETY: `images` is a fresh, contiguous uint8 CPU tensor of `n * row` bytes
+                // that nothing else reads while the images are decoded, and each image i
+                // writes only its own row, bytes `i * row .. (i + 1) * row`.
+                unsafe { std::ptr::copy_nonoverlapping(px.as_ptr(), (base + i * row) as *mut u8, row) };
+                short
+            }))
         })
         .collect::<Result<_>>()?;
     pb.finish_and_clear();
     let mut keep = Vec::with_capacity(n);
-    for (i, ((name, _), failure)) in meta.iter().zip(&failures).enumerate() {
-        match failure {
-            None => keep.push(i as i64),
-            Some(msg) if skip_corrupt => eprintln!("warning: skipping {name}: {msg}"),
-            Some(msg) => {
+    for (i, ((name, _), outcome)) in meta.iter().zip(&decoded).enumerate() {
+        match outcome {
+            Ok(_) => keep.push(i as i64),
+            Err(msg) if skip_corrupt => eprintln!("warning: skipping {name}: {msg}"),
+            Err(msg) => {
                 return Err(Error::data(
                     name,
                     format!("{msg} (pass --set data.skip_corrupt=true to skip unreadable images)"),
@@ -141,7 +144,9 @@ pub(crate) fn decode_all(
     let label = |class: &String| classes.binary_search(class).map_or(-1, |c| c as i64);
     let labels: Vec<i64> = kept.clone().map(|(_, class)| label(class)).collect();
     let names = kept.map(|(name, _)| name.clone()).collect();
-    let store = ImageStore { skipped, ..ImageStore::new(images, Tensor::from_slice(&labels), classes, names) };
+    let source_sides = super::Sides::of(decoded.into_iter().filter_map(|d| d.ok()).collect());
+    let store =
+        ImageStore { skipped, source_sides, ..ImageStore::new(images, Tensor::from_slice(&labels), classes, names) };
     // Decoded into the cache's file, the rows are read from its mapping (a copy when some were
     // skipped: the file is then written again from it).
     Ok(if file.is_some() && skipped == 0 { store.into_mapped() } else { store })

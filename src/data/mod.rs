@@ -37,6 +37,9 @@ pub struct ImageStore {
     pub names: Vec<String>,
     /// Images skipped as unreadable (only with `skip_corrupt`).
     pub skipped: usize,
+    /// The shorter sides of the source images before they were resized to the store's size
+    /// (decoded archives and folders; None for CIFAR binaries).
+    pub source_sides: Option<Sides>,
     /// Whether `images` is a file of the disk cache (`data.cache_dir`) mapped into memory, whose
     /// pages the kernel reads as batches touch them and evicts under memory pressure: its reads
     /// are then advised ([`ImageStore::will_need`], [`ImageStore::batches`]).
@@ -47,7 +50,7 @@ impl ImageStore {
     /// A store of images in memory: `images` `[N, H, W, 3]` uint8, `labels` `[N]` int64 (-1
     /// unlabelled), the sorted class names and one name per image.
     pub fn new(images: Tensor, labels: Tensor, classes: Vec<String>, names: Vec<String>) -> ImageStore {
-        ImageStore { images, labels, classes, names, skipped: 0, mapped: false }
+        ImageStore { images, labels, classes, names, skipped: 0, source_sides: None, mapped: false }
     }
 
     /// This store, its images being a mapping of a disk-cache file: marked as read in random
@@ -141,6 +144,7 @@ impl ImageStore {
             names: idx.iter().map(|&i| self.names[i as usize].clone()).collect(),
             classes: self.classes,
             skipped: self.skipped,
+            source_sides: self.source_sides,
             mapped: false,
         }
     }
@@ -263,6 +267,7 @@ impl ImageStore {
             classes: self.classes.clone(),
             names: self.names.clone(),
             skipped: self.skipped,
+            source_sides: self.source_sides,
             mapped: self.mapped,
         }
     }
@@ -334,6 +339,37 @@ pub fn missing(path: &Path, what: &str) -> Result<()> {
     Err(Error::data(path, format!("{what}{}no such file or folder{from}", if what.is_empty() { "" } else { ": " })))
 }
 
+/// The smallest, median and largest shorter side, in pixels, of a dataset's source images.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Sides {
+    pub min: u32,
+    pub median: u32,
+    pub max: u32,
+}
+
+impl Sides {
+    /// Of the shorter sides `sides` (None when empty).
+    pub fn of(mut sides: Vec<u32>) -> Option<Sides> {
+        sides.sort_unstable();
+        Some(Sides { min: *sides.first()?, median: sides[sides.len() / 2], max: *sides.last()? })
+    }
+
+    /// What a store of `size` px does to these images, when it matters: a store much smaller
+    /// than the photos (a CIFAR preset on one's own photos keeps 32 px of them) or larger
+    /// than most of them (every image enlarged: memory for no detail).
+    pub fn note(&self, size: usize) -> Option<String> {
+        let median = self.median as usize;
+        let what = if median >= 2 * size {
+            format!("shrinks them to {size} px (data.image_size; for photos, the imagenet preset stores 256 px)")
+        } else if 3 * median < 2 * size {
+            format!("enlarges most of them to {size} px (data.image_size): memory that adds no detail")
+        } else {
+            return None;
+        };
+        Some(format!("the images' shorter sides are {}-{} px (median {median}); the store {what}", self.min, self.max))
+    }
+}
+
 /// Loads a split as the config's `[data]` fields say, choosing the reader from `data.format`
 /// (or from the path), through the disk cache of `data.cache_dir` (when set) for archives and
 /// image folders, whose decoding is the slow part.
@@ -351,6 +387,11 @@ pub fn open(path: &Path, split: Split, d: &DataConfig) -> Result<ImageStore> {
         (_, Some(dir)) => cache::load(path, format, d, dir),
         (_, None) => decode::decode_all(encoded(path, format)?, d.image_size, d.skip_corrupt, path, None),
     }
+    .inspect(|store| {
+        if let Some(note) = store.source_sides.and_then(|s| s.note(d.image_size)) {
+            eprintln!("note: {}: {note}", path.display());
+        }
+    })
 }
 
 /// The undecoded images and the class names of an archive (`Tar`) or a folder (`Folder`).
