@@ -444,7 +444,8 @@ fn a_store_knows_its_sources_sizes_and_notes_a_large_resize() {
     for (i, (w, h)) in [(8, 8), (10, 12), (20, 16)].into_iter().enumerate() {
         common::save_rgb(&root.join(format!("a/{i}.png")), w, h, i as u64);
     }
-    let want = Some(Sides { min: 8, median: 10, max: 16 });
+    let sides = Sides { min: 8, median: 10, max: 16 };
+    let want = Some(sides);
     let plain = DataConfig { image_size: 8, ..Default::default() };
     assert_eq!(open(&root, Split::Train, &plain).unwrap().source_sides, want);
     let cached = DataConfig { cache_dir: Some(tmp.path().join("cache")), ..plain.clone() };
@@ -453,7 +454,6 @@ fn a_store_knows_its_sources_sizes_and_notes_a_large_resize() {
     assert!(mapped.is_mapped());
     assert_eq!(mapped.source_sides, want, "read back from the cache");
     assert_eq!(mapped.subset(2, 0).source_sides, want, "a subset keeps them");
-    let sides = want.unwrap();
     assert!(sides.note(5).unwrap().contains("shrinks them to 5 px"), "median 10 >= 2 x 5");
     assert_eq!(sides.note(8), None);
     assert_eq!(sides.note(14), None, "3 x 10 >= 2 x 14");
