@@ -181,20 +181,22 @@ pub fn sample_crop_boxes(draw: Draw, h: i64, w: i64, scale: [f64; 2], ratio: [f6
     // First fitting try (argmax of a 0/1 row returns the first 1).
     let first = fits.to_kind(Kind::Float).argmax(1, true);
     let any = fits.any_dim(1, true);
-    // Fallback: whole image with the aspect ratio clamped into range.
+    // Fallback: whole image with the aspect ratio clamped into range (Python's round: half
+    // to even).
     let in_ratio = w as f64 / h as f64;
     let (fw, fh) = if in_ratio < ratio[0] {
-        (w as f64, (w as f64 / ratio[0]).round())
+        (w as f64, (w as f64 / ratio[0]).round_ties_even())
     } else if in_ratio > ratio[1] {
-        ((h as f64 * ratio[1]).round(), h as f64)
+        ((h as f64 * ratio[1]).round_ties_even(), h as f64)
     } else {
         (w as f64, h as f64)
     };
     let bw = cw.gather(1, &first, false).where_scalarother(&any, fw);
     let bh = ch.gather(1, &first, false).where_scalarother(&any, fh);
-    // Offsets: uniform integers in [0, W - w] and [0, H - h] (the fallback is centred).
-    let x0 = (draw.rand(&[1]) * (-&bw + (w + 1) as f64)).floor().where_self(&any, &((-&bw + w as f64) / 2.0).round());
-    let y0 = (draw.rand(&[1]) * (-&bh + (h + 1) as f64)).floor().where_self(&any, &((-&bh + h as f64) / 2.0).round());
+    // Offsets: uniform integers in [0, W - w] and [0, H - h]; the fallback is centred,
+    // `(W - w) // 2` (floor) as torchvision's.
+    let x0 = (draw.rand(&[1]) * (-&bw + (w + 1) as f64)).floor().where_self(&any, &((-&bw + w as f64) / 2.0).floor());
+    let y0 = (draw.rand(&[1]) * (-&bh + (h + 1) as f64)).floor().where_self(&any, &((-&bh + h as f64) / 2.0).floor());
     Tensor::cat(&[x0, y0, bw, bh], 1)
 }
 

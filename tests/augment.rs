@@ -121,6 +121,24 @@ fn crop_boxes_follow_random_resized_crop_ranges() {
     assert!((0.45..0.62).contains(&mean), "mean area {mean}");
 }
 
+/// When no try fits (a wide image, areas near 1), torchvision takes the whole height, the
+/// width of the largest ratio, `int(round(10 x 4/3))` = 13, centred by `(40 - 13) // 2` = 13.
+#[test]
+fn crop_boxes_fall_back_to_torchvision_centred_box() {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(5);
+    let b = sample_crop_boxes(Draw::whole(64, Device::Cpu), 10, 40, [0.99, 1.0], [0.75, 4.0 / 3.0]);
+    for r in Vec::<Vec<f32>>::try_from(b).unwrap() {
+        assert_eq!(r, [13.0, 0.0, 13.0, 10.0]);
+    }
+    // A tall image: the whole width, the height of the smallest ratio, `int(round(10 / 0.75))`
+    // = 13, centred likewise.
+    let b = sample_crop_boxes(Draw::whole(64, Device::Cpu), 40, 10, [0.99, 1.0], [0.75, 4.0 / 3.0]);
+    for r in Vec::<Vec<f32>>::try_from(b).unwrap() {
+        assert_eq!(r, [0.0, 13.0, 10.0, 13.0]);
+    }
+}
+
 #[test]
 fn gaussian_blur_matches_its_kernel() {
     // A delta at the centre of a 5x5 image, k = 3, sigma = 1: the output is the outer product
