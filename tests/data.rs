@@ -144,6 +144,35 @@ fn truncated_jpeg_is_an_error_naming_the_file_or_skipped_on_request() {
     assert!(e.contains("no readable images"), "{e}");
 }
 
+/// A JPEG is complete when its image data end, wherever the file ends: data appended after
+/// the end marker (phones append metadata and videos) are read as PIL reads them, and a file
+/// cut inside its image data is refused even when a thumbnail before the data holds an end
+/// marker of its own.
+#[test]
+fn jpegs_with_trailing_data_load_and_cut_ones_with_thumbnails_do_not() {
+    use simsiam::data::decode_to_square;
+    let tmp = tempfile::tempdir().unwrap();
+    let jpeg = |name: &str, side: u32, seed: u64| {
+        let path = tmp.path().join(name);
+        common::save_rgb(&path, side, side, seed);
+        std::fs::read(path).unwrap()
+    };
+    let photo = jpeg("photo.jpg", 32, 1);
+    let want = decode_to_square(&photo, 16).unwrap();
+    let mut trailing = photo.clone();
+    trailing.extend(b"MotionPhoto_Data".iter().chain(&[0u8; 4096]));
+    assert_eq!(decode_to_square(&trailing, 16).unwrap(), want, "data after the end are ignored");
+    // An APP1 segment holding a whole JPEG (an EXIF thumbnail), then the photo's own segments.
+    let thumb = jpeg("thumb.jpg", 8, 2);
+    let mut with_thumb = vec![0xFF, 0xD8, 0xFF, 0xE1];
+    with_thumb.extend(((2 + 6 + thumb.len()) as u16).to_be_bytes());
+    with_thumb.extend(b"Exif\0\0".iter().chain(&thumb).chain(&photo[2..]));
+    assert_eq!(decode_to_square(&with_thumb, 16).unwrap(), want, "the thumbnail is stepped over");
+    let cut = &with_thumb[..with_thumb.len() - photo.len() / 3];
+    let e = decode_to_square(cut, 16).err().expect("a cut file whose thumbnail ends is refused");
+    assert!(e.contains("truncated JPEG"), "{e}");
+}
+
 /// `data.store`: on the CPU the host and the device are one memory, so every placement keeps
 /// the store as it is, and a gather is the rows asked for.
 #[test]

@@ -13,14 +13,36 @@ pub fn decode_to_square(bytes: &[u8], size: usize) -> std::result::Result<Vec<u8
     decode_square(bytes, size).map(|(px, _)| px)
 }
 
+/// Whether a JPEG's image data end: an end-of-image marker after the start of its first scan.
+/// The decoder would fill a cut-off image with grey rather than fail, so a truncated file is
+/// caught here, as PIL (torchvision's reader) refuses it. The segments before the first scan
+/// are stepped over by their lengths (an EXIF thumbnail there is a whole JPEG, end marker
+/// included), and a scan's data cannot hold the marker (its 0xFF bytes are stuffed). Data
+/// after the end are allowed, as PIL allows them: phones append metadata and videos there.
+fn jpeg_ends(b: &[u8]) -> bool {
+    let mut i = 2; // after the start-of-image marker
+    while i + 4 <= b.len() {
+        match (b[i], b[i + 1]) {
+            (0xFF, 0xFF) => i += 1, // fill byte
+            // Markers without a length: start of image, restarts, TEM.
+            (0xFF, 0xD8 | 0xD0..=0xD7 | 0x01) => i += 2,
+            (0xFF, 0xDA) => {
+                let data = i + 2 + u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+                return b.get(data..).is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]));
+            }
+            (0xFF, 0xD9) => return false, // an end before any image data
+            (0xFF, _) => i += 2 + u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize,
+            _ => return false, // not a marker where one must be
+        }
+    }
+    false
+}
+
 /// [`decode_to_square`], with the source's shorter side.
 fn decode_square(bytes: &[u8], size: usize) -> std::result::Result<(Vec<u8>, u32), String> {
     let format = image::guess_format(bytes).map_err(|e| format!("not a JPEG, PNG, WebP, BMP or TIFF image: {e}"))?;
-    if format == image::ImageFormat::Jpeg {
-        let tail = &bytes[bytes.len().saturating_sub(64)..];
-        if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
-            return Err("truncated JPEG: no end-of-image marker".into());
-        }
+    if format == image::ImageFormat::Jpeg && !jpeg_ends(bytes) {
+        return Err("truncated JPEG: no end-of-image marker after its image data".into());
     }
     let img = image::load_from_memory_with_format(bytes, format).map_err(|e| format!("cannot decode: {e}"))?;
     let rgb = img.to_rgb8();
