@@ -175,6 +175,30 @@ fn jpegs_with_trailing_data_load_and_cut_ones_with_thumbnails_do_not() {
     }
 }
 
+/// Hidden files and folders (macOS's `._*` companions and `.DS_Store`, a `.cache/` folder)
+/// are skipped alike by the folder reader and in an archive of that folder.
+#[test]
+fn hidden_files_and_folders_are_skipped_in_folders_and_archives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    for (dir, file) in [("a", "1.png"), ("b", "2.png"), (".cache", "3.png"), ("b/.thumbs", "4.png")] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        common::save_rgb(&root.join(dir).join(file), 8, 8, 1);
+    }
+    std::fs::write(root.join("a/._1.png"), b"\x00\x05\x16\x07 AppleDouble").unwrap();
+    std::fs::write(root.join(".DS_Store"), b"Bud1").unwrap();
+    let archive = tmp.path().join("data.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    b.append_dir_all(".", &root).unwrap();
+    b.finish().unwrap();
+    drop(b);
+    for path in [&root, &archive] {
+        let s = load(path, DataFormat::Auto, Split::Train, 8, false).unwrap();
+        assert_eq!(s.classes, ["a", "b"], "{}", path.display());
+        assert_eq!(s.len(), 2, "{}: {:?}", path.display(), s.names);
+    }
+}
+
 /// `data.store`: on the CPU the host and the device are one memory, so every placement keeps
 /// the store as it is, and a gather is the rows asked for.
 #[test]

@@ -61,7 +61,9 @@ impl Found<'_> {
             }
             let member = entry.path().map_err(bad)?.to_string_lossy().to_string();
             let file_name = member.rsplit('/').next().unwrap_or("").to_string();
-            if file_name.starts_with('.') {
+            // Hidden files and folders (macOS's `._*` and `.DS_Store`, `.git/`) are not the
+            // data's, as the folder reader skips them.
+            if member.split('/').any(|p| p.starts_with('.') && p != "." && p != "..") {
                 continue;
             }
             if inner.is_none() && file_name.to_ascii_lowercase().ends_with(".tar") {
