@@ -345,27 +345,34 @@ fn held_out_labels_follow_the_training_class_names() {
     assert!(e.contains("test vs train") && e.contains("dog") && !e.contains("bee\""), "{e}");
 }
 
-/// WebP, BMP and TIFF files are read as torchvision's `ImageFolder` reads them; pixels of an
-/// exact-size lossless file come back unchanged.
+/// WebP, BMP, TIFF, PPM and PGM files (torchvision's `ImageFolder` extensions) are read;
+/// pixels of an exact-size lossless file come back unchanged, a grey one's in every channel.
 #[test]
-fn reads_webp_bmp_and_tiff() {
+fn reads_webp_bmp_tiff_ppm_and_pgm() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     std::fs::create_dir_all(root.join("c")).unwrap();
     let exact = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8 * 30, y as u8 * 30, 99]));
-    for ext in ["webp", "bmp", "TIFF"] {
+    for ext in ["webp", "bmp", "TIFF", "ppm"] {
         exact.save(root.join(format!("c/x.{}", ext.to_lowercase()))).unwrap();
         std::fs::rename(root.join(format!("c/x.{}", ext.to_lowercase())), root.join(format!("c/x.{ext}"))).unwrap();
     }
+    let grey = image::GrayImage::from_fn(8, 8, |x, y| image::Luma([x as u8 * 30 + y as u8]));
+    grey.save(root.join("c/y.pgm")).unwrap();
     let s = load(root, DataFormat::Auto, Split::Train, 8, false).unwrap();
-    assert_eq!(s.len(), 3);
-    for i in 0..3 {
+    assert_eq!(s.len(), 5);
+    for i in 0..4 {
         let img = s.images.i(i);
         assert_eq!(
             (img.int64_value(&[2, 5, 0]), img.int64_value(&[2, 5, 1]), img.int64_value(&[2, 5, 2])),
-            (150, 60, 99)
+            (150, 60, 99),
+            "{}",
+            s.names[i as usize]
         );
     }
+    let y = s.images.i(4);
+    assert!(s.names[4].ends_with("y.pgm"));
+    assert_eq!((y.int64_value(&[2, 5, 0]), y.int64_value(&[2, 5, 1]), y.int64_value(&[2, 5, 2])), (152, 152, 152));
 }
 
 /// An experiment's arms share one decode (`train::SharedStores`): a second run with the same data

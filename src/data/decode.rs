@@ -1,4 +1,4 @@
-//! Parallel image decoding (JPEG, PNG, WebP, BMP, TIFF) to square RGB (resize shorter side,
+//! Parallel image decoding (JPEG, PNG, WebP, BMP, TIFF, PPM/PGM) to square RGB (resize shorter side,
 //! centre crop).
 use super::{Bytes, Encoded, ImageStore};
 use crate::error::{Error, Result};
@@ -40,7 +40,8 @@ fn jpeg_ends(b: &[u8]) -> bool {
 
 /// [`decode_to_square`], with the source's shorter side.
 fn decode_square(bytes: &[u8], size: usize) -> std::result::Result<(Vec<u8>, u32), String> {
-    let format = image::guess_format(bytes).map_err(|e| format!("not a JPEG, PNG, WebP, BMP or TIFF image: {e}"))?;
+    let format =
+        image::guess_format(bytes).map_err(|e| format!("not a JPEG, PNG, WebP, BMP, TIFF, PPM or PGM image: {e}"))?;
     if format == image::ImageFormat::Jpeg && !jpeg_ends(bytes) {
         return Err("truncated JPEG: no end-of-image marker after its image data".into());
     }

@@ -1,4 +1,4 @@
-//! A folder of class folders, `root/<class>/<image>` (JPEG, PNG, WebP, BMP, TIFF; also in
+//! A folder of class folders, `root/<class>/<image>` (JPEG, PNG, WebP, BMP, TIFF, PPM/PGM; also in
 //! subfolders of a class folder), or of loose images, `root/<image>` (unlabelled: for
 //! pre-training).
 use super::{is_image_name, Bytes, Encoded};
