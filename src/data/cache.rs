@@ -21,7 +21,9 @@ use tch::{Device, Kind, Tensor};
 /// Bumped when the files' layout, or the pixels decoding gives, change.
 /// 2: folders' fingerprints cover every level (class folders' subfolders are read since).
 /// 3: the resize lands on torchvision's pixels where the long side does not scale to a whole
-///    pixel count (it was rounded, and the crop's offset floored: a pixel's shift).
+///    pixel count (it was rounded, and the crop's offset floored: a pixel's shift); PPM and PGM
+///    files are images, JPEGs with data after their end are read, an archive's hidden folders
+///    are skipped; the header keeps the sources' sizes.
 const VERSION: u32 = 3;
 
 #[derive(Serialize, Deserialize)]
