@@ -28,7 +28,8 @@ fn jpeg_ends(b: &[u8]) -> bool {
             (0xFF, 0xD8 | 0xD0..=0xD7 | 0x01) => i += 2,
             (0xFF, 0xDA) => {
                 let data = i + 2 + u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
-                return b.get(data..).is_some_and(|rest| rest.windows(2).any(|w| w == [0xFF, 0xD9]));
+                // From the end, where the marker is in all but files with data appended.
+                return b.get(data..).is_some_and(|rest| rest.windows(2).rev().any(|w| w == [0xFF, 0xD9]));
             }
             (0xFF, 0xD9) => return false, // an end before any image data
             (0xFF, _) => i += 2 + u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize,
