@@ -371,6 +371,9 @@ impl Sides {
     }
 }
 
+/// A decode this long, without `data.cache_dir`, is worth keeping: the load says so.
+const SLOW_DECODE_MINUTES: f64 = 0.5;
+
 /// Loads a split as the config's `[data]` fields say, choosing the reader from `data.format`
 /// (or from the path), through the disk cache of `data.cache_dir` (when set) for archives and
 /// image folders, whose decoding is the slow part.
@@ -386,7 +389,19 @@ pub fn open(path: &Path, split: Split, d: &DataConfig) -> Result<ImageStore> {
             cifar::load(path, kind, split, d.image_size)
         }
         (_, Some(dir)) => cache::load(path, format, d, dir),
-        (_, None) => decode::decode_all(encoded(path, format)?, d.image_size, d.skip_corrupt, path, None),
+        (_, None) => {
+            let t = std::time::Instant::now();
+            let store = decode::decode_all(encoded(path, format)?, d.image_size, d.skip_corrupt, path, None)?;
+            let minutes = t.elapsed().as_secs_f64() / 60.0;
+            if minutes >= SLOW_DECODE_MINUTES {
+                eprintln!(
+                    "note: {}: decoding took {minutes:.1} min; --set data.cache_dir='\"DIR\"' keeps the decoded \
+                     store on disk, and later runs map it instead",
+                    path.display()
+                );
+            }
+            Ok(store)
+        }
     }
     .inspect(|store| {
         if let Some(note) = store.source_sides.and_then(|s| s.note(d.image_size)) {
