@@ -199,6 +199,47 @@ fn hidden_files_and_folders_are_skipped_in_folders_and_archives() {
     }
 }
 
+/// Damaged files (bytes changed, cut, inserted) give errors or pixels, never a panic, in every
+/// format the readers take: one such file must not take down a decode of a million.
+#[test]
+fn damaged_images_are_errors_not_panics() {
+    use rand::{Rng, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut errors = 0;
+    for ext in ["jpg", "png", "webp", "bmp", "tiff", "ppm", "pgm"] {
+        let path = tmp.path().join(format!("x.{ext}"));
+        if ext == "pgm" {
+            image::GrayImage::from_fn(40, 30, |x, y| image::Luma([(x * 6 + y) as u8])).save(&path).unwrap();
+        } else {
+            common::save_rgb(&path, 40, 30, 1);
+        }
+        let intact = std::fs::read(&path).unwrap();
+        assert!(simsiam::data::decode_to_square(&intact, 32).is_ok(), "{ext}");
+        for i in 0..600 {
+            let mut b = intact.clone();
+            match i % 3 {
+                0 => (0..rng.gen_range(1..8)).for_each(|_| {
+                    let k = rng.gen_range(0..b.len());
+                    b[k] = rng.gen();
+                }),
+                1 => b.truncate(rng.gen_range(1..b.len())),
+                _ => {
+                    let k = rng.gen_range(0..b.len());
+                    (0..rng.gen_range(1..50)).for_each(|_| b.insert(k, rng.gen()));
+                }
+            }
+            let decoded = std::panic::catch_unwind(|| simsiam::data::decode_to_square(&b, 32));
+            match decoded {
+                Ok(Ok(px)) => assert_eq!(px.len(), 32 * 32 * 3, "{ext}, damage {i}"),
+                Ok(Err(_)) => errors += 1,
+                Err(_) => panic!("{ext}, damage {i}: the decoder panicked"),
+            }
+        }
+    }
+    assert!(errors > 1000, "most damage is found: {errors} errors of 4200");
+}
+
 /// `data.store`: on the CPU the host and the device are one memory, so every placement keeps
 /// the store as it is, and a gather is the rows asked for.
 #[test]
