@@ -300,9 +300,8 @@ impl Bytes {
     }
 }
 
-/// The image files the folder and archive readers take (torchvision's `ImageFolder` list, less
-/// the netpbm formats), matched case-insensitively.
-/// torchvision's `IMG_EXTENSIONS`, matched without regard to case.
+/// The image files the folder and archive readers take: torchvision's `ImageFolder` list
+/// (`IMG_EXTENSIONS`), matched case-insensitively.
 pub const IMAGE_EXTENSIONS: [&str; 9] = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"];
 
 pub(crate) fn is_image_name(name: &str) -> bool {
