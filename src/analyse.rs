@@ -11,6 +11,7 @@ use crate::instances::{
 use crate::model::SimSiam;
 use crate::monitor::{collapse_std, l2_normalize};
 use serde_json::{json, Value};
+use std::cell::OnceCell;
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
@@ -25,6 +26,9 @@ pub struct Probe<'a> {
     /// Views per image for the centres.
     pub k: usize,
     pub train_bn: bool,
+    /// The instance centres and mean resultant lengths, estimated once and shared by the
+    /// analyses (each drew its own K views of every image before: most of `all`'s time).
+    centres: OnceCell<(Tensor, Tensor)>,
 }
 
 const BATCH: i64 = 500;
@@ -88,7 +92,19 @@ fn vmf_kappas(r: &Tensor, k: usize, d: usize) -> Vec<f64> {
     to_vec(r).iter().map(|&x| kappa_hat(resultant_unbiased(x, k), d)).collect()
 }
 
-impl Probe<'_> {
+impl<'a> Probe<'a> {
+    pub fn new(
+        model: &'a SimSiam,
+        images: Tensor,
+        aug: &'a Augmenter,
+        aug_cfg: &'a AugmentConfig,
+        image_size: usize,
+        k: usize,
+        train_bn: bool,
+    ) -> Probe<'a> {
+        Probe { model, images, aug, aug_cfg, image_size, k, train_bn, centres: OnceCell::new() }
+    }
+
     /// One fresh augmented view's (z, y) per image, BN in the probe's mode (`train` overrides it).
     fn view_in(&self, train: bool) -> (Tensor, Tensor) {
         tch::no_grad(|| {
@@ -108,8 +124,11 @@ impl Probe<'_> {
         self.view_in(self.train_bn)
     }
 
+    /// `(f_bar [N, d], R_bar [N])` of [`centres`], drawn on first use.
     fn centres(&self) -> (Tensor, Tensor) {
-        centres(self.model, &self.images, self.aug, self.k, self.train_bn, BATCH)
+        let (f_bar, r) =
+            self.centres.get_or_init(|| centres(self.model, &self.images, self.aug, self.k, self.train_bn, BATCH));
+        (f_bar.shallow_clone(), r.shallow_clone())
     }
 
     /// B4: spectral measures (with bootstrap intervals), TwoNN and Levina-Bickel of z, y and the
@@ -144,7 +163,10 @@ impl Probe<'_> {
         // only z's centres, streamed (the bank is K times larger).
         let (bank, (f_bar, r)) = if variants {
             let (bank_z, bank_y) = view_bank(self.model, &self.images, self.aug, self.k, self.train_bn, BATCH);
+            // The kernel posterior needs centres that are its bank's means: these, which the
+            // later analyses share when none were drawn before.
             let c = centres_of(&bank_z);
+            let _ = self.centres.set((c.0.shallow_clone(), c.1.shallow_clone()));
             (Some((bank_z, l2_normalize(&centres_of(&bank_y).0))), c)
         } else {
             (None, self.centres())

@@ -1206,6 +1206,8 @@ fn analyse_measures_a_checkpoint() {
     assert!((0.0..=100.0).contains(&top1) && id["top5"].as_f64().unwrap() >= top1);
     let r = v["invariance"]["mean_resultant"].as_f64().unwrap();
     assert!(r > 0.0 && r <= 1.0 + 1e-6);
+    // The analyses share one estimate of the centres (drawn once, not once per analysis).
+    assert_eq!(v["predictor"]["floor_similarity_mean_resultant"].as_f64(), Some(r));
     let cos = v["predictor"]["cos_h_hstar"].as_f64().unwrap();
     assert!((-1.0..=1.0).contains(&cos));
     // B4's cumulative explained variance rises to 1; B4 and B2 are plotted.

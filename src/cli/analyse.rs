@@ -125,15 +125,15 @@ pub(crate) fn run(a: AnalyseArgs) -> Result<()> {
             }
             None => Default::default(),
         };
-        let probe = simsiam::analyse::Probe {
-            model: &net.model,
-            images: images.shallow_clone(),
-            aug: &aug,
-            aug_cfg: &cfg.augment,
-            image_size: cfg.data.image_size,
+        let probe = simsiam::analyse::Probe::new(
+            &net.model,
+            images.shallow_clone(),
+            &aug,
+            &cfg.augment,
+            cfg.data.image_size,
             k,
             train_bn,
-        };
+        );
         tch::manual_seed(cfg.run.seed as i64);
         let all = what == AnalyseWhat::All;
         let mut out = serde_json::Map::new();

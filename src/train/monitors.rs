@@ -79,15 +79,16 @@ impl<'a> EpochMonitors<'a> {
         if cfg.monitor.instances {
             let src = self.test.unwrap_or(self.train);
             let n = cfg.monitor.instances_n.min(src.len());
-            let probe = crate::analyse::Probe {
-                model: &net.model,
-                images: src.images.narrow(0, 0, n as i64).to_device(self.device),
+            let images = src.images.narrow(0, 0, n as i64).to_device(self.device);
+            let probe = crate::analyse::Probe::new(
+                &net.model,
+                images,
                 aug,
-                aug_cfg: &cfg.augment,
-                image_size: cfg.data.image_size,
-                k: cfg.monitor.instances_k,
-                train_bn: false,
-            };
+                &cfg.augment,
+                cfg.data.image_size,
+                cfg.monitor.instances_k,
+                false,
+            );
             let v = probe.instances(&[n], false);
             let row = &v["by_size"][0];
             log.write(json!({
