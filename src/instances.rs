@@ -217,6 +217,9 @@ fn views_by_batch(
     mut f: impl FnMut(Tensor, Tensor),
 ) {
     let n = images.size()[0];
+    // Minutes of work on a CPU at the analyses' defaults: a line every few minutes says where
+    // it is (no bar: the per-epoch monitors run this inside training's bar).
+    let progress = crate::progress::Progress::log_only((n as usize * k) as u64, "views for the instance centres");
     for s in (0..n).step_by(batch as usize) {
         let b = images.narrow(0, s, batch.min(n - s));
         let (mut zk, mut yk) = (Vec::new(), Vec::new());
@@ -224,6 +227,7 @@ fn views_by_batch(
             let (y, z) = model.features_and_projection(&aug.view(&b), train_bn);
             zk.push(l2_normalize(&z));
             yk.push(l2_normalize(&y));
+            progress.inc(b.size()[0] as u64);
         }
         f(Tensor::stack(&zk, 1), Tensor::stack(&yk, 1));
     }
