@@ -1,7 +1,8 @@
 //! Progress for long work (decoding a dataset, training, kNN features, embedding, a linear
 //! probe, the analyses' instance centres). Bars draw on stderr and only when it is a terminal
-//! (indicatif hides them otherwise), so logs and tests stay clean; where a bar cannot draw (a job's log file), [`Progress`] prints
-//! a plain line every few minutes instead, so a long job's log still says how far it is.
+//! (indicatif hides them otherwise), so logs and tests stay clean; where a bar cannot draw (a
+//! job's log file), [`Progress`] prints a plain line every few minutes instead, so a long job's
+//! log still says how far it is.
 use indicatif::{HumanDuration, ProgressBar, ProgressStyle};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
