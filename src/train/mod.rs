@@ -431,14 +431,19 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         }
         Ok(any[0])
     };
-    // Ctrl-C: rank 0 saves a checkpoint at this position; every rank stops.
-    let interrupted = |net: &Network, opt: &Sgd, pos: Position, state: &RunState| -> Result<Summary> {
+    // Ctrl-C: rank 0 saves a checkpoint at this position (unless the newest one, `saved_at`, is
+    // already there); every rank stops.
+    let interrupted = |net: &Network, opt: &Sgd, pos: Position, state: &RunState, saved_at: Option<usize>| {
         pb.abandon();
-        if lead {
+        if lead && saved_at != Some(pos.global_step) {
             let dir = save_checkpoint(cfg, &run_dir, net, opt, timed(pos), state)?;
             eprintln!("checkpoint written to {}", dir.display());
         }
-        Err(Error::Interrupted { epoch: pos.epoch, step: pos.global_step, dir: run_dir.display().to_string() })
+        Err::<Summary, _>(Error::Interrupted {
+            epoch: pos.epoch,
+            step: pos.global_step,
+            dir: run_dir.display().to_string(),
+        })
     };
 
     let mut stepper = crate::graph::Stepper::new(cfg.run.cuda_graph, device);
@@ -453,15 +458,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
     // would have), a resumed one as its checkpoint left it. (A job's ranks agree at their first
     // sync point instead.)
     if group.is_none() && control.interrupt.load(Ordering::SeqCst) && pos.epoch < cfg.run.epochs {
-        if saved_at == Some(pos.global_step) {
-            pb.abandon();
-            return Err(Error::Interrupted {
-                epoch: pos.epoch,
-                step: pos.global_step,
-                dir: run_dir.display().to_string(),
-            });
-        }
-        return interrupted(&net, &opt, pos, &state);
+        return interrupted(&net, &opt, pos, &state, saved_at);
     }
     while pos.epoch < cfg.run.epochs {
         if control.until_epoch.is_some_and(|u| pos.epoch >= u) {
@@ -574,7 +571,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 ));
             }
             if stop {
-                return interrupted(&net, &opt, pos, &state);
+                return interrupted(&net, &opt, pos, &state, saved_at);
             }
             // In a log file (no bar), a line every few minutes within a long epoch (its end
             // has its own line).
@@ -600,7 +597,7 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
             }
         }
         if sync_point(&mut log, &mut summary, &last_ckpt, &opt, pos)? {
-            return interrupted(&net, &opt, pos, &state);
+            return interrupted(&net, &opt, pos, &state, saved_at);
         }
         // Judged before the epoch monitors write their lines; said after the epoch's own line.
         let collapse = log.collapse_check(pos.epoch, pos.global_step.saturating_sub(1), &objective)?;
