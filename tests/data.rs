@@ -759,3 +759,70 @@ fn store_resize_matches_torchvision() {
         }
     }
 }
+
+/// An archive reads as the folder it unpacks to, whatever order its members were written in
+/// (`tar` writes them in the file system's order): the same classes (the folders below the
+/// prefix the images share, subfolders counting for their class as with torchvision's
+/// `ImageFolder`), the same order, the same pixels and so the same digest.
+#[test]
+fn an_archive_reads_as_its_folder_whatever_its_member_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let files = [
+        "dog/1.png",
+        "dog/0.png",
+        "dog/sub/2.png",
+        "dog/sub/deeper/3.png",
+        "cat/9.png",
+        "cat/x/5.png",
+        "bird/a/b/7.png",
+    ];
+    for (i, f) in files.iter().enumerate() {
+        std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+        common::save_rgb(&root.join(f), 8 + i as u32, 8, i as u64);
+    }
+    let folder = load(&root, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!(folder.classes, ["bird", "cat", "dog"]);
+    assert_eq!(Vec::<i64>::try_from(&folder.labels).unwrap(), vec![0, 1, 1, 2, 2, 2, 2]);
+    // Members in reverse order, below a prefix, gzipped.
+    let archive = tmp.path().join("photos.tar.gz");
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        std::fs::File::create(&archive).unwrap(),
+        flate2::Compression::fast(),
+    ));
+    let mut members = files.to_vec();
+    members.sort();
+    for f in members.iter().rev() {
+        b.append_path_with_name(root.join(f), format!("photos/train/{f}")).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap();
+    let s = load(&archive, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!(s.classes, folder.classes);
+    assert_eq!(Vec::<i64>::try_from(&s.labels).unwrap(), Vec::<i64>::try_from(&folder.labels).unwrap());
+    let tail = |n: &String| n.rsplit("train/").next().unwrap().to_string();
+    let ends = |n: &String| n.strip_prefix(&format!("{}/", root.display())).unwrap().to_string();
+    assert_eq!(s.names.iter().map(tail).collect::<Vec<_>>(), folder.names.iter().map(ends).collect::<Vec<_>>());
+    assert!(s.images.equal(&folder.images), "the archive's pixels or order differ from the folder's");
+    assert_eq!(s.digest(), folder.digest());
+
+    // Images all in one folder: that folder is their class.
+    let one = tmp.path().join("one.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&one).unwrap());
+    b.append_path_with_name(root.join("dog/1.png"), "test/dog/1.png").unwrap();
+    b.append_path_with_name(root.join("dog/0.png"), "test/dog/0.png").unwrap();
+    b.into_inner().unwrap();
+    let s = load(&one, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!((s.classes.clone(), s.len()), (vec!["dog".to_string()], 2));
+    assert!(s.names[0].ends_with("test/dog/0.png"), "{:?}", s.names);
+
+    // An image beside the class folders is an error naming it, in the folder as in an archive.
+    common::save_rgb(&root.join("stray.png"), 8, 8, 0);
+    let e = err_text(&root, 8, false);
+    assert!(e.contains("stray.png") && e.contains("beside class folders"), "{e}");
+    let stray = tmp.path().join("stray.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&stray).unwrap());
+    b.append_dir_all("photos/train", &root).unwrap();
+    b.into_inner().unwrap();
+    let e = err_text(&stray, 8, false);
+    assert!(e.contains("\"photos/train/stray.png\"") && e.contains("beside class folders"), "{e}");
+}

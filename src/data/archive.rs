@@ -2,9 +2,14 @@
 //! archives, members `[prefix/]<class>.tar` holding that class's images (the layout ImageNet's
 //! `ILSVRC2012_img_train.tar` ships in, read as it is, without unpacking); or of loose images,
 //! every member `<image>` at the top (unlabelled: for pre-training).
+//!
+//! An archive reads as the folder it unpacks to: the classes are the folders just below the
+//! `prefix` all images share (images in a class folder's subfolders count for that class, as
+//! with torchvision's `ImageFolder`), and the images come in the folder reader's order (by
+//! class, then by path), whatever order the members were written in. So a folder and its
+//! archive give the same store, and the same run.
 use super::{is_image_name, Bytes, Encoded};
 use crate::error::{Error, Result};
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::Path;
 
@@ -16,28 +21,102 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
     } else {
         Box::new(std::io::BufReader::new(file))
     };
-    let mut found = Found { path, out: Vec::new(), classes: BTreeSet::new(), ignored: 0 };
+    let mut found = Found { path, images: Vec::new(), ignored: 0 };
     found.members(tar::Archive::new(reader), None)?;
-    let Found { out, classes, ignored, .. } = found;
-    if out.is_empty() {
+    let Found { images, ignored, .. } = found;
+    if images.is_empty() {
         return Err(Error::data(path, format!("archive holds no images ({})", super::image_kinds())));
     }
     if ignored > 0 {
         eprintln!("note: ignored {ignored} non-image member(s) of {}", path.display());
     }
-    if classes.contains("") {
+    let (out, classes) = classify(path, images)?;
+    if classes.is_empty() {
         eprintln!("note: {} holds no class folders: its {} images are unlabelled", path.display(), out.len());
-        return Ok((out, Vec::new()));
     }
-    Ok((out, classes.into_iter().collect()))
+    Ok((out, classes))
 }
 
-/// The images read so far from the archive at `path`, their classes ("" for loose ones), and
-/// how many other files it holds.
+/// An image read from the archive, its member name (`outer.tar/member` inside a per-class
+/// archive) and where it sat.
+struct Member {
+    image: Encoded,
+    name: String,
+    place: Place,
+}
+
+/// Where an image sat in the archive: the folders of its member path (`Outer`), or the class
+/// of the per-class archive that held it and its path there (`Inner`).
+enum Place {
+    Outer { dirs: Vec<String>, file: String },
+    Inner { class: String, path: Vec<String> },
+}
+
+/// Gives every image its class, and puts them in the folder reader's order: the classes sorted,
+/// each class's images by their path below the class folder. For images outside per-class
+/// archives, the class folders are those just below the folders all images share
+/// (`prefix/<class>/...`); when every image lies in one folder, that folder is the class, and
+/// images at the top are loose (""). An image in the shared folder beside class folders is an
+/// error, as it is in a folder.
+fn classify(path: &Path, images: Vec<Member>) -> Result<(Vec<Encoded>, Vec<String>)> {
+    let outer = || {
+        images.iter().filter_map(|m| match &m.place {
+            Place::Outer { dirs, .. } => Some(dirs),
+            Place::Inner { .. } => None,
+        })
+    };
+    // How many folders every outer image sits under: `prefix/`.
+    let shared = outer().fold(None::<&[String]>, |shared, dirs| {
+        let common = shared.map_or(dirs.len(), |s| s.iter().zip(dirs).take_while(|(a, b)| a == b).count());
+        Some(&dirs[..common])
+    });
+    let shared = shared.map_or(0, <[String]>::len);
+    // The class folders lie just below the shared folders; when every image lies in one
+    // folder, that folder is the class (none for images at the top: loose).
+    let one_folder = outer().all(|dirs| dirs.len() == shared);
+    let depth = if one_folder { shared.checked_sub(1) } else { Some(shared) };
+    // (class, path below the class folder, member), in member order.
+    let mut keyed: Vec<(String, Vec<String>, Member)> = images
+        .into_iter()
+        .map(|m| match &m.place {
+            Place::Inner { class, path } => (class.clone(), path.clone(), m),
+            Place::Outer { dirs, file } => {
+                let (class, below) = match depth.and_then(|d| Some((d, dirs.get(d)?))) {
+                    Some((d, class)) => (class.clone(), &dirs[d + 1..]),
+                    None => (String::new(), &[][..]),
+                };
+                let below = below.iter().chain([file]).cloned().collect();
+                (class, below, m)
+            }
+        })
+        .collect();
+    // Either every image is loose, or none is: an image beside class folders has no class.
+    let loose = keyed.iter().filter(|(class, ..)| class.is_empty()).count();
+    if loose > 0 && loose < keyed.len() {
+        let first =
+            |is_loose: bool| keyed.iter().find(|(class, ..)| class.is_empty() == is_loose).map(|(.., m)| &m.name);
+        let (name, example) = (first(true).expect("a loose image"), first(false).expect("a class image"));
+        return Err(Error::data(
+            path,
+            format!(
+                "member {name:?} is a loose image beside class folders (as {example:?}): expected \
+                 [prefix/]<class>/<image> (or <class>.tar) for every image, or <image> for every image"
+            ),
+        ));
+    }
+    // A stable sort: equal keys (one path twice in the archive) keep their member order.
+    keyed.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let mut classes: Vec<String> = keyed.iter().map(|(class, ..)| class.clone()).filter(|c| !c.is_empty()).collect();
+    classes.dedup();
+    let out = keyed.into_iter().map(|(class, _, m)| Encoded { class, ..m.image }).collect();
+    Ok((out, classes))
+}
+
+/// The images read so far from the archive at `path`, where each sat, and how many other
+/// files it holds.
 struct Found<'a> {
     path: &'a Path,
-    out: Vec<Encoded>,
-    classes: BTreeSet<String>,
+    images: Vec<Member>,
     ignored: usize,
 }
 
@@ -75,34 +154,26 @@ impl Found<'_> {
                 self.ignored += 1;
                 continue;
             }
-            let parts: Vec<&str> = member.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
-            let class = match inner {
-                Some((_, class)) => class.to_string(),
-                // A loose image (no class folder) has class "".
-                None if parts.len() < 2 => String::new(),
-                None => parts[parts.len() - 2].to_string(),
-            };
+            let mut parts: Vec<String> =
+                member.split('/').filter(|p| !p.is_empty() && *p != ".").map(str::to_string).collect();
+            let file = parts.pop().unwrap_or_default();
             let name = within(&member);
-            let loose = class.is_empty();
-            // Either every image is loose, or none is.
-            if self.classes.iter().any(|c| c.is_empty() != loose) {
-                let (this, others) =
-                    if loose { ("a loose image", "in class folders") } else { ("in a class folder", "loose") };
-                return Err(Error::data(
-                    path,
-                    format!("member {name:?} is {this} but earlier images are {others}: expected <class>/<image> (or <class>.tar) for every image, or <image> for every image"),
-                ));
-            }
             let mut bytes = Vec::with_capacity(entry.size() as usize);
             entry
                 .read_to_end(&mut bytes)
                 .map_err(|e| Error::data(super::source_name(path, &name), format!("cannot read member: {e}")))?;
-            self.classes.insert(class.clone());
-            self.out.push(Encoded {
+            let place = match inner {
+                Some((_, class)) => {
+                    Place::Inner { class: class.to_string(), path: parts.into_iter().chain([file]).collect() }
+                }
+                None => Place::Outer { dirs: parts, file },
+            };
+            let image = Encoded {
                 name: super::source_name(path, &name).display().to_string(),
-                class,
+                class: String::new(),
                 bytes: Bytes::Loaded(bytes),
-            });
+            };
+            self.images.push(Member { image, name, place });
         }
         Ok(())
     }

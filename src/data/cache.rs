@@ -24,7 +24,9 @@ use tch::{Device, Kind, Tensor};
 ///    pixel count (it was rounded, and the crop's offset floored: a pixel's shift); PPM and PGM
 ///    files are images, JPEGs with data after their end are read, an archive's hidden folders
 ///    are skipped; the header keeps the sources' sizes.
-const VERSION: u32 = 3;
+/// 4: an archive's images come in its folder's order (by class, then path), not member order,
+///    and its classes are the folders below the shared prefix (not each image's own folder).
+const VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct Header {

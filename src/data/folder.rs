@@ -25,6 +25,24 @@ pub(crate) fn read(root: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
         }
         eprintln!("note: {} holds no class folders: its {} images are unlabelled", root.display(), out.len());
     }
+    if !class_dirs.is_empty() {
+        // Beside class folders, an image at the top has no class: an error, as in an archive
+        // (torchvision's `ImageFolder` passes over it silently); other files are counted.
+        let mut top: Vec<_> = std::fs::read_dir(root)
+            .map_err(|e| Error::io(root, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .collect();
+        top.sort();
+        if let Some(image) = top.iter().find(|f| is_image_name(&f.to_string_lossy())) {
+            return Err(Error::data(
+                image,
+                "a loose image beside class folders: expected root/<class>/<image> for every image, or root/<image> for every image",
+            ));
+        }
+        ignored += top.len();
+    }
     let mut classes = Vec::new();
     for dir in class_dirs {
         let class = dir.file_name().to_string_lossy().to_string();
