@@ -760,21 +760,26 @@ fn store_resize_matches_torchvision() {
     }
 }
 
-/// An archive reads as the folder it unpacks to, whatever order its members were written in
-/// (`tar` writes them in the file system's order): the same classes (the folders below the
-/// prefix the images share, subfolders counting for their class as with torchvision's
-/// `ImageFolder`), the same order, the same pixels and so the same digest.
+/// A folder's images come in torchvision's `ImageFolder` order, so that row i of a store (and
+/// of `embed`'s arrays) is `ImageFolder(root).samples[i]`; an archive reads as the folder it
+/// unpacks to, whatever order its members were written in (`tar` writes them in the file
+/// system's order): the same classes (the folders below the prefix the images share,
+/// subfolders counting for their class), the same order, the same pixels, the same digest.
 #[test]
-fn an_archive_reads_as_its_folder_whatever_its_member_order() {
+fn folders_and_their_archives_read_in_image_folder_order() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     let files = [
-        "dog/1.png",
-        "dog/0.png",
-        "dog/sub/2.png",
-        "dog/sub/deeper/3.png",
-        "cat/9.png",
+        "dog/b.png",
+        "dog/a/x.png",
+        "dog/a.b/y.png",
+        "dog/a/sub/z.png",
+        "dog/c.png",
+        "dog/A.png",
+        "dog/a b/w.png",
+        "dog/a-b/v.png",
         "cat/x/5.png",
+        "cat/9.png",
         "bird/a/b/7.png",
     ];
     for (i, f) in files.iter().enumerate() {
@@ -783,7 +788,24 @@ fn an_archive_reads_as_its_folder_whatever_its_member_order() {
     }
     let folder = load(&root, DataFormat::Auto, Split::Train, 8, false).unwrap();
     assert_eq!(folder.classes, ["bird", "cat", "dog"]);
-    assert_eq!(Vec::<i64>::try_from(&folder.labels).unwrap(), vec![0, 1, 1, 2, 2, 2, 2]);
+    // What torchvision 0.26's `ImageFolder(root).samples` lists for this tree (run here): a
+    // class folder's own files first, then its subfolders by their path as a string.
+    let image_folder = [
+        "bird/a/b/7.png",
+        "cat/9.png",
+        "cat/x/5.png",
+        "dog/A.png",
+        "dog/b.png",
+        "dog/c.png",
+        "dog/a/x.png",
+        "dog/a b/w.png",
+        "dog/a-b/v.png",
+        "dog/a.b/y.png",
+        "dog/a/sub/z.png",
+    ];
+    let ends = |n: &String| n.strip_prefix(&format!("{}/", root.display())).unwrap().to_string();
+    assert_eq!(folder.names.iter().map(ends).collect::<Vec<_>>(), image_folder);
+    assert_eq!(Vec::<i64>::try_from(&folder.labels).unwrap(), vec![0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2]);
     // Members in reverse order, below a prefix, gzipped.
     let archive = tmp.path().join("photos.tar.gz");
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
@@ -799,21 +821,20 @@ fn an_archive_reads_as_its_folder_whatever_its_member_order() {
     let s = load(&archive, DataFormat::Auto, Split::Train, 8, false).unwrap();
     assert_eq!(s.classes, folder.classes);
     assert_eq!(Vec::<i64>::try_from(&s.labels).unwrap(), Vec::<i64>::try_from(&folder.labels).unwrap());
-    let tail = |n: &String| n.rsplit("train/").next().unwrap().to_string();
-    let ends = |n: &String| n.strip_prefix(&format!("{}/", root.display())).unwrap().to_string();
-    assert_eq!(s.names.iter().map(tail).collect::<Vec<_>>(), folder.names.iter().map(ends).collect::<Vec<_>>());
+    let tail = |n: &String| n.rsplit_once("train/").unwrap().1.to_string();
+    assert_eq!(s.names.iter().map(tail).collect::<Vec<_>>(), image_folder);
     assert!(s.images.equal(&folder.images), "the archive's pixels or order differ from the folder's");
     assert_eq!(s.digest(), folder.digest());
 
     // Images all in one folder: that folder is their class.
     let one = tmp.path().join("one.tar");
     let mut b = tar::Builder::new(std::fs::File::create(&one).unwrap());
-    b.append_path_with_name(root.join("dog/1.png"), "test/dog/1.png").unwrap();
-    b.append_path_with_name(root.join("dog/0.png"), "test/dog/0.png").unwrap();
+    b.append_path_with_name(root.join("dog/c.png"), "test/dog/c.png").unwrap();
+    b.append_path_with_name(root.join("dog/b.png"), "test/dog/b.png").unwrap();
     b.into_inner().unwrap();
     let s = load(&one, DataFormat::Auto, Split::Train, 8, false).unwrap();
     assert_eq!((s.classes.clone(), s.len()), (vec!["dog".to_string()], 2));
-    assert!(s.names[0].ends_with("test/dog/0.png"), "{:?}", s.names);
+    assert!(s.names[0].ends_with("test/dog/b.png"), "{:?}", s.names);
 
     // An image beside the class folders is an error naming it, in the folder as in an archive.
     common::save_rgb(&root.join("stray.png"), 8, 8, 0);

@@ -5,9 +5,9 @@
 //!
 //! An archive reads as the folder it unpacks to: the classes are the folders just below the
 //! `prefix` all images share (images in a class folder's subfolders count for that class, as
-//! with torchvision's `ImageFolder`), and the images come in the folder reader's order (by
-//! class, then by path), whatever order the members were written in. So a folder and its
-//! archive give the same store, and the same run.
+//! with torchvision's `ImageFolder`), and the images come in the folder reader's order
+//! (`ImageFolder`'s), whatever order the members were written in. So a folder and its archive
+//! give the same store, and the same run.
 use super::{is_image_name, Bytes, Encoded};
 use crate::error::{Error, Result};
 use std::io::Read;
@@ -53,7 +53,7 @@ enum Place {
 }
 
 /// Gives every image its class, and puts them in the folder reader's order: the classes sorted,
-/// each class's images by their path below the class folder. For images outside per-class
+/// each class's images in `ImageFolder`'s order below the class folder. For images outside per-class
 /// archives, the class folders are those just below the folders all images share
 /// (`prefix/<class>/...`); when every image lies in one folder, that folder is the class, and
 /// images at the top are loose (""). An image in the shared folder beside class folders is an
@@ -75,18 +75,20 @@ fn classify(path: &Path, images: Vec<Member>) -> Result<(Vec<Encoded>, Vec<Strin
     // folder, that folder is the class (none for images at the top: loose).
     let one_folder = outer().all(|dirs| dirs.len() == shared);
     let depth = if one_folder { shared.checked_sub(1) } else { Some(shared) };
-    // (class, path below the class folder, member), in member order.
-    let mut keyed: Vec<(String, Vec<String>, Member)> = images
+    // (class, `ImageFolder`'s order below the class folder, member), in member order.
+    let mut keyed: Vec<(String, (String, String), Member)> = images
         .into_iter()
         .map(|m| match &m.place {
-            Place::Inner { class, path } => (class.clone(), path.clone(), m),
+            Place::Inner { class, path } => {
+                let (file, folders) = path.split_last().expect("a member path has a file name");
+                (class.clone(), super::image_folder_order(&folders.join("/"), file), m)
+            }
             Place::Outer { dirs, file } => {
                 let (class, below) = match depth.and_then(|d| Some((d, dirs.get(d)?))) {
                     Some((d, class)) => (class.clone(), &dirs[d + 1..]),
                     None => (String::new(), &[][..]),
                 };
-                let below = below.iter().chain([file]).cloned().collect();
-                (class, below, m)
+                (class, super::image_folder_order(&below.join("/"), file), m)
             }
         })
         .collect();

@@ -24,8 +24,9 @@ use tch::{Device, Kind, Tensor};
 ///    pixel count (it was rounded, and the crop's offset floored: a pixel's shift); PPM and PGM
 ///    files are images, JPEGs with data after their end are read, an archive's hidden folders
 ///    are skipped; the header keeps the sources' sizes.
-/// 4: an archive's images come in its folder's order (by class, then path), not member order,
-///    and its classes are the folders below the shared prefix (not each image's own folder).
+/// 4: a folder's images come in torchvision's `ImageFolder` order (a class folder's own files
+///    before its subfolders'), an archive's in its folder's order (not member order), and an
+///    archive's classes are the folders below the shared prefix (not each image's own folder).
 const VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize)]

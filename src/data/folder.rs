@@ -60,11 +60,12 @@ pub(crate) fn read(root: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
 }
 
 /// Reads the images under `dir`, in its subfolders too (as torchvision's `ImageFolder` does),
-/// each folder's entries sorted by name, as `class`; counts other files. Hidden files and
-/// folders are passed over.
+/// in `ImageFolder`'s order ([`super::image_folder_order`]), as `class`; counts other files.
+/// Hidden files and folders are passed over.
 fn read_images(dir: &Path, class: &str, out: &mut Vec<Encoded>, ignored: &mut usize) -> Result<()> {
     let hidden = |e: &walkdir::DirEntry| e.depth() > 0 && e.file_name().to_string_lossy().starts_with('.');
-    let walk = walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name();
+    let walk = walkdir::WalkDir::new(dir).follow_links(true);
+    let mut found = Vec::new();
     for entry in walk.into_iter().filter_entry(|e| !hidden(e)) {
         let entry = entry.map_err(|e| {
             let at = e.path().unwrap_or(dir).to_path_buf();
@@ -73,12 +74,20 @@ fn read_images(dir: &Path, class: &str, out: &mut Vec<Encoded>, ignored: &mut us
         if !entry.file_type().is_file() {
             continue;
         }
-        if !is_image_name(&entry.file_name().to_string_lossy()) {
+        let file = entry.file_name().to_string_lossy().to_string();
+        if !is_image_name(&file) {
             *ignored += 1;
             continue;
         }
         let f = entry.into_path();
-        out.push(Encoded { name: f.display().to_string(), class: class.to_string(), bytes: Bytes::File(f) });
+        let folder = f.parent().and_then(|p| p.strip_prefix(dir).ok()).unwrap_or(Path::new(""));
+        found.push((super::image_folder_order(&folder.to_string_lossy(), &file), f));
     }
+    found.sort();
+    out.extend(found.into_iter().map(|(_, f)| Encoded {
+        name: f.display().to_string(),
+        class: class.to_string(),
+        bytes: Bytes::File(f),
+    }));
     Ok(())
 }

@@ -309,6 +309,15 @@ pub(crate) fn is_image_name(name: &str) -> bool {
     IMAGE_EXTENSIONS.iter().any(|e| lower.ends_with(e))
 }
 
+/// The key that puts a class's images in torchvision's `ImageFolder` order: by the folder
+/// below the class folder that holds the image (`""`, `"a"`, `"a/sub"`), compared as a string,
+/// as Python's `sorted(os.walk(class_dir))` compares them ("a" < "a b" < "a.b" < "a/sub"),
+/// then by file name. The folder and archive readers sort by it, so an image's row is its index
+/// in `ImageFolder(root).samples`.
+pub(crate) fn image_folder_order(folder: &str, file: &str) -> (String, String) {
+    (folder.to_string(), file.to_string())
+}
+
 /// "no .jpg, .jpeg, ... images" for error messages.
 pub(crate) fn image_kinds() -> String {
     IMAGE_EXTENSIONS.join(", ")
