@@ -416,6 +416,64 @@ fn reads_webp_bmp_tiff_ppm_and_pgm() {
     assert_eq!((y.int64_value(&[2, 5, 0]), y.int64_value(&[2, 5, 1]), y.int64_value(&[2, 5, 2])), (152, 152, 152));
 }
 
+/// Each colour mode and format decodes to what PIL's `convert("RGB")` gives, torchvision's
+/// `ImageFolder` loader (`tests/fixtures/colour/`, `scripts/reference/colour_fixture.py`):
+/// exactly, but for JPEGs, whose decoders (libjpeg-turbo's and the image crate's) round the
+/// inverse DCT and upsample chroma a little differently. A JPEG's EXIF orientation is not applied, as PIL's
+/// loader does not apply it: rotated, the image would be far off.
+#[test]
+fn colours_are_pils_in_every_mode_and_format() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/colour");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let pil_path = entry.unwrap().path();
+        let Some(file) = pil_path.file_name().unwrap().to_str().unwrap().strip_suffix(".pil.rgb").map(str::to_string)
+        else {
+            continue;
+        };
+        let ours = simsiam::data::decode_to_square(&std::fs::read(dir.join(&file)).unwrap(), 24).unwrap();
+        let pil = std::fs::read(&pil_path).unwrap();
+        let diff: Vec<i32> = ours.iter().zip(&pil).map(|(a, b)| (*a as i32 - *b as i32).abs()).collect();
+        let (mean, max) = (diff.iter().sum::<i32>() as f64 / diff.len() as f64, *diff.iter().max().unwrap());
+        eprintln!("{file}: mean |difference| {mean:.3}, max {max}");
+        let (mean_at_most, max_at_most) = if file.ends_with(".jpg") { (1.0, 4) } else { (0.0, 0) };
+        assert!(
+            ours.len() == pil.len() && mean <= mean_at_most && max <= max_at_most,
+            "{file}: mean |difference| {mean:.3}, max {max} against PIL's"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 19, "fixtures in {}", dir.display());
+}
+
+/// 16-bit PNGs give each sample's high byte, as PIL reads 16-bit RGB and RGBA PNGs (Pillow
+/// 13.0, checked here: `convert("RGB")` equals v >> 8 on random samples); the image crate's own
+/// conversion rounds v / 257, one level higher for a quarter of the samples. 16-bit grey is cut
+/// the same way (PIL clips it at 255 instead: nearly white).
+#[test]
+fn sixteen_bit_pngs_keep_the_high_byte_as_pil_does() {
+    use simsiam::data::decode_to_square;
+    let v = |x: u32, y: u32, c: u32| (x * 7919 + y * 104_729 + c * 15_485_863) as u16 | 0x80;
+    let rgb = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(8, 8, |x, y| {
+        image::Rgb([v(x, y, 0), v(x, y, 1), v(x, y, 2)])
+    });
+    let rgba = image::ImageBuffer::<image::Rgba<u16>, _>::from_fn(8, 8, |x, y| {
+        image::Rgba([v(x, y, 0), v(x, y, 1), v(x, y, 2), v(x, y, 3)])
+    });
+    let grey = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(8, 8, |x, y| image::Luma([v(x, y, 0)]));
+    let png = |img: image::DynamicImage| {
+        let mut bytes = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+        decode_to_square(bytes.get_ref(), 8).unwrap()
+    };
+    let high = |x: u32, y: u32, c: u32| (v(x, y, c) >> 8) as u8;
+    let want: Vec<u8> = (0..8).flat_map(|y| (0..8).flat_map(move |x| (0..3).map(move |c| high(x, y, c)))).collect();
+    assert_eq!(png(rgb.into()), want);
+    assert_eq!(png(rgba.into()), want);
+    let want: Vec<u8> = (0..8).flat_map(|y| (0..8).flat_map(move |x| [high(x, y, 0); 3])).collect();
+    assert_eq!(png(grey.into()), want);
+}
+
 /// An experiment's arms share one decode (`train::SharedStores`): a second run with the same data
 /// fields and seed reuses the stores and trains exactly as a run that decoded its own; a change
 /// to a data field decodes again.

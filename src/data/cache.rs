@@ -26,7 +26,8 @@ use tch::{Device, Kind, Tensor};
 ///    are skipped; the header keeps the sources' sizes.
 /// 4: a folder's images come in torchvision's `ImageFolder` order (a class folder's own files
 ///    before its subfolders'), an archive's in its folder's order (not member order), and an
-///    archive's classes are the folders below the shared prefix (not each image's own folder).
+///    archive's classes are the folders below the shared prefix (not each image's own folder);
+///    16-bit PNGs keep each sample's high byte, as PIL does (they were rounded, v / 257).
 const VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize)]

@@ -47,7 +47,7 @@ fn decode_square(bytes: &[u8], size: usize) -> std::result::Result<(Vec<u8>, u32
         return Err("truncated JPEG: no end-of-image marker after its image data".into());
     }
     let img = image::load_from_memory_with_format(bytes, format).map_err(|e| format!("cannot decode: {e}"))?;
-    let rgb = img.to_rgb8();
+    let rgb = to_rgb8(img);
     let (w, h) = rgb.dimensions();
     if w == 0 || h == 0 {
         return Err("empty image".into());
@@ -68,6 +68,28 @@ fn decode_square(bytes: &[u8], size: usize) -> std::result::Result<(Vec<u8>, u32
     let (x0, y0) = (offset(nw), offset(nh));
     let crop = image::imageops::crop_imm(&resized, x0, y0, size32, size32).to_image();
     Ok((crop.into_raw(), short))
+}
+
+/// The image as 8-bit RGB, as PIL's `convert("RGB")` gives it: grey replicated, alpha dropped
+/// (not composited), a palette looked up, and 16-bit samples cut to their high byte, as PIL
+/// reads 16-bit RGB(A) PNGs (the image crate would round, v / 257: one level off for a quarter
+/// of the samples). 16-bit grey is cut the same way, where PIL clips it at 255 (`I;16` to `L`),
+/// which leaves such an image nearly white.
+fn to_rgb8(img: image::DynamicImage) -> image::RgbImage {
+    use image::DynamicImage::{ImageLuma16, ImageLumaA16, ImageRgb16, ImageRgba16};
+    let high = |v: u16| (v >> 8) as u8;
+    let (w, h) = (img.width(), img.height());
+    let rgb: Option<Vec<u8>> = match &img {
+        ImageRgb16(b) => Some(b.as_raw().iter().map(|&v| high(v)).collect()),
+        ImageRgba16(b) => Some(b.pixels().flat_map(|p| [high(p[0]), high(p[1]), high(p[2])]).collect()),
+        ImageLuma16(b) => Some(b.pixels().flat_map(|p| [high(p[0]); 3]).collect()),
+        ImageLumaA16(b) => Some(b.pixels().flat_map(|p| [high(p[0]); 3]).collect()),
+        _ => None,
+    };
+    match rgb {
+        Some(raw) => image::RgbImage::from_raw(w, h, raw).expect("w x h x 3 samples"),
+        None => img.to_rgb8(),
+    }
 }
 
 /// Decodes all images in parallel, each straight into its row of one `[N, size, size, 3]`
