@@ -24,8 +24,11 @@ pub struct Sgd {
     pub wds: Vec<f64>,
     pub momentum: f64,
     pub weight_decay: f64,
-    /// LARS (apex LARC, clip off): scale each parameter's update by
-    /// `trust * ||w|| / (||g|| + wd ||w||)`; `None` = plain SGD.
+    /// LARS as the official code's `main_lincls.py --lars` runs it (`simsiam/optimizer.py`, from
+    /// MoCo v3): a weight matrix's or kernel's update `d = g + wd w` is scaled by
+    /// `trust * ||w|| / ||d||` (1 where either norm is 0); biases and other parameters of one
+    /// dimension or none take the plain gradient, without weight decay or scaling. `None` =
+    /// plain SGD.
     pub lars_trust: Option<f64>,
     /// Use PyTorch's fused kernels (cleared, with a warning, if libtorch refuses them).
     pub fused: bool,
@@ -163,14 +166,16 @@ impl Sgd {
             for &i in idx {
                 let (p, buf) = (&mut self.params[i], &mut self.bufs[i]);
                 let g = p.tensor.grad();
-                let wd = self.wds[p.group];
+                // LARS leaves biases (dim <= 1) alone: no weight decay, no scaling.
+                let lars = self.lars_trust.filter(|_| p.tensor.dim() > 1);
+                let wd = if self.lars_trust.is_some() && lars.is_none() { 0.0 } else { self.wds[p.group] };
                 let mut d = if wd != 0.0 { &g + &p.tensor * wd } else { g.shallow_clone() };
-                if let Some(trust) = self.lars_trust {
-                    // Adaptive lr per parameter; 1 where either norm is 0 (LARC).
-                    let (wn, gn) = (p.tensor.norm(), g.norm());
-                    let ratio = (&wn * trust) / (&gn + &wn * wd + 1e-12);
-                    let ok = wn.gt(0.0).logical_and(&gn.gt(0.0));
-                    d = &d * ratio.where_scalarother(&ok, 1.0); // out of place: d may share the grad's storage
+                if let Some(trust) = lars {
+                    // The layer's own lr: trust ||w|| / ||d||, 1 where either norm is 0.
+                    let (wn, dn) = (p.tensor.norm(), d.norm());
+                    let ok = wn.gt(0.0).logical_and(&dn.gt(0.0));
+                    let ratio = (&wn * trust / dn.clamp_min(f64::MIN_POSITIVE)).where_scalarother(&ok, 1.0);
+                    d = &d * ratio; // out of place: d may share the grad's storage
                 }
                 let b = match buf {
                     Some(b) => {

@@ -35,19 +35,31 @@ fn topk_accuracy_by_hand() {
     assert!((t1 - 100.0 / 3.0).abs() < 1e-4 && (t5 - 200.0 / 3.0).abs() < 1e-4, "{t1} {t5}");
 }
 
+/// The official code's LARS (`main_lincls.py --lars`, `simsiam/optimizer.py`), by hand: a
+/// weight matrix's update `d = g + wd w` is scaled by `trust ||w|| / ||d||`; a bias takes its
+/// plain gradient, without weight decay or scaling.
 #[test]
 fn lars_scales_each_update_by_the_trust_ratio() {
     use simsiam::optim::{Param, Sgd};
-    // w = (3, 4) (norm 5), g = (0, 2) (norm 2), wd = 0.1, trust 0.001, lr 1, no momentum yet:
-    // d = g + wd w = (0.3, 2.4); ratio = 0.001 * 5 / (2 + 0.1 * 5) = 0.002; w -= 1 * 0.002 d.
-    let w = Tensor::from_slice(&[3.0f64, 4.0]).set_requires_grad(true);
-    (&w * Tensor::from_slice(&[0.0f64, 2.0])).sum(Kind::Double).backward();
-    let mut opt = Sgd::new(vec![Param { name: "w".into(), tensor: w.shallow_clone(), group: 0 }], 1, 0.9, 0.1);
+    // w = [[3, 4]] (norm 5), g = [[0, 2]], wd = 0.1, trust 0.001, lr 1, no momentum yet:
+    // d = g + wd w = (0.3, 2.4), ||d|| = sqrt(5.85); ratio = 0.001 * 5 / sqrt(5.85); w -= ratio d.
+    // b = [1], g_b = [0.5]: b -= 0.5.
+    let w = Tensor::from_slice(&[3.0f64, 4.0]).view([1, 2]).set_requires_grad(true);
+    let b = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
+    ((&w * Tensor::from_slice(&[0.0f64, 2.0]).view([1, 2])).sum(Kind::Double) + &b * 0.5).sum(Kind::Double).backward();
+    let params = vec![
+        Param { name: "w".into(), tensor: w.shallow_clone(), group: 0 },
+        Param { name: "b".into(), tensor: b.shallow_clone(), group: 0 },
+    ];
+    let mut opt = Sgd::new(params, 1, 0.9, 0.1);
     opt.lrs = vec![1.0];
     opt.lars_trust = Some(0.001);
     opt.step();
-    let got = Vec::<f64>::try_from(w.detach()).unwrap();
-    assert!((got[0] - (3.0 - 0.002 * 0.3)).abs() < 1e-12 && (got[1] - (4.0 - 0.002 * 2.4)).abs() < 1e-12, "{got:?}");
+    let ratio = 0.001 * 5.0 / 5.85f64.sqrt();
+    let got = Vec::<f64>::try_from(w.detach().view([-1])).unwrap();
+    let want = [3.0 - ratio * 0.3, 4.0 - ratio * 2.4];
+    assert!((got[0] - want[0]).abs() < 1e-12 && (got[1] - want[1]).abs() < 1e-12, "{got:?} against {want:?}");
+    assert_eq!(b.detach().double_value(&[0]), 0.5);
     // The probe with LARS learns the separable set too.
     tch::manual_seed(0);
     let y = Tensor::arange(400, (Kind::Int64, Device::Cpu)).remainder(4);
