@@ -905,3 +905,53 @@ fn folders_and_their_archives_read_in_image_folder_order() {
     let e = err_text(&stray, 8, false);
     assert!(e.contains("\"photos/train/stray.png\"") && e.contains("beside class folders"), "{e}");
 }
+
+/// Links in an archive read as unpacking it would make them: a hard link (GNU tar writes a
+/// file's second path as one) and a symbolic link, even one to another link, are their
+/// targets' images, where they were passed over; one to nothing the archive holds is an error
+/// naming it, as a dangling link is in a folder.
+#[test]
+fn links_in_an_archive_are_the_images_they_name() {
+    use tar::{EntryType, Header};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    for (i, f) in ["cat/1.png", "cat/2.png", "dog/3.png"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+        common::save_rgb(&root.join(f), 8, 8, i as u64 + 5);
+    }
+    std::fs::hard_link(root.join("cat/1.png"), root.join("dog/hard.png")).unwrap();
+    std::os::unix::fs::symlink("../cat/2.png", root.join("dog/soft.png")).unwrap();
+    std::os::unix::fs::symlink("hard.png", root.join("dog/soft-to-hard.png")).unwrap();
+    let folder = load(&root, DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!(folder.len(), 6);
+
+    let link = |b: &mut tar::Builder<std::fs::File>, kind: EntryType, name: &str, target: &str| {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o644);
+        b.append_link(&mut h, name, target).unwrap();
+    };
+    let archive = |name: &str, soft_target: &str| {
+        let path = tmp.path().join(name);
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for f in ["cat/1.png", "cat/2.png", "dog/3.png"] {
+            b.append_path_with_name(root.join(f), format!("./data/{f}")).unwrap();
+        }
+        link(&mut b, EntryType::Link, "./data/dog/hard.png", "./data/cat/1.png");
+        link(&mut b, EntryType::Symlink, "./data/dog/soft.png", soft_target);
+        link(&mut b, EntryType::Symlink, "./data/dog/soft-to-hard.png", "hard.png");
+        b.into_inner().unwrap();
+        path
+    };
+    let s = load(&archive("links.tar", "../cat/2.png"), DataFormat::Auto, Split::Train, 8, false).unwrap();
+    assert_eq!((s.len(), s.classes.clone()), (6, folder.classes.clone()));
+    assert!(s.images.equal(&folder.images), "the archive's pixels differ from its folder's");
+    assert_eq!(s.digest(), folder.digest());
+
+    let e = err_text(&archive("dangling.tar", "../cat/9.png"), 8, false);
+    assert!(e.contains("data/dog/soft.png") && e.contains("data/cat/9.png") && e.contains("does not hold"), "{e}");
+    std::os::unix::fs::symlink("../cat/9.png", root.join("dog/dangling.png")).unwrap();
+    let e = err_text(&root, 8, false);
+    assert!(e.contains("dog/dangling.png") && e.contains("a link to ../cat/9.png, which does not exist"), "{e}");
+}

@@ -6,8 +6,8 @@
 //! An archive reads as the folder it unpacks to: the classes are the folders just below the
 //! `prefix` all images share (images in a class folder's subfolders count for that class, as
 //! with torchvision's `ImageFolder`), and the images come in the folder reader's order
-//! (`ImageFolder`'s), whatever order the members were written in. So a folder and its archive
-//! give the same store, and the same run.
+//! (`ImageFolder`'s), whatever order the members were written in; its links are the images
+//! they name. So a folder and its archive give the same store, and the same run.
 use super::{is_image_name, Bytes, Encoded};
 use crate::error::{Error, Result};
 use std::io::Read;
@@ -21,8 +21,9 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
     } else {
         Box::new(std::io::BufReader::new(file))
     };
-    let mut found = Found { path, images: Vec::new(), ignored: 0 };
+    let mut found = Found { path, images: Vec::new(), links: Vec::new(), ignored: 0 };
     found.members(tar::Archive::new(reader), None)?;
+    found.resolve_links()?;
     let Found { images, ignored, .. } = found;
     if images.is_empty() {
         return Err(Error::data(path, format!("archive holds no images ({})", super::image_kinds())));
@@ -114,15 +115,67 @@ fn classify(path: &Path, images: Vec<Member>) -> Result<(Vec<Encoded>, Vec<Strin
     Ok((out, classes))
 }
 
+/// `target` as a member path (`a/b.png`, without `.`, `..` or empty parts), read from the
+/// folder `from` (a symbolic link's) or, with `from` empty, from the archive's top; None for
+/// an absolute path or one that climbs out of the archive.
+fn normalise(from: &[String], target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = from.iter().map(String::as_str).collect();
+    for p in target.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
 /// The images read so far from the archive at `path`, where each sat, and how many other
 /// files it holds.
 struct Found<'a> {
     path: &'a Path,
     images: Vec<Member>,
+    /// Hard and symbolic links among the images: the index of each in `images` (bytes still
+    /// empty) and the member it names, resolved once the whole archive is read.
+    links: Vec<(usize, String)>,
     ignored: usize,
 }
 
 impl Found<'_> {
+    /// Gives each link the bytes of the image it names (through other links too), as
+    /// unpacking the archive would. A link to nothing the archive holds is an error naming
+    /// it, as a dangling link is in a folder.
+    fn resolve_links(&mut self) -> Result<()> {
+        let links: std::collections::HashMap<usize, &str> = self.links.iter().map(|(i, t)| (*i, t.as_str())).collect();
+        let members: std::collections::HashMap<String, usize> = (self.images.iter().enumerate())
+            .filter_map(|(i, m)| Some((normalise(&[], m.name.trim_start_matches('/'))?, i)))
+            .collect();
+        for &(at, _) in &self.links {
+            let (mut i, mut hops) = (at, 0);
+            while let Some(target) = links.get(&i) {
+                let what = match normalise(&[], target).and_then(|t| members.get(&t)) {
+                    Some(&next) if hops < 40 => {
+                        (i, hops) = (next, hops + 1);
+                        continue;
+                    }
+                    Some(_) => "one of a loop of links",
+                    None => "which the archive does not hold as an image",
+                };
+                let name = &self.images[at].name;
+                return Err(Error::data(self.path, format!("member {name:?} is a link to {target:?}, {what}")));
+            }
+            if let (Bytes::Loaded(bytes), true) = (&self.images[i].image.bytes, i != at) {
+                self.images[at].image.bytes = Bytes::Loaded(bytes.clone());
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the members of `archive`: the outer archive (`inner: None`), or the per-class
     /// archive `inner = (its member name, its class)`, whose images all belong to that class.
     fn members(&mut self, mut archive: tar::Archive<Box<dyn Read + '_>>, inner: Option<(&str, &str)>) -> Result<()> {
@@ -137,7 +190,9 @@ impl Found<'_> {
         };
         for entry in archive.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
-            if !entry.header().entry_type().is_file() {
+            let kind = entry.header().entry_type();
+            let link = kind.is_hard_link() || kind.is_symlink();
+            if !kind.is_file() && !link {
                 continue;
             }
             let member = entry.path().map_err(bad)?.to_string_lossy().to_string();
@@ -147,7 +202,7 @@ impl Found<'_> {
             if member.split('/').any(|p| p.starts_with('.') && p != "." && p != "..") {
                 continue;
             }
-            if inner.is_none() && file_name.to_ascii_lowercase().ends_with(".tar") {
+            if !link && inner.is_none() && file_name.to_ascii_lowercase().ends_with(".tar") {
                 let class = file_name[..file_name.len() - 4].to_string();
                 self.members(tar::Archive::new(Box::new(&mut entry)), Some((&member, &class)))?;
                 continue;
@@ -161,9 +216,22 @@ impl Found<'_> {
             let file = parts.pop().unwrap_or_default();
             let name = within(&member);
             let mut bytes = Vec::with_capacity(entry.size() as usize);
-            entry
-                .read_to_end(&mut bytes)
-                .map_err(|e| Error::data(super::source_name(path, &name), format!("cannot read member: {e}")))?;
+            if link {
+                // Its bytes are the named member's: a hard link names it from the archive's
+                // top (GNU tar writes a file's first path in full, the others as links to it),
+                // a symbolic link from the link's own folder.
+                let target = entry.link_name().map_err(bad)?.unwrap_or_default().to_string_lossy().to_string();
+                let from = if kind.is_symlink() { &parts[..] } else { &[] };
+                let target = match normalise(from, &target) {
+                    Some(t) => within(&t),
+                    None => format!("{target} (outside the archive)"),
+                };
+                self.links.push((self.images.len(), target));
+            } else {
+                entry
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| Error::data(super::source_name(path, &name), format!("cannot read member: {e}")))?;
+            }
             let place = match inner {
                 Some((_, class)) => {
                     Place::Inner { class: class.to_string(), path: parts.into_iter().chain([file]).collect() }

@@ -27,7 +27,8 @@ use tch::{Device, Kind, Tensor};
 /// 4: a folder's images come in torchvision's `ImageFolder` order (a class folder's own files
 ///    before its subfolders'), an archive's in its folder's order (not member order), and an
 ///    archive's classes are the folders below the shared prefix (not each image's own folder);
-///    16-bit PNGs keep each sample's high byte, as PIL does (they were rounded, v / 257).
+///    16-bit PNGs keep each sample's high byte, as PIL does (they were rounded, v / 257); an
+///    archive's hard and symbolic links are the images they name (they were passed over).
 const VERSION: u32 = 4;
 
 #[derive(Serialize, Deserialize)]

@@ -69,7 +69,12 @@ fn read_images(dir: &Path, class: &str, out: &mut Vec<Encoded>, ignored: &mut us
     for entry in walk.into_iter().filter_entry(|e| !hidden(e)) {
         let entry = entry.map_err(|e| {
             let at = e.path().unwrap_or(dir).to_path_buf();
-            Error::data(at, format!("cannot list: {e}"))
+            match std::fs::read_link(&at) {
+                Ok(target) if !at.exists() => {
+                    Error::data(&at, format!("a link to {}, which does not exist", target.display()))
+                }
+                _ => Error::data(&at, format!("cannot list: {e}")),
+            }
         })?;
         if !entry.file_type().is_file() {
             continue;
