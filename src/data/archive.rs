@@ -151,6 +151,9 @@ impl Found<'_> {
     /// unpacking the archive would. A link to nothing the archive holds is an error naming
     /// it, as a dangling link is in a folder.
     fn resolve_links(&mut self) -> Result<()> {
+        if self.links.is_empty() {
+            return Ok(());
+        }
         let links: std::collections::HashMap<usize, &str> = self.links.iter().map(|(i, t)| (*i, t.as_str())).collect();
         let members: std::collections::HashMap<String, usize> = (self.images.iter().enumerate())
             .filter_map(|(i, m)| Some((normalise(&[], m.name.trim_start_matches('/'))?, i)))
