@@ -1029,7 +1029,7 @@ impl Config {
     fn from_table(table: toml::Table, origin: impl Fn(&str) -> String) -> Result<Config> {
         let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
-            Error::config(format!("{}: field `{path}`: {}", origin(&path), e.into_inner()))
+            Error::config(format!("{}: field `{path}`: {}", origin(&path), e.into_inner().message()))
         })?;
         cfg.validate()?;
         Ok(cfg)
