@@ -81,6 +81,8 @@ fn a_bad_value_names_the_flag_or_file_that_set_it() {
     let sets = ["optim.base_lr=0.1".to_string(), "augment.crop_scale=[0.2, 1.0]".into(), "run.seed=x".into()];
     let e = Config::resolve("tiny", Some(&f), &sets).unwrap_err().to_string();
     assert!(e.contains("--set run.seed=x: field `run.seed`"), "{e}");
+    // One line, the field named once (toml's own message adds "in `run.seed`" below it).
+    assert_eq!(e.trim_end().lines().count(), 1, "{e:?}");
     let e = Config::resolve("tiny", Some(&f), &sets[..1]).unwrap_err().to_string();
     assert!(e.contains(&format!("{}: field `augment.crop_scale", f.display())), "the file's field: {e}");
 }
