@@ -153,6 +153,10 @@ pub struct DataConfig {
     /// A folder for decoded archives and image folders: the first load writes the store there
     /// (one raw file and a header), later loads map it into memory instead of decoding.
     pub cache_dir: Option<PathBuf>,
+    /// How many MiB of an archive's encoded images a load keeps while it lists the archive;
+    /// the images past them are read again, in a second pass, as they are decoded. So loading
+    /// ImageNet's 147 GB training tar needs the store's memory, not the store's and the tar's.
+    pub archive_memory_mib: usize,
 }
 
 impl Default for DataConfig {
@@ -167,6 +171,7 @@ impl Default for DataConfig {
             skip_corrupt: false,
             store: StorePlace::Auto,
             cache_dir: None,
+            archive_memory_mib: 1024,
         }
     }
 }

@@ -28,6 +28,11 @@ fn reads_shared_cifar10_test_archive() {
     // Labels follow the member's class folder.
     let i = s.names.iter().position(|n| n.contains("/cat/")).unwrap();
     assert_eq!(s.labels.int64_value(&[i as i64]), 3);
+    // Read in two passes, keeping none of the encoded images while listing them (what a load
+    // does past `data.archive_memory_mib`, as with ImageNet's tar): the same store.
+    let d = simsiam::config::DataConfig { archive_memory_mib: 0, ..Default::default() };
+    let streamed = simsiam::data::open(&dir.join("test.tar.gz"), Split::Test, &d).unwrap();
+    assert!(streamed.images.equal(&s.images) && streamed.labels.equal(&s.labels) && streamed.names == s.names);
 }
 
 #[test]

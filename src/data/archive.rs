@@ -13,16 +13,11 @@ use crate::error::{Error, Result};
 use std::io::Read;
 use std::path::Path;
 
-pub(crate) fn read(path: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let name = path.to_string_lossy().to_ascii_lowercase();
-    let reader: Box<dyn Read> = if name.ends_with(".gz") || name.ends_with(".tgz") {
-        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
-    } else {
-        Box::new(std::io::BufReader::new(file))
-    };
-    let mut found = Found { path, images: Vec::new(), links: Vec::new(), ignored: 0 };
-    found.members(tar::Archive::new(reader), None)?;
+/// Lists the archive's images, keeping the encoded bytes of the first `memory` bytes' worth
+/// of them; the others are `Bytes::Member`, which [`replay`] reads again as they are decoded.
+pub(crate) fn read(path: &Path, memory: usize) -> Result<(Vec<Encoded>, Vec<String>)> {
+    let mut found = Found::new(path, Pass::List { memory });
+    found.members(tar::Archive::new(open(path)?), None)?;
     found.resolve_links()?;
     let Found { images, ignored, .. } = found;
     if images.is_empty() {
@@ -44,6 +39,36 @@ struct Member {
     image: Encoded,
     name: String,
     place: Place,
+}
+
+/// The archive's bytes, through gzip for `.gz` and `.tgz`.
+fn open(path: &Path) -> Result<Box<dyn Read>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    Ok(if name.ends_with(".gz") || name.ends_with(".tgz") {
+        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
+    } else {
+        Box::new(std::io::BufReader::new(file))
+    })
+}
+
+/// Reads the archive again, handing `send` the ordinal and the bytes of each image member
+/// that [`read`] listed without its bytes (`Bytes::Member`) and `wanted` asks for, in the
+/// archive's order. Stops early, without error, when `send` is refused (its reader is gone).
+pub(crate) fn replay(
+    path: &Path,
+    wanted: &(dyn Fn(usize) -> bool + Sync),
+    send: std::sync::mpsc::SyncSender<(usize, Vec<u8>)>,
+) -> Result<()> {
+    let mut found = Found::new(path, Pass::Replay { wanted, send });
+    found.members(tar::Archive::new(open(path)?), None)
+}
+
+/// What a walk over the members does with each image: list it (keeping the bytes of the
+/// first `memory` bytes' worth), or hand the bytes of the wanted ones on.
+enum Pass<'a> {
+    List { memory: usize },
+    Replay { wanted: &'a (dyn Fn(usize) -> bool + Sync), send: std::sync::mpsc::SyncSender<(usize, Vec<u8>)> },
 }
 
 /// Where an image sat in the archive: the folders of its member path (`Outer`), or the class
@@ -139,14 +164,21 @@ fn normalise(from: &[String], target: &str) -> Option<String> {
 /// files it holds.
 struct Found<'a> {
     path: &'a Path,
+    pass: Pass<'a>,
     images: Vec<Member>,
     /// Hard and symbolic links among the images: the index of each in `images` (bytes still
     /// empty) and the member it names, resolved once the whole archive is read.
     links: Vec<(usize, String)>,
+    /// How many image members the walk has met: the next one's ordinal.
+    seen: usize,
     ignored: usize,
 }
 
-impl Found<'_> {
+impl<'a> Found<'a> {
+    fn new(path: &'a Path, pass: Pass<'a>) -> Found<'a> {
+        Found { path, pass, images: Vec::new(), links: Vec::new(), seen: 0, ignored: 0 }
+    }
+
     /// Gives each link the bytes of the image it names (through other links too), as
     /// unpacking the archive would. A link to nothing the archive holds is an error naming
     /// it, as a dangling link is in a folder.
@@ -172,8 +204,12 @@ impl Found<'_> {
                 let name = &self.images[at].name;
                 return Err(Error::data(self.path, format!("member {name:?} is a link to {target:?}, {what}")));
             }
-            if let (Bytes::Loaded(bytes), true) = (&self.images[i].image.bytes, i != at) {
-                self.images[at].image.bytes = Bytes::Loaded(bytes.clone());
+            if i != at {
+                self.images[at].image.bytes = match &self.images[i].image.bytes {
+                    Bytes::Loaded(bytes) => Bytes::Loaded(bytes.clone()),
+                    Bytes::Member(ordinal) => Bytes::Member(*ordinal),
+                    Bytes::File(_) => unreachable!("an archive's images are its members"),
+                };
             }
         }
         Ok(())
@@ -214,6 +250,31 @@ impl Found<'_> {
                 self.ignored += 1;
                 continue;
             }
+            // Both passes meet the same image members in the same order: the ordinal names one.
+            let ordinal = self.seen;
+            self.seen += 1;
+            let keep = match &mut self.pass {
+                Pass::Replay { wanted, send } => {
+                    if !link && wanted(ordinal) {
+                        let mut bytes = Vec::with_capacity(entry.size() as usize);
+                        let name = within(&member);
+                        entry.read_to_end(&mut bytes).map_err(|e| {
+                            Error::data(super::source_name(path, &name), format!("cannot read member: {e}"))
+                        })?;
+                        if send.send((ordinal, bytes)).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+                Pass::List { memory } => {
+                    let keep = !link && entry.size() as usize <= *memory;
+                    if keep {
+                        *memory -= entry.size() as usize;
+                    }
+                    keep
+                }
+            };
             let mut parts: Vec<String> =
                 member.split('/').filter(|p| !p.is_empty() && *p != ".").map(str::to_string).collect();
             let file = parts.pop().unwrap_or_default();
@@ -230,7 +291,7 @@ impl Found<'_> {
                     None => format!("{target} (outside the archive)"),
                 };
                 self.links.push((self.images.len(), target));
-            } else {
+            } else if keep {
                 entry
                     .read_to_end(&mut bytes)
                     .map_err(|e| Error::data(super::source_name(path, &name), format!("cannot read member: {e}")))?;
@@ -244,7 +305,7 @@ impl Found<'_> {
             let image = Encoded {
                 name: super::source_name(path, &name).display().to_string(),
                 class: String::new(),
-                bytes: Bytes::Loaded(bytes),
+                bytes: if keep || link { Bytes::Loaded(bytes) } else { Bytes::Member(ordinal) },
             };
             self.images.push(Member { image, name, place });
         }

@@ -136,7 +136,7 @@ fn remove_abandoned(dir: &Path) {
 
 /// Decodes the archive or folder `path` into the file `tmp`, complete and on disk on return.
 fn decode_into(path: &Path, format: DataFormat, d: &DataConfig, tmp: &Path) -> Result<ImageStore> {
-    let store = decode::decode_all(super::encoded(path, format)?, d.image_size, d.skip_corrupt, path, Some(tmp))?;
+    let store = decode::decode_all(super::encoded(path, format, d)?, d.image_size, d.skip_corrupt, path, Some(tmp))?;
     if store.skipped > 0 {
         // The file holds a row for every image, the unreadable ones unwritten: keep the others.
         let bytes = Vec::<u8>::try_from(store.images.flatten(0, -1))

@@ -96,7 +96,8 @@ fn to_rgb8(img: image::DynamicImage) -> image::RgbImage {
 /// uint8 tensor. An image's encoded bytes are dropped once it is decoded (a folder's files are
 /// read by the decoding threads), and a row's memory is only touched when its image is written,
 /// so loading needs little more than the store (CIFAR-10: 1.0x it from a folder, 1.3x from an
-/// archive, whose encoded bytes are all read first; BENCHMARKS.md). An
+/// archive, whose encoded bytes are read first up to `data.archive_memory_mib`; the members
+/// past that are read again, in a second pass, while the pool decodes them; BENCHMARKS.md). An
 /// unreadable image is an error naming it, unless `skip_corrupt`, in which case it is counted,
 /// reported and left out. With `file`, the rows are that file's pages (a shared mapping made
 /// to the store's size: the disk cache), which the kernel writes back as they fill.
@@ -143,24 +144,77 @@ pub(crate) fn decode_all(
     // The address as an integer, so that the decoding closures can share it.
     let base = images.data_ptr() as usize;
     let pb = crate::progress::Progress::new(n as u64, "images decoded");
-    // Each image's shorter side, or why it cannot be read.
-    let decoded: Vec<std::result::Result<u32, String>> = bytes
-        .into_par_iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let decoded = decode_square(&b.read()?, size);
-            pb.inc(1);
-            Ok(decoded.map(|(px, short)| {
-                assert_eq!(px.len(), row, "decode_to_square gives size x size x 3 bytes");
+    // Decodes one image into each of `rows` (a link's row shows its target's image too):
+    // its shorter side, or why it cannot be read.
+    let decode_into = |rows: &[usize], bytes: &[u8]| {
+        let decoded = decode_square(bytes, size).map(|(px, short)| {
+            assert_eq!(px.len(), row, "decode_to_square gives size x size x 3 bytes");
+            for &i in rows {
                 // SAFETY: `images` is a fresh, contiguous uint8 CPU tensor of `n * row` bytes
-                // that nothing else reads while the images are decoded, and each image i
-                // writes only its own row, bytes `i * row .. (i + 1) * row`.
+                // that nothing else reads while the images are decoded, and each row is
+                // written by the one image it shows, bytes `i * row .. (i + 1) * row`.
                 unsafe { std::ptr::copy_nonoverlapping(px.as_ptr(), (base + i * row) as *mut u8, row) };
-                short
-            }))
+            }
+            short
+        });
+        pb.inc(rows.len() as u64);
+        decoded
+    };
+    // The rows of an archive's members past the memory a load keeps, by member ordinal: their
+    // bytes come from a second pass over the archive.
+    let mut later: Vec<Vec<usize>> = Vec::new();
+    let mut now = Vec::with_capacity(n);
+    for (i, b) in bytes.into_iter().enumerate() {
+        match b {
+            Bytes::Member(k) => {
+                if later.len() <= k {
+                    later.resize(k + 1, Vec::new());
+                }
+                later[k].push(i);
+            }
+            b => now.push((i, b)),
+        }
+    }
+    let mut decoded: Vec<Option<std::result::Result<u32, String>>> = vec![None; n];
+    let done: Vec<(usize, std::result::Result<u32, String>)> =
+        now.into_par_iter().map(|(i, b)| Ok((i, decode_into(&[i], &b.read()?)))).collect::<Result<_>>()?;
+    for (i, d) in done {
+        decoded[i] = Some(d);
+    }
+    if !later.is_empty() {
+        // One thread reads the archive in order, the pool decodes; the channel holds a few
+        // images per decoding thread, so memory stays at the store's.
+        let (send, receive) = std::sync::mpsc::sync_channel(2 * rayon::current_num_threads());
+        let wanted = |k: usize| later.get(k).is_some_and(|rows| !rows.is_empty());
+        let done: Vec<(usize, std::result::Result<u32, String>)> = std::thread::scope(|s| {
+            let reader = s.spawn(|| super::archive::replay(source, &wanted, send));
+            let done = receive
+                .into_iter()
+                .par_bridge()
+                .map(|(k, bytes): (usize, Vec<u8>)| (k, decode_into(&later[k], &bytes)))
+                .collect();
+            reader.join().expect("the archive's reader does not panic").map(|()| done)
+        })?;
+        for (k, d) in done {
+            for &i in &later[k] {
+                decoded[i] = Some(d.clone());
+            }
+        }
+    }
+    pb.finish_and_clear();
+    // Every row got its image, unless the archive changed between the two passes.
+    let decoded: Vec<std::result::Result<u32, String>> = decoded
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            d.ok_or_else(|| {
+                Error::data(
+                    &meta[i].0,
+                    "not found again in the archive's second pass: did the archive change while it was read?",
+                )
+            })
         })
         .collect::<Result<_>>()?;
-    pb.finish_and_clear();
     let mut keep = Vec::with_capacity(n);
     for (i, ((name, _), outcome)) in meta.iter().zip(&decoded).enumerate() {
         match outcome {

@@ -289,6 +289,9 @@ pub(crate) struct Encoded {
 pub(crate) enum Bytes {
     Loaded(Vec<u8>),
     File(PathBuf),
+    /// The archive's image member of this ordinal, read again as it is decoded: past the
+    /// memory a load may keep (`data.archive_memory_mib`).
+    Member(usize),
 }
 
 impl Bytes {
@@ -296,6 +299,7 @@ impl Bytes {
         match self {
             Bytes::Loaded(b) => Ok(std::borrow::Cow::Borrowed(b)),
             Bytes::File(p) => std::fs::read(p).map(std::borrow::Cow::Owned).map_err(|e| Error::io(p, e)),
+            Bytes::Member(_) => unreachable!("an archive's later members are read in its second pass"),
         }
     }
 }
@@ -399,7 +403,7 @@ pub fn open(path: &Path, split: Split, d: &DataConfig) -> Result<ImageStore> {
         (_, Some(dir)) => cache::load(path, format, d, dir),
         (_, None) => {
             let t = std::time::Instant::now();
-            let store = decode::decode_all(encoded(path, format)?, d.image_size, d.skip_corrupt, path, None)?;
+            let store = decode::decode_all(encoded(path, format, d)?, d.image_size, d.skip_corrupt, path, None)?;
             let minutes = t.elapsed().as_secs_f64() / 60.0;
             if minutes >= SLOW_DECODE_MINUTES {
                 eprintln!(
@@ -419,9 +423,9 @@ pub fn open(path: &Path, split: Split, d: &DataConfig) -> Result<ImageStore> {
 }
 
 /// The undecoded images and the class names of an archive (`Tar`) or a folder (`Folder`).
-fn encoded(path: &Path, format: DataFormat) -> Result<(Vec<Encoded>, Vec<String>)> {
+fn encoded(path: &Path, format: DataFormat, d: &DataConfig) -> Result<(Vec<Encoded>, Vec<String>)> {
     match format {
-        DataFormat::Tar => archive::read(path),
+        DataFormat::Tar => archive::read(path, d.archive_memory_mib << 20),
         DataFormat::Folder => folder::read(path),
         other => unreachable!("{other:?} is read without decoding"),
     }
@@ -450,4 +454,87 @@ fn detect(path: &Path) -> Result<DataFormat> {
 
 pub(crate) fn source_name(base: &Path, inner: &str) -> PathBuf {
     PathBuf::from(format!("{}:{}", base.display(), inner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tar::{EntryType, Header};
+
+    fn append(b: &mut tar::Builder<impl std::io::Write>, name: &str, bytes: &[u8]) {
+        let mut h = Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, bytes).unwrap();
+    }
+
+    fn append_link(b: &mut tar::Builder<impl std::io::Write>, kind: EntryType, name: &str, target: &str) {
+        let mut h = Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o644);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+
+    /// A `w x 10` PNG, its pixels from `seed`.
+    fn png(w: u32, seed: u8) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(w, 10, |x, y| image::Rgb([seed, x as u8 * 9, y as u8 * 7]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    /// An archive read in two passes (the images past `data.archive_memory_mib` read again as
+    /// they are decoded) gives the store read in one: all kept, none kept, or some. The
+    /// archive has its members out of order, a hard link after its target, a symbolic link
+    /// before its target, a per-class archive and a cut JPEG (skipped on request).
+    #[test]
+    fn an_archive_read_in_two_passes_is_the_archive_read_in_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut jpeg = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(16, 16, image::Rgb([1, 2, 3]))
+            .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+            .unwrap();
+        let cut = &jpeg.get_ref()[..jpeg.get_ref().len() / 2];
+        let mut inner = tar::Builder::new(Vec::new());
+        append(&mut inner, "i1.png", &png(12, 50));
+        append(&mut inner, "i0.png", &png(13, 51));
+        let inner = inner.into_inner().unwrap();
+        let path = tmp.path().join("mixed.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        append(&mut b, "d/b/3.png", &png(14, 3));
+        append(&mut b, "d/b/cut.jpg", cut);
+        append(&mut b, "d/a/2.png", &png(20, 2));
+        // Memory for these three: the rest is read again, the hard link's target kept.
+        let three = png(14, 3).len() + cut.len() + png(20, 2).len();
+        append(&mut b, "d/a/1.png", &png(10, 1));
+        append(&mut b, "d/c.tar", &inner);
+        append_link(&mut b, EntryType::Link, "d/b/hard.png", "d/a/2.png");
+        append_link(&mut b, EntryType::Symlink, "d/a/soft.png", "../b/later.png");
+        append(&mut b, "d/b/later.png", &png(11, 4));
+        b.into_inner().unwrap();
+
+        let listed = |memory: usize| {
+            let (images, _) = archive::read(&path, memory).unwrap();
+            images.iter().filter(|e| matches!(e.bytes, Bytes::Member(_))).count()
+        };
+        // 1.png, the inner archive's two, later.png and the link to it.
+        assert_eq!((listed(usize::MAX), listed(three), listed(0)), (0, 5, 9), "images read again, of 9");
+        let load =
+            |memory: usize| decode::decode_all(archive::read(&path, memory).unwrap(), 8, true, &path, None).unwrap();
+        let whole = load(usize::MAX);
+        assert_eq!((whole.len(), whole.skipped), (8, 1));
+        assert_eq!(whole.classes, ["a", "b", "c"]);
+        for memory in [0, three] {
+            let s = load(memory);
+            assert!(s.images.equal(&whole.images), "memory {memory}: other pixels");
+            assert_eq!(
+                (&s.names, &s.classes, s.skipped),
+                (&whole.names, &whole.classes, whole.skipped),
+                "memory {memory}"
+            );
+            assert!(s.labels.equal(&whole.labels), "memory {memory}: other labels");
+            assert_eq!(s.source_sides, whole.source_sides, "memory {memory}");
+        }
+    }
 }
