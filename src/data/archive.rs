@@ -33,14 +33,6 @@ pub(crate) fn read(path: &Path, memory: usize) -> Result<(Vec<Encoded>, Vec<Stri
     Ok((out, classes))
 }
 
-/// An image read from the archive, its member name (`outer.tar/member` inside a per-class
-/// archive) and where it sat.
-struct Member {
-    image: Encoded,
-    name: String,
-    place: Place,
-}
-
 /// The archive's bytes, through gzip for `.gz` and `.tgz`.
 fn open(path: &Path) -> Result<Box<dyn Read>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -69,6 +61,14 @@ pub(crate) fn replay(
 enum Pass<'a> {
     List { memory: usize },
     Replay { wanted: &'a (dyn Fn(usize) -> bool + Sync), send: std::sync::mpsc::SyncSender<(usize, Vec<u8>)> },
+}
+
+/// An image read from the archive, its member name (`outer.tar/member` inside a per-class
+/// archive) and where it sat.
+struct Member {
+    image: Encoded,
+    name: String,
+    place: Place,
 }
 
 /// Where an image sat in the archive: the folders of its member path (`Outer`), or the class
