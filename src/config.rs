@@ -155,7 +155,8 @@ pub struct DataConfig {
     pub cache_dir: Option<PathBuf>,
     /// How many MiB of an archive's encoded images a load keeps while it lists the archive;
     /// the images past them are read again, in a second pass, as they are decoded. So loading
-    /// ImageNet's 147 GB training tar needs the store's memory, not the store's and the tar's.
+    /// ImageNet's 147 GB training tar needs about the store's memory, not the store's and the
+    /// tar's.
     pub archive_memory_mib: usize,
 }
 
