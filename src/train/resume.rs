@@ -101,8 +101,8 @@ pub(super) fn restore(
     }
     if saved.train_digest != 0 && saved.train_digest != train.digest() {
         return Err(Error::config(format!(
-            "data.train: not the images the run started on (as many, {train_images}, but other pixels, labels or \
-             classes): a resume needs the same training data (moved is fine)"
+            "data.train: not the images the run started on (as many, {train_images}, but other pixels, labels, \
+             classes or order): a resume needs the same training data, in the same order (moved is fine)"
         )));
     }
     checkpoint::load_model(&mut net.vs, &ckpt).map_err(|e| unreadable(run_dir, &ckpt, e))?;
