@@ -16,10 +16,20 @@ use std::path::Path;
 /// Lists the archive's images, keeping the encoded bytes of the first `memory` bytes' worth
 /// of them; the others are `Bytes::Member`, which [`replay`] reads again as they are decoded.
 pub(crate) fn read(path: &Path, memory: usize) -> Result<(Vec<Encoded>, Vec<String>)> {
-    let mut found = Found::new(path, Pass::List { memory });
+    let mut found = Found::new(path, Pass::List { memory, later: 0 });
     found.members(tar::Archive::new(open(path)?), None)?;
     found.resolve_links()?;
-    let Found { images, ignored, .. } = found;
+    let Found { images, ignored, pass, .. } = found;
+    if let Pass::List { later, .. } = pass {
+        if later > 0 {
+            eprintln!(
+                "note: {}: {:.0} MiB of its images, past data.archive_memory_mib ({} MiB), are read again as they are decoded",
+                path.display(),
+                later as f64 / (1u64 << 20) as f64,
+                memory >> 20
+            );
+        }
+    }
     if images.is_empty() {
         return Err(Error::data(path, format!("archive holds no images ({})", super::image_kinds())));
     }
@@ -59,8 +69,15 @@ pub(crate) fn replay(
 /// What a walk over the members does with each image: list it (keeping the bytes of the
 /// first `memory` bytes' worth), or hand the bytes of the wanted ones on.
 enum Pass<'a> {
-    List { memory: usize },
-    Replay { wanted: &'a (dyn Fn(usize) -> bool + Sync), send: std::sync::mpsc::SyncSender<(usize, Vec<u8>)> },
+    /// `later`: the bytes of the images left for the second pass.
+    List {
+        memory: usize,
+        later: u64,
+    },
+    Replay {
+        wanted: &'a (dyn Fn(usize) -> bool + Sync),
+        send: std::sync::mpsc::SyncSender<(usize, Vec<u8>)>,
+    },
 }
 
 /// An image read from the archive, its member name (`outer.tar/member` inside a per-class
@@ -267,10 +284,12 @@ impl<'a> Found<'a> {
                     }
                     continue;
                 }
-                Pass::List { memory } => {
+                Pass::List { memory, later } => {
                     let keep = !link && entry.size() as usize <= *memory;
                     if keep {
                         *memory -= entry.size() as usize;
+                    } else if !link {
+                        *later += entry.size();
                     }
                     keep
                 }
