@@ -298,7 +298,7 @@ impl<'a> Found<'a> {
                 member.split('/').filter(|p| !p.is_empty() && *p != ".").map(str::to_string).collect();
             let file = parts.pop().unwrap_or_default();
             let name = within(&member);
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            let mut bytes = Vec::with_capacity(if keep { entry.size() as usize } else { 0 });
             if link {
                 // Its bytes are the named member's: a hard link names it from the archive's
                 // top (GNU tar writes a file's first path in full, the others as links to it),
