@@ -536,5 +536,11 @@ mod tests {
             assert!(s.labels.equal(&whole.labels), "memory {memory}: other labels");
             assert_eq!(s.source_sides, whole.source_sides, "memory {memory}");
         }
+        // An archive that lost a member between the passes: an error naming the image.
+        let (mut images, classes) = archive::read(&path, 0).unwrap();
+        images[0].bytes = Bytes::Member(99);
+        let name = images[0].name.clone();
+        let e = decode::decode_all((images, classes), 8, true, &path, None).unwrap_err().to_string();
+        assert!(e.contains(&name) && e.contains("second pass"), "{e}");
     }
 }
