@@ -496,6 +496,22 @@ fn data_describes_a_dataset_and_fills_the_cache() {
     let (again, text) = run(&["--set", &set]);
     assert!(text.contains("read from the cache"), "{text}");
     assert_eq!((&first["per_class"], &again["images"]), (&v["per_class"], &v["images"]));
+    // The digest a resume compares: the same from the cache, and from an archive of the
+    // folder whose members are in another order; another size of the images differs.
+    assert_eq!(v["digest"].as_str().map(str::len), Some(16));
+    assert_eq!((&first["digest"], &again["digest"]), (&v["digest"], &v["digest"]));
+    let archive = tmp.path().join("images.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    for name in ["dogs/1.png", "cats/2.png", "dogs/0.png", "cats/0.png", "cats/1.png"] {
+        b.append_path_with_name(root.join(name), name).unwrap();
+    }
+    b.into_inner().unwrap();
+    let text =
+        ok(bin().args(["data", "--data", archive.to_str().unwrap(), "--set", "data.image_size=16"]).output().unwrap());
+    let tarred: serde_json::Value = serde_json::from_str(text.lines().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert_eq!(tarred["digest"], v["digest"], "{text}");
+    let (smaller, _) = run(&["--set", "data.image_size=8"]);
+    assert_ne!(smaller["digest"], v["digest"]);
     // Processes filling one cache at once (an experiment's parallel workers) all succeed and
     // leave one complete entry, no temporary files.
     let shared = tmp.path().join("shared-cache");

@@ -43,6 +43,8 @@ pub(crate) fn run(a: DataArgs) -> Result<()> {
             "labelled": store.labelled(),
             "classes": store.num_classes(),
             "per_class": per_class,
+            // What a resume compares: the same images, in the same order, wherever they are.
+            "digest": format!("{:016x}", store.digest()),
             "cache_dir": cfg.data.cache_dir.as_ref().map(|d| d.display().to_string()),
             "seconds": seconds,
         })
