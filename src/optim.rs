@@ -174,7 +174,7 @@ impl Sgd {
                     // The layer's own lr: trust ||w|| / ||d||, 1 where either norm is 0.
                     let (wn, dn) = (p.tensor.norm(), d.norm());
                     let ok = wn.gt(0.0).logical_and(&dn.gt(0.0));
-                    let ratio = (&wn * trust / dn.clamp_min(f64::MIN_POSITIVE)).where_scalarother(&ok, 1.0);
+                    let ratio = (&wn * trust / &dn).where_scalarother(&ok, 1.0);
                     d = &d * ratio; // out of place: d may share the grad's storage
                 }
                 let b = match buf {

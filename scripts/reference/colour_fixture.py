@@ -3,7 +3,7 @@ readers take, and what PIL's `Image.open(f).convert("RGB")` (torchvision's `Imag
 loader) makes of it, as raw RGB bytes (`<file>.pil.rgb`, 24x24x3). `tests/data.rs` sets our
 decoding beside them: grey, 1-bit, palette with transparency, grey-alpha, RGBA, CMYK; PNG,
 JPEG (baseline, progressive, with an EXIF orientation that must not be applied), WebP,
-TIFF, BMP; a PNG named `.JPEG` (as ImageNet's n02105855_2933.JPEG is); 16-bit RGB and RGBA
+TIFF, BMP; a PNG named `.JPEG` (the reader goes by content, not name); 16-bit RGB and RGBA
 PNGs (written by hand: PIL writes no 16-bit colour PNG).
 
     /tmp/refvenv/bin/python scripts/reference/colour_fixture.py tests/fixtures/colour

@@ -80,19 +80,15 @@ enum Pass<'a> {
     },
 }
 
-/// An image read from the archive, its member name (`outer.tar/member` inside a per-class
-/// archive) and where it sat.
+/// An image read from the archive: its member name (`outer.tar/member` inside a per-class
+/// archive) and where it sat, the folders of its path and its file name (inside a per-class
+/// archive, its path there, and that archive's class as `inner_class`).
 struct Member {
     image: Encoded,
     name: String,
-    place: Place,
-}
-
-/// Where an image sat in the archive: the folders of its member path (`Outer`), or the class
-/// of the per-class archive that held it and its path there (`Inner`).
-enum Place {
-    Outer { dirs: Vec<String>, file: String },
-    Inner { class: String, path: Vec<String> },
+    inner_class: Option<String>,
+    dirs: Vec<String>,
+    file: String,
 }
 
 /// Gives every image its class, and puts them in the folder reader's order: the classes sorted,
@@ -102,12 +98,7 @@ enum Place {
 /// images at the top are loose (""). An image in the shared folder beside class folders is an
 /// error, as it is in a folder.
 fn classify(path: &Path, images: Vec<Member>) -> Result<(Vec<Encoded>, Vec<String>)> {
-    let outer = || {
-        images.iter().filter_map(|m| match &m.place {
-            Place::Outer { dirs, .. } => Some(dirs),
-            Place::Inner { .. } => None,
-        })
-    };
+    let outer = || images.iter().filter(|m| m.inner_class.is_none()).map(|m| &m.dirs);
     // How many folders every outer image sits under: `prefix/`.
     let shared = outer().fold(None::<&[String]>, |shared, dirs| {
         let common = shared.map_or(dirs.len(), |s| s.iter().zip(dirs).take_while(|(a, b)| a == b).count());
@@ -121,18 +112,14 @@ fn classify(path: &Path, images: Vec<Member>) -> Result<(Vec<Encoded>, Vec<Strin
     // (class, `ImageFolder`'s order below the class folder, member), in member order.
     let mut keyed: Vec<(String, (String, String), Member)> = images
         .into_iter()
-        .map(|m| match &m.place {
-            Place::Inner { class, path } => {
-                let (file, folders) = path.split_last().expect("a member path has a file name");
-                (class.clone(), super::image_folder_order(&folders.join("/"), file), m)
-            }
-            Place::Outer { dirs, file } => {
-                let (class, below) = match depth.and_then(|d| Some((d, dirs.get(d)?))) {
-                    Some((d, class)) => (class.clone(), &dirs[d + 1..]),
-                    None => (String::new(), &[][..]),
-                };
-                (class, super::image_folder_order(&below.join("/"), file), m)
-            }
+        .map(|m| {
+            let (class, below) = match (&m.inner_class, depth.and_then(|d| Some((d, m.dirs.get(d)?)))) {
+                (Some(class), _) => (class.clone(), &m.dirs[..]),
+                (None, Some((d, class))) => (class.clone(), &m.dirs[d + 1..]),
+                (None, None) => (String::new(), &[][..]),
+            };
+            let order = super::image_folder_order(&below.join("/"), &m.file);
+            (class, order, m)
         })
         .collect();
     // Either every image is loose, or none is: an image beside class folders has no class.
@@ -315,18 +302,13 @@ impl<'a> Found<'a> {
                     .read_to_end(&mut bytes)
                     .map_err(|e| Error::data(super::source_name(path, &name), format!("cannot read member: {e}")))?;
             }
-            let place = match inner {
-                Some((_, class)) => {
-                    Place::Inner { class: class.to_string(), path: parts.into_iter().chain([file]).collect() }
-                }
-                None => Place::Outer { dirs: parts, file },
-            };
             let image = Encoded {
                 name: super::source_name(path, &name).display().to_string(),
                 class: String::new(),
                 bytes: if keep || link { Bytes::Loaded(bytes) } else { Bytes::Member(ordinal) },
             };
-            self.images.push(Member { image, name, place });
+            let inner_class = inner.map(|(_, class)| class.to_string());
+            self.images.push(Member { image, name, inner_class, dirs: parts, file });
         }
         Ok(())
     }

@@ -6,14 +6,19 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 pub(crate) fn read(root: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
-    let mut class_dirs: Vec<_> = std::fs::read_dir(root)
+    // The root's class folders and its own files, hidden ones passed over.
+    let (mut class_dirs, mut top): (Vec<_>, Vec<_>) = std::fs::read_dir(root)
         .map_err(|e| Error::io(root, e))?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
-        .collect();
-    class_dirs.sort_by_key(|e| e.file_name());
+        .map(|e| e.path())
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| p.is_dir() || p.is_file())
+        .partition(|p| p.is_dir());
+    class_dirs.sort();
+    top.sort();
     let mut out = Vec::new();
     let mut ignored = 0usize;
+    let mut classes = Vec::new();
     if class_dirs.is_empty() {
         // No class folders: the images themselves, unlabelled.
         read_images(root, "", &mut out, &mut ignored)?;
@@ -24,32 +29,22 @@ pub(crate) fn read(root: &Path) -> Result<(Vec<Encoded>, Vec<String>)> {
             ));
         }
         eprintln!("note: {} holds no class folders: its {} images are unlabelled", root.display(), out.len());
-    }
-    if !class_dirs.is_empty() {
+    } else if let Some(image) = top.iter().find(|f| is_image_name(&f.to_string_lossy())) {
         // Beside class folders, an image at the top has no class: an error, as in an archive
-        // (torchvision's `ImageFolder` passes over it silently); other files are counted.
-        let mut top: Vec<_> = std::fs::read_dir(root)
-            .map_err(|e| Error::io(root, e))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_file() && !e.file_name().to_string_lossy().starts_with('.'))
-            .map(|e| e.path())
-            .collect();
-        top.sort();
-        if let Some(image) = top.iter().find(|f| is_image_name(&f.to_string_lossy())) {
-            return Err(Error::data(
-                image,
-                "a loose image beside class folders: expected root/<class>/<image> for every image, or root/<image> for every image",
-            ));
-        }
+        // (torchvision's `ImageFolder` passes over it silently).
+        return Err(Error::data(
+            image,
+            "a loose image beside class folders: expected root/<class>/<image> for every image, or root/<image> for every image",
+        ));
+    } else {
         ignored += top.len();
     }
-    let mut classes = Vec::new();
     for dir in class_dirs {
-        let class = dir.file_name().to_string_lossy().to_string();
+        let class = dir.file_name().unwrap_or_default().to_string_lossy().to_string();
         let before = out.len();
-        read_images(&dir.path(), &class, &mut out, &mut ignored)?;
+        read_images(&dir, &class, &mut out, &mut ignored)?;
         if out.len() == before {
-            return Err(Error::data(dir.path(), format!("class folder has no images ({})", super::image_kinds())));
+            return Err(Error::data(dir, format!("class folder has no images ({})", super::image_kinds())));
         }
         classes.push(class);
     }
