@@ -81,25 +81,44 @@ pub fn adjust_hue(x: &Tensor, factor: &Tensor) -> Tensor {
     hsv_to_rgb(&h, &s, &v)
 }
 
-/// Crops box `[B,4] = (x0, y0, w, h)` (pixels, continuous edges) of each image, resizes it to
-/// `size x size` bilinearly and mirrors it where `flip` `[B]` is true: one sampling grid and
-/// one `grid_sample` for the whole batch (torchvision's resized crop without antialiasing).
+/// Crops box `[B,4] = (x0, y0, w, h)` (whole pixels) of each image, resizes it to
+/// `size x size` and mirrors it where `flip` `[B]` is true, as torchvision's `RandomResizedCrop`
+/// and `RandomHorizontalFlip` do once the box and the flip are drawn: its bilinear resize with
+/// antialiasing (PIL's filter, and torchvision's default for tensors), the crop's edges clamped.
+/// The resize is separable and linear, so each image's is two small matrices
+/// ([`resample_weights`]) and the batch's is two batched matrix products.
 pub fn resized_crop_flip(x: &Tensor, boxes: &Tensor, flip: &Tensor, size: i64) -> Tensor {
-    let (b, _c, h, w) = x.size4().expect("[B,3,H,W]");
+    let (b, c, h, w) = x.size4().expect("[B,3,H,W]");
     let bx = boxes.unbind(1);
-    let (x0, y0, bw, bh) = (&bx[0], &bx[1], &bx[2], &bx[3]);
-    // Output coordinate u in [-1, 1] samples input coordinate (bw/W) u + (2 x0 + bw)/W - 1.
-    let sign = flip.to_kind(Kind::Float) * -2.0 + 1.0;
-    let sx = bw / (w as f64) * sign;
-    let tx = (x0 * 2.0 + bw) / (w as f64) - 1.0;
-    let sy = bh / (h as f64);
-    let ty = (y0 * 2.0 + bh) / (h as f64) - 1.0;
-    let zero = sx.zeros_like();
-    // theta: [B, 2, 3]
-    let theta = Tensor::stack(&[sx, zero.shallow_clone(), tx, zero, sy, ty], 1).view([b, 2, 3]);
-    let grid = Tensor::affine_grid_generator(&theta, [b, 3, size, size], false);
-    // mode 0 = bilinear, padding 1 = border (boxes lie inside the image; border guards rounding).
-    x.grid_sampler(&grid, 0, 1, false)
+    // [B,S,W] and [B,S,H]; the flip reverses the output's columns: the rows of their weights.
+    let wx = resample_weights(&bx[0], &bx[2], w, size);
+    let wx = wx.flip([1]).where_self(&flip.view([-1, 1, 1]), &wx);
+    let wy = resample_weights(&bx[1], &bx[3], h, size);
+    // Along rows, [B, C*H, W] x [B, W, S] -> [B, C, H, S]; then along columns, per channel,
+    // [B, 1, S, H] x [B, C, H, S] -> [B, C, S, S].
+    let rows = x.reshape([b, c * h, w]).bmm(&wx.transpose(1, 2)).view([b, c, h, size]);
+    wy.unsqueeze(1).matmul(&rows)
+}
+
+/// The weights `[B, out, n]` that resize the span `[start, start + len)` (`[B]` each, whole
+/// pixels) of an axis of `n` pixels to `out` pixels, as PIL's and PyTorch's antialiased
+/// bilinear filter makes them: output pixel o is centred on `start + (o + 0.5) len / out`; the
+/// triangle filter is stretched by the shrink factor `len / out` where the span shrinks (so
+/// every pixel counts, no aliasing) and is one pixel wide where it grows; only the span's
+/// pixels count (a crop then a resize: its edges clamp), and each row sums to 1.
+fn resample_weights(start: &Tensor, len: &Tensor, n: i64, out: i64) -> Tensor {
+    let opts = (Kind::Float, start.device());
+    let (start, len) = (start.view([-1, 1, 1]), len.view([-1, 1, 1]));
+    // [B,1,1]: input pixels per output pixel.
+    let scale = &len / out as f64;
+    // [B,out,1]: each output pixel's centre; [1,1,n]: each input pixel's.
+    let centre = Tensor::arange_start_step(0.5, out as f64, 1.0, opts).view([1, out, 1]) * &scale + &start;
+    let pixel = Tensor::arange_start_step(0.5, n as f64, 1.0, opts).view([1, 1, n]);
+    // [B,1,n]: the span's pixels.
+    let inside = pixel.gt_tensor(&start).logical_and(&pixel.lt_tensor(&(&start + &len)));
+    // [B,out,n]: the triangle 1 - |distance| / width, zero outside it and outside the span.
+    let w = (-((pixel - centre).abs() / scale.clamp_min(1.0)) + 1.0).relu() * inside;
+    &w / w.sum_dim_intlist(&[2i64][..], true, Kind::Float)
 }
 
 /// Gaussian blur with a per-image sigma `[B]`; images where `apply` is false are unchanged

@@ -101,9 +101,7 @@ const NO_ARITHMETIC: &[&str] = &[
 pub fn category(name: &str) -> &'static str {
     let n = name.to_lowercase();
     let has = |subs: &[&str]| subs.iter().any(|s| n.contains(s));
-    if has(&["grid_sampler", "affine_grid"]) {
-        "augmentation: crop + flip sampling"
-    } else if has(&["batch_norm", "batchnorm", "bn_fw", "bn_bw", "welford"]) {
+    if has(&["batch_norm", "batchnorm", "bn_fw", "bn_bw", "welford"]) {
         "batch norm"
     } else if (n.contains("conv") && !n.contains("convert")) || has(&["fprop", "dgrad", "wgrad"]) {
         "convolution"

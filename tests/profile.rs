@@ -54,7 +54,7 @@ fn self_times_exclude_nested_calls_and_device_time_is_the_union_of_intervals() {
         ("void at::native::vectorized_elementwise_kernel<4, convert_to_bfloat16>", "copy / layout / cast"),
         ("void at::native::multi_tensor_apply_kernel<FusedSgdMathFunctor>", "optimizer"),
         ("ampere_bf16_s16816gemm_bf16_128x64_ldg8_f2f_tn", "matrix multiply"),
-        ("aten::grid_sampler_2d", "augmentation: crop + flip sampling"),
+        ("aten::bmm", "matrix multiply"),
         // Host-side bookkeeping, not elementwise work; ReLU and its in-place form are.
         ("aten::empty", "allocation / views (no arithmetic)"),
         ("aten::as_strided_", "allocation / views (no arithmetic)"),
@@ -84,18 +84,18 @@ fn the_profiler_records_a_real_augmentation_on_the_cpu() {
     .expect("profiled");
     assert_eq!(views.len(), 2);
     let count = |n: &str| events.iter().filter(|e| e.name == n).count();
-    // Both views of a batch come from one sampling pass.
-    assert_eq!(count("aten::grid_sampler_2d"), 2);
+    // Both views of a batch come from one crop pass: two batched matrix products per call.
+    assert_eq!(count("aten::bmm"), 4);
     assert_eq!(count("augment"), 2);
     assert!(events.iter().all(|e| !e.on_device));
     let p = profile::summarise(&events, 2, 1);
-    let grid = p.host.top.iter().find(|r| r.name == "aten::grid_sampler_2d").expect("in the top rows");
-    assert_eq!(grid.calls_per_step, 1.0);
-    assert_eq!(grid.category, "augmentation: crop + flip sampling");
+    let crop = p.host.top.iter().find(|r| r.name == "aten::bmm").expect("in the top rows");
+    assert_eq!(crop.calls_per_step, 2.0);
+    assert_eq!(crop.category, "matrix multiply");
     let shares: f64 = p.host.categories.iter().map(|c| c.share).sum();
     assert!((shares - 1.0).abs() < 1e-9, "{shares}");
     let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).expect("JSON trace");
     let names: Vec<&str> =
         t["traceEvents"].as_array().expect("traceEvents").iter().filter_map(|e| e["name"].as_str()).collect();
-    assert!(names.contains(&"aten::grid_sampler_2d"), "{} events", names.len());
+    assert!(names.contains(&"aten::bmm") && names.contains(&"augment"), "{} events", names.len());
 }

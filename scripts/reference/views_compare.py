@@ -3,14 +3,16 @@ tests: it needs the reference environment of `simsiam_torch.py` (plus `safetenso
 `--checkpoint`).
 
     simsiam data --data $D/test.tar.gz --views 2000 --out views        # our views, seeded
-    python scripts/reference/views_compare.py views [--draws 4] \
+    python scripts/reference/views_compare.py views [--draws 4] [--tensor] \
         [--checkpoint RUN/checkpoints/step-N/model.safetensors] [--torch-model ref.pt] [--width 8]
 
 Per view, in pixel space [0, 1]: mean, std over pixels (contrast), mean saturation (max - min
 over the channels), the grayscale fraction, the mean absolute difference of neighbouring
 pixels (detail: a small crop blown up to 32 px has less), and per image the mean squared
 difference of its two views. lightly's views are `SimSiamTransform(input_size=32,
-gaussian_blur=0)` of the same uint8 images, `--draws` pairs each. With `--checkpoint` (a
+gaussian_blur=0)` of the same uint8 images, `--draws` pairs each; with `--tensor`, the same
+torchvision transforms on float tensors instead of PIL images (no 8-bit rounding between
+steps). With `--checkpoint` (a
 simsiam run's weights at `--width`), the SimSiam loss of that network (train-mode BN, batches of
 500) on both kinds of views; the same with `--torch-model`, a network the reference script
 trained and saved (`--save`). Each network gets the views normalised as in its training.
@@ -101,6 +103,9 @@ def main():
     ap.add_argument("--torch-model", help="a state_dict of simsiam_torch.py --save: its loss on both kinds of views")
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tensor", action="store_true",
+                    help="instead of lightly's transform on PIL images, the same torchvision transforms on "
+                         "float tensors (no 8-bit rounding between the steps)")
     a = ap.parse_args()
     images = np.load(os.path.join(a.views, "images.npy"))  # [N, H, W, 3] uint8
     ours = torch.from_numpy(np.load(os.path.join(a.views, "views.npy")))  # [N, 2, 3, H, W]
@@ -108,6 +113,19 @@ def main():
     torch.manual_seed(a.seed)
     tf = SimSiamTransform(input_size=images.shape[1], gaussian_blur=0.0)
     pil = [Image.fromarray(im) for im in images]
+    if a.tensor:
+        import torchvision.transforms as T
+
+        # lightly's SimSiamTransform's steps and parameters (no blur), on tensors in [0, 1].
+        steps = T.Compose([
+            T.RandomResizedCrop(images.shape[1], scale=(0.2, 1.0)),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomHorizontalFlip(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+        tf = lambda im: [steps(im), steps(im)]  # noqa: E731
+        pil = [torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images]
     theirs = []
     for _ in range(a.draws):
         pairs = [tf(im) for im in pil]
@@ -117,8 +135,9 @@ def main():
     theirs_px = [pixels(t.flatten(0, 1), IMAGENET_MEAN, IMAGENET_STD) for t in theirs]
     originals = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     so, st, sx = stats(ours_px), [stats(t) for t in theirs_px], stats(originals)
-    print(f"{n} images; ours: one pair each; lightly's: {a.draws} pairs each")
-    print(f"{'per view':16s} {'original':>9s} {'ours':>16s} {'lightly':>16s}")
+    peer = "torchvision" if a.tensor else "lightly"
+    print(f"{n} images; ours: one pair each; {peer}'s: {a.draws} pairs each")
+    print(f"{'per view':16s} {'original':>9s} {'ours':>16s} {peer:>16s}")
     for k in so:
         t = torch.cat([s[k] for s in st])
         print(f"{k:16s} {float(sx[k].mean()):9.4f} {float(so[k].mean()):8.4f} ± {float(so[k].std()):.3f} "
