@@ -344,6 +344,7 @@ fn resized_crop_flip_is_torchvisions_resized_crop() {
         .filter(|l| !l.starts_with('#'))
         .map(|l| l.split(' ').map(|v| v.parse().unwrap()).collect::<Vec<i64>>().try_into().unwrap())
         .collect();
+    assert_eq!(cases.len(), 10, "boxes.txt");
     let mut sizes: Vec<i64> = cases.iter().map(|c| c[4]).collect();
     sizes.sort();
     sizes.dedup();
@@ -393,6 +394,7 @@ fn colour_ops_and_blur_are_torchvisions() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/augment");
     let ops = std::fs::read_to_string(dir.join("ops.txt")).unwrap();
     let yes = Tensor::from_slice(&[true, true]);
+    assert_eq!(ops.lines().count(), 8, "ops.txt");
     for line in ops.lines() {
         let parts: Vec<&str> = line.split(' ').collect();
         let (name, a, b): (&str, f32, f32) = (parts[0], parts[1].parse().unwrap(), parts[2].parse().unwrap());
