@@ -18,6 +18,27 @@ fn libtorch() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
 }
 
+/// The commit the source is at, for `--version` and each run's summary ("unknown" outside a git
+/// checkout). The script reruns when HEAD moves (a commit, a checkout), which also recompiles
+/// `csrc/` (a minute); edits not yet committed are not seen, so such a build names the commit
+/// they were made on.
+fn commit() -> String {
+    for p in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if std::path::Path::new(p).exists() {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
@@ -32,6 +53,7 @@ fn main() {
         .or_else(|| std::fs::read_to_string(torch.join("build-version")).ok().map(|v| v.trim().to_string()))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=SIMSIAM_LIBTORCH_VERSION={version}");
+    println!("cargo:rustc-env=SIMSIAM_COMMIT={}", commit());
     let inc = torch.join("include");
     cc::Build::new()
         .cpp(true)

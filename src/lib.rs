@@ -17,9 +17,17 @@
 //!   [`import`] (starting from weights trained elsewhere, PyTorch checkpoints included),
 //!   [`torch_save`] (PyTorch's file format, read and written without Python);
 //!   [`config`] (typed, the paper's recipe by default) and [`error`] throughout.
-/// This build: the crate's version and the libtorch it was built against (`--version`, and
-/// `build` in each run's `summary.json`: a run repeats step for step with the same build).
-pub const BUILD: &str = concat!("simsiam ", env!("CARGO_PKG_VERSION"), ", libtorch ", env!("SIMSIAM_LIBTORCH_VERSION"));
+/// This build: the crate's version, the commit it was built from and the libtorch it was built
+/// against (`--version`, and `build` in each run's `summary.json`: a run repeats step for step
+/// with the same build).
+pub const BUILD: &str = concat!(
+    "simsiam ",
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SIMSIAM_COMMIT"),
+    "), libtorch ",
+    env!("SIMSIAM_LIBTORCH_VERSION")
+);
 
 pub mod analyse;
 pub mod analysis;

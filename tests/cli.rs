@@ -136,12 +136,23 @@ fn interrupted_run_resumes_to_the_same_loss_curve() {
     ] {
         assert!(html.contains(want), "{want:?} in the report");
     }
-    // The build that wrote it, as `--version` says it.
+    // The build that wrote it, as `--version` says it: the commit of this checkout, where it is
+    // one, and the libtorch it was built against.
     let summary: serde_json::Value = serde_json::from_str(&read(&full.join("summary.json"))).unwrap();
     let version = ok(bin().arg("--version").output().unwrap());
-    let libtorch = version.split("(libtorch ").nth(1).unwrap().trim().trim_end_matches(')').to_string();
+    let libtorch = version.split(", libtorch ").nth(1).unwrap().trim().trim_end_matches(')').to_string();
     assert!(libtorch.starts_with("2.") && libtorch != "unknown", "{version}");
-    assert_eq!(summary["build"], format!("simsiam {}, libtorch {libtorch}", env!("CARGO_PKG_VERSION")));
+    let commit = version.split("(commit ").nth(1).unwrap().split(',').next().unwrap().to_string();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    if let Some(head) = head {
+        assert_eq!(commit, String::from_utf8(head.stdout).unwrap().trim(), "{version}");
+    }
+    assert_eq!(summary["build"], format!("simsiam {} ({commit}), libtorch {libtorch}", env!("CARGO_PKG_VERSION")));
     assert_eq!(&std::fs::read(full.join("report/knn.png")).unwrap()[..4], b"\x89PNG");
     // Geometry monitor lines at initialisation and each epoch.
     let metrics = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();

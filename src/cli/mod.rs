@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 #[derive(Parser)]
-#[command(name = "simsiam", version = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("SIMSIAM_LIBTORCH_VERSION"), ")"), about = "SimSiam self-supervised pre-training and analysis on libtorch")]
+#[command(name = "simsiam", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SIMSIAM_COMMIT"), ", libtorch ", env!("SIMSIAM_LIBTORCH_VERSION"), ")"), about = "SimSiam self-supervised pre-training and analysis on libtorch")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
