@@ -86,14 +86,18 @@ pub fn adjust_hue(x: &Tensor, factor: &Tensor) -> Tensor {
 /// and `RandomHorizontalFlip` do once the box and the flip are drawn: its bilinear resize with
 /// antialiasing (PIL's filter, and torchvision's default for tensors), the crop's edges clamped.
 /// The resize is separable and linear, so each image's is two small matrices
-/// ([`resample_weights`]) and the batch's is two batched matrix products.
+/// ([`resample_weights`], made for both axes at once) and the batch's is two batched matrix
+/// products.
 pub fn resized_crop_flip(x: &Tensor, boxes: &Tensor, flip: &Tensor, size: i64) -> Tensor {
     let (b, c, h, w) = x.size4().expect("[B,3,H,W]");
-    let bx = boxes.unbind(1);
-    // [B,S,W] and [B,S,H]; the flip reverses the output's columns: the rows of their weights.
-    let wx = resample_weights(&bx[0], &bx[2], w, size);
+    // Columns' spans then rows': [2B] starts and lengths. Weights past a span are zero, so one
+    // axis length, the longer, serves both: [2B,S,max(H,W)] -> [B,S,W] and [B,S,H].
+    let starts = Tensor::cat(&[boxes.select(1, 0), boxes.select(1, 1)], 0);
+    let lens = Tensor::cat(&[boxes.select(1, 2), boxes.select(1, 3)], 0);
+    let both = resample_weights(&starts, &lens, h.max(w), size);
+    let (wx, wy) = (both.narrow(0, 0, b).narrow(2, 0, w), both.narrow(0, b, b).narrow(2, 0, h));
+    // The flip reverses the output's columns: the rows of their weights.
     let wx = wx.flip([1]).where_self(&flip.view([-1, 1, 1]), &wx);
-    let wy = resample_weights(&bx[1], &bx[3], h, size);
     // Along rows, [B, C*H, W] x [B, W, S] -> [B, C, H, S]; then along columns, per channel,
     // [B, 1, S, H] x [B, C, H, S] -> [B, C, S, S].
     let rows = x.reshape([b, c * h, w]).bmm(&wx.transpose(1, 2)).view([b, c, h, size]);

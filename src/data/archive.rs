@@ -144,6 +144,15 @@ fn classify(path: &Path, images: Vec<Member>) -> Result<(Vec<Encoded>, Vec<Strin
     Ok((out, classes))
 }
 
+/// The bytes of the member `name` of the archive at `path`, from its entry.
+fn read_member<R: Read>(entry: &mut tar::Entry<'_, R>, path: &Path, name: &str) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(entry.size() as usize);
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::data(super::source_name(path, name), format!("cannot read member: {e}")))?;
+    Ok(bytes)
+}
+
 /// `target` as a member path (`a/b.png`, without `.`, `..` or empty parts), read from the
 /// folder `from` (a symbolic link's) or, with `from` empty, from the archive's top; None for
 /// an absolute path or one that climbs out of the archive.
@@ -260,11 +269,7 @@ impl<'a> Found<'a> {
             let keep = match &mut self.pass {
                 Pass::Replay { wanted, send } => {
                     if !link && wanted(ordinal) {
-                        let mut bytes = Vec::with_capacity(entry.size() as usize);
-                        let name = within(&member);
-                        entry.read_to_end(&mut bytes).map_err(|e| {
-                            Error::data(super::source_name(path, &name), format!("cannot read member: {e}"))
-                        })?;
+                        let bytes = read_member(&mut entry, path, &within(&member))?;
                         if send.send((ordinal, bytes)).is_err() {
                             return Ok(());
                         }
@@ -285,7 +290,7 @@ impl<'a> Found<'a> {
                 member.split('/').filter(|p| !p.is_empty() && *p != ".").map(str::to_string).collect();
             let file = parts.pop().unwrap_or_default();
             let name = within(&member);
-            let mut bytes = Vec::with_capacity(if keep { entry.size() as usize } else { 0 });
+            let mut bytes = Vec::new();
             if link {
                 // Its bytes are the named member's: a hard link names it from the archive's
                 // top (GNU tar writes a file's first path in full, the others as links to it),
@@ -298,9 +303,7 @@ impl<'a> Found<'a> {
                 };
                 self.links.push((self.images.len(), target));
             } else if keep {
-                entry
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| Error::data(super::source_name(path, &name), format!("cannot read member: {e}")))?;
+                bytes = read_member(&mut entry, path, &name)?;
             }
             let image = Encoded {
                 name: super::source_name(path, &name).display().to_string(),
