@@ -1191,6 +1191,13 @@ impl Config {
                 ),
             );
         }
+        if weights.iter().all(|w| *w == 0.0) {
+            return fail(
+                "objective.main_weight / decorrelation / infonce / predictor_loss / swav.weight",
+                "at least one positive weight (with all at 0 there is no loss to train)",
+                "all 0".into(),
+            );
+        }
         let sw = &ob.swav;
         if sw.prototypes < 1 {
             return fail("objective.swav.prototypes", "at least 1", sw.prototypes.to_string());

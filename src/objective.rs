@@ -466,7 +466,7 @@ impl Objective {
             Some([a, b]) => (a, b),
             None => (&out.z1, &out.z2),
         };
-        let main = match self.cfg.symmetry {
+        let main = || match self.cfg.symmetry {
             Symmetry::Symmetric => {
                 (self.directed(&out.z1, &out.p1, t2, &out.p2, ext_for(1).as_ref(), oracle(0))
                     + self.directed(&out.z2, &out.p2, t1, &out.p1, ext_for(0).as_ref(), oracle(1)))
@@ -481,18 +481,31 @@ impl Objective {
             }
         };
         let c = &self.cfg;
-        let mut total = if c.main_weight == 1.0 { main } else { main * c.main_weight };
+        // The terms of the total; one of weight 0 is left out, not multiplied by 0, so that it
+        // neither costs its compute nor puts its inputs (SimCLR's P) on the gradient's path.
+        let mut total: Option<Tensor> = None;
+        let mut add = |term: Tensor| {
+            total = Some(match total.take() {
+                Some(t) => t + term,
+                None => term,
+            })
+        };
+        if c.main_weight == 1.0 {
+            add(main());
+        } else if c.main_weight > 0.0 {
+            add(main() * c.main_weight);
+        }
         if let Some(inv) = &ext.inverse {
-            total = &total + self.inverse_loss(out, inv);
+            add(self.inverse_loss(out, inv));
         }
         if let Some(reg) = &ext.regressed {
-            total = &total + self.predictor_loss(out, reg) * c.predictor_loss;
+            add(self.predictor_loss(out, reg) * c.predictor_loss);
         }
         if c.decorrelation > 0.0 {
             let dc = (decorrelation_loss(&out.z1, c.decorrelation_form)
                 + decorrelation_loss(&out.z2, c.decorrelation_form))
                 * 0.5;
-            total = &total + dc * c.decorrelation;
+            add(dc * c.decorrelation);
         }
         if c.infonce > 0.0 {
             let (q1, q2) = both_views(out, c.infonce_online);
@@ -506,15 +519,15 @@ impl Objective {
                     infonce_loss_of_queries(q1, q2, &key(&out.z1), &key(&out.z2), t)
                 }
             };
-            total = &total + nce * c.infonce;
+            add(nce * c.infonce);
         }
         if c.swav.weight > 0.0 {
             let prototypes = ext.prototypes.as_ref().expect("SwAV's prototypes are the model's, passed by the step");
             let (x1, x2) = both_views(out, c.swav.online);
             let swav = swav_loss([x1, x2], [&out.z1, &out.z2], prototypes, ext.swav_queue.as_ref(), &c.swav);
-            total = &total + swav * c.swav.weight;
+            add(swav * c.swav.weight);
         }
-        total
+        total.expect("the config's validation leaves at least one loss of positive weight")
     }
 
     /// The loss of one pair of views with no step-provided targets.

@@ -113,6 +113,9 @@ fn out_of_range_and_mistyped_values_are_errors_naming_the_field() {
     let sets = ["objective.predictor_loss=1.0".into(), "model.pred_trainable=false".into()];
     let e = Config::resolve("tiny", None, &sets).unwrap_err().to_string();
     assert!(e.contains("objective.predictor_loss") && e.contains("pred_trainable"), "{e}");
+    // Every loss weighted 0 leaves nothing to train.
+    let e = Config::resolve("tiny", None, &["objective.main_weight=0".into()]).unwrap_err().to_string();
+    assert!(e.contains("objective.main_weight") && e.contains("at least one positive weight"), "{e}");
     let e = Config::resolve("tiny", None, &["optim.batch_size=many".into()]).unwrap_err().to_string();
     assert!(e.contains("optim.batch_size"), "{e}");
     let e = Config::resolve("tiny", None, &["model.arch=vgg".into()]).unwrap_err().to_string();
