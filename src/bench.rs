@@ -168,24 +168,19 @@ pub fn measure(
     let prefetch_on = prefetch.on();
     let mut iteration = 0;
     // One training step as the loop takes it: the EMA target's projections, the queues, the
-    // step, the EMA update.
-    let mut train_step = |xs: &[Tensor], stepper: &mut Stepper, opt: &mut Sgd| -> Result<StepOut> {
+    // step, the EMA update (at the schedule's first momentum).
+    let mut train_step = |net: &mut Network, xs: &[Tensor], stepper: &mut Stepper, opt: &mut Sgd| -> Result<StepOut> {
         let targets = StepTargets {
-            cached: net.ema.as_ref().map(|e| e.projections(xs)),
             swav_queue: state.swav_queue.as_mut(),
             infonce_queue: state.infonce_queue.as_mut(),
             ..Default::default()
         };
-        let out = stepper.step(&net.model, &objective, opt, xs, targets, None)?;
-        if let Some(e) = net.ema.as_mut() {
-            e.update(cfg.model.ema_momentum);
-        }
-        Ok(out)
+        net.step(&cfg.model, stepper, &objective, opt, xs, targets, (0, 1), None)
     };
     // One iteration; true once the steps are replays of a captured graph.
     let mut once = || -> Result<bool> {
         match mode {
-            Mode::Step => drop(train_step(&fixed, &mut stepper, &mut opt)?),
+            Mode::Step => drop(train_step(&mut net, &fixed, &mut stepper, &mut opt)?),
             Mode::Augment => drop(views(&aug, &images, n)),
             Mode::EndToEnd | Mode::Train => {
                 iteration += 1;
@@ -195,7 +190,7 @@ pub fn measure(
                     prefetch.ahead(iteration + 1, || views(&aug, &batch(iteration + 1), n))?;
                     xs
                 };
-                let out = train_step(&xs, &mut stepper, &mut opt)?;
+                let out = train_step(&mut net, &xs, &mut stepper, &mut opt)?;
                 if mode == Mode::Train {
                     pending.push(out.stats);
                     if pending.len() >= cfg.monitor.log_every {

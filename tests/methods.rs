@@ -186,15 +186,16 @@ fn worst(
 }
 
 /// Two training steps of each method from the same weights on the same views as PyTorch with
-/// lightly's losses (`scripts/reference/steps_fixture.py`), in our training loop's order: the
-/// EMA network's targets, the step (SwAV's prototypes normalised first; MoCo's keys pushed
-/// after), the EMA update with the schedule's momentum. The losses agree, and every weight, BN
+/// lightly's losses (`scripts/reference/steps_fixture.py`), through the training loop's
+/// `Network::step`: the EMA network's targets, the step (SwAV's prototypes normalised first;
+/// MoCo's keys pushed after), the EMA update with the schedule's momentum. The losses agree, and every weight, BN
 /// statistic, EMA tensor, prototype and queued key after the two steps agrees to a small
 /// fraction of how far the steps moved it.
 #[test]
 fn two_steps_of_each_method_are_pytorchs() {
+    use simsiam::graph::Stepper;
     use simsiam::objective::ViewQueue;
-    use simsiam::train::{step, Ema, StepTargets};
+    use simsiam::train::StepTargets;
     let fx: HashMap<String, Tensor> =
         Tensor::read_safetensors(pytorch("steps.safetensors")).unwrap().into_iter().collect();
     let (_, init) = network("simsiam", "solo.ckpt");
@@ -208,19 +209,14 @@ fn two_steps_of_each_method_are_pytorchs() {
         if let Some(c) = &net.model.prototypes {
             tch::no_grad(|| c.shallow_clone().copy_(&fx["swav.prototypes.init"]));
         }
+        let mut stepper = Stepper::new(false, tch::Device::Cpu);
         let mut losses = vec![];
         for s in 0..2 {
             let xs = [fx[&format!("x.{s}.0")].shallow_clone(), fx[&format!("x.{s}.1")].shallow_clone()];
-            let targets = StepTargets {
-                cached: net.ema.as_ref().map(|e| e.projections(&xs)),
-                infonce_queue: queue.as_mut(),
-                ..Default::default()
-            };
-            losses.push(step(&net.model, &objective, &mut opt, &xs, targets, None).unwrap().loss.double_value(&[]));
-            if let Some(e) = net.ema.as_mut() {
-                let m = &cfg.model;
-                e.update(Ema::momentum(m.ema_schedule, m.ema_momentum, s, 4));
-            }
+            let targets = StepTargets { infonce_queue: queue.as_mut(), ..Default::default() };
+            // Step s of 4: BYOL's momentum 1 - 0.01 (cos(pi s / 4) + 1) / 2, as the fixture's.
+            let out = net.step(&cfg.model, &mut stepper, &objective, &mut opt, &xs, targets, (s, 4), None).unwrap();
+            losses.push(out.loss.double_value(&[]));
         }
         let want_loss = &fx[&format!("{method}.loss")];
         for (s, got) in losses.iter().enumerate() {

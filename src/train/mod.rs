@@ -531,7 +531,6 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                     (xs, None)
                 }
             };
-            let cached = net.ema.as_ref().map(|e| e.projections(&xs)).or(cached);
             let targets = StepTargets {
                 labels: net.model.online_probe.as_ref().map(|_| train_dev.labels.index_select(0, &idx)),
                 cached,
@@ -542,11 +541,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
                 swav_queue: state.swav_queue.as_mut().filter(|_| pos.epoch >= cfg.objective.swav.queue_start_epoch),
                 infonce_queue: state.infonce_queue.as_mut(),
             };
-            let out = stepper.step(&net.model, &objective, &mut opt, &xs, targets, reducer.as_ref())?;
-            if let Some(e) = net.ema.as_mut() {
-                let m = &cfg.model;
-                e.update(Ema::momentum(m.ema_schedule, m.ema_momentum, pos.global_step, total_steps));
-            }
+            let at = (pos.global_step, total_steps);
+            let out = net.step(&cfg.model, &mut stepper, &objective, &mut opt, &xs, targets, at, reducer.as_ref())?;
             // The monitors are rank 0's to log; the others only check their loss (row[0]).
             let stats = out.stats;
             log.push(Pending { epoch: pos.epoch, step: pos.global_step, lr, stats });

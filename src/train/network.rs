@@ -106,6 +106,32 @@ impl Network {
         Ok(imported)
     }
 
+    /// One step of the training loop on the views `xs`: the target branch's projections from
+    /// the EMA network where there is one (BYOL's targets, MoCo's keys; they replace `targets`'
+    /// cached ones), the step (`stepper`: eager or a CUDA graph's replay), then the EMA update
+    /// with the momentum of `global_step` of `total_steps` (`model.ema_schedule`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        cfg: &crate::config::ModelConfig,
+        stepper: &mut crate::graph::Stepper,
+        objective: &crate::objective::Objective,
+        opt: &mut Sgd,
+        xs: &[Tensor],
+        mut targets: super::StepTargets,
+        (global_step, total_steps): (usize, usize),
+        reducer: Option<&crate::dist::Reducer>,
+    ) -> crate::Result<super::StepOut> {
+        if let Some(e) = &self.ema {
+            targets.cached = Some(e.projections(xs));
+        }
+        let out = stepper.step(&self.model, objective, opt, xs, targets, reducer)?;
+        if let Some(e) = self.ema.as_mut() {
+            e.update(Ema::momentum(cfg.ema_schedule, cfg.ema_momentum, global_step, total_steps));
+        }
+        Ok(out)
+    }
+
     /// Starts BYOL's target network from the online weights again: after they were set from a
     /// file (`model.init_from`, `model.init_checkpoint`), as at the start of any BYOL run.
     pub fn sync_target(&mut self) {
