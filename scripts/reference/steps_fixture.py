@@ -4,8 +4,8 @@ with every weight and BN statistic random: `pytorch_checkpoints.py`); `tests/met
 our step on the same weights and views and compares the weights after.
 
 Each method, two steps of batch 6 on fixed random views (`x.S.V`: step S, view V, float32
-`[6, 3, 32, 32]`), every module in train mode, SGD lr 0.05, momentum 0.9, weight decay 5e-4 on
-every parameter, in the order of our training loop:
+`[6, 3, 32, 32]`), every module in train mode, SGD lr 0.05 (the predictor's 0.08), momentum 0.9,
+weight decay 5e-4 on every parameter, in the order of our training loop:
 1. BYOL and MoCo: both views' target projections from the EMA network (train-mode BN, no
    gradient);
 2. SwAV: the prototypes' rows normalised (SwAV's `main_swav.py`);
@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pytorch_checkpoints import D, solo  # noqa: E402
 
 B, Q, K, STEPS = 6, 16, 10, 2
+PRED_LR = 0.08
 out = Path(sys.argv[1])
 g = torch.Generator().manual_seed(1)
 views = [[torch.randn(B, 3, 32, 32, generator=g) for _ in range(2)] for _ in range(STEPS)]
@@ -68,12 +69,15 @@ def encode(m, x):
 def run(method):
     m = network()
     params = list(m.backbone.parameters()) + list(m.projector.parameters())
-    if method in ("simsiam", "byol"):
-        params += list(m.predictor.parameters())
     prototypes = nn.Parameter(prototypes_init.clone()) if method == "swav" else None
     if prototypes is not None:
         params.append(prototypes)
-    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    groups = [{"params": params}]
+    if method in ("simsiam", "byol"):
+        # The predictor's own group (SimSiam's `fix_pred_lr`), at another lr so that a
+        # parameter in the wrong group shows.
+        groups.append({"params": list(m.predictor.parameters()), "lr": PRED_LR})
+    opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=5e-4)
     ema = None
     if method in ("byol", "moco"):
         ema = nn.Module()
