@@ -134,10 +134,14 @@ fn pytorch(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pytorch").join(name)
 }
 
-/// A network of `method` shaped as the fixtures' (ResNet-18 at width 4, d = 32, solo-learn's
-/// 2-layer projector; SwAV's 10 prototypes, MoCo's 16 queued keys; SGD momentum 0.9, wd 5e-4),
-/// its weights from `file`.
-fn network(method: &str, file: &str) -> (Config, simsiam::train::Network) {
+/// The official code's network (`official.pth.tar`): the 7x7 stem with max-pool, the 3-layer
+/// projector of width 32.
+const OFFICIAL: &[&str] = &["model.cifar_stem=false", "model.proj_layers=3", "model.proj_hidden=32"];
+
+/// A network of `method` shaped as the fixtures' (ResNet-18 at width 4, d = 32; solo-learn's
+/// CIFAR stem and 2-layer projector unless `extra` says otherwise; SwAV's 10 prototypes, MoCo's
+/// 16 queued keys; SGD momentum 0.9, wd 5e-4), its weights from `file`.
+fn network(method: &str, file: &str, extra: &[&str]) -> (Config, simsiam::train::Network) {
     let sets: Vec<String> = [
         "model.width=4",
         "model.dim=32",
@@ -150,6 +154,7 @@ fn network(method: &str, file: &str) -> (Config, simsiam::train::Network) {
         "run.device=\"cpu\"",
     ]
     .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect();
     let cfg = Config::resolve_method("tiny", method, None, &sets).unwrap();
@@ -198,9 +203,13 @@ fn two_steps_of_each_method_are_pytorchs() {
     use simsiam::train::StepTargets;
     let fx: HashMap<String, Tensor> =
         Tensor::read_safetensors(pytorch("steps.safetensors")).unwrap().into_iter().collect();
-    let (_, init) = network("simsiam", "solo.ckpt");
-    for method in ["simsiam", "simclr", "byol", "moco", "swav"] {
-        let (cfg, mut net) = network(method, "solo.ckpt");
+    let solo = |m| (m, m, "solo.ckpt", &[][..]);
+    let cases = ["simsiam", "simclr", "byol", "moco", "swav"].map(solo);
+    // SimSiam as facebookresearch/simsiam builds it, its projector's last bias frozen.
+    for (case, method, file, extra) in cases.into_iter().chain([("official", "simsiam", "official.pth.tar", OFFICIAL)])
+    {
+        let (_, init) = network(method, file, extra);
+        let (cfg, mut net) = network(method, file, extra);
         let objective = Objective::new(&cfg.objective);
         let mut opt = net.optimizer(&cfg);
         // The predictor's group at its own lr, as the fixture's.
@@ -219,21 +228,18 @@ fn two_steps_of_each_method_are_pytorchs() {
             let out = net.step(&cfg.model, &mut stepper, &objective, &mut opt, &xs, targets, (s, 4), None).unwrap();
             losses.push(out.loss.double_value(&[]));
         }
-        let want_loss = &fx[&format!("{method}.loss")];
+        let want_loss = &fx[&format!("{case}.loss")];
         for (s, got) in losses.iter().enumerate() {
             let want = want_loss.double_value(&[s as i64]);
-            assert!(
-                (got - want).abs() < 1e-5 * want.abs().max(1.0),
-                "{method}, step {s}: loss {got}, PyTorch's {want}"
-            );
+            assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{case}, step {s}: loss {got}, PyTorch's {want}");
         }
-        let (_, after) = network(method, &format!("steps-{method}.pt"));
+        let (_, after) = network(method, &format!("steps-{case}.pt"), extra);
         let online = |n: &str| !n.starts_with(simsiam::model::PROTOTYPES);
         let (r, w) = worst(&net.vs, &after.vs, &init.vs, online);
-        eprintln!("{method}: losses {losses:?}; weights off by {w:.1e} of their update");
-        assert!(r < 1.0, "{method}: a weight after two steps is off by {w:.1e} of its update");
+        eprintln!("{case}: losses {losses:?}; weights off by {w:.1e} of their update");
+        assert!(r < 1.0, "{case}: a weight after two steps is off by {w:.1e} of its update");
         if let Some(e) = &net.ema {
-            let (_, ema) = network(method, &format!("steps-{method}-ema.pt"));
+            let (_, ema) = network(method, &format!("steps-{case}-ema.pt"), extra);
             let encoder = |n: &str| n.starts_with("backbone") || n.starts_with("projector");
             let (r, w) = worst(&e.vs, &ema.vs, &init.vs, encoder);
             eprintln!("{method}: EMA network off by {w:.1e} of its update ({r:.2} of the tolerance)");

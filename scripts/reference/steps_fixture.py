@@ -40,7 +40,7 @@ from lightly.loss import NegativeCosineSimilarity, NTXentLoss, SwaVLoss
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pytorch_checkpoints import D, solo  # noqa: E402
+from pytorch_checkpoints import D, official, solo  # noqa: E402
 
 B, Q, K, STEPS = 6, 16, 10, 2
 PRED_LR = 0.08
@@ -54,21 +54,28 @@ saved["moco.queue.init"] = queue_init
 saved["swav.prototypes.init"] = prototypes_init
 
 
-def network():
-    """The solo-learn SimSiam of `solo.ckpt`, its weights and BN statistics loaded."""
-    _, m, _ = solo(torch.Generator().manual_seed(0))
-    state = torch.load(out / "solo.ckpt", weights_only=False)["state_dict"]
-    m.load_state_dict(state)
-    return m.train()
+def network(layout):
+    """The SimSiam of `solo.ckpt` (solo-learn's layout) or of `official.pth.tar`
+    (facebookresearch/simsiam's), its weights and BN statistics loaded, in train mode; its
+    encoder (backbone and projector) as one module."""
+    g = torch.Generator().manual_seed(0)
+    if layout == "solo":
+        _, m, _ = solo(g)
+        m.load_state_dict(torch.load(out / "solo.ckpt", weights_only=False)["state_dict"])
+        encoder = nn.Sequential(m.backbone, m.projector)
+    else:
+        _, m, _ = official(g)
+        state = torch.load(out / "official.pth.tar", weights_only=False)["state_dict"]
+        m.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        # main_simsiam.py: the projector's last Linear keeps its bias frozen (a BN follows).
+        m.encoder.fc[6].bias.requires_grad_(False)
+        encoder = m.encoder
+    return m.train(), encoder
 
 
-def encode(m, x):
-    return m.projector(m.backbone(x))
-
-
-def run(method):
-    m = network()
-    params = list(m.backbone.parameters()) + list(m.projector.parameters())
+def run(method, layout="solo"):
+    m, encoder = network(layout)
+    params = [p for p in encoder.parameters() if p.requires_grad]
     prototypes = nn.Parameter(prototypes_init.clone()) if method == "swav" else None
     if prototypes is not None:
         params.append(prototypes)
@@ -80,8 +87,7 @@ def run(method):
     opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=5e-4)
     ema = None
     if method in ("byol", "moco"):
-        ema = nn.Module()
-        ema.backbone, ema.projector = copy.deepcopy(m.backbone), copy.deepcopy(m.projector)
+        ema = copy.deepcopy(encoder)  # (backbone, projector)
         for p in ema.parameters():
             p.requires_grad_(False)
     queue = queue_init.clone()
@@ -91,11 +97,11 @@ def run(method):
         x1, x2 = views[s]
         if ema is not None:
             with torch.no_grad():
-                t1, t2 = encode(ema, x1), encode(ema, x2)
+                t1, t2 = ema(x1), ema(x2)
         if prototypes is not None:
             with torch.no_grad():
                 prototypes.copy_(F.normalize(prototypes, dim=1))
-        z1, z2 = encode(m, x1), encode(m, x2)
+        z1, z2 = encoder(x1), encoder(x2)
         if method == "simsiam":
             p1, p2 = m.predictor(z1), m.predictor(z2)
             loss = 0.5 * (cos(p1, z2.detach()) + cos(p2, z1.detach()))
@@ -123,19 +129,23 @@ def run(method):
         if ema is not None:
             tau = 0.99 if method == "moco" else 1 - 0.01 * (math.cos(math.pi * s / 4) + 1) / 2
             with torch.no_grad():
-                for e, o in zip(ema.parameters(), list(m.backbone.parameters()) + list(m.projector.parameters())):
+                for e, o in zip(ema.parameters(), encoder.parameters()):
                     e.mul_(tau).add_(o, alpha=1 - tau)
-    saved[f"{method}.loss"] = torch.tensor(losses)
-    torch.save({"state_dict": m.state_dict()}, out / f"steps-{method}.pt")
+    name = method if layout == "solo" else layout
+    saved[f"{name}.loss"] = torch.tensor(losses)
+    prefix = "" if layout == "solo" else "module."
+    torch.save({"state_dict": {prefix + k: v for k, v in m.state_dict().items()}}, out / f"steps-{name}.pt")
     if ema is not None:
-        torch.save({"state_dict": ema.state_dict()}, out / f"steps-{method}-ema.pt")
+        state = {f"{part}.{k}": v for part, i in [("backbone", 0), ("projector", 1)] for k, v in ema[i].state_dict().items()}
+        torch.save({"state_dict": state}, out / f"steps-{name}-ema.pt")
     if method == "moco":
         saved["moco.queue.after"] = queue
     if prototypes is not None:
         saved["swav.prototypes.after"] = prototypes.detach().clone()
-    print(method, losses)
+    print(name, losses)
 
 
 for method in ["simsiam", "simclr", "byol", "moco", "swav"]:
     run(method)
+run("simsiam", "official")
 save_file({k: v.contiguous() for k, v in saved.items()}, out / "steps.safetensors")
