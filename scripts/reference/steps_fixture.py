@@ -1,7 +1,9 @@
 """Writes `tests/fixtures/pytorch/steps.safetensors` and `steps-*.pt`: two training steps of each
 method, in PyTorch with lightly's losses, from the weights of `solo.ckpt` (a SimSiam at width 4
-with every weight and BN statistic random: `pytorch_checkpoints.py`); `tests/methods.rs` runs
-our step on the same weights and views and compares the weights after.
+with every weight and BN statistic random: `pytorch_checkpoints.py`), and of SimSiam as
+facebookresearch/simsiam builds it from `official.pth.tar` (`official`: the 7x7 stem with
+max-pool, the 3-layer projector whose last Linear's bias `main_simsiam.py` freezes);
+`tests/methods.rs` runs our step on the same weights and views and compares the weights after.
 
 Each method, two steps of batch 6 on fixed random views (`x.S.V`: step S, view V, float32
 `[6, 3, 32, 32]`), every module in train mode, SGD lr 0.05 (the predictor's 0.08), momentum 0.9,
@@ -23,8 +25,8 @@ queue, `swav` `SwaVLoss(0.1, 3, 0.05)` of `normalize(z_v) C^T` over 10 prototype
 
 Written: `METHOD.loss` (the two steps' losses), `swav.prototypes.init` / `.after`,
 `moco.queue.init` / `.after` in `steps.safetensors`; each method's weights and BN statistics
-after the two steps in solo-learn's layout, `steps-METHOD.pt`; BYOL's and MoCo's EMA networks,
-`steps-METHOD-ema.pt`.
+after the two steps in solo-learn's layout, `steps-METHOD.pt` (`steps-official.pt` in the
+official checkpoint's); BYOL's and MoCo's EMA networks, `steps-METHOD-ema.pt`.
 
     /tmp/refvenv/bin/python scripts/reference/steps_fixture.py tests/fixtures/pytorch
 """
