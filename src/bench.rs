@@ -112,7 +112,7 @@ pub fn measure(
         tch::set_num_threads(cfg.run.threads as i32);
     }
     if device.is_cuda() {
-        tch::Cuda::cudnn_set_benchmark(cfg.run.cudnn_benchmark);
+        crate::precision::configure_cudnn(&cfg.run);
     }
     let ob = &cfg.objective;
     let from_the_loop = [

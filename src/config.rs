@@ -54,6 +54,12 @@ pub struct RunConfig {
     pub threads: usize,
     /// On CUDA, let cuDNN autotune convolution algorithms (fast; not bit-reproducible).
     pub cudnn_benchmark: bool,
+    /// On CUDA, let cuDNN's fp32 convolutions use TF32 tensor cores (Ampere and newer), as
+    /// PyTorch does by default (`torch.backends.cudnn.allow_tf32`): faster, with about 1e-3
+    /// relative error in each convolution. Only fp32 convolutions are affected (`precision =
+    /// "fp32"`; under autocast they run in bf16 or fp16), and matrix products stay full fp32.
+    /// Off: exact fp32 convolutions, to compare with a CPU run.
+    pub tf32: bool,
     /// The network's forward pass: `auto`, `fp32`, `bf16` or `fp16` (autocast; fp16 with dynamic
     /// loss scaling, as PyTorch's `GradScaler`). `auto` is what the device's tensor cores run
     /// fastest: bf16 from compute capability 8.0 (A100, H100), fp16 on 7.x (V100, T4: no bf16
@@ -96,6 +102,7 @@ impl Default for RunConfig {
             keep_checkpoints: 2,
             threads: 0,
             cudnn_benchmark: true,
+            tf32: true,
             precision: Precision::Auto,
             channels_last: true,
             cuda_graph: false,

@@ -13,6 +13,8 @@ extern "C" {
     fn ss_channels_last(t: *mut c_void) -> *mut c_void;
     fn ss_set_channels_last(t: *mut c_void);
     fn ss_is_channels_last(t: *mut c_void) -> c_int;
+    fn ss_set_cudnn_tf32(on: c_int);
+    fn ss_cudnn_tf32() -> c_int;
     fn ss_amp_unscale(
         grads: *const *mut c_void,
         n: c_int,
@@ -210,6 +212,28 @@ pub fn autocast<T>(kind: Option<Kind>, device: Device, f: impl FnOnce() -> T) ->
 pub fn channels_last(t: &Tensor) -> Tensor {
     // SAFETY: tch tensors are `at::Tensor*`; the C side returns a new heap tensor we own.
     unsafe { Tensor::from_ptr(ss_channels_last(t.as_ptr() as *mut c_void) as *mut _) }
+}
+
+/// Lets cuDNN's fp32 convolutions run in TF32 on Ampere and newer GPUs (`run.tf32`; PyTorch's
+/// `torch.backends.cudnn.allow_tf32`). Process-wide. Matrix products stay in full fp32, as
+/// PyTorch's default `torch.backends.cuda.matmul.allow_tf32 = False` has them.
+pub fn set_cudnn_tf32(on: bool) {
+    unsafe { ss_set_cudnn_tf32(c_int::from(on)) }
+}
+
+/// Whether cuDNN's fp32 convolutions may run in TF32 (libtorch's default: yes).
+pub fn cudnn_tf32() -> bool {
+    unsafe { ss_cudnn_tf32() != 0 }
+}
+
+/// The run's cuDNN settings on CUDA: autotuning (`run.cudnn_benchmark`) and TF32 (`run.tf32`;
+/// set only where it differs from libtorch's, so the default run never calls the setter that
+/// PyTorch 2.9 deprecated).
+pub fn configure_cudnn(run: &crate::config::RunConfig) {
+    tch::Cuda::cudnn_set_benchmark(run.cudnn_benchmark);
+    if cudnn_tf32() != run.tf32 {
+        set_cudnn_tf32(run.tf32);
+    }
 }
 
 pub fn is_channels_last(t: &Tensor) -> bool {

@@ -149,6 +149,25 @@ fn cuda_loss_scaled_sgd_skips_overflowed_steps_and_otherwise_equals_plain_sgd() 
     common::loss_scaled_sgd_matches_plain_sgd(dev);
 }
 
+/// Two training steps of each method (SimSiam, SimCLR, BYOL, MoCo, SwAV, and SimSiam in the
+/// official code's layout) on CUDA, in float32 with cuDNN's TF32 off (`run.tf32 = false`),
+/// against PyTorch's with lightly's losses on the CPU (`tests/fixtures/pytorch/steps*`): the
+/// losses within 1e-4, every weight, BN statistic and EMA tensor within 1e-2 of its update.
+#[test]
+fn cuda_steps_of_each_method_are_pytorchs() {
+    let Some(dev) = cuda() else { return };
+    /// Puts libtorch's TF32 setting back, whatever the test does.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            simsiam::precision::set_cudnn_tf32(self.0);
+        }
+    }
+    let _restore = Restore(simsiam::precision::cudnn_tf32());
+    simsiam::precision::set_cudnn_tf32(false);
+    common::steps::two_steps_of_each_method_are_pytorchs(dev, 1e-2);
+}
+
 /// `run.cuda_graph`: after the eager warm-up, the step captured once and replayed equals the
 /// eager steps (same views, same per-step lr), and a replay reads the lr of its own step; for
 /// SimSiam and for SwAV (whose step also normalises its prototypes in place).

@@ -171,3 +171,17 @@ fn channels_last_weights_compute_the_same_function_and_save_dense() {
     let again = fresh.model.features(&x, false);
     assert!((&before - &again).abs().max().double_value(&[]) < 1e-5);
 }
+
+/// `run.tf32` (on by default, as PyTorch's `torch.backends.cudnn.allow_tf32`) reaches libtorch's
+/// process-wide setting.
+#[test]
+fn tf32_is_on_by_default_and_switches_libtorchs_setting() {
+    use simsiam::precision::{configure_cudnn, cudnn_tf32};
+    let on = Config::resolve("tiny", None, &[]).unwrap();
+    assert!(on.run.tf32);
+    let off = Config::resolve("tiny", None, &["run.tf32=false".into()]).unwrap();
+    configure_cudnn(&off.run);
+    assert!(!cudnn_tf32());
+    configure_cudnn(&on.run);
+    assert!(cudnn_tf32());
+}

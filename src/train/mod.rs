@@ -278,8 +278,8 @@ pub fn train(cfg: &Config, control: &RunControl) -> Result<Summary> {
         );
     }
     if device.is_cuda() {
-        // Let cuDNN pick the fastest convolution algorithms for these fixed shapes.
-        tch::Cuda::cudnn_set_benchmark(cfg.run.cudnn_benchmark);
+        // cuDNN's autotuning for these fixed shapes, and whether its fp32 convolutions use TF32.
+        crate::precision::configure_cudnn(&cfg.run);
     }
     if cfg.monitor.online_probe_lr > 0.0 && !train_store.labelled() {
         return Err(Error::config(

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 //! Test helpers: real files written by the tests themselves.
+pub mod steps;
 use simsiam::data::{write_cifar_batch, CifarKind};
 use std::path::{Path, PathBuf};
 
