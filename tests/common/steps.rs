@@ -74,10 +74,10 @@ fn worst(
 /// Two training steps of each method from the same weights on the same views as PyTorch with
 /// lightly's losses (`scripts/reference/steps_fixture.py`), through the training loop's
 /// `Network::step`: the EMA network's targets, the step (SwAV's prototypes normalised first;
-/// MoCo's keys pushed after), the EMA update with the schedule's momentum. The losses agree, and every weight, BN
-/// statistic, EMA tensor, prototype and queued key after the two steps agrees to a small
-/// fraction (`rtol`) of how far the steps moved it. The fixture's steps ran on the CPU, in
-/// float32; on `dev` ours run in float32 too.
+/// MoCo's keys pushed after), the EMA update with the schedule's momentum. The losses agree, and
+/// every weight, BN statistic, EMA tensor, prototype and queued key after the two steps agrees
+/// to a small fraction (`rtol`) of how far the steps moved it. The fixture's steps ran on the
+/// CPU, in float32; on `dev` ours run in float32 too.
 pub fn two_steps_of_each_method_are_pytorchs(dev: Device, rtol: f64) {
     let fx: HashMap<String, Tensor> =
         Tensor::read_safetensors(pytorch("steps.safetensors")).unwrap().into_iter().collect();
