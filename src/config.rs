@@ -58,7 +58,7 @@ pub struct RunConfig {
     /// PyTorch does by default (`torch.backends.cudnn.allow_tf32`): faster, with about 1e-3
     /// relative error in each convolution. Only fp32 convolutions are affected (`precision =
     /// "fp32"`; under autocast they run in bf16 or fp16), and matrix products stay full fp32.
-    /// Off: exact fp32 convolutions, to compare with a CPU run.
+    /// Off: full fp32 convolutions, to compare with a CPU run.
     pub tf32: bool,
     /// The network's forward pass: `auto`, `fp32`, `bf16` or `fp16` (autocast; fp16 with dynamic
     /// loss scaling, as PyTorch's `GradScaler`). `auto` is what the device's tensor cores run
