@@ -36,12 +36,12 @@ void ss_set_channels_last(at::Tensor* t) { t->set_data(t->contiguous(at::MemoryF
 int ss_is_channels_last(at::Tensor* t) { return t->is_contiguous(at::MemoryFormat::ChannelsLast) ? 1 : 0; }
 
 /// cuDNN in TF32 on Ampere and newer (`torch.backends.cudnn.allow_tf32`; on by default in
-/// libtorch as in PyTorch). A process-wide setting; the legacy setter keeps the per-operator
-/// precisions (convolutions, RNNs) and the legacy flag consistent.
+/// libtorch as in PyTorch). A process-wide setting. This setter gives convolutions and RNNs the
+/// same flag: libtorch's operator-less getter refuses a mix of the two.
 void ss_set_cudnn_tf32(int on) { at::globalContext().setAllowTF32CuDNN(on != 0); }
 
-/// Whether cuDNN convolutions may use TF32, read through the per-operator API
-/// (`torch.backends.cudnn.conv.fp32_precision`), which does not warn as the legacy getter may.
+/// Whether cuDNN convolutions may use TF32: the convolutions' own flag
+/// (`torch.backends.cudnn.conv.fp32_precision == "tf32"`).
 int ss_cudnn_tf32() {
   return at::globalContext().float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV) ==
                  at::Float32Precision::TF32

@@ -226,14 +226,10 @@ pub fn cudnn_tf32() -> bool {
     unsafe { ss_cudnn_tf32() != 0 }
 }
 
-/// The run's cuDNN settings on CUDA: autotuning (`run.cudnn_benchmark`) and TF32 (`run.tf32`;
-/// set only where it differs from libtorch's, so the default run never calls the setter that
-/// PyTorch 2.9 deprecated).
+/// The run's cuDNN settings on CUDA: autotuning (`run.cudnn_benchmark`) and TF32 (`run.tf32`).
 pub fn configure_cudnn(run: &crate::config::RunConfig) {
     tch::Cuda::cudnn_set_benchmark(run.cudnn_benchmark);
-    if cudnn_tf32() != run.tf32 {
-        set_cudnn_tf32(run.tf32);
-    }
+    set_cudnn_tf32(run.tf32);
 }
 
 pub fn is_channels_last(t: &Tensor) -> bool {
