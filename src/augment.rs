@@ -86,7 +86,7 @@ pub fn adjust_hue(x: &Tensor, factor: &Tensor) -> Tensor {
 /// and `RandomHorizontalFlip` do once the box and the flip are drawn: its bilinear resize with
 /// antialiasing (PIL's filter, and torchvision's default for tensors), the crop's edges clamped.
 /// The resize is separable and linear, so each image's is two small matrices
-/// ([`resample_weights`], made for both axes at once) and the batch's is two batched matrix
+/// (`resample_weights`, made for both axes at once) and the batch's is two batched matrix
 /// products.
 pub fn resized_crop_flip(x: &Tensor, boxes: &Tensor, flip: &Tensor, size: i64) -> Tensor {
     let (b, c, h, w) = x.size4().expect("[B,3,H,W]");
