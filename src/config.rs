@@ -1021,13 +1021,12 @@ impl Config {
     /// Makes the input paths (data, cache, weights to start from) absolute, read from the
     /// current folder as given: the run's saved config then works from any folder, for `eval`,
     /// `embed`, `analyse` and `--resume` alike. (`run.out_dir` stays as given: the run
-    /// folder is always named again when it is used.)
+    /// folder is always named again when it is used.) An empty path is none, since TOML has no
+    /// null: `--set data.test=""` drops a config file's held-out data.
     pub fn absolute_paths(&mut self) {
         let (d, m) = (&mut self.data, &mut self.model);
         for p in [&mut d.train, &mut d.test, &mut d.cache_dir, &mut m.init_from, &mut m.init_checkpoint] {
-            if let Some(path) = p.as_mut() {
-                *path = absolute(path);
-            }
+            *p = p.take().filter(|path| !path.as_os_str().is_empty()).map(|path| absolute(&path));
         }
     }
 

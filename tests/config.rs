@@ -43,6 +43,18 @@ fn every_field_can_be_overridden() {
 }
 
 #[test]
+fn an_empty_path_unsets_a_config_files_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("my.toml");
+    std::fs::write(&f, "[data]\ntest = \"held-out.tar\"\ncache_dir = \"cache\"\n").unwrap();
+    let c = Config::resolve("tiny", Some(&f), &[]).unwrap();
+    assert!(c.data.test.as_ref().is_some_and(|p| p.is_absolute() && p.ends_with("held-out.tar")));
+    // TOML has no null: `--set data.test=""` (or `data.test=` as a shell leaves it) is none.
+    let c = Config::resolve("tiny", Some(&f), &["data.test=\"\"".into(), "data.cache_dir=".into()]).unwrap();
+    assert_eq!((c.data.test, c.data.cache_dir), (None, None));
+}
+
+#[test]
 fn saved_config_round_trips() {
     let c = Config::resolve("tiny", None, &["run.seed=42".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
