@@ -944,7 +944,7 @@ fn holds(table: &toml::Table, field: &str) -> bool {
 /// when `/data` is a link, and follows it if it is moved), except in a path with `..`, which
 /// is resolved on disk where it exists (a `..` after a link is not its lexical parent).
 /// Unchanged if the current folder cannot be read.
-pub fn absolute(path: &Path) -> PathBuf {
+fn absolute(path: &Path) -> PathBuf {
     let Ok(abs) = std::path::absolute(path) else { return path.to_path_buf() };
     if abs.components().any(|c| c == std::path::Component::ParentDir) {
         return abs.canonicalize().unwrap_or(abs);

@@ -573,9 +573,20 @@ fn resume_finds_moved_data_and_refuses_other_data() {
     let moved = tmp.path().join("moved.bin");
     std::fs::rename(&train, &moved).unwrap();
     user_error(bin().args(["train", "--resume"]).arg(&run).output().unwrap()); // the old path is gone
-    ok(bin().args(["train", "--resume"]).arg(&run).arg("--data").arg(&moved).output().unwrap());
+                                                                               // Given relative to the current folder, saved absolute.
+    ok(bin()
+        .current_dir(tmp.path())
+        .args(["train", "--resume"])
+        .arg(&run)
+        .args(["--data", "moved.bin"])
+        .output()
+        .unwrap());
     assert_eq!(losses(&run).len(), 40, "2 epochs x 20 steps");
-    assert!(std::fs::read_to_string(&cfg_path).unwrap().contains("moved.bin"), "the saved config follows the data");
+    let saved = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(
+        saved.contains(&format!("\"{}\"", moved.canonicalize().unwrap().display())),
+        "the saved config follows the data"
+    );
     // Other data: 320 images instead of 640.
     edit_config(&run, &[("epochs = 2", "epochs = 3")]);
     let other = tmp.path().join("other.bin");

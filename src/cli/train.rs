@@ -53,11 +53,12 @@ pub(crate) fn run(a: TrainArgs) -> Result<()> {
             // The same data, moved (training checks it against the checkpoint, then saves the
             // new paths in the run's config).
             if let Some(p) = &a.cfg.over.data {
-                cfg.data.train = Some(simsiam::config::absolute(p));
+                cfg.data.train = Some(p.clone());
             }
             if let Some(p) = &a.cfg.over.test_data {
-                cfg.data.test = Some(simsiam::config::absolute(p));
+                cfg.data.test = Some(p.clone());
             }
+            cfg.absolute_paths();
             (cfg, true)
         }
         None => {
