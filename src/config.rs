@@ -55,9 +55,10 @@ pub struct RunConfig {
     /// On CUDA, let cuDNN autotune convolution algorithms (fast; not bit-reproducible).
     pub cudnn_benchmark: bool,
     /// On CUDA, let cuDNN's fp32 convolutions use TF32 tensor cores (Ampere and newer), as
-    /// PyTorch does by default (`torch.backends.cudnn.allow_tf32`): faster, with about 1e-3
-    /// relative error in each convolution. Only fp32 convolutions are affected (`precision =
-    /// "fp32"`; under autocast they run in bf16 or fp16), and matrix products stay full fp32.
+    /// PyTorch does by default (`torch.backends.cudnn.allow_tf32`): faster, with the
+    /// convolutions' inputs rounded to TF32's 10-bit mantissa (relative rounding up to 2^-11,
+    /// about 5e-4). Only fp32 convolutions are affected (`precision = "fp32"`; under autocast
+    /// they run in bf16 or fp16), and matrix products stay full fp32.
     /// Off: full fp32 convolutions, to compare with a CPU run.
     pub tf32: bool,
     /// The network's forward pass: `auto`, `fp32`, `bf16` or `fp16` (autocast; fp16 with dynamic

@@ -483,29 +483,23 @@ impl Objective {
         let c = &self.cfg;
         // The terms of the total; one of weight 0 is left out, not multiplied by 0, so that it
         // neither costs its compute nor puts its inputs (SimCLR's P) on the gradient's path.
-        let mut total: Option<Tensor> = None;
-        let mut add = |term: Tensor| {
-            total = Some(match total.take() {
-                Some(t) => t + term,
-                None => term,
-            })
-        };
+        let mut terms = Vec::new();
         if c.main_weight == 1.0 {
-            add(main());
+            terms.push(main());
         } else if c.main_weight > 0.0 {
-            add(main() * c.main_weight);
+            terms.push(main() * c.main_weight);
         }
         if let Some(inv) = &ext.inverse {
-            add(self.inverse_loss(out, inv));
+            terms.push(self.inverse_loss(out, inv));
         }
         if let Some(reg) = &ext.regressed {
-            add(self.predictor_loss(out, reg) * c.predictor_loss);
+            terms.push(self.predictor_loss(out, reg) * c.predictor_loss);
         }
         if c.decorrelation > 0.0 {
             let dc = (decorrelation_loss(&out.z1, c.decorrelation_form)
                 + decorrelation_loss(&out.z2, c.decorrelation_form))
                 * 0.5;
-            add(dc * c.decorrelation);
+            terms.push(dc * c.decorrelation);
         }
         if c.infonce > 0.0 {
             let (q1, q2) = both_views(out, c.infonce_online);
@@ -519,15 +513,18 @@ impl Objective {
                     infonce_loss_of_queries(q1, q2, &key(&out.z1), &key(&out.z2), t)
                 }
             };
-            add(nce * c.infonce);
+            terms.push(nce * c.infonce);
         }
         if c.swav.weight > 0.0 {
             let prototypes = ext.prototypes.as_ref().expect("SwAV's prototypes are the model's, passed by the step");
             let (x1, x2) = both_views(out, c.swav.online);
             let swav = swav_loss([x1, x2], [&out.z1, &out.z2], prototypes, ext.swav_queue.as_ref(), &c.swav);
-            add(swav * c.swav.weight);
+            terms.push(swav * c.swav.weight);
         }
-        total.expect("the config's validation leaves at least one loss of positive weight")
+        terms
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .expect("the config's validation leaves at least one loss of positive weight")
     }
 
     /// The loss of one pair of views with no step-provided targets.
